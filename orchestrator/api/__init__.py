@@ -1,0 +1,1 @@
+"""A typed client for OpenAI-compatible Batch APIs (FastRouter, OpenAI, Groq, gateways)."""

@@ -1,0 +1,238 @@
+"""The Batch API client: one method per operation over an injected ``httpx.Client``.
+
+Every httpx error and every non-2xx status becomes an :mod:`orchestrator.api.errors` exception
+here and nowhere else. The client never retries by itself: whether and when to try again is the
+runner's decision (``domain/decide.py``), so no thread sleeps and no lease is held while waiting.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+import orjson
+import structlog
+
+from orchestrator.api.errors import (
+    ApiDecodeError,
+    ApiError,
+    ApiTimeout,
+    ApiTransportError,
+    ApiTruncatedDownload,
+    error_for_status,
+)
+from orchestrator.api.schemas import BatchObject, BatchPage, FileObject
+from orchestrator.config import TargetConfig
+
+log = structlog.get_logger(__name__)
+
+DOWNLOAD_CHUNK = 1024 * 1024
+
+
+def make_http_client(
+    target: TargetConfig, *, transport: httpx.BaseTransport | None = None
+) -> httpx.Client:
+    """An ``httpx.Client`` for one target: base URL, bearer key, timeouts."""
+    headers = {"User-Agent": "batch-orchestrator"}
+    if target.api_key is not None:
+        headers["Authorization"] = f"Bearer {target.api_key.reveal()}"
+    return httpx.Client(
+        base_url=target.base_url.rstrip("/") + "/",
+        headers=headers,
+        timeout=httpx.Timeout(target.timeout_seconds, connect=target.connect_timeout_seconds),
+        transport=transport,
+        follow_redirects=True,
+    )
+
+
+class BatchApiClient:
+    """Files and batches of one target.
+
+    ``before_request`` runs before every call and may raise (``TargetBlocked``) to stop it: that is
+    how a 429 seen by one daemon keeps every other daemon from calling the target too early.
+    ``after_success`` runs after every call that worked (it lifts a pause for a bad key).
+    """
+
+    def __init__(
+        self,
+        http: httpx.Client,
+        *,
+        target: str = "",
+        before_request: Callable[[], None] | None = None,
+        after_success: Callable[[], None] | None = None,
+    ) -> None:
+        self._http = http
+        self._target = target
+        self._before_request = before_request
+        self._after_success = after_success
+
+    # -- files ---------------------------------------------------------------------------
+
+    def upload_file(self, path: Path, *, filename: str, purpose: str = "batch") -> FileObject:
+        """Upload a JSONL file, streamed from disk."""
+        with path.open("rb") as fh:
+            files = {"file": (filename, fh, "application/jsonl")}
+            response = self._send("POST", "files", files=files, data={"purpose": purpose})
+        return FileObject.from_json(self._json(response))
+
+    def download_file(self, file_id: str, dest: IO[bytes]) -> int:
+        """Stream a file's content into ``dest``; returns the number of bytes written."""
+        self._gate()
+        path = f"files/{file_id}/content"
+        started = time.monotonic()
+        written = 0
+        try:
+            with self._http.stream("GET", path) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise self._status_error(response, "GET", path)
+                expected = _content_length(response)
+                for chunk in response.iter_raw(DOWNLOAD_CHUNK):
+                    dest.write(chunk)
+                    written += len(chunk)
+        except httpx.TimeoutException as exc:
+            raise ApiTimeout(f"GET {path}: timed out after {written} bytes") from exc
+        except httpx.TransportError as exc:
+            raise ApiTruncatedDownload(
+                f"GET {path}: the connection broke after {written} bytes ({type(exc).__name__})"
+            ) from exc
+        if expected is not None and written != expected:
+            raise ApiTruncatedDownload(f"GET {path}: got {written} of {expected} bytes")
+        log.debug(
+            "api_request_sent",
+            method="GET",
+            path=path,
+            status_code=200,
+            bytes=written,
+            duration_ms=_ms(started),
+        )
+        self._succeeded()
+        return written
+
+    def delete_file(self, file_id: str) -> None:
+        self._send("DELETE", f"files/{file_id}")
+
+    # -- batches -------------------------------------------------------------------------
+
+    def create_batch(
+        self,
+        *,
+        input_file_id: str,
+        endpoint: str,
+        completion_window: str = "24h",
+        metadata: Mapping[str, str] | None = None,
+    ) -> BatchObject:
+        payload: dict[str, Any] = {
+            "input_file_id": input_file_id,
+            "endpoint": endpoint,
+            "completion_window": completion_window,
+        }
+        if metadata:
+            payload["metadata"] = dict(metadata)
+        response = self._send("POST", "batches", json=payload)
+        return BatchObject.from_json(self._json(response))
+
+    def get_batch(self, batch_id: str) -> BatchObject:
+        return BatchObject.from_json(self._json(self._send("GET", f"batches/{batch_id}")))
+
+    def cancel_batch(self, batch_id: str) -> BatchObject:
+        return BatchObject.from_json(self._json(self._send("POST", f"batches/{batch_id}/cancel")))
+
+    def list_batches(self, *, after: str | None = None, limit: int = 100) -> BatchPage:
+        params: dict[str, str | int] = {"limit": limit}
+        if after:
+            params["after"] = after
+        return BatchPage.from_json(self._json(self._send("GET", "batches", params=params)))
+
+    def iter_batches(self, *, page_size: int = 100) -> Iterator[BatchObject]:
+        """Every batch, newest first, following the cursor."""
+        after: str | None = None
+        while True:
+            page = self.list_batches(after=after, limit=page_size)
+            yield from page.data
+            if not page.has_more or page.last_id is None:
+                return
+            after = page.last_id
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _gate(self) -> None:
+        if self._before_request is not None:
+            self._before_request()
+
+    def _succeeded(self) -> None:
+        if self._after_success is not None:
+            self._after_success()
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        self._gate()
+        started = time.monotonic()
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TimeoutException as exc:
+            self._log_failure(method, path, None, "timeout", started)
+            raise ApiTimeout(f"{method} {path}: no answer in time ({type(exc).__name__})") from exc
+        except httpx.TransportError as exc:
+            self._log_failure(method, path, None, type(exc).__name__, started)
+            raise ApiTransportError(f"{method} {path}: {type(exc).__name__}") from exc
+        if response.status_code >= 400:
+            raise self._status_error(response, method, path, started)
+        log.debug(
+            "api_request_sent",
+            method=method,
+            path=path,
+            status_code=response.status_code,
+            duration_ms=_ms(started),
+        )
+        self._succeeded()
+        return response
+
+    def _status_error(
+        self, response: httpx.Response, method: str, path: str, started: float | None = None
+    ) -> ApiError:
+        try:
+            body: Any = orjson.loads(response.content) if response.content else None
+        except orjson.JSONDecodeError:
+            body = None
+        error = error_for_status(response.status_code, body, response.text, response.headers)
+        self._log_failure(method, path, response.status_code, error.message, started)
+        return error
+
+    def _log_failure(
+        self, method: str, path: str, status: int | None, error: str, started: float | None
+    ) -> None:
+        log.warning(
+            "api_request_failed",
+            target=self._target,
+            method=method,
+            path=path,
+            status_code=status,
+            error=error,
+            duration_ms=_ms(started) if started else None,
+        )
+
+    @staticmethod
+    def _json(response: httpx.Response) -> Any:
+        try:
+            return orjson.loads(response.content)
+        except orjson.JSONDecodeError as exc:
+            raise ApiDecodeError(
+                f"{response.request.method} {response.request.url.path}: the answer is not JSON"
+            ) from exc
+
+
+def _content_length(response: httpx.Response) -> int | None:
+    raw = response.headers.get("content-length")
+    if raw is None or response.headers.get("content-encoding"):
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        return None
+
+
+def _ms(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)

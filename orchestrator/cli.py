@@ -1,0 +1,332 @@
+"""The command line, and the only composition root: settings → logging → deps → command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+import structlog
+
+from orchestrator import __version__
+from orchestrator.config import Settings
+from orchestrator.db import migrate as migrations
+from orchestrator.db import repo
+from orchestrator.db.models import Batch, Job, Result, Worker
+from orchestrator.db.session import libpq_url, unit_of_work
+from orchestrator.deps import make_deps
+from orchestrator.domain.states import BATCH_TERMINAL, BatchState
+from orchestrator.errors import ConfigError, JobNotFound, OrchestratorError
+from orchestrator.observability import configure_logging
+
+log = structlog.get_logger(__name__)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        settings = Settings.from_env()
+        configure_logging(
+            level=settings.log_level,
+            fmt=settings.log_format,
+            secrets=settings.secrets(),
+            stream=sys.stderr,
+        )
+        result: int = args.func(args, settings)
+        return result
+    except (ConfigError, JobNotFound) as exc:
+        print(f"orchestrator: {exc}", file=sys.stderr)
+        return 2
+    except OrchestratorError as exc:
+        print(f"orchestrator: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="orchestrator",
+        description="Run LLM Batch API work from PostgreSQL. Configuration: environment variables "
+        "(ORCHESTRATOR_DATABASE_URL, FASTROUTER_API_KEY, ...; see README).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command")
+
+    p = sub.add_parser("migrate", help="create or upgrade the database schema")
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("run", help="run the daemon until SIGTERM")
+    p.add_argument("--workers", type=int, help="worker threads (default 4)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("enqueue", help="enqueue a JSONL file of requests as one job")
+    p.add_argument("file", type=Path)
+    p.add_argument("--name")
+    p.add_argument("--target", default="fastrouter")
+    p.add_argument("--endpoint", default="/v1/chat/completions")
+    p.add_argument("--max-attempts", type=int, default=3)
+    p.add_argument("--priority", type=int, default=0)
+    p.set_defaults(func=cmd_enqueue)
+
+    p = sub.add_parser("status", help="jobs, open batches, paused targets and daemons")
+    p.add_argument("job", nargs="?", type=int, help="one job in detail")
+    p.add_argument("--limit", type=int, default=20)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("cancel", help="cancel a job (same as setting cancel_requested_at)")
+    p.add_argument("job", type=int)
+    p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("results", help="print a job's results as JSONL")
+    p.add_argument("job", type=int)
+    p.add_argument("--failed", action="store_true", help="only the failed requests")
+    p.set_defaults(func=cmd_results)
+
+    p = sub.add_parser("resolve", help="settle a batch whose create outcome is unknown")
+    p.add_argument("batch", type=int)
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--adopt", metavar="REMOTE_ID", help="the provider's id of the batch")
+    group.add_argument("--recreate", action="store_true", help="it was not created: create it")
+    p.set_defaults(func=cmd_resolve)
+
+    p = sub.add_parser("emulator", help="serve the built-in Batch API emulator")
+    from orchestrator.emulator import server as emulator_server
+
+    emulator_server.add_arguments(p)
+    p.set_defaults(func=lambda args, settings: emulator_server.run_from_args(args))
+
+    p = sub.add_parser("demo", help="embedded PostgreSQL + emulator + daemon, end to end")
+    p.add_argument("--jobs", type=int, default=3)
+    p.add_argument("--requests", type=int, default=40, help="requests per job")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    url = settings.require_database_url()
+    migrations.upgrade(url)
+    print("schema orchestrator is up to date")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from dataclasses import replace
+
+    from orchestrator.daemon import Daemon
+
+    if args.workers:
+        settings = replace(settings, daemon=replace(settings.daemon, workers=args.workers))
+    url = settings.require_database_url()
+    deps = make_deps(settings)
+    return Daemon(deps, listen_url=libpq_url(url)).serve()
+
+
+def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
+    from orchestrator.enqueue import enqueue_file
+
+    deps = make_deps(settings)
+    with unit_of_work(deps.sessions) as s:
+        job_id = enqueue_file(
+            s,
+            args.file,
+            name=args.name,
+            target=args.target,
+            endpoint=args.endpoint,
+            max_attempts=args.max_attempts,
+            priority=args.priority,
+        )
+    print(job_id)
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
+    deps = make_deps(settings)
+    with unit_of_work(deps.sessions) as s:
+        found = s.execute(
+            sa.update(Job)
+            .where(Job.id == args.job)
+            .values(cancel_requested_at=sa.func.coalesce(Job.cancel_requested_at, sa.func.now()))
+            .returning(Job.status)
+        ).scalar_one_or_none()
+    if found is None:
+        raise JobNotFound(f"no job {args.job}")
+    print(f"job {args.job}: cancel requested (status now {found})")
+    return 0
+
+
+def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
+    deps = make_deps(settings)
+    with unit_of_work(deps.sessions) as s:
+        if s.get(Job, args.job) is None:
+            raise JobNotFound(f"no job {args.job}")
+        query = sa.select(Result).where(Result.job_id == args.job).order_by(Result.custom_id)
+        if args.failed:
+            query = query.where(Result.succeeded.is_(False))
+        out = sys.stdout.buffer
+        for r in s.scalars(query.execution_options(yield_per=1000)):
+            out.write(
+                orjson.dumps(
+                    {
+                        "custom_id": r.custom_id,
+                        "succeeded": r.succeeded,
+                        "status_code": r.status_code,
+                        "response": r.response,
+                        "error": r.error,
+                        "total_tokens": r.total_tokens,
+                    }
+                )
+                + b"\n"
+            )
+    return 0
+
+
+def cmd_resolve(args: argparse.Namespace, settings: Settings) -> int:
+    deps = make_deps(settings)
+    with unit_of_work(deps.sessions) as s:
+        batch = s.get(Batch, args.batch, with_for_update=True)
+        if batch is None or batch.state != BatchState.CREATING:
+            raise OrchestratorError(f"batch {args.batch} is not waiting in 'creating'")
+        if args.adopt:
+            batch.remote_batch_id = args.adopt
+            batch.state = BatchState.SUBMITTED
+            how = "adopted"
+        else:
+            batch.state, batch.idempotency_key = BatchState.UPLOADED, None
+            how = "recreate"
+        batch.next_run_at = deps.clock.now()
+        batch.lease_owner = batch.lease_expires_at = None
+        repo.record_event(
+            s,
+            "batch_resolved",
+            job_id=batch.job_id,
+            batch_id=batch.id,
+            how=how,
+            remote_batch_id=args.adopt,
+        )
+    print(f"batch {args.batch}: {how}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    deps = make_deps(settings)
+    with unit_of_work(deps.sessions) as s:
+        if args.job is not None:
+            return _job_status(s, args.job)
+        jobs = s.scalars(sa.select(Job).order_by(Job.id.desc()).limit(args.limit)).all()
+        _table(
+            [
+                "job",
+                "name",
+                "status",
+                "requests",
+                "ok",
+                "failed",
+                "batches",
+                "tokens",
+                "cost",
+                "error",
+            ],
+            [
+                [
+                    j.id,
+                    j.name or "",
+                    j.status,
+                    j.request_count or 0,
+                    j.succeeded_count,
+                    j.failed_count,
+                    j.batch_count,
+                    j.total_tokens,
+                    f"{j.cost:.4f}",
+                    (j.error or "")[:60],
+                ]
+                for j in jobs
+            ],
+        )
+        open_batches = s.execute(
+            sa.select(Batch.state, sa.func.count())
+            .where(Batch.state.not_in([x.value for x in BATCH_TERMINAL]))
+            .group_by(Batch.state)
+        ).all()
+        print("\nopen batches: " + (", ".join(f"{st} {n}" for st, n in open_batches) or "none"))
+        now = deps.clock.now()
+        for t in repo.target_states(s):
+            if t.paused:
+                print(
+                    f"target {t.target}: PAUSED ({t.reason}); jobs wait, next probe "
+                    f"{t.blocked_until:%H:%M:%S}"
+                )
+            elif t.blocked_until and t.blocked_until > now:
+                print(f"target {t.target}: throttled until {t.blocked_until:%H:%M:%S} ({t.reason})")
+        workers = s.scalars(sa.select(Worker).where(Worker.stopped_at.is_(None))).all()
+        print(
+            f"daemons running: {len(workers)}"
+            + "".join(
+                f"\n  {w.hostname} pid {w.pid}, seen {w.heartbeat_at:%H:%M:%S}" for w in workers
+            )
+        )
+    return 0
+
+
+def _job_status(s: Any, job_id: int) -> int:
+    job = s.get(Job, job_id)
+    if job is None:
+        raise JobNotFound(f"no job {job_id}")
+    print(f"job {job.id} ({job.name or 'unnamed'}): {job.status}, target {job.target}")
+    if job.error:
+        print(f"error: {job.error}")
+    batches = s.scalars(sa.select(Batch).where(Batch.job_id == job_id).order_by(Batch.id)).all()
+    _table(
+        [
+            "batch",
+            "round",
+            "state",
+            "remote",
+            "remote id",
+            "requests",
+            "ok",
+            "failed",
+            "cost",
+            "last error",
+        ],
+        [
+            [
+                b.id,
+                b.round,
+                b.state,
+                b.remote_status or "",
+                b.remote_batch_id or "",
+                b.request_count,
+                b.succeeded_count,
+                b.failed_count,
+                "" if b.cost is None else f"{b.cost:.4f}",
+                (b.last_error or "")[:50],
+            ]
+            for b in batches
+        ],
+    )
+    return 0
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> None:
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [
+        max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)
+    ]
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
+    for row in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from orchestrator.demo import run_demo
+
+    return run_demo(settings, jobs=args.jobs, requests=args.requests)

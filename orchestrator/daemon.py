@@ -1,0 +1,372 @@
+"""The daemon process: worker identity, timers, NOTIFY wake-ups, a bounded pool, graceful shutdown.
+
+``Daemon.tick()`` is one pass (tests call it directly, with a manual clock): cancel what was
+cancelled, plan pending jobs, claim runnable batches up to the free workers, hand them to the pool.
+``Daemon.serve()`` runs ticks from APScheduler timers and from ``LISTEN orchestrator`` until a
+signal: the first SIGTERM/SIGINT stops claiming, lets running steps finish within the grace period,
+releases the leases still held and exits 0; a second one exits at once.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import datetime as dt
+import logging
+import os
+import signal
+import socket
+import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+import psycopg
+import sqlalchemy as sa
+import structlog
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from orchestrator import __version__, runner
+from orchestrator.asgi import ServerThread
+from orchestrator.clock import wall_now
+from orchestrator.db import repo
+from orchestrator.db.models import Batch, Job
+from orchestrator.db.session import unit_of_work
+from orchestrator.deps import Deps
+from orchestrator.domain.states import BATCH_TERMINAL
+from orchestrator.observability import Metrics, health_app
+
+log = structlog.get_logger(__name__)
+
+CHANNEL = "orchestrator"
+
+
+class Daemon:
+    def __init__(self, deps: Deps, *, listen_url: str | None = None) -> None:
+        self.deps = deps
+        self.settings = deps.settings.daemon
+        self.metrics = Metrics()
+        self._listen_url = listen_url
+        self._pool = cf.ThreadPoolExecutor(self.settings.workers, thread_name_prefix="worker")
+        self._inflight: dict[int, int] = {}  # batch id → lease token
+        self._planning: set[int] = set()
+        self._futures: set[cf.Future[Any]] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._signals = 0
+        self._scheduler: BackgroundScheduler | None = None
+        self.last_tick_at: dt.datetime | None = None
+        self.last_tick_error: str | None = None
+
+    # -- one pass ------------------------------------------------------------------------
+
+    def tick(self, *, wait: bool = False) -> int:
+        """Start what is due; with ``wait``, also wait for it to finish. Returns how much started."""
+        if self._stop.is_set():
+            return 0
+        now = self.deps.clock.now()
+        started: list[cf.Future[Any]] = []
+        with unit_of_work(self.deps.sessions) as s:
+            repo.wake_cancelled_jobs(s, now)
+            job_ids = repo.pending_job_ids(s, self.settings.max_plan_jobs_per_tick)
+        for job_id in job_ids:
+            if self._free() > 0 and self._begin_planning(job_id):
+                started.append(self._submit(self._plan, job_id))
+        free = self._free()
+        if free > 0:
+            with unit_of_work(self.deps.sessions) as s:
+                claimed = repo.claim_batches(
+                    s,
+                    owner=self.deps.worker_id,
+                    now=now,
+                    ttl=self.settings.lease_seconds,
+                    limit=free,
+                )
+            for b in claimed:
+                with self._lock:
+                    self._inflight[b.id] = b.token
+                started.append(self._submit(self._run, b))
+        self.last_tick_at = self.deps.clock.now()
+        if wait:
+            cf.wait(started)
+        return len(started)
+
+    def _free(self) -> int:
+        with self._lock:
+            return self.settings.workers - len(self._inflight) - len(self._planning)
+
+    def _begin_planning(self, job_id: int) -> bool:
+        with self._lock:
+            if job_id in self._planning:
+                return False
+            self._planning.add(job_id)
+            return True
+
+    def _submit(self, fn: Callable[..., None], *args: Any) -> cf.Future[Any]:
+        ctx = structlog.contextvars.get_contextvars()
+
+        def call() -> None:
+            with structlog.contextvars.bound_contextvars(**ctx):
+                fn(*args)
+
+        future = self._pool.submit(call)
+        with self._lock:
+            self._futures.add(future)
+        future.add_done_callback(self._done)
+        return future
+
+    def _done(self, future: cf.Future[Any]) -> None:
+        with self._lock:
+            self._futures.discard(future)
+
+    def _plan(self, job_id: int) -> None:
+        try:
+            status = runner.plan_one(self.deps, job_id)
+            if status:
+                self.metrics.jobs_planned.labels(status).inc()
+        finally:
+            with self._lock:
+                self._planning.discard(job_id)
+
+    def _run(self, b: repo.Claimed) -> None:
+        self.metrics.in_flight.inc()
+        try:
+            runner.run_batch(self.deps, b)
+            self.metrics.steps.labels(b.state, "ran").inc()
+        finally:
+            self.metrics.in_flight.dec()
+            with self._lock:
+                self._inflight.pop(b.id, None)
+
+    def heartbeat(self) -> None:
+        """Renew the leases of the batches being worked on (long downloads, big ingests)."""
+        with self._lock:
+            tokens = dict(self._inflight)
+        with unit_of_work(self.deps.sessions) as s:
+            repo.renew_leases(
+                s,
+                owner=self.deps.worker_id,
+                tokens=tokens,
+                now=self.deps.clock.now(),
+                ttl=self.settings.lease_seconds,
+            )
+            repo.heartbeat_worker(s, self.deps.worker_id, self.deps.clock.now())
+
+    def in_flight(self) -> dict[int, int]:
+        with self._lock:
+            return dict(self._inflight)
+
+    # -- health ----------------------------------------------------------------------------
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        now = self.deps.clock.now()
+        body: dict[str, Any] = {
+            "worker_id": str(self.deps.worker_id),
+            "version": __version__,
+            "in_flight": len(self.in_flight()),
+        }
+        try:
+            with unit_of_work(self.deps.sessions) as s:
+                states = repo.target_states(s)
+            body["targets"] = [
+                {
+                    "target": t.target,
+                    "paused": t.paused,
+                    "reason": t.reason,
+                    "blocked_until": t.blocked_until.isoformat() if t.blocked_until else None,
+                }
+                for t in states
+                if t.paused or (t.blocked_until and t.blocked_until > now)
+            ]
+        except sa.exc.SQLAlchemyError as exc:
+            body.update(status="unhealthy", error=f"database: {type(exc).__name__}")
+            return False, body
+        stale = self.last_tick_at is None or (now - self.last_tick_at).total_seconds() > max(
+            30.0, 10 * self.settings.tick_seconds
+        )
+        if stale or self.last_tick_error:
+            body.update(status="unhealthy", error=self.last_tick_error or "not ticking")
+            return False, body
+        body["status"] = "degraded" if body["targets"] else "ok"
+        return True, body
+
+    def refresh_metrics(self) -> None:
+        with unit_of_work(self.deps.sessions) as s:
+            batches = s.execute(
+                sa.select(Batch.state, sa.func.count())
+                .where(Batch.state.not_in([x.value for x in BATCH_TERMINAL]))
+                .group_by(Batch.state)
+            ).all()
+            jobs = s.execute(sa.select(Job.status, sa.func.count()).group_by(Job.status)).all()
+            targets = repo.target_states(s)
+        self.metrics.open_batches.clear()
+        for state, n in batches:
+            self.metrics.open_batches.labels(state).set(n)
+        for status, n in jobs:
+            self.metrics.jobs.labels(status).set(n)
+        now = self.deps.clock.now()
+        for t in targets:
+            blocked = t.paused or bool(t.blocked_until and t.blocked_until > now)
+            self.metrics.target_blocked.labels(t.target, str(t.paused).lower()).set(int(blocked))
+
+    # -- the process -----------------------------------------------------------------------
+
+    def serve(self, *, install_signals: bool = True) -> int:
+        """Run until stopped. Returns the process exit code."""
+        self._register()
+        if install_signals:
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+        http = self._start_http()
+        listener = threading.Thread(target=self._listen, name="listen", daemon=True)
+        listener.start()
+        self._scheduler = self._start_timers()
+        log.info(
+            "daemon_started",
+            worker_id=str(self.deps.worker_id),
+            workers=self.settings.workers,
+            version=__version__,
+            pid=os.getpid(),
+        )
+        self._stop.wait()
+        code = self._shutdown()
+        if http is not None:
+            http.stop()
+        return code
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            log.warning("daemon_killed", signal=signal.Signals(signum).name)
+            os._exit(1)
+        log.info(
+            "daemon_stopping",
+            signal=signal.Signals(signum).name,
+            grace_seconds=self.settings.shutdown_grace_seconds,
+        )
+        self._stop.set()
+
+    def _register(self) -> None:
+        with unit_of_work(self.deps.sessions) as s:
+            repo.register_worker(
+                s,
+                worker_id=self.deps.worker_id,
+                hostname=socket.gethostname(),
+                pid=os.getpid(),
+                version=__version__,
+                now=self.deps.clock.now(),
+            )
+
+    def _start_timers(self) -> BackgroundScheduler:
+        scheduler = BackgroundScheduler(timezone="UTC")
+        scheduler.add_job(
+            self._safe(self.tick),
+            "interval",
+            id="tick",
+            seconds=self.settings.tick_seconds,
+            max_instances=1,
+            coalesce=True,
+            next_run_time=wall_now(),
+        )
+        scheduler.add_job(
+            self._safe(self.heartbeat),
+            "interval",
+            id="heartbeat",
+            seconds=max(self.settings.lease_seconds / 3, 0.5),
+            max_instances=1,
+            coalesce=True,
+        )
+        scheduler.add_job(
+            self._safe(self.refresh_metrics),
+            "interval",
+            id="metrics",
+            seconds=15,
+            max_instances=1,
+            coalesce=True,
+        )
+        scheduler.start()
+        return scheduler
+
+    def _safe(self, fn: Callable[[], Any]) -> Callable[[], None]:
+        def call() -> None:
+            if self._stop.is_set():
+                return
+            try:
+                fn()
+                if fn == self.tick:
+                    self.last_tick_error = None
+            except Exception as exc:  # a timer must survive a database blip
+                log.exception("timer_failed", timer=getattr(fn, "__name__", "?"))
+                if fn == self.tick:
+                    self.last_tick_error = f"{type(exc).__name__}: {exc}"[:300]
+
+        return call
+
+    def wake(self) -> None:
+        """Tick now (a job was enqueued or cancelled)."""
+        if self._scheduler is not None and not self._stop.is_set():
+            self._scheduler.modify_job("tick", next_run_time=wall_now())
+
+    def _listen(self) -> None:
+        """LISTEN for enqueues; reconnect on failure. Polling (tick_seconds) covers any gap."""
+        while not self._stop.is_set() and self._listen_url:
+            try:
+                with psycopg.connect(self._listen_url, autocommit=True) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    while not self._stop.is_set():
+                        for _ in conn.notifies(timeout=1.0, stop_after=1):
+                            self.wake()
+            except psycopg.Error as exc:
+                log.warning("listen_failed", error=type(exc).__name__)
+                self._stop.wait(5)
+
+    def _start_http(self) -> ServerThread | None:
+        addr = self.settings.http_addr
+        if not addr:
+            return None
+        host, _, port = addr.rpartition(":")
+        try:
+            server = ServerThread(
+                health_app(self.health, self.metrics), host=host or "127.0.0.1", port=int(port)
+            )
+            server.start()
+        except (OSError, RuntimeError, ValueError) as exc:
+            log.warning("http_unavailable", addr=addr, error=str(exc))
+            return None
+        log.info("http_started", url=server.url)
+        return server
+
+    def _shutdown(self) -> int:
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=True)
+        with self._lock:
+            pending = set(self._futures)
+        done, not_done = cf.wait(pending, timeout=self.settings.shutdown_grace_seconds)
+        leftover = self.in_flight()
+        if leftover:
+            with unit_of_work(self.deps.sessions) as s:
+                released = repo.release_leases(s, owner=self.deps.worker_id, tokens=leftover)
+            log.warning("leases_released", batches=sorted(leftover), released=released)
+        with unit_of_work(self.deps.sessions) as s:
+            repo.stop_worker(s, self.deps.worker_id, self.deps.clock.now())
+        log.info("daemon_stopped", finished=len(done), abandoned=len(not_done))
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.deps.clients.close()
+        if not_done:
+            # Steps still running past the grace period: their leases are released (or will
+            # expire), their fenced writes will fail. Do not wait for them.
+            _flush_and_exit(0)
+        return 0
+
+    def close(self) -> None:
+        """For tests: stop the pool without the signal machinery."""
+        self._stop.set()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _flush_and_exit(code: int) -> None:
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    os._exit(code)

@@ -1,0 +1,1 @@
+"""The database layer: typed models, sessions, and the session-first query functions."""

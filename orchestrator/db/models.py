@@ -1,0 +1,259 @@
+"""The tables of schema ``orchestrator``. Tables only: behaviour lives in ``repo.py`` and ``domain/``.
+
+Requests are immutable once enqueued: the per-attempt state of a request lives in narrow
+``batch_items`` rows and its outcome in ``results``, so neither planning nor ingest ever rewrites the
+wide request rows (a request body is often kilobytes; rewriting it would halve ingest speed).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy.orm import Mapped, mapped_column
+
+from orchestrator.db.base import SCHEMA, Base
+from orchestrator.domain.states import BatchState, JobStatus
+
+NOW = sa.text("now()")
+
+
+def _in(column: str, values: type[JobStatus] | type[BatchState]) -> str:
+    return f"{column} IN ({', '.join(repr(v.value) for v in values)})"
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        sa.CheckConstraint(_in("status", JobStatus), name="status"),
+        sa.CheckConstraint("max_attempts >= 1", name="max_attempts"),
+        sa.Index(None, "status", "priority", "id", postgresql_where=sa.text("status = 'pending'")),
+    )
+
+    id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
+    name: Mapped[str | None]
+    target: Mapped[str] = mapped_column(server_default="fastrouter")
+    endpoint: Mapped[str] = mapped_column(server_default="/v1/chat/completions")
+    completion_window: Mapped[str] = mapped_column(server_default="24h")
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", server_default=sa.text("'{}'::jsonb"))
+    priority: Mapped[int] = mapped_column(server_default="0")
+    max_attempts: Mapped[int] = mapped_column(server_default="3")
+    status: Mapped[str] = mapped_column(server_default=JobStatus.PENDING.value)
+    cancel_requested_at: Mapped[dt.datetime | None]
+    error: Mapped[str | None]
+    request_count: Mapped[int | None]
+    batch_count: Mapped[int] = mapped_column(server_default="0")
+    succeeded_count: Mapped[int] = mapped_column(server_default="0")
+    failed_count: Mapped[int] = mapped_column(server_default="0")
+    prompt_tokens: Mapped[int] = mapped_column(sa.BigInteger, server_default="0")
+    completion_tokens: Mapped[int] = mapped_column(sa.BigInteger, server_default="0")
+    total_tokens: Mapped[int] = mapped_column(sa.BigInteger, server_default="0")
+    cost: Mapped[Decimal] = mapped_column(server_default="0")
+    created_at: Mapped[dt.datetime] = mapped_column(server_default=NOW)
+    started_at: Mapped[dt.datetime | None]
+    finished_at: Mapped[dt.datetime | None]
+    updated_at: Mapped[dt.datetime] = mapped_column(server_default=NOW)
+
+
+class Request(Base):
+    __tablename__ = "requests"
+    __table_args__ = (
+        sa.UniqueConstraint("job_id", "seq"),
+        sa.CheckConstraint("method = 'POST'", name="method"),
+    )
+
+    job_id: Mapped[int] = mapped_column(
+        sa.BigInteger, sa.ForeignKey(f"{SCHEMA}.jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    custom_id: Mapped[str] = mapped_column(primary_key=True)
+    # Enqueue order; packing cuts contiguous runs of it into chunks.
+    seq: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(always=False))
+    provider: Mapped[str | None]
+    method: Mapped[str] = mapped_column(server_default="POST")
+    url: Mapped[str | None]
+    body: Mapped[dict[str, Any]]
+
+
+class Batch(Base):
+    __tablename__ = "batches"
+    __table_args__ = (
+        sa.CheckConstraint(_in("state", BatchState), name="state"),
+        sa.Index(
+            "ix_batches_runnable",
+            "next_run_at",
+            postgresql_where=sa.text("state NOT IN ('done', 'failed', 'cancelled', 'superseded')"),
+        ),
+        sa.Index(None, "job_id"),
+    )
+
+    id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
+    job_id: Mapped[int] = mapped_column(
+        sa.BigInteger, sa.ForeignKey(f"{SCHEMA}.jobs.id", ondelete="CASCADE")
+    )
+    target: Mapped[str]
+    endpoint: Mapped[str]
+    priority: Mapped[int] = mapped_column(server_default="0")
+    round: Mapped[int] = mapped_column(
+        server_default="1"
+    )  # 1 = first submission, 2 = resubmission…
+    state: Mapped[str] = mapped_column(server_default=BatchState.PLANNED.value)
+    remote_status: Mapped[str | None]
+    remote_batch_id: Mapped[str | None] = mapped_column(unique=True)
+    input_file_id: Mapped[str | None]
+    output_file_id: Mapped[str | None]
+    error_file_id: Mapped[str | None]
+    request_count: Mapped[int]
+    bytes: Mapped[int] = mapped_column(sa.BigInteger)
+    request_counts: Mapped[dict[str, Any] | None]
+    succeeded_count: Mapped[int] = mapped_column(server_default="0")
+    failed_count: Mapped[int] = mapped_column(server_default="0")
+    retried_count: Mapped[int] = mapped_column(server_default="0")
+    prompt_tokens: Mapped[int] = mapped_column(sa.BigInteger, server_default="0")
+    completion_tokens: Mapped[int] = mapped_column(sa.BigInteger, server_default="0")
+    total_tokens: Mapped[int] = mapped_column(sa.BigInteger, server_default="0")
+    cached_tokens: Mapped[int] = mapped_column(sa.BigInteger, server_default="0")
+    reasoning_tokens: Mapped[int] = mapped_column(sa.BigInteger, server_default="0")
+    usage: Mapped[dict[str, Any] | None]
+    cost: Mapped[Decimal | None]
+    cost_source: Mapped[str | None]
+    remote: Mapped[dict[str, Any] | None]  # the last batch object the provider returned
+    next_run_at: Mapped[dt.datetime]
+    poll_count: Mapped[int] = mapped_column(server_default="0")
+    unchanged_polls: Mapped[int] = mapped_column(server_default="0")
+    step_failures: Mapped[int] = mapped_column(server_default="0")
+    lease_owner: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    lease_token: Mapped[int] = mapped_column(sa.BigInteger, server_default="0")
+    lease_expires_at: Mapped[dt.datetime | None]
+    idempotency_key: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    create_attempted_at: Mapped[dt.datetime | None]
+    create_attempts: Mapped[int] = mapped_column(server_default="0")
+    ambiguous_creates: Mapped[int] = mapped_column(server_default="0")
+    cancel_sent_at: Mapped[dt.datetime | None]
+    remote_created_at: Mapped[dt.datetime | None]
+    expires_at: Mapped[dt.datetime | None]
+    in_progress_at: Mapped[dt.datetime | None]
+    finalizing_at: Mapped[dt.datetime | None]
+    remote_finished_at: Mapped[dt.datetime | None]
+    last_error: Mapped[str | None]
+    created_at: Mapped[dt.datetime] = mapped_column(server_default=NOW)
+    updated_at: Mapped[dt.datetime] = mapped_column(server_default=NOW)
+    finished_at: Mapped[dt.datetime | None]
+
+
+class BatchItem(Base):
+    """Which requests a batch holds, and at which attempt of each."""
+
+    __tablename__ = "batch_items"
+    __table_args__ = (
+        sa.ForeignKeyConstraint(
+            ["job_id", "custom_id"],
+            [f"{SCHEMA}.requests.job_id", f"{SCHEMA}.requests.custom_id"],
+            ondelete="CASCADE",
+        ),
+    )
+
+    batch_id: Mapped[int] = mapped_column(
+        sa.BigInteger, sa.ForeignKey(f"{SCHEMA}.batches.id", ondelete="CASCADE"), primary_key=True
+    )
+    custom_id: Mapped[str] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(sa.BigInteger)
+    seq: Mapped[int] = mapped_column(sa.BigInteger)
+    attempt: Mapped[int] = mapped_column(server_default="1")
+    # The retryable error this attempt ended with, if it is to be sent again.
+    error: Mapped[dict[str, Any] | None]
+
+
+class Result(Base):
+    """One row per request, written once its outcome is final.
+
+    No foreign keys here on purpose: ingest writes only members of the batch it ingests (it checks
+    them against ``batch_items``), and the COPY into this table is the hot path.
+    """
+
+    __tablename__ = "results"
+
+    job_id: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True)
+    custom_id: Mapped[str] = mapped_column(primary_key=True)
+    batch_id: Mapped[int] = mapped_column(sa.BigInteger)
+    attempt: Mapped[int] = mapped_column(server_default="1")
+    succeeded: Mapped[bool]
+    status_code: Mapped[int | None]
+    response: Mapped[dict[str, Any] | None]
+    error: Mapped[dict[str, Any] | None]
+    model: Mapped[str | None]
+    prompt_tokens: Mapped[int] = mapped_column(server_default="0")
+    completion_tokens: Mapped[int] = mapped_column(server_default="0")
+    total_tokens: Mapped[int] = mapped_column(server_default="0")
+    cached_tokens: Mapped[int] = mapped_column(server_default="0")
+    reasoning_tokens: Mapped[int] = mapped_column(server_default="0")
+    created_at: Mapped[dt.datetime] = mapped_column(server_default=NOW)
+
+
+class Event(Base):
+    """Append-only audit trail, written in the transaction of the transition it records."""
+
+    __tablename__ = "events"
+    __table_args__ = (sa.Index(None, "job_id", "id"),)
+
+    id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(server_default=NOW)
+    job_id: Mapped[int | None] = mapped_column(sa.BigInteger)
+    batch_id: Mapped[int | None] = mapped_column(sa.BigInteger)
+    kind: Mapped[str]
+    detail: Mapped[dict[str, Any]] = mapped_column(server_default=sa.text("'{}'::jsonb"))
+
+
+class Worker(Base):
+    """One row per daemon process (advisory, for dashboards and ``orchestrator status``)."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    hostname: Mapped[str]
+    pid: Mapped[int]
+    version: Mapped[str]
+    started_at: Mapped[dt.datetime]
+    heartbeat_at: Mapped[dt.datetime]
+    stopped_at: Mapped[dt.datetime | None]
+
+
+class TargetState(Base):
+    """Shared by every daemon: a target nobody may call before ``blocked_until`` (429), or that
+    is paused because its key or account does not work (401/402/403)."""
+
+    __tablename__ = "target_state"
+
+    target: Mapped[str] = mapped_column(primary_key=True)
+    blocked_until: Mapped[dt.datetime | None]
+    paused: Mapped[bool] = mapped_column(server_default=sa.false())
+    reason: Mapped[str | None]
+    updated_at: Mapped[dt.datetime] = mapped_column(server_default=NOW)
+
+
+class Price(Base):
+    """USD per million tokens at batch rates, by model, versioned by ``valid_from``."""
+
+    __tablename__ = "prices"
+
+    model: Mapped[str] = mapped_column(primary_key=True)
+    valid_from: Mapped[dt.datetime] = mapped_column(primary_key=True)
+    input_per_mtok: Mapped[Decimal]
+    output_per_mtok: Mapped[Decimal]
+    cached_input_per_mtok: Mapped[Decimal | None]
+
+
+__all__ = [
+    "Batch",
+    "BatchItem",
+    "Event",
+    "Job",
+    "Price",
+    "Request",
+    "Result",
+    "TargetState",
+    "Worker",
+]

@@ -1,0 +1,59 @@
+"""Engines and units of work. Transactions are framed here and in the runner, never in ``repo``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
+
+from orchestrator.errors import ConfigError
+
+
+def sqlalchemy_url(url: str) -> sa.URL:
+    """Accept ``postgresql://``, ``postgres://`` and ``postgresql+psycopg://`` alike."""
+    try:
+        parsed = sa.make_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise ConfigError(f"not a database URL: {exc}") from None
+    if parsed.get_backend_name() != "postgresql":
+        raise ConfigError("only PostgreSQL is supported (postgresql://...)")
+    return parsed.set(drivername="postgresql+psycopg")
+
+
+def libpq_url(url: str) -> str:
+    """The same URL in the form psycopg and psql understand (no ``+psycopg``)."""
+    return sqlalchemy_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def make_engine(url: str, *, pool_size: int = 5, **kwargs: Any) -> sa.Engine:
+    return sa.create_engine(
+        sqlalchemy_url(url),
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        connect_args={"application_name": "batch-orchestrator"},
+        **kwargs,
+    )
+
+
+def make_sessionmaker(engine: sa.Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def unit_of_work(sessions: sessionmaker[Session]) -> Iterator[Session]:
+    """One short transaction: commits on success, rolls back on any exception."""
+    with sessions.begin() as session:
+        yield session
+
+
+def raw_connection(session: Session) -> psycopg.Connection[Any]:
+    """The psycopg connection under a session, for COPY."""
+    dbapi: Any = session.connection().connection.dbapi_connection
+    if not isinstance(dbapi, psycopg.Connection):
+        raise TypeError("the orchestrator needs the psycopg 3 driver")
+    return dbapi

@@ -1,0 +1,169 @@
+"""What the steps need, built once by the CLI (or by a test) and passed down explicitly."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import tempfile
+import threading
+import uuid
+from pathlib import Path
+
+import httpx
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.orm import Session, sessionmaker
+
+from orchestrator.api.client import BatchApiClient, make_http_client
+from orchestrator.api.errors import TargetBlocked
+from orchestrator.clock import Clock, SystemClock
+from orchestrator.config import Settings, TargetConfig
+from orchestrator.db import repo
+from orchestrator.db.models import TargetState
+from orchestrator.db.session import make_engine, make_sessionmaker, unit_of_work
+from orchestrator.domain.backoff import PollSchedule, RetrySchedule
+from orchestrator.domain.decide import Policy
+
+log = structlog.get_logger(__name__)
+
+
+class TargetGate:
+    """Asks the database, before every call, whether anyone has been told to wait for this target.
+
+    A 429 seen by one worker of one daemon is written to ``target_state``; every other worker of
+    every daemon reads it here and does not call before the deadline. When a call works while the
+    target is marked paused (bad key), the pause is lifted for everyone.
+    """
+
+    def __init__(self, target: str, sessions: sessionmaker[Session], clock: Clock) -> None:
+        self.target = target
+        self._sessions = sessions
+        self._clock = clock
+        self._local = threading.local()
+
+    def before_request(self) -> None:
+        now = self._clock.now()
+        with unit_of_work(self._sessions) as session:
+            row = session.execute(
+                sa.select(TargetState.blocked_until, TargetState.paused).where(
+                    TargetState.target == self.target
+                )
+            ).first()
+        self._local.paused = bool(row and row.paused)
+        if row and row.blocked_until and row.blocked_until > now:
+            wait = (row.blocked_until - now).total_seconds()
+            raise TargetBlocked(
+                429,
+                f"target {self.target!r} asked us to wait {wait:.0f}s more",
+                retry_after=wait,
+            )
+
+    def after_success(self) -> None:
+        if not getattr(self._local, "paused", False):
+            return
+        self._local.paused = False
+        with unit_of_work(self._sessions) as session:
+            if repo.clear_pause(session, self.target):
+                repo.record_event(session, "target_resumed", target=self.target)
+                log.warning("target_resumed", target=self.target)
+
+
+class ApiClients:
+    """One client (and one connection pool) per target, made on first use."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        clock: Clock,
+        *,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self._settings = settings
+        self._sessions = sessions
+        self._clock = clock
+        self._transport = transport
+        self._clients: dict[str, BatchApiClient] = {}
+        self._http: list[httpx.Client] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, target: str) -> BatchApiClient:
+        with self._lock:
+            client = self._clients.get(target)
+            if client is None:
+                client = self._make(self._settings.target(target))
+                self._clients[target] = client
+            return client
+
+    def _make(self, target: TargetConfig) -> BatchApiClient:
+        http = make_http_client(target, transport=self._transport)
+        self._http.append(http)
+        gate = TargetGate(target.name, self._sessions, self._clock)
+        return BatchApiClient(
+            http,
+            target=target.name,
+            before_request=gate.before_request,
+            after_success=gate.after_success,
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            for http in self._http:
+                http.close()
+            self._http.clear()
+            self._clients.clear()
+
+
+@dataclasses.dataclass(frozen=True)
+class Deps:
+    settings: Settings
+    sessions: sessionmaker[Session]
+    clock: Clock
+    clients: ApiClients
+    worker_id: uuid.UUID = dataclasses.field(default_factory=uuid.uuid4)
+    rng: random.Random = dataclasses.field(default_factory=random.Random)
+    engine: sa.Engine | None = None
+
+    def close(self) -> None:
+        self.clients.close()
+        if self.engine is not None:
+            self.engine.dispose()
+
+    @property
+    def poll_schedule(self) -> PollSchedule:
+        d = self.settings.daemon
+        return PollSchedule(
+            d.poll_initial_seconds, d.poll_factor, d.poll_max_seconds, d.poll_jitter
+        )
+
+    @property
+    def policy(self) -> Policy:
+        d = self.settings.daemon
+        return Policy(
+            retry=RetrySchedule(d.retry_base_seconds, d.retry_max_seconds),
+            pause_seconds=d.auth_probe_seconds,
+        )
+
+    def tmp_dir(self) -> Path:
+        return Path(self.settings.daemon.tmp_dir or tempfile.gettempdir())
+
+
+def make_deps(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    transport: httpx.BaseTransport | None = None,
+    seed: int | None = None,
+) -> Deps:
+    """Engine, sessions and API clients for ``settings`` (the CLI, the demo and tests use this)."""
+    engine = make_engine(settings.require_database_url(), pool_size=settings.daemon.workers + 3)
+    sessions = make_sessionmaker(engine)
+    the_clock = clock or SystemClock()
+    return Deps(
+        settings=settings,
+        sessions=sessions,
+        clock=the_clock,
+        clients=ApiClients(settings, sessions, the_clock, transport=transport),
+        rng=random.Random(seed),
+        engine=engine,
+    )

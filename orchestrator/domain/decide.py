@@ -1,0 +1,142 @@
+"""Classify, then act: what to do about a failed call to the Batch API.
+
+The API client turns each failure into an :class:`ErrorKind` (``api/errors.py``); this module turns
+``(kind, step, how often it failed)`` into one :data:`Decision`, which the runner applies with one
+fenced write. Nothing here sleeps, reads the clock or touches the database.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+import random
+
+from orchestrator.domain.backoff import RetrySchedule
+
+
+class ErrorKind(enum.StrEnum):
+    TRANSIENT = "transient"  # 5xx, 408, 409, timeouts, dropped connections, truncated downloads
+    RATE_LIMITED = "rate_limited"  # 429
+    ACCOUNT = "account"  # 401, 402, 403: the key or the account, not the request
+    TOO_LARGE = "too_large"  # 413
+    NOT_FOUND = "not_found"  # 404
+    INVALID = "invalid"  # any other 4xx
+
+
+class Step(enum.StrEnum):
+    UPLOAD = "upload"
+    CREATE = "create"
+    POLL = "poll"
+    INGEST = "ingest"
+    CANCEL = "cancel"
+    RECONCILE = "reconcile"
+
+
+@dataclasses.dataclass(frozen=True)
+class Retry:
+    """Try the same step again at ``at``."""
+
+    at: dt.datetime
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Throttle:
+    """The target asked us to slow down: nobody calls it before ``until``."""
+
+    until: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True)
+class PauseTarget:
+    """The key or account does not work: the target's jobs wait (they do not fail) until a probe
+    at ``until`` finds it working again."""
+
+    until: dt.datetime
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """The file is too large for the target: split the chunk in two and retry both halves."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Reupload:
+    """The provider lost (or never had) our input file: upload it again."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Fail:
+    """Give up on this batch with the provider's own message."""
+
+    message: str
+
+
+Decision = Retry | Throttle | PauseTarget | Split | Reupload | Fail
+
+# A file is sometimes "not found" for a few seconds right after upload (spec X6): retry the create
+# this many times before uploading again.
+CREATE_NOT_FOUND_RETRIES = 4
+# A batch or file that stays "not found" this many polls in a row is gone (spec X13).
+GONE_AFTER = 6
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    retry: RetrySchedule
+    pause_seconds: float
+    default_throttle_seconds: float = 30.0
+
+
+def decide(
+    kind: ErrorKind,
+    *,
+    step: Step,
+    failures: int,
+    message: str,
+    retry_after: float | None,
+    now: dt.datetime,
+    policy: Policy,
+    rng: random.Random,
+) -> Decision:
+    """``failures`` counts this failure: 1 on the first one of the step."""
+    if kind is ErrorKind.RATE_LIMITED:
+        wait = retry_after if retry_after is not None else policy.retry.delay(failures, rng)
+        return Throttle(until=now + dt.timedelta(seconds=max(wait, 0.0)))
+    if kind is ErrorKind.ACCOUNT:
+        return PauseTarget(until=now + dt.timedelta(seconds=policy.pause_seconds), reason=message)
+    if kind is ErrorKind.TRANSIENT:
+        return _retry(now, policy, failures, rng, message)
+    if kind is ErrorKind.TOO_LARGE and step is Step.UPLOAD:
+        return Split()
+    if kind is ErrorKind.NOT_FOUND or _is_file_not_ready(kind, step, message):
+        return _not_found(step, failures, now, policy, rng, message)
+    return Fail(message)
+
+
+def _retry(
+    now: dt.datetime, policy: Policy, failures: int, rng: random.Random, reason: str
+) -> Retry:
+    delay = policy.retry.delay(failures, rng)
+    return Retry(at=now + dt.timedelta(seconds=delay), reason=reason)
+
+
+def _is_file_not_ready(kind: ErrorKind, step: Step, message: str) -> bool:
+    # OpenAI answers a create on a just-uploaded file with 400 "Cannot find file ..." (spec X6).
+    return (
+        kind is ErrorKind.INVALID and step is Step.CREATE and "cannot find file" in message.lower()
+    )
+
+
+def _not_found(
+    step: Step, failures: int, now: dt.datetime, policy: Policy, rng: random.Random, message: str
+) -> Decision:
+    if step is Step.CREATE:
+        if failures <= CREATE_NOT_FOUND_RETRIES:
+            return _retry(now, policy, failures, rng, message)
+        return Reupload()
+    if step in (Step.POLL, Step.INGEST, Step.CANCEL, Step.RECONCILE) and failures < GONE_AFTER:
+        return _retry(now, policy, failures, rng, message)
+    return Fail(message)

@@ -1,0 +1,163 @@
+"""Classification of the lines of a batch's output and error files (spec sections 3.3 to 3.5).
+
+A line is a success only when its response has a 2xx ``status_code`` and its ``error`` is null.
+Everything else is a failure, which is *retryable* (worth sending again in a new batch) or *final*:
+
+* ``error: {code, message}`` with no response (the request never ran): ``batch_expired``,
+  ``batch_cancelled``, ``request_timeout`` and rate-limit or server codes are retryable; any other
+  code is final.
+* ``response.status_code`` 408, 409, 429, 5xx, or 0 (seen in the wild): retryable. Other 4xx: final,
+  the provider's own message is kept.
+
+Both error shapes of the spec are accepted: the error inside ``response.body.error`` with a top-level
+``error: null``, and a top-level ``error`` object.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+RETRYABLE_ERROR_CODES = frozenset(
+    {
+        "batch_expired",
+        "batch_cancelled",
+        "request_timeout",
+        "rate_limit_exceeded",
+        "rate_limited",
+        "server_error",
+        "internal_error",
+        "service_unavailable",
+        "timeout",
+    }
+)
+RETRYABLE_STATUS = frozenset({0, 408, 409, 429})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+
+
+NO_USAGE = Usage()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LineOutcome:
+    custom_id: str
+    succeeded: bool
+    retryable: bool
+    status_code: int | None
+    body: Any  # the response body (a completion, or the provider's error envelope), or None
+    error: dict[str, Any] | None  # normalised {code, message, type, param} for failures
+    usage: Usage
+    model: str | None
+
+
+class MalformedLine(ValueError):
+    """A line that is not a result object with a string ``custom_id``."""
+
+
+def status_retryable(status_code: int) -> bool:
+    return status_code in RETRYABLE_STATUS or status_code >= 500
+
+
+def classify(line: Any) -> LineOutcome:
+    """Classify one parsed JSONL line. Raises :class:`MalformedLine` for garbage."""
+    if not isinstance(line, Mapping):
+        raise MalformedLine("a result line must be a JSON object")
+    custom_id = line.get("custom_id")
+    if not isinstance(custom_id, str) or not custom_id:
+        raise MalformedLine("a result line has no custom_id")
+    response = line.get("response")
+    top_error = line.get("error")
+    if not isinstance(response, Mapping):
+        return _never_ran(custom_id, top_error)
+    status = response.get("status_code")
+    status_code = status if isinstance(status, int) else 0
+    body = response.get("body")
+    usage, model = read_usage(body)
+    if 200 <= status_code < 300 and not top_error:
+        return LineOutcome(custom_id, True, False, status_code, body, None, usage, model)
+    error = _normalise_error(top_error or _body_error(body), status_code)
+    retryable = status_retryable(status_code) or error.get("code") in RETRYABLE_ERROR_CODES
+    return LineOutcome(custom_id, False, retryable, status_code, body, error, usage, model)
+
+
+def _never_ran(custom_id: str, top_error: Any) -> LineOutcome:
+    error = _normalise_error(top_error, None)
+    retryable = error.get("code") in RETRYABLE_ERROR_CODES
+    return LineOutcome(custom_id, False, retryable, None, None, error, NO_USAGE, None)
+
+
+def _body_error(body: Any) -> Any:
+    if isinstance(body, Mapping):
+        return body.get("error", body)
+    return body
+
+
+def _normalise_error(raw: Any, status_code: int | None) -> dict[str, Any]:
+    if isinstance(raw, Mapping):
+        error: dict[str, Any] = {
+            "code": raw.get("code"),
+            "message": raw.get("message") or _default_message(status_code),
+        }
+        for key in ("type", "param"):
+            if raw.get(key) is not None:
+                error[key] = raw[key]
+    elif isinstance(raw, str) and raw:
+        error = {"code": None, "message": raw}
+    else:
+        error = {"code": None, "message": _default_message(status_code)}
+    if status_code is not None:
+        error["status_code"] = status_code
+    return error
+
+
+def _default_message(status_code: int | None) -> str:
+    if status_code is None:
+        return "the provider reported a failure without a message"
+    return f"the request failed with HTTP {status_code}"
+
+
+def missing_error() -> dict[str, Any]:
+    """The error recorded for a request that is in neither the output nor the error file."""
+    return {
+        "code": "missing_result",
+        "message": "the provider returned no line for this request in the output or error file",
+    }
+
+
+def batch_error(message: str, code: str | None = None) -> dict[str, Any]:
+    """The error recorded for every request of a batch that failed as a whole."""
+    return {"code": code or "batch_failed", "message": message}
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def read_usage(body: Any) -> tuple[Usage, str | None]:
+    """Token usage and model of a response body (chat, completions, embeddings, responses)."""
+    if not isinstance(body, Mapping):
+        return NO_USAGE, None
+    model = body.get("model")
+    usage = body.get("usage")
+    if not isinstance(usage, Mapping):
+        return NO_USAGE, model if isinstance(model, str) else None
+    prompt = _int(usage.get("prompt_tokens", usage.get("input_tokens")))
+    completion = _int(usage.get("completion_tokens", usage.get("output_tokens")))
+    total = _int(usage.get("total_tokens")) or prompt + completion
+    details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
+    cached = _int(details.get("cached_tokens")) if isinstance(details, Mapping) else 0
+    out_details = usage.get("completion_tokens_details") or usage.get("output_tokens_details")
+    reasoning = _int(out_details.get("reasoning_tokens")) if isinstance(out_details, Mapping) else 0
+    return (
+        Usage(prompt, completion, total, cached, reasoning),
+        model if isinstance(model, str) else None,
+    )

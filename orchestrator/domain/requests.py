@@ -1,0 +1,125 @@
+"""Input lines: how a request row becomes a JSONL line, and what makes one sure to fail.
+
+Everything the provider would reject for a reason we can see is caught here, before any byte is
+uploaded, and reported with the request's ``custom_id`` and what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+
+@dataclasses.dataclass(frozen=True)
+class Rules:
+    """What a target accepts (from its configuration)."""
+
+    endpoint: str
+    supported_endpoints: tuple[str, ...]
+    requires_provider: bool
+    max_custom_id_length: int
+    max_line_bytes: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RequestRow:
+    custom_id: str
+    provider: str | None
+    method: str | None
+    url: str | None
+    body_json: str  # the body exactly as the database renders it
+
+
+def build_line(row: RequestRow, *, endpoint: str, include_provider: bool) -> bytes:
+    """The JSONL line for one request. Its ``body`` is the stored text, byte for byte."""
+    head: dict[str, Any] = {"custom_id": row.custom_id}
+    if include_provider and row.provider:
+        head["provider"] = row.provider
+    head["method"] = row.method or "POST"
+    head["url"] = row.url or endpoint
+    prefix = orjson.dumps(head)[:-1]  # drop the closing brace and append the body
+    return b'%s,"body":%s}\n' % (prefix, row.body_json.encode())
+
+
+def endpoint_problem(rules: Rules) -> str | None:
+    if rules.endpoint not in rules.supported_endpoints:
+        return (
+            f"endpoint {rules.endpoint!r} is not supported by this target "
+            f"(supported: {', '.join(rules.supported_endpoints)})"
+        )
+    return None
+
+
+def request_problem(row: RequestRow, body: Any, line_bytes: int, rules: Rules) -> str | None:
+    """Why this request is sure to fail, or None. ``body`` is the parsed body."""
+    return (
+        _custom_id_problem(row.custom_id, rules)
+        or _envelope_problem(row, rules)
+        or _body_problem(body, rules.endpoint)
+        or _size_problem(line_bytes, rules)
+    )
+
+
+def _custom_id_problem(custom_id: str, rules: Rules) -> str | None:
+    if not custom_id.strip():
+        return "custom_id is empty"
+    if len(custom_id) > rules.max_custom_id_length:
+        return (
+            f"custom_id is {len(custom_id)} characters long; "
+            f"the target accepts at most {rules.max_custom_id_length}"
+        )
+    return None
+
+
+def _envelope_problem(row: RequestRow, rules: Rules) -> str | None:
+    if row.method not in (None, "POST"):
+        return f"method is {row.method!r}; batch requests must use POST"
+    url = row.url or rules.endpoint
+    if url != rules.endpoint:
+        return f"url {url!r} does not match the job's endpoint {rules.endpoint!r}"
+    if rules.requires_provider and not (row.provider and row.provider.strip()):
+        return "provider is missing; this target needs it on every request (e.g. 'openai')"
+    return None
+
+
+def _body_problem(body: Any, endpoint: str) -> str | None:
+    if not isinstance(body, Mapping):
+        return f"body must be a JSON object, not {_json_type(body)}"
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        return 'body has no "model" (a non-empty string is required)'
+    if endpoint.endswith("/chat/completions"):
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            return "body.messages must be a non-empty array for /v1/chat/completions"
+        if not all(isinstance(m, Mapping) and "role" in m for m in messages):
+            return 'every entry of body.messages must be an object with a "role"'
+    elif endpoint.endswith("/embeddings") and body.get("input") in (None, "", []):
+        return "body.input is required for /v1/embeddings"
+    return None
+
+
+def _size_problem(line_bytes: int, rules: Rules) -> str | None:
+    if line_bytes > rules.max_line_bytes:
+        return (
+            f"request is {line_bytes:,} bytes as a JSONL line, larger than the target's "
+            f"file limit ({rules.max_line_bytes:,} bytes); it can never be sent"
+        )
+    return None
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return type(value).__name__

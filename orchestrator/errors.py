@@ -1,0 +1,27 @@
+"""The orchestrator's own exceptions (the Batch API's are in :mod:`orchestrator.api.errors`).
+
+::
+
+    OrchestratorError
+    ├── ConfigError        bad or missing settings at startup (exit code 2)
+    ├── JobNotFound        a CLI command named a job that does not exist
+    └── LeaseLost          a fenced write matched no row: another worker owns the batch now
+"""
+
+from __future__ import annotations
+
+
+class OrchestratorError(Exception):
+    """Root of the orchestrator's exceptions."""
+
+
+class ConfigError(OrchestratorError):
+    """The configuration is invalid or incomplete."""
+
+
+class JobNotFound(OrchestratorError):
+    """No job with that id."""
+
+
+class LeaseLost(OrchestratorError):
+    """A fenced write matched no row: the lease expired and another worker took the batch."""

@@ -1,0 +1,532 @@
+"""The effectful steps, one per local batch state: read (short transaction) → one remote call
+(no transaction open) → fenced write (short transaction).
+
+Each step returns True when the batch should go straight on to its next step under the same
+lease, False when it was rescheduled (and its lease given back). API failures are not handled here:
+they propagate to the runner, which classifies them (``domain/decide.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+import structlog
+
+from orchestrator import transitions as tr
+from orchestrator.api.errors import ApiBadRequest, ApiClientError, ApiError, ApiNotFound
+from orchestrator.api.schemas import BatchObject
+from orchestrator.clock import from_unix
+from orchestrator.config import TargetConfig
+from orchestrator.db import repo
+from orchestrator.db.models import Batch, Price
+from orchestrator.db.repo import Claimed
+from orchestrator.db.session import unit_of_work
+from orchestrator.deps import Deps
+from orchestrator.domain import cost as costs
+from orchestrator.domain import requests as rq
+from orchestrator.domain.decide import ErrorKind
+from orchestrator.domain.states import BatchState, RemoteStatus, remote_terminal
+from orchestrator.ingest import IngestStats, ingest_files
+from orchestrator.plan import request_rows
+
+log = structlog.get_logger(__name__)
+
+Step = Callable[[Deps, Claimed], bool]
+TOKEN_LIMIT_RETRY_SECONDS = 900.0
+# How far back to look through the target's batch list for a create we are unsure of.
+RECONCILE_LOOKBACK = dt.timedelta(hours=2)
+
+
+def _cancel_if_requested(deps: Deps, b: Claimed, stage: str) -> bool:
+    if not b.job_cancel_requested:
+        return False
+    with unit_of_work(deps.sessions) as s:
+        tr.cancel_batch_locally(
+            s, batch_id=b.id, job_id=b.job_id, token=b.token, now=deps.clock.now(), stage=stage
+        )
+    return True
+
+
+# -- planned → uploaded ------------------------------------------------------------------
+
+
+def upload(deps: Deps, b: Claimed) -> bool:
+    if _cancel_if_requested(deps, b, "planned"):
+        return False
+    target = deps.settings.target(b.target)
+    with tempfile.TemporaryDirectory(prefix="orchestrator-up-", dir=deps.tmp_dir()) as tmp:
+        path = Path(tmp) / f"batch-{b.id}-round-{b.round}.jsonl"
+        written, count = _write_input_file(deps, b, target, path)
+        uploaded = deps.clients(b.target).upload_file(path, filename=path.name)
+    with unit_of_work(deps.sessions) as s:
+        repo.fence(
+            s,
+            b.id,
+            b.token,
+            state=BatchState.UPLOADED,
+            input_file_id=uploaded.id,
+            bytes=written,
+            request_count=count,
+            step_failures=0,
+            last_error=None,
+            next_run_at=deps.clock.now(),
+        )
+        repo.record_event(
+            s,
+            "batch_uploaded",
+            job_id=b.job_id,
+            batch_id=b.id,
+            file_id=uploaded.id,
+            bytes=written,
+            requests=count,
+        )
+    log.info("batch_uploaded", file_id=uploaded.id, bytes=written, requests=count)
+    return True
+
+
+def _write_input_file(deps: Deps, b: Claimed, target: TargetConfig, path: Path) -> tuple[int, int]:
+    """Build the JSONL from a server-side cursor; returns (bytes, lines)."""
+    written = count = 0
+    with unit_of_work(deps.sessions) as s, path.open("wb") as fh:
+        rows = request_rows(
+            s,
+            "SELECT r.custom_id, r.provider, r.method, r.url, r.body::text AS body, r.seq "
+            "FROM orchestrator.batch_items bi JOIN orchestrator.requests r "
+            "  ON r.job_id = bi.job_id AND r.custom_id = bi.custom_id "
+            "WHERE bi.batch_id = :b ORDER BY bi.seq",
+            {"b": b.id},
+        )
+        for r in rows:
+            line = rq.build_line(
+                rq.RequestRow(r.custom_id, r.provider, r.method, r.url, r.body),
+                endpoint=b.endpoint,
+                include_provider=target.requires_provider,
+            )
+            fh.write(line)
+            written += len(line)
+            count += 1
+    return written, count
+
+
+# -- uploaded → creating → submitted -----------------------------------------------------
+
+
+def create(deps: Deps, b: Claimed) -> bool:
+    if _cancel_if_requested(deps, b, "uploaded"):
+        return False
+    key = tr.new_idempotency_key()
+    now = deps.clock.now()
+    with unit_of_work(deps.sessions) as s:
+        # The intent, committed before anything is sent.
+        repo.fence(
+            s,
+            b.id,
+            b.token,
+            state=BatchState.CREATING,
+            idempotency_key=key,
+            create_attempted_at=now,
+            create_attempts=Batch.create_attempts + 1,
+        )
+    intent = dataclasses.replace(
+        b, state=BatchState.CREATING, idempotency_key=key, create_attempted_at=now
+    )
+    return send_create(deps, intent)
+
+
+def send_create(deps: Deps, b: Claimed) -> bool:
+    """POST /batches for a batch whose intent (state ``creating``, key) is committed."""
+    assert b.input_file_id is not None
+    assert b.idempotency_key is not None
+    try:
+        created = deps.clients(b.target).create_batch(
+            input_file_id=b.input_file_id,
+            endpoint=b.endpoint,
+            completion_window=b.job_completion_window,
+            metadata={
+                "orchestrator_key": str(b.idempotency_key),
+                "orchestrator_job": str(b.job_id),
+                "orchestrator_batch": str(b.id),
+            },
+        )
+    except ApiError as exc:
+        _record_failed_create(deps, b, exc)
+        raise
+    adopt(deps, b, created, how="created")
+    return False
+
+
+def _record_failed_create(deps: Deps, b: Claimed, exc: ApiError) -> None:
+    """Was the batch created or not? The runner then decides when to try again."""
+    with unit_of_work(deps.sessions) as s:
+        if exc.kind is ErrorKind.TRANSIENT:
+            # Timeout, 5xx, broken connection, unreadable answer: it may exist. Stay in
+            # 'creating', so that the next attempt starts by reconciling.
+            repo.fence(s, b.id, b.token, ambiguous_creates=Batch.ambiguous_creates + 1)
+            repo.record_event(
+                s, "batch_create_ambiguous", job_id=b.job_id, batch_id=b.id, error=exc.message
+            )
+            log.warning("batch_create_ambiguous", error=exc.message)
+        else:
+            # A definite refusal (4xx, 429, or not sent at all): nothing was created.
+            repo.fence(s, b.id, b.token, state=BatchState.UPLOADED, idempotency_key=None)
+
+
+def adopt(deps: Deps, b: Claimed, remote: BatchObject, *, how: str) -> None:
+    now = deps.clock.now()
+    with unit_of_work(deps.sessions) as s:
+        repo.release(
+            s,
+            b.id,
+            b.token,
+            state=BatchState.SUBMITTED,
+            remote_batch_id=remote.id,
+            step_failures=0,
+            last_error=None,
+            unchanged_polls=0,
+            next_run_at=deps.poll_schedule.next_poll(now=now, unchanged_polls=0, rng=deps.rng),
+            **_remote_fields(remote),
+        )
+        repo.record_event(
+            s,
+            f"batch_{how}",
+            job_id=b.job_id,
+            batch_id=b.id,
+            remote_batch_id=remote.id,
+            status=remote.status,
+        )
+    log.info(f"batch_{how}", remote_batch_id=remote.id, status=remote.status)
+
+
+def reconcile(deps: Deps, b: Claimed) -> bool:
+    """A batch found in ``creating``: a create may or may not have reached the provider."""
+    target = deps.settings.target(b.target)
+    if target.can_list:
+        found = _find_by_key(deps, b)
+        if found is not None:
+            adopt(deps, b, found, how="adopted")
+            return False
+        _note(deps, b, "batch_create_reconciled", found=False, via="list")
+    elif target.ambiguous_create_policy == "pause":
+        return _park_for_review(deps, b)
+    elif target.ambiguous_create_policy == "fail":
+        with unit_of_work(deps.sessions) as s:
+            tr.fail_batch(
+                s,
+                batch_id=b.id,
+                job_id=b.job_id,
+                token=b.token,
+                now=deps.clock.now(),
+                message="a create may or may not have reached the provider, which "
+                "cannot list batches; policy 'fail' stops here to avoid paying twice",
+            )
+        return False
+    else:
+        _note(deps, b, "batch_create_reconciled", found=None, via="policy:recreate")
+        log.warning(
+            "batch_create_unverifiable",
+            policy="recreate",
+            hint="the target cannot list batches; creating again may duplicate one",
+        )
+    if _cancel_if_requested(deps, b, "creating"):
+        return False
+    return send_create(deps, b)
+
+
+def _find_by_key(deps: Deps, b: Claimed) -> BatchObject | None:
+    key = str(b.idempotency_key)
+    since = (b.create_attempted_at or deps.clock.now()) - RECONCILE_LOOKBACK
+    for remote in deps.clients(b.target).iter_batches():
+        if remote.metadata.get("orchestrator_key") == key:
+            return remote
+        created = from_unix(remote.created_at)
+        if created is not None and created < since:
+            break  # newest first: everything further is older than our attempt
+    return None
+
+
+def _park_for_review(deps: Deps, b: Claimed) -> bool:
+    now = deps.clock.now()
+    with unit_of_work(deps.sessions) as s:
+        repo.release(
+            s,
+            b.id,
+            b.token,
+            next_run_at=now + dt.timedelta(hours=1),
+            last_error="create outcome unknown; waiting for an operator "
+            "(orchestrator resolve BATCH --adopt ID | --recreate)",
+        )
+        repo.record_event(s, "batch_create_needs_review", job_id=b.job_id, batch_id=b.id)
+    log.warning(
+        "batch_create_needs_review", hint="orchestrator resolve BATCH --adopt ID | --recreate"
+    )
+    return False
+
+
+def _note(deps: Deps, b: Claimed, kind: str, **detail: Any) -> None:
+    with unit_of_work(deps.sessions) as s:
+        repo.fence(s, b.id, b.token)
+        repo.record_event(s, kind, job_id=b.job_id, batch_id=b.id, **detail)
+
+
+# -- submitted → ingesting ---------------------------------------------------------------
+
+
+def poll(deps: Deps, b: Claimed) -> bool:
+    assert b.remote_batch_id is not None
+    client = deps.clients(b.target)
+    if b.job_cancel_requested and b.cancel_sent_at is None:
+        _send_cancel(deps, b)
+    remote = client.get_batch(b.remote_batch_id)
+    now = deps.clock.now()
+    changed = remote.status != b.remote_status
+    unchanged = 0 if changed else b.unchanged_polls + 1
+    fields = dict(
+        _remote_fields(remote),
+        poll_count=Batch.poll_count + 1,
+        unchanged_polls=unchanged,
+        step_failures=0,
+        last_error=None,
+    )
+    if changed:
+        log.info(
+            "batch_status_changed",
+            status=remote.status,
+            previous=b.remote_status,
+            request_counts=dict(remote.request_counts or {}),
+        )
+    if not remote_terminal(remote.status):
+        at = deps.poll_schedule.next_poll(
+            now=now,
+            unchanged_polls=unchanged,
+            rng=deps.rng,
+            expires_at=from_unix(remote.expires_at),
+        )
+        with unit_of_work(deps.sessions) as s:
+            repo.release(s, b.id, b.token, next_run_at=at, **fields)
+            if changed:
+                repo.record_event(
+                    s,
+                    "batch_status_changed",
+                    job_id=b.job_id,
+                    batch_id=b.id,
+                    status=remote.status,
+                    request_counts=remote.request_counts,
+                )
+        return False
+    if remote.status == RemoteStatus.FAILED:
+        return _remote_failed(deps, b, remote, fields)
+    with unit_of_work(deps.sessions) as s:
+        repo.fence(s, b.id, b.token, state=BatchState.INGESTING, next_run_at=now, **fields)
+        repo.record_event(
+            s,
+            "batch_status_changed",
+            job_id=b.job_id,
+            batch_id=b.id,
+            status=remote.status,
+            request_counts=remote.request_counts,
+        )
+    return True
+
+
+def _send_cancel(deps: Deps, b: Claimed) -> None:
+    target = deps.settings.target(b.target)
+    detail: dict[str, Any] = {}
+    if not target.can_cancel:
+        kind = "batch_cancel_unsupported"  # collect what it produces; resubmit nothing
+    else:
+        assert b.remote_batch_id is not None
+        try:
+            deps.clients(b.target).cancel_batch(b.remote_batch_id)
+            kind = "batch_cancel_sent"
+        except (ApiBadRequest, ApiNotFound, ApiClientError) as exc:
+            # Typically: already finished. Its results are collected as usual.
+            kind, detail = "batch_cancel_refused", {"error": exc.message}
+    with unit_of_work(deps.sessions) as s:
+        repo.fence(s, b.id, b.token, cancel_sent_at=deps.clock.now())
+        repo.record_event(s, kind, job_id=b.job_id, batch_id=b.id, **detail)
+    log.info(kind, **detail)
+
+
+def _remote_failed(deps: Deps, b: Claimed, remote: BatchObject, fields: dict[str, Any]) -> bool:
+    now = deps.clock.now()
+    codes = {e.code for e in remote.errors}
+    with unit_of_work(deps.sessions) as s:
+        if "token_limit_exceeded" in codes and not b.job_cancel_requested:
+            # "Later", not "failed": create it again from the same file once the queue drains.
+            repo.release(
+                s,
+                b.id,
+                b.token,
+                state=BatchState.UPLOADED,
+                remote_batch_id=None,
+                idempotency_key=None,
+                remote_status=None,
+                remote=dict(remote.raw),
+                last_error=remote.error_summary(),
+                next_run_at=now + dt.timedelta(seconds=TOKEN_LIMIT_RETRY_SECONDS),
+            )
+            repo.record_event(
+                s,
+                "batch_token_limited",
+                job_id=b.job_id,
+                batch_id=b.id,
+                remote_batch_id=remote.id,
+                error=remote.error_summary(),
+            )
+            log.warning("batch_token_limited", error=remote.error_summary())
+            return False
+        repo.fence(s, b.id, b.token, **fields)
+        by_line = {
+            e.line: {"code": e.code, "message": e.message, "line": e.line}
+            for e in remote.errors
+            if e.line is not None
+        }
+        message = f"the provider failed batch {remote.id}: {remote.error_summary()}"
+        tr.fail_batch(
+            s,
+            batch_id=b.id,
+            job_id=b.job_id,
+            token=b.token,
+            now=now,
+            message=message,
+            code=next(iter(codes - {None}), None),
+            by_line=by_line,
+        )
+    return False
+
+
+def _remote_fields(remote: BatchObject) -> dict[str, Any]:
+    return {
+        "remote_status": remote.status,
+        "request_counts": dict(remote.request_counts) if remote.request_counts else None,
+        "output_file_id": remote.output_file_id,
+        "error_file_id": remote.error_file_id,
+        "usage": dict(remote.usage) if remote.usage else None,
+        "remote": dict(remote.raw),
+        "remote_created_at": from_unix(remote.created_at),
+        "expires_at": from_unix(remote.expires_at),
+        "in_progress_at": from_unix(remote.in_progress_at),
+        "finalizing_at": from_unix(remote.finalizing_at),
+        "remote_finished_at": from_unix(remote.finished_at),
+    }
+
+
+# -- ingesting → done --------------------------------------------------------------------
+
+
+def ingest(deps: Deps, b: Claimed) -> bool:
+    with unit_of_work(deps.sessions) as s:
+        batch = s.get_one(Batch, b.id)
+        file_ids = [f for f in (batch.output_file_id, batch.error_file_id) if f]
+        remote = dict(batch.remote or {})
+    client = deps.clients(b.target)
+    with tempfile.TemporaryDirectory(prefix="orchestrator-in-", dir=deps.tmp_dir()) as tmp:
+        paths = []
+        for n, file_id in enumerate(file_ids):
+            path = Path(tmp) / f"{n}.jsonl"
+            with path.open("wb") as fh:
+                client.download_file(file_id, fh)
+            paths.append(path)
+        _ingest_transaction(deps, b, paths, remote)
+    return False
+
+
+def _ingest_transaction(deps: Deps, b: Claimed, paths: list[Path], remote: dict[str, Any]) -> None:
+    now = deps.clock.now()
+    resubmit = not b.job_cancel_requested
+    with unit_of_work(deps.sessions) as s:
+        repo.fence(s, b.id, b.token)  # lock first: nobody else writes this batch from here
+        stats = ingest_files(
+            s,
+            job_id=b.job_id,
+            batch_id=b.id,
+            paths=paths,
+            max_attempts=b.job_max_attempts,
+            resubmit=resubmit,
+        )
+        cost, source = _batch_cost(s, remote, stats)
+        repo.release(
+            s,
+            b.id,
+            b.token,
+            state=BatchState.DONE,
+            finished_at=now,
+            succeeded_count=stats.succeeded,
+            failed_count=stats.failed,
+            retried_count=stats.retry,
+            prompt_tokens=stats.prompt_tokens,
+            completion_tokens=stats.completion_tokens,
+            total_tokens=stats.total_tokens,
+            cached_tokens=stats.cached_tokens,
+            reasoning_tokens=stats.reasoning_tokens,
+            cost=cost,
+            cost_source=source,
+            step_failures=0,
+            last_error=None,
+        )
+        if stats.upserted:
+            tr.recount_job(s, b.job_id)
+            tr.add_to_job(s, b.job_id, cost=cost)
+        else:
+            tr.add_to_job(
+                s,
+                b.job_id,
+                succeeded=stats.succeeded,
+                failed=stats.failed,
+                prompt_tokens=stats.prompt_tokens,
+                completion_tokens=stats.completion_tokens,
+                total_tokens=stats.total_tokens,
+                cost=cost,
+            )
+        repo.record_event(
+            s, "batch_ingested", job_id=b.job_id, batch_id=b.id, cost=str(cost), **stats.summary()
+        )
+        again = tr.resubmit(s, b.id, now) if stats.retry else None
+        if again:
+            repo.record_event(
+                s,
+                "batch_resubmitted",
+                job_id=b.job_id,
+                batch_id=again[0],
+                from_batch=b.id,
+                requests=again[1],
+            )
+        tr.finish_job_if_done(s, b.job_id, now)
+    log.info("batch_ingested", cost=str(cost), **stats.summary())
+    if again:
+        log.info("batch_resubmitted", new_batch_id=again[0], requests=again[1])
+
+
+def _batch_cost(
+    session: sa.orm.Session, remote: dict[str, Any], stats: IngestStats
+) -> tuple[Any, str | None]:
+    reported = costs.provider_cost(remote)
+    if reported is not None:
+        return reported, "provider"
+    if not stats.by_model:
+        return None, None
+    prices = {
+        p.model: costs.Price(p.input_per_mtok, p.output_per_mtok, p.cached_input_per_mtok)
+        for p in session.scalars(
+            sa.select(Price)
+            .where(Price.model.in_(stats.by_model))
+            .order_by(Price.model, Price.valid_from)
+        )
+    }  # ordered by valid_from, so the newest price of each model wins
+    computed = costs.price_cost(stats.by_model, prices)
+    return (computed, "prices") if computed is not None else (None, None)
+
+
+STEPS: dict[str, Step] = {
+    BatchState.PLANNED: upload,
+    BatchState.UPLOADED: create,
+    BatchState.CREATING: reconcile,
+    BatchState.SUBMITTED: poll,
+    BatchState.INGESTING: ingest,
+}
