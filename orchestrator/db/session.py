@@ -57,3 +57,12 @@ def raw_connection(session: Session) -> psycopg.Connection[Any]:
     if not isinstance(dbapi, psycopg.Connection):
         raise TypeError("the orchestrator needs the psycopg 3 driver")
     return dbapi
+
+
+def with_database(url: str, database: str) -> str:
+    """The same server, another database (libpq URL form)."""
+    return (
+        sqlalchemy_url(url)
+        .set(drivername="postgresql", database=database)
+        .render_as_string(hide_password=False)
+    )

@@ -1,0 +1,158 @@
+"""The API client against the emulator over real HTTP: every status in the doc maps to its
+exception, and the happy path parses every response."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from orchestrator.api import errors as e
+from orchestrator.api.client import BatchApiClient, make_http_client
+from orchestrator.clock import ManualClock
+from orchestrator.config import Secret, make_target
+from orchestrator.domain.decide import ErrorKind
+from orchestrator.emulator import Emulator, EmulatorConfig, EmulatorServer
+from tests.support import API_KEY, chat_body
+
+LINES = "".join(
+    f'{{"custom_id": "r{i}", "provider": "openai", "method": "POST", '
+    f'"url": "/v1/chat/completions", "body": {__import__("json").dumps(chat_body(i))}}}\n'
+    for i in range(5)
+)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[tuple[Emulator, BatchApiClient, ManualClock, Path]]:
+    clock = ManualClock()
+    emulator = Emulator(EmulatorConfig(api_key=API_KEY), clock)
+    with emulator, EmulatorServer(emulator) as server:
+        target = make_target(
+            "fastrouter",
+            "fastrouter",
+            base_url=server.base_url,
+            api_key=Secret(API_KEY),
+            timeout_seconds=0.5,
+        )
+        http = make_http_client(target)
+        path = tmp_path / "in.jsonl"
+        path.write_text(LINES)
+        yield emulator, BatchApiClient(http, target="fastrouter"), clock, path
+        http.close()
+
+
+def test_the_documented_flow_parses_every_response(env) -> None:  # type: ignore[no-untyped-def]
+    _emulator, client, clock, path = env
+    uploaded = client.upload_file(path, filename="in.jsonl")
+    assert uploaded.id.startswith("file-") and uploaded.num_rows == 5
+    assert uploaded.bytes == path.stat().st_size
+    batch = client.create_batch(
+        input_file_id=uploaded.id,
+        endpoint="/v1/chat/completions",
+        metadata={"orchestrator_key": "k1"},
+    )
+    assert batch.id.startswith("fr_batch-") and batch.status == "validating"
+    assert batch.metadata == {"orchestrator_key": "k1"}
+    clock.advance(3600)
+    done = client.get_batch(batch.id)
+    assert done.status == "completed" and done.output_file_id and done.error_file_id is None
+    assert done.usage is not None and done.usage["total_tokens"] > 0
+    sink = io.BytesIO()
+    assert client.download_file(done.output_file_id, sink) == len(sink.getvalue()) > 0
+    assert sink.getvalue().count(b"\n") == 5
+
+
+@pytest.mark.parametrize(
+    ("status", "cls", "kind"),
+    [
+        (400, e.ApiBadRequest, ErrorKind.INVALID),
+        (401, e.ApiAuthError, ErrorKind.ACCOUNT),
+        (402, e.ApiPaymentRequired, ErrorKind.ACCOUNT),
+        (403, e.ApiAuthError, ErrorKind.ACCOUNT),
+        (404, e.ApiNotFound, ErrorKind.NOT_FOUND),
+        (409, e.ApiServerError, ErrorKind.TRANSIENT),
+        (413, e.ApiPayloadTooLarge, ErrorKind.TOO_LARGE),
+        (429, e.ApiRateLimited, ErrorKind.RATE_LIMITED),
+        (500, e.ApiServerError, ErrorKind.TRANSIENT),
+        (502, e.ApiServerError, ErrorKind.TRANSIENT),
+        (503, e.ApiServerError, ErrorKind.TRANSIENT),
+    ],
+)
+@pytest.mark.parametrize("route", ["upload_file", "create_batch", "get_batch", "file_content"])
+def test_each_status_maps_to_its_exception(env, status, cls, kind, route) -> None:  # type: ignore[no-untyped-def]
+    emulator, client, clock, path = env
+    uploaded = client.upload_file(path, filename="in.jsonl")
+    batch = client.create_batch(input_file_id=uploaded.id, endpoint="/v1/chat/completions")
+    clock.advance(3600)
+    output = client.get_batch(batch.id).output_file_id
+    assert output is not None
+    emulator.faults.add(route, status=status, message=f"injected {status}")
+    calls = {
+        "upload_file": lambda: client.upload_file(path, filename="in.jsonl"),
+        "create_batch": lambda: client.create_batch(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions"
+        ),
+        "get_batch": lambda: client.get_batch(batch.id),
+        "file_content": lambda: client.download_file(output, io.BytesIO()),
+    }
+    with pytest.raises(cls) as caught:
+        calls[route]()
+    assert type(caught.value) is cls
+    assert caught.value.status_code == status and caught.value.kind is kind
+    assert caught.value.message == f"injected {status}"  # the provider's own message
+    assert caught.value.retryable == (kind in (ErrorKind.TRANSIENT, ErrorKind.RATE_LIMITED))
+
+
+def test_429_carries_retry_after(env) -> None:  # type: ignore[no-untyped-def]
+    emulator, client, _, _ = env
+    emulator.faults.add("get_batch", status=429, retry_after=30)
+    with pytest.raises(e.ApiRateLimited) as caught:
+        client.get_batch("fr_batch-x")
+    assert caught.value.retry_after == 30
+
+
+def test_a_slow_answer_is_a_timeout(env) -> None:  # type: ignore[no-untyped-def]
+    emulator, client, _, _ = env
+    emulator.faults.add("get_batch", delay_seconds=2)
+    with pytest.raises(e.ApiTimeout) as caught:
+        client.get_batch("fr_batch-x")
+    assert caught.value.kind is ErrorKind.TRANSIENT
+
+
+def test_a_closed_port_is_a_transport_error() -> None:
+    target = make_target(
+        "t",
+        "fastrouter",
+        base_url="http://127.0.0.1:9/v1",
+        timeout_seconds=1,
+        connect_timeout_seconds=1,
+    )
+    with make_http_client(target) as http, pytest.raises(e.ApiTransportError) as caught:
+        BatchApiClient(http).get_batch("x")
+    assert caught.value.retryable
+
+
+def test_the_key_is_sent_but_never_shown(env) -> None:  # type: ignore[no-untyped-def]
+    emulator, client, _, _ = env
+    emulator.revoke_key()
+    with pytest.raises(e.ApiAuthError) as caught:
+        client.get_batch("fr_batch-x")
+    assert API_KEY not in str(caught.value) and API_KEY not in repr(caught.value.body)
+    assert API_KEY not in repr(
+        make_target("t", "fastrouter", api_key=Secret(API_KEY), base_url="http://x")
+    )
+
+
+def test_a_blocked_target_sends_nothing(env) -> None:  # type: ignore[no-untyped-def]
+    emulator, client, _, _ = env
+
+    def blocked() -> None:
+        raise e.TargetBlocked(429, "wait", retry_after=5)
+
+    gated = BatchApiClient(client._http, before_request=blocked)
+    before = len(emulator.ledger.calls)
+    with pytest.raises(e.TargetBlocked):
+        gated.get_batch("x")
+    assert len(emulator.ledger.calls) == before

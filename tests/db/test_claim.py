@@ -1,0 +1,128 @@
+"""The claim and the fence on real PostgreSQL: leases, SKIP LOCKED, takeover of stale leases."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import uuid
+
+import pytest
+import sqlalchemy as sa
+
+from orchestrator.db import repo
+from orchestrator.db.session import make_engine, make_sessionmaker, unit_of_work
+from orchestrator.errors import LeaseLost
+from tests.support import enqueue, simple_requests
+
+T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+@pytest.fixture
+def sessions(db_url: str):  # type: ignore[no-untyped-def]
+    engine = make_engine(db_url, pool_size=10)
+    yield make_sessionmaker(engine)
+    engine.dispose()
+
+
+def _batches(db_url: str, n: int, sessions) -> None:  # type: ignore[no-untyped-def]
+    job = enqueue(db_url, simple_requests(1))
+    with unit_of_work(sessions) as s:
+        for _ in range(n):
+            s.execute(
+                sa.text(
+                    "INSERT INTO orchestrator.batches (job_id, target, endpoint, request_count, bytes,"
+                    " next_run_at) VALUES (:j, 'fastrouter', '/v1/chat/completions', 1, 1, :t)"
+                ),
+                {"j": job, "t": T0},
+            )
+
+
+def test_concurrent_claims_never_share_a_batch(db_url: str, sessions) -> None:  # type: ignore[no-untyped-def]
+    _batches(db_url, 40, sessions)
+    claimed: list[list[int]] = []
+    barrier = threading.Barrier(8)
+
+    def claim() -> None:
+        barrier.wait()
+        with unit_of_work(sessions) as s:
+            got = repo.claim_batches(s, owner=uuid.uuid4(), now=T0, ttl=60, limit=5)
+        claimed.append([b.id for b in got])
+
+    threads = [threading.Thread(target=claim) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ids = [i for chunk in claimed for i in chunk]
+    assert len(ids) == 40 and len(set(ids)) == 40
+
+
+def test_a_leased_batch_is_not_claimed_until_its_lease_expires(db_url: str, sessions) -> None:  # type: ignore[no-untyped-def]
+    _batches(db_url, 1, sessions)
+    a, b = uuid.uuid4(), uuid.uuid4()
+    with unit_of_work(sessions) as s:
+        (first,) = repo.claim_batches(s, owner=a, now=T0, ttl=60, limit=10)
+    with unit_of_work(sessions) as s:
+        assert (
+            repo.claim_batches(s, owner=b, now=T0 + dt.timedelta(seconds=59), ttl=60, limit=10)
+            == []
+        )
+    with unit_of_work(sessions) as s:
+        (second,) = repo.claim_batches(
+            s, owner=b, now=T0 + dt.timedelta(seconds=61), ttl=60, limit=10
+        )
+    assert second.id == first.id and second.token == first.token + 1
+    # the old holder's writes are fenced off
+    with pytest.raises(LeaseLost), unit_of_work(sessions) as s:
+        repo.fence(s, first.id, first.token, last_error="late write")
+    with unit_of_work(sessions) as s:
+        repo.fence(s, second.id, second.token, last_error="owner write")
+
+
+def test_heartbeat_renews_only_current_leases(db_url: str, sessions) -> None:  # type: ignore[no-untyped-def]
+    _batches(db_url, 2, sessions)
+    me = uuid.uuid4()
+    with unit_of_work(sessions) as s:
+        one, two = repo.claim_batches(s, owner=me, now=T0, ttl=60, limit=2)
+    later = T0 + dt.timedelta(seconds=50)
+    with unit_of_work(sessions) as s:
+        renewed = repo.renew_leases(
+            s, owner=me, tokens={one.id: one.token, two.id: two.token + 7}, now=later, ttl=60
+        )
+    assert renewed == {one.id}
+    with unit_of_work(sessions) as s:
+        others = repo.claim_batches(
+            s, owner=uuid.uuid4(), now=later + dt.timedelta(seconds=15), ttl=60, limit=5
+        )
+    assert [b.id for b in others] == []  # both still leased: one renewed, two not yet expired
+
+
+def test_a_blocked_target_is_not_claimed(db_url: str, sessions) -> None:  # type: ignore[no-untyped-def]
+    _batches(db_url, 1, sessions)
+    with unit_of_work(sessions) as s:
+        repo.block_target(
+            s, "fastrouter", until=T0 + dt.timedelta(seconds=30), reason="429", paused=False
+        )
+    with unit_of_work(sessions) as s:
+        assert (
+            repo.claim_batches(
+                s, owner=uuid.uuid4(), now=T0 + dt.timedelta(seconds=29), ttl=60, limit=5
+            )
+            == []
+        )
+    with unit_of_work(sessions) as s:
+        assert (
+            len(
+                repo.claim_batches(
+                    s, owner=uuid.uuid4(), now=T0 + dt.timedelta(seconds=31), ttl=60, limit=5
+                )
+            )
+            == 1
+        )
+
+
+def test_a_later_block_is_never_shortened(db_url: str, sessions) -> None:  # type: ignore[no-untyped-def]
+    with unit_of_work(sessions) as s:
+        repo.block_target(s, "t", until=T0 + dt.timedelta(seconds=60), reason="a", paused=False)
+        repo.block_target(s, "t", until=T0 + dt.timedelta(seconds=10), reason="b", paused=False)
+        assert repo.target_blocked_until(s, "t", T0) == T0 + dt.timedelta(seconds=60)

@@ -1,0 +1,191 @@
+"""Test support: settings for tests, an in-process daemon on a manual clock, SQL helpers."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+import psycopg
+
+from orchestrator.clock import ManualClock
+from orchestrator.config import DaemonSettings, Secret, Settings, make_target
+from orchestrator.daemon import Daemon
+from orchestrator.deps import Deps, make_deps
+from orchestrator.emulator import Emulator, EmulatorConfig, EmulatorServer, mock_transport
+
+API_KEY = "sk-test-4f1d2c3b5a6e7d8c9b0a"
+
+FAST = DaemonSettings(
+    workers=4,
+    tick_seconds=0.2,
+    lease_seconds=60,
+    poll_initial_seconds=5,
+    poll_factor=1.5,
+    poll_max_seconds=30,
+    poll_jitter=0.1,
+    retry_base_seconds=1,
+    retry_max_seconds=20,
+    auth_probe_seconds=30,
+    shutdown_grace_seconds=5,
+    http_addr=None,
+)
+
+
+def make_settings(
+    db_url: str,
+    base_url: str,
+    *,
+    preset: str = "fastrouter",
+    target: str = "fastrouter",
+    api_key: str = API_KEY,
+    daemon: DaemonSettings = FAST,
+    **target_overrides: Any,
+) -> Settings:
+    return Settings(
+        database_url=db_url,
+        targets={
+            target: make_target(
+                target, preset, base_url=base_url, api_key=Secret(api_key), **target_overrides
+            )
+        },
+        daemon=daemon,
+    )
+
+
+def chat_body(n: int | str, *, model: str = "openai/gpt-4.1-nano") -> dict[str, Any]:
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": f"Say hello to #{n}"}],
+        "max_tokens": 50,
+    }
+
+
+def enqueue(
+    db_url: str,
+    requests: Iterable[dict[str, Any]],
+    *,
+    name: str = "test",
+    target: str = "fastrouter",
+    endpoint: str = "/v1/chat/completions",
+    max_attempts: int = 3,
+) -> int:
+    """Insert a job and its requests in one transaction, with plain SQL as a user would."""
+    with psycopg.connect(db_url) as conn:
+        job_id = conn.execute(
+            "INSERT INTO orchestrator.jobs (name, target, endpoint, max_attempts) "
+            "VALUES (%s, %s, %s, %s) RETURNING id",
+            (name, target, endpoint, max_attempts),
+        ).fetchone()[0]  # type: ignore[index]
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO orchestrator.requests (job_id, custom_id, provider, method, url, body)"
+                " VALUES (%s, %s, %s, %s, %s, %s::jsonb)",
+                [
+                    (
+                        job_id,
+                        r["custom_id"],
+                        r.get("provider", "openai"),
+                        r.get("method", "POST"),
+                        r.get("url"),
+                        r["body"] if isinstance(r["body"], str) else json.dumps(r["body"]),
+                    )
+                    for r in requests
+                ],
+            )
+    return int(job_id)
+
+
+def simple_requests(n: int, prefix: str = "req-") -> list[dict[str, Any]]:
+    return [{"custom_id": f"{prefix}{i:05d}", "body": chat_body(i)} for i in range(n)]
+
+
+def query(db_url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    with psycopg.connect(db_url) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def scalar(db_url: str, sql: str, *params: Any) -> Any:
+    rows = query(db_url, sql, *params)
+    return rows[0][0] if rows else None
+
+
+@dataclasses.dataclass
+class Harness:
+    """A daemon in this process, sharing one manual clock with the emulator."""
+
+    clock: ManualClock
+    emulator: Emulator
+    deps: Deps
+    daemon: Daemon
+    db_url: str
+
+    def step(self, seconds: float = 5.0) -> None:
+        self.daemon.tick(wait=True)
+        self.clock.advance(seconds)
+
+    def run_until(
+        self, done: Callable[[], bool], *, seconds: float = 5.0, max_steps: int = 500
+    ) -> int:
+        for n in range(max_steps):
+            if done():
+                return n
+            self.step(seconds)
+        raise AssertionError(f"not done after {max_steps} steps of {seconds}s")
+
+    def job_status(self, job_id: int) -> str:
+        return str(
+            scalar(self.db_url, "SELECT status FROM orchestrator.jobs WHERE id = %s", job_id)
+        )
+
+    def run_job(self, job_id: int, *, seconds: float = 5.0, max_steps: int = 500) -> str:
+        self.run_until(
+            lambda: self.job_status(job_id) in ("completed", "failed", "cancelled"),
+            seconds=seconds,
+            max_steps=max_steps,
+        )
+        return self.job_status(job_id)
+
+
+@contextmanager
+def harness(
+    db_url: str,
+    *,
+    emulator_config: EmulatorConfig | None = None,
+    http: bool = True,
+    settings: Callable[[str], Settings] | None = None,
+    seed: int = 1,
+) -> Iterator[Harness]:
+    """Emulator (over real HTTP by default, else in-process) + daemon, one manual clock."""
+    clock = ManualClock()
+    config = emulator_config or EmulatorConfig(api_key=API_KEY)
+    with Emulator(config, clock) as emulator, ExitStack() as stack:
+        if http:
+            server = stack.enter_context(EmulatorServer(emulator))
+            base_url, transport = server.base_url, None
+        else:
+            base_url = "http://emulator" + config.path_prefix
+            transport = mock_transport(emulator)
+        resolved = settings(base_url) if settings else make_settings(db_url, base_url)
+        deps = make_deps(resolved, clock=clock, transport=transport, seed=seed)
+        daemon = Daemon(deps)
+        try:
+            yield Harness(clock, emulator, deps, daemon, db_url)
+        finally:
+            daemon.close()
+            deps.close()
+
+
+def count(db_url: str, table: str, where: str = "true", *params: Any) -> int:
+    return int(scalar(db_url, f"SELECT count(*) FROM orchestrator.{table} WHERE {where}", *params))
+
+
+def events(db_url: str, job_id: int) -> list[str]:
+    return [
+        r[0]
+        for r in query(
+            db_url, "SELECT kind FROM orchestrator.events WHERE job_id = %s ORDER BY id", job_id
+        )
+    ]

@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import datetime as dt
+import random
+
+import pytest
+
+from orchestrator.domain import decide as dc
+from orchestrator.domain.backoff import RetrySchedule
+from orchestrator.domain.decide import ErrorKind, Step
+
+NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+POLICY = dc.Policy(retry=RetrySchedule(base=2, maximum=60), pause_seconds=120)
+
+
+def _decide(
+    kind: ErrorKind,
+    step: Step = Step.POLL,
+    failures: int = 1,
+    retry_after: float | None = None,
+    message: str = "m",
+) -> dc.Decision:
+    return dc.decide(
+        kind,
+        step=step,
+        failures=failures,
+        message=message,
+        retry_after=retry_after,
+        now=NOW,
+        policy=POLICY,
+        rng=random.Random(1),
+    )
+
+
+def test_429_waits_exactly_what_the_provider_asked() -> None:
+    assert _decide(ErrorKind.RATE_LIMITED, retry_after=30) == dc.Throttle(
+        until=NOW + dt.timedelta(seconds=30)
+    )
+
+
+def test_429_without_retry_after_backs_off() -> None:
+    decision = _decide(ErrorKind.RATE_LIMITED, failures=3)
+    assert isinstance(decision, dc.Throttle)
+    assert NOW + dt.timedelta(seconds=4) <= decision.until <= NOW + dt.timedelta(seconds=8)
+
+
+@pytest.mark.parametrize("step", list(Step))
+def test_transient_errors_are_retried_with_backoff(step: Step) -> None:
+    decision = _decide(ErrorKind.TRANSIENT, step=step, failures=2)
+    assert isinstance(decision, dc.Retry)
+    assert NOW + dt.timedelta(seconds=2) <= decision.at <= NOW + dt.timedelta(seconds=4)
+
+
+def test_bad_credentials_pause_the_target_instead_of_failing() -> None:
+    decision = _decide(ErrorKind.ACCOUNT, message="invalid key")
+    assert decision == dc.PauseTarget(until=NOW + dt.timedelta(seconds=120), reason="invalid key")
+
+
+def test_too_large_at_upload_splits() -> None:
+    assert _decide(ErrorKind.TOO_LARGE, step=Step.UPLOAD) == dc.Split()
+
+
+def test_file_not_found_right_after_upload_is_retried_then_reuploaded() -> None:
+    for failures in range(1, dc.CREATE_NOT_FOUND_RETRIES + 1):
+        assert isinstance(
+            _decide(ErrorKind.NOT_FOUND, step=Step.CREATE, failures=failures), dc.Retry
+        )
+    assert (
+        _decide(ErrorKind.NOT_FOUND, step=Step.CREATE, failures=dc.CREATE_NOT_FOUND_RETRIES + 1)
+        == dc.Reupload()
+    )
+
+
+def test_openai_cannot_find_file_400_counts_as_not_ready() -> None:
+    decision = _decide(
+        ErrorKind.INVALID,
+        step=Step.CREATE,
+        message="Cannot find file file-abc, or project does not have access to it.",
+    )
+    assert isinstance(decision, dc.Retry)
+
+
+def test_a_batch_that_stays_gone_fails() -> None:
+    assert isinstance(_decide(ErrorKind.NOT_FOUND, failures=2), dc.Retry)
+    assert _decide(ErrorKind.NOT_FOUND, failures=dc.GONE_AFTER, message="gone") == dc.Fail("gone")
+
+
+def test_other_client_errors_fail_with_the_providers_message() -> None:
+    assert _decide(ErrorKind.INVALID, step=Step.CREATE, message="bad endpoint") == dc.Fail(
+        "bad endpoint"
+    )

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from orchestrator.domain.packing import Packer, pack
+
+
+def test_chunks_respect_the_request_count() -> None:
+    chunks = list(pack(((i, 10) for i in range(120_000)), max_requests=50_000, max_bytes=10**12))
+    assert [c.count for c in chunks] == [50_000, 50_000, 20_000]
+    assert (chunks[0].first_seq, chunks[0].last_seq) == (0, 49_999)
+    assert (chunks[2].first_seq, chunks[2].last_seq) == (100_000, 119_999)
+
+
+def test_chunks_respect_the_byte_budget() -> None:
+    chunks = list(pack(((i, 400) for i in range(10)), max_requests=100, max_bytes=1000))
+    assert [c.count for c in chunks] == [2, 2, 2, 2, 2]
+    assert all(c.bytes <= 1000 for c in chunks)
+
+
+def test_a_request_larger_than_the_budget_is_refused() -> None:
+    with pytest.raises(ValueError, match="exceeds"):
+        Packer(max_requests=5, max_bytes=10).add(1, 11)
+
+
+@given(
+    sizes=st.lists(st.integers(min_value=1, max_value=100), max_size=300),
+    max_requests=st.integers(min_value=1, max_value=50),
+    max_bytes=st.integers(min_value=100, max_value=1000),
+)
+def test_packing_covers_every_request_once_in_order_within_limits(
+    sizes: list[int], max_requests: int, max_bytes: int
+) -> None:
+    chunks = list(pack(enumerate(sizes), max_requests=max_requests, max_bytes=max_bytes))
+    covered = [seq for c in chunks for seq in range(c.first_seq, c.last_seq + 1)]
+    assert covered == list(range(len(sizes)))
+    for c in chunks:
+        assert c.count <= max_requests and c.bytes <= max_bytes
+        assert c.bytes == sum(sizes[c.first_seq : c.last_seq + 1])
+    # greedy: no two neighbours could have been one chunk
+    for a, b in itertools.pairwise(chunks):
+        assert a.count + b.count > max_requests or a.bytes + b.bytes > max_bytes
