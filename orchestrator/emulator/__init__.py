@@ -1,0 +1,57 @@
+"""A local, deterministic FastRouter/OpenAI-compatible Batch API for tests, benchmarks and demos.
+
+A framework-free core (:class:`Emulator`: state, lazy lifecycle on an injected clock, fault
+injection, a ledger of what happened) with two adapters: :func:`mock_transport` for in-process
+httpx clients and :class:`EmulatorServer` / :func:`create_app` for real HTTP.
+
+Quick start::
+
+    clock = ManualClock()
+    with Emulator(EmulatorConfig(mode="openai"), clock) as emulator, EmulatorServer(emulator) as srv:
+        client = OpenAI(base_url=srv.base_url, api_key="k")
+        ...
+        clock.advance(60)
+"""
+
+from __future__ import annotations
+
+from orchestrator.emulator.config import EmulatorConfig, Mode
+from orchestrator.emulator.core import Emulator
+from orchestrator.emulator.faults import (
+    Delay,
+    Fault,
+    FaultContext,
+    FaultInjector,
+    FaultRule,
+    HttpError,
+    register_fault_kind,
+)
+from orchestrator.emulator.ledger import BatchEntry, CallEntry, FileEntry, Ledger
+from orchestrator.emulator.messages import EmuRequest, EmuResponse, Headers
+from orchestrator.emulator.mock import mock_transport
+from orchestrator.emulator.server import EmulatorServer, add_arguments, create_app, run_from_args
+
+__all__ = [
+    "BatchEntry",
+    "CallEntry",
+    "Delay",
+    "EmuRequest",
+    "EmuResponse",
+    "Emulator",
+    "EmulatorConfig",
+    "EmulatorServer",
+    "Fault",
+    "FaultContext",
+    "FaultInjector",
+    "FaultRule",
+    "FileEntry",
+    "Headers",
+    "HttpError",
+    "Ledger",
+    "Mode",
+    "add_arguments",
+    "create_app",
+    "mock_transport",
+    "register_fault_kind",
+    "run_from_args",
+]

@@ -1,0 +1,95 @@
+"""The emulator's settings: one frozen value, fixed for the life of an :class:`Emulator`.
+
+Every behaviour that a test or a benchmark may want to vary (mode, timings, failure share, sizes)
+is a field here, so two emulators built from equal configs and driven by the same calls produce
+byte-identical answers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Literal
+
+Mode = Literal["fastrouter", "openai"]
+OutputOrder = Literal["input", "shuffled"]
+
+MODES: tuple[Mode, ...] = ("fastrouter", "openai")
+
+
+@dataclasses.dataclass(frozen=True)
+class EmulatorConfig:
+    """How the emulated Batch API looks and behaves.
+
+    Times are virtual seconds on the emulator's injected clock.
+    """
+
+    # Which provider to imitate: ids, response shapes, error envelopes and the set of routes.
+    mode: Mode = "fastrouter"
+    # Prefix of every API path ("/v1", or "" for none). Admin routes live outside it.
+    path_prefix: str = "/v1"
+    # Seeds ids, fake completions, the failing-line choice and probabilistic faults.
+    seed: int = 0
+    # If set, `Authorization: Bearer <api_key>` must match; if None any non-empty token passes.
+    api_key: str | None = None
+    # A batch stays `validating` this long after creation.
+    validation_seconds: float = 5.0
+    # Virtual processing rate while `in_progress`.
+    rows_per_second: float = 50.0
+    # A batch stays `finalizing` this long once every row has been processed.
+    finalizing_seconds: float = 5.0
+    # `expires_at = created_at + completion_window_seconds`; unfinished work expires then.
+    completion_window_seconds: int = 86400
+    # `cancelling` lasts this long before `cancelled` (openai mode only has cancel).
+    cancel_seconds: float = 5.0
+    # Share of lines that fail, chosen deterministically by hash(seed, custom_id).
+    line_failure_rate: float = 0.0
+    # These custom_ids always fail.
+    fail_custom_ids: frozenset[str] = frozenset()
+    # Length of the fake assistant message, so benchmarks can make ~1 KB result lines.
+    completion_chars: int = 60
+    # Length of the fake embedding vectors (a request's `dimensions` overrides it).
+    embedding_dimensions: int = 8
+    # A batch whose file holds more lines fails validation.
+    max_requests_per_file: int = 50_000
+    # Larger uploads are refused (413 in fastrouter mode, 400 in openai mode).
+    max_file_bytes: int = 200 * 1024 * 1024
+    # Order of lines in result files. Real providers promise no order; "shuffled" proves it.
+    output_order: OutputOrder = "input"
+    # Where file contents live; None means a private temporary directory removed on close().
+    storage_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        _check(self.mode in MODES, f"mode must be one of {MODES}")
+        _check(
+            self.path_prefix == "" or _is_clean_prefix(self.path_prefix),
+            "path_prefix must be empty or start with '/' and not end with '/'",
+        )
+        _check(self.validation_seconds >= 0, "validation_seconds must be >= 0")
+        _check(self.rows_per_second > 0, "rows_per_second must be > 0")
+        _check(self.finalizing_seconds >= 0, "finalizing_seconds must be >= 0")
+        _check(self.cancel_seconds >= 0, "cancel_seconds must be >= 0")
+        _check(self.completion_window_seconds > 0, "completion_window_seconds must be > 0")
+        _check(0.0 <= self.line_failure_rate <= 1.0, "line_failure_rate must be in [0, 1]")
+        _check(self.completion_chars >= 1, "completion_chars must be >= 1")
+        _check(1 <= self.embedding_dimensions <= 4096, "embedding_dimensions must be 1..4096")
+        _check(self.max_requests_per_file >= 1, "max_requests_per_file must be >= 1")
+        _check(self.max_file_bytes >= 1, "max_file_bytes must be >= 1")
+        _check(self.output_order in ("input", "shuffled"), "output_order: 'input'|'shuffled'")
+        # Accept any collection of ids (a set, a list) but keep the config hashable and immutable.
+        object.__setattr__(self, "fail_custom_ids", frozenset(self.fail_custom_ids))
+        if self.storage_dir is not None:
+            object.__setattr__(self, "storage_dir", Path(self.storage_dir))
+
+    @property
+    def is_openai(self) -> bool:
+        return self.mode == "openai"
+
+
+def _is_clean_prefix(prefix: str) -> bool:
+    return prefix.startswith("/") and not prefix.endswith("/")
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)

@@ -1,0 +1,128 @@
+"""Error envelopes, in each mode's shape.
+
+FastRouter: ``{"error": {"message", "type", "code": str, "status": int}}``.
+OpenAI:     ``{"error": {"message", "type", "param": str|null, "code": str|null}}``.
+
+Handlers raise :class:`ApiProblem`; the core turns it into a response with :func:`error_response`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+from orchestrator.emulator.config import Mode
+from orchestrator.emulator.messages import EmuResponse, json_response
+
+
+@dataclasses.dataclass(frozen=True)
+class _Default:
+    fr_type: str
+    fr_code: str
+    fr_message: str
+    oa_type: str
+    oa_code: str | None
+    oa_message: str
+
+
+# Messages of the FastRouter column are the ones its docs print for each status.
+_DEFAULTS: dict[int, _Default] = {
+    400: _Default(
+        "invalid_request_error", "bad_request", "Bad Request",
+        "invalid_request_error", None, "Bad request.",
+    ),
+    401: _Default(
+        "authentication_error", "invalid_api_key",
+        "Invalid Credentials - Your API key is invalid, disabled, or your OAuth session has "
+        "expired. Check your credentials.",
+        "invalid_request_error", "invalid_api_key", "Incorrect API key provided.",
+    ),
+    402: _Default(
+        "billing_error", "insufficient_credits", "Insufficient Credits",
+        "insufficient_quota", "insufficient_quota",
+        "You exceeded your current quota, please check your plan and billing details.",
+    ),
+    403: _Default(
+        "permission_error", "moderation_blocked", "Moderation Blocked",
+        "invalid_request_error", "unsupported_country_region_territory", "Forbidden.",
+    ),
+    404: _Default(
+        "not_found_error", "not_found", "Not Found",
+        "invalid_request_error", None, "Not found.",
+    ),
+    409: _Default(
+        "conflict_error", "conflict", "Conflict",
+        "invalid_request_error", "conflict", "The request conflicts with the current state.",
+    ),
+    413: _Default(
+        "invalid_request_error", "payload_too_large", "Payload Too Large - File exceeds size limit",
+        "invalid_request_error", None, "File is too large.",
+    ),
+    429: _Default(
+        "rate_limit_error", "rate_limit_exceeded",
+        "Rate Limited - You have exceeded your request limits (TPM/RPM). Slow down or increase "
+        "your limits.",
+        "requests", "rate_limit_exceeded", "Rate limit reached for requests. Please try again.",
+    ),
+    500: _Default(
+        "server_error", "internal_server_error", "Internal Server Error",
+        "server_error", None, "The server had an error while processing your request.",
+    ),
+    502: _Default(
+        "server_error", "bad_gateway", "Model Down",
+        "server_error", None, "Bad gateway.",
+    ),
+    503: _Default(
+        "server_error", "service_unavailable", "Service Unavailable",
+        "server_error", None, "The engine is currently overloaded, please try again later.",
+    ),
+}  # fmt: skip
+
+SUPPORTED_ERROR_STATUSES: frozenset[int] = frozenset(_DEFAULTS)
+
+
+class ApiProblem(Exception):
+    """A request the emulated API refuses; becomes an error envelope."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str | None = None,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        type_: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message or f"HTTP {status}")
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.type_ = type_
+        self.headers = dict(headers or {})
+
+
+def error_response(mode: Mode, problem: ApiProblem) -> EmuResponse:
+    return json_response(problem.status, error_body(mode, problem), problem.headers)
+
+
+def error_body(mode: Mode, problem: ApiProblem) -> dict[str, object]:
+    default = _DEFAULTS.get(problem.status, _DEFAULTS[500])
+    if mode == "openai":
+        return {
+            "error": {
+                "message": problem.message or default.oa_message,
+                "type": problem.type_ or default.oa_type,
+                "param": problem.param,
+                "code": problem.code if problem.code is not None else default.oa_code,
+            }
+        }
+    return {
+        "error": {
+            "message": problem.message or default.fr_message,
+            "type": problem.type_ or default.fr_type,
+            "code": problem.code or default.fr_code,
+            "status": problem.status,
+        }
+    }

@@ -1,0 +1,282 @@
+"""Fault injection: rules that make the next calls to a route misbehave.
+
+A :class:`FaultRule` names a route (or ``*``), how many times it fires (``times``; None for no
+limit) and optionally a ``probability`` drawn from an RNG seeded by the config's seed, so a run
+is reproducible. What it does is a :class:`Fault`: an object that wraps the normal handling of the
+call (``proceed``) and may replace, delay or alter its response. New kinds register a JSON parser
+with :func:`register_fault_kind` so the admin endpoint can create them too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import random
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, Protocol
+
+from orchestrator.emulator.config import Mode
+from orchestrator.emulator.errors import SUPPORTED_ERROR_STATUSES, ApiProblem, error_response
+from orchestrator.emulator.ids import digest
+from orchestrator.emulator.messages import EmuRequest, EmuResponse
+from orchestrator.emulator.routes import ROUTE_NAMES
+
+ANY_ROUTE = "*"
+
+
+@dataclasses.dataclass(frozen=True)
+class FaultContext:
+    """The call a fault is applied to."""
+
+    mode: Mode
+    route: str
+    request: EmuRequest
+
+
+Proceed = Callable[[], EmuResponse]
+
+
+class Fault(Protocol):
+    kind: ClassVar[str]
+
+    def apply(self, ctx: FaultContext, proceed: Proceed) -> EmuResponse: ...
+
+    def to_json(self) -> dict[str, Any]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class HttpError:
+    """Answer with an error status (and envelope) instead of handling the call.
+
+    ``retry_after`` adds ``Retry-After`` (and ``retry-after-ms``); a 429 also gets the
+    ``x-ratelimit-*`` headers. ``delay_seconds`` makes the error arrive late.
+    """
+
+    kind: ClassVar[str] = "status"
+    status: int
+    retry_after: float | None = None
+    message: str | None = None
+    code: str | None = None
+    delay_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.status not in SUPPORTED_ERROR_STATUSES:
+            raise ValueError(f"status must be one of {sorted(SUPPORTED_ERROR_STATUSES)}")
+
+    def apply(self, ctx: FaultContext, proceed: Proceed) -> EmuResponse:
+        ctx.request.drain()
+        headers = _retry_headers(self.status, self.retry_after)
+        problem = ApiProblem(self.status, self.message, code=self.code, headers=headers)
+        response = error_response(ctx.mode, problem)
+        response.delay_seconds = self.delay_seconds
+        return response
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> HttpError:
+        return cls(
+            status=int(data["status"]),
+            retry_after=_optional_float(data.get("retry_after")),
+            message=data.get("message"),
+            code=data.get("code"),
+            delay_seconds=float(data.get("delay_seconds") or 0.0),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Delay:
+    """Handle the call normally but answer ``seconds`` late (real seconds, in the HTTP adapter).
+
+    The work is done either way, as on a real server whose reply is lost to a client timeout:
+    that is the ambiguous case a client must reconcile.
+    """
+
+    kind: ClassVar[str] = "delay"
+    seconds: float
+
+    def __post_init__(self) -> None:
+        if self.seconds <= 0:
+            raise ValueError("seconds must be > 0")
+
+    def apply(self, ctx: FaultContext, proceed: Proceed) -> EmuResponse:
+        response = proceed()
+        response.delay_seconds += self.seconds
+        return response
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "seconds": self.seconds}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Delay:
+        return cls(float(data.get("seconds", data.get("delay_seconds", 0.0))))
+
+
+FaultParser = Callable[[Mapping[str, Any]], Fault]
+FAULT_KINDS: dict[str, FaultParser] = {
+    HttpError.kind: HttpError.from_json,
+    Delay.kind: Delay.from_json,
+}
+
+
+def register_fault_kind(kind: str, parser: FaultParser) -> None:
+    """Let the admin endpoint build faults of a new kind from JSON."""
+    FAULT_KINDS[kind] = parser
+
+
+def fault_from_json(data: Mapping[str, Any]) -> Fault:
+    """A fault from its JSON form; ``kind`` may be left out when ``status`` or a delay says it."""
+    kind = data.get("kind") or ("status" if "status" in data else "delay")
+    parser = FAULT_KINDS.get(kind)
+    if parser is None:
+        raise ValueError(f"unknown fault kind {kind!r}; known: {sorted(FAULT_KINDS)}")
+    return parser(data)
+
+
+@dataclasses.dataclass
+class FaultRule:
+    """A fault bound to a route, with how often it may still fire."""
+
+    id: int
+    route: str
+    fault: Fault
+    times: int | None
+    probability: float | None
+    fired: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "route": self.route,
+            "times": self.times,
+            "probability": self.probability,
+            "fired": self.fired,
+            **self.fault.to_json(),
+        }
+
+
+class FaultInjector:
+    """The active rules, checked in the order they were added; at most one fires per call."""
+
+    def __init__(self, seed: int) -> None:
+        self._rng = random.Random(digest(seed, "faults"))
+        self._rules: list[FaultRule] = []
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._revoked = False
+
+    def add(
+        self,
+        route: str = ANY_ROUTE,
+        fault: Fault | None = None,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+        message: str | None = None,
+        code: str | None = None,
+        delay_seconds: float = 0.0,
+        times: int | None = 1,
+        probability: float | None = None,
+    ) -> FaultRule:
+        """Add a rule. Give a ``fault``, or ``status`` (an HttpError, optionally delayed), or
+        only ``delay_seconds`` (a Delay). ``times=None`` fires without limit."""
+        if fault is None:
+            if status is not None:
+                fault = HttpError(status, retry_after, message, code, delay_seconds)
+            elif delay_seconds > 0:
+                fault = Delay(delay_seconds)
+            else:
+                raise ValueError("give a fault, a status or delay_seconds")
+        return self._add_rule(route, fault, times, probability)
+
+    def add_json(self, data: Mapping[str, Any]) -> FaultRule:
+        """A rule from the admin endpoint's JSON: ``{"route", "times", "probability", ...fault}``."""
+        times = data.get("times", 1)
+        if times is not None and (not isinstance(times, int) or isinstance(times, bool)):
+            raise ValueError("times must be a positive integer or null")
+        probability = _optional_float(data.get("probability"))
+        fault = fault_from_json(data)
+        return self._add_rule(str(data.get("route", ANY_ROUTE)), fault, times, probability)
+
+    def _add_rule(
+        self, route: str, fault: Fault, times: int | None, probability: float | None
+    ) -> FaultRule:
+        if route != ANY_ROUTE and route not in ROUTE_NAMES:
+            raise ValueError(f"unknown route {route!r}; known: {sorted(ROUTE_NAMES)} or '*'")
+        if times is not None and times < 1:
+            raise ValueError("times must be a positive integer or None")
+        if probability is not None and not 0.0 <= probability <= 1.0:
+            raise ValueError("probability must be in [0, 1]")
+        with self._lock:
+            rule = FaultRule(next(self._ids), route, fault, times, probability)
+            self._rules.append(rule)
+        return rule
+
+    def clear(self) -> None:
+        with self._lock:
+            self._rules.clear()
+
+    def rules(self) -> list[FaultRule]:
+        with self._lock:
+            return list(self._rules)
+
+    def take(self, route: str) -> Fault | None:
+        """The fault to apply to this call, if any rule fires (using up one of its times)."""
+        with self._lock:
+            for rule in self._rules:
+                if rule.route not in (ANY_ROUTE, route):
+                    continue
+                if rule.probability is not None and self._rng.random() >= rule.probability:
+                    continue
+                rule.fired += 1
+                if rule.times is not None and rule.fired >= rule.times:
+                    self._rules.remove(rule)
+                return rule.fault
+        return None
+
+    @property
+    def key_revoked(self) -> bool:
+        with self._lock:
+            return self._revoked
+
+    def set_key_revoked(self, revoked: bool) -> None:
+        with self._lock:
+            self._revoked = revoked
+
+
+def _retry_headers(status: int, retry_after: float | None) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    if retry_after is not None:
+        # Retry-After takes whole seconds; the SDKs read retry-after-ms first for precision.
+        headers["retry-after"] = str(max(0, math.ceil(retry_after)))
+        headers["retry-after-ms"] = str(max(0, round(retry_after * 1000)))
+    if status == 429:
+        reset = _go_duration(retry_after if retry_after is not None else 1.0)
+        headers.update(
+            {
+                "x-ratelimit-limit-requests": "5000",
+                "x-ratelimit-remaining-requests": "0",
+                "x-ratelimit-reset-requests": reset,
+                "x-ratelimit-limit-tokens": "2000000",
+                "x-ratelimit-remaining-tokens": "0",
+                "x-ratelimit-reset-tokens": reset,
+            }
+        )
+    return headers
+
+
+def _go_duration(seconds: float) -> str:
+    """OpenAI's reset format: ``12ms``, ``1.5s``, ``6m0s``."""
+    if seconds < 1:
+        return f"{round(seconds * 1000)}ms"
+    if seconds < 60:
+        return f"{seconds:g}s"
+    minutes, rest = divmod(seconds, 60)
+    return f"{int(minutes)}m{rest:g}s"
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)

@@ -1,0 +1,194 @@
+"""The emulator's state: files and batches behind one lock.
+
+The lock guards the dictionaries only. Slow work (writing result files, streaming content) happens
+outside it, so one large download never stalls other calls.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+
+from orchestrator.clock import Clock
+from orchestrator.emulator.batches import BatchRecord, CreateParams, ResultFiles, render
+from orchestrator.emulator.config import EmulatorConfig
+from orchestrator.emulator.files import BlobDir, StoredFile
+from orchestrator.emulator.ids import IdGenerator
+from orchestrator.emulator.jsonl import batch_problems
+from orchestrator.emulator.ledger import BatchEntry, FileEntry, Ledger
+from orchestrator.emulator.lifecycle import WITH_RESULTS, Plan, Snapshot, cancellable, snapshot
+from orchestrator.emulator.results import ResultJob, Results, Written, write_results
+from orchestrator.emulator.uploads import Upload
+
+# OpenAI keeps batch input and output files for 30 days by default.
+FILE_RETENTION_SECONDS = 30 * 86400
+
+
+class NotCancellable(Exception):
+    """The batch is already terminal."""
+
+    def __init__(self, status: str) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+class InputUnusable(Exception):
+    """The input file exists but is not a batch input (wrong purpose)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Page:
+    records: list[BatchRecord]
+    has_more: bool
+
+
+class State:
+    def __init__(self, config: EmulatorConfig, clock: Clock, ledger: Ledger) -> None:
+        self._config = config
+        self._clock = clock
+        self._ledger = ledger
+        self._lock = threading.Lock()
+        self._files: dict[str, StoredFile] = {}
+        self._batches: dict[str, BatchRecord] = {}
+        self._order: list[str] = []
+        self._ids = IdGenerator(config.seed)
+        self.blobs = BlobDir(config.storage_dir)
+
+    def now(self) -> float:
+        return self._clock.now().timestamp()
+
+    # -- files ---------------------------------------------------------------------------------
+
+    def add_upload(self, upload: Upload, purpose: str, expires_after: int | None) -> StoredFile:
+        now = int(self.now())
+        if expires_after is None and purpose == "batch":
+            expires_after = FILE_RETENTION_SECONDS
+        expires_at = now + expires_after if expires_after is not None else None
+        index = upload.index if purpose == "batch" else None
+        with self._lock:
+            record = StoredFile(
+                self._ids.next("file", "file-"), upload.filename, purpose, upload.bytes,
+                now, expires_at, upload.path, index,
+            )  # fmt: skip
+            self._files[record.id] = record
+        entry = FileEntry(record.id, record.filename, record.bytes, record.num_rows, purpose, now)
+        self._ledger.record_file(entry)
+        return record
+
+    def file(self, file_id: str) -> StoredFile | None:
+        with self._lock:
+            return self._files.get(file_id)
+
+    def delete_file(self, file_id: str) -> bool:
+        with self._lock:
+            record = self._files.pop(file_id, None)
+            # A batch that has not written its results yet still reads this content.
+            pinned = record is not None and any(
+                b.input_path == record.path and b.needs_input() for b in self._batches.values()
+            )
+        if record is not None and not pinned:
+            self.blobs.remove(record.path)
+        return record is not None
+
+    # -- batches -------------------------------------------------------------------------------
+
+    def create_batch(self, params: CreateParams) -> BatchRecord | None:
+        """The new batch, or None when the input file does not exist."""
+        now = self.now()
+        with self._lock:
+            source = self._files.get(params.input_file_id)
+            if source is None:
+                return None
+            if source.index is None:
+                raise InputUnusable(source.purpose)
+            problems = batch_problems(source.index, params.endpoint, self._config)
+            plan = Plan.make(self._config, now, source.index.num_rows, valid=not problems)
+            prefix = "batch_" if self._config.is_openai else "fr_batch-"
+            record = BatchRecord(
+                self._ids.next("batch", prefix), params, int(now), plan, source.index,
+                source.path, problems,
+            )  # fmt: skip
+            self._batches[record.id] = record
+            self._order.append(record.id)
+        self._ledger.record_batch(
+            BatchEntry(record.id, params.input_file_id, params.endpoint, params.metadata, int(now))
+        )
+        return record
+
+    def batch(self, batch_id: str) -> BatchRecord | None:
+        with self._lock:
+            return self._batches.get(batch_id)
+
+    def page(self, after: str | None, limit: int) -> Page:
+        """Batches newest first, starting after the batch ``after`` (unknown cursor: empty)."""
+        with self._lock:
+            newest_first = self._order[::-1]
+            records = [self._batches[batch_id] for batch_id in newest_first]
+        start = 0
+        if after is not None:
+            if after not in newest_first:
+                return Page([], has_more=False)
+            start = newest_first.index(after) + 1
+        return Page(records[start : start + limit], has_more=start + limit < len(records))
+
+    def cancel(self, record: BatchRecord) -> None:
+        """Ask to cancel: no-op when already cancelling; NotCancellable when terminal."""
+        with self._lock:
+            now = self.now()
+            current = snapshot(record.plan, now, record.cancel_requested)
+            if current.status == "cancelling":
+                return
+            if not cancellable(current):
+                raise NotCancellable(current.status)
+            record.cancel_requested = now
+
+    def view(self, record: BatchRecord) -> dict[str, object]:
+        """The batch object now; writes its result files first if it has just finished."""
+        with self._lock:
+            current = snapshot(record.plan, self.now(), record.cancel_requested)
+        if current.status in WITH_RESULTS and record.needs_input():
+            self._write_results(record, current)
+        return render(record, current, self._config)
+
+    def _write_results(self, record: BatchRecord, current: Snapshot) -> None:
+        with record.results_lock:
+            if record.results is not None:
+                return
+            job = ResultJob(
+                self._config, record.id, record.params.endpoint, record.input_path,
+                record.index, record.plan, current.status, current.processed,
+            )  # fmt: skip
+            written = write_results(job, self.blobs)
+            finished = current.completed_at or current.cancelled_at or current.expired_at
+            self._register_results(record, written, int(finished or self.now()))
+
+    def _register_results(self, record: BatchRecord, written: Results, finished: int) -> None:
+        output = self._result_file(record, written.output, "output", finished)
+        error = self._result_file(record, written.error, "error", finished)
+        usage = written.usage.to_json(with_cost=not self._config.is_openai)
+        with self._lock:
+            for stored in (output, error):
+                if stored is not None:
+                    self._files[stored.id] = stored
+            record.results = ResultFiles(
+                output.id if output else None, error.id if error else None, usage
+            )
+
+    def _result_file(
+        self, record: BatchRecord, written: Written | None, kind: str, created: int
+    ) -> StoredFile | None:
+        if written is None:
+            return None
+        if self._config.is_openai:
+            file_id = self._ids.derived("file-", record.id, kind)
+        else:
+            # FastRouter's docs show output file ids like "batch-output-fr_batch-abc123.jsonl".
+            file_id = f"batch-{kind}-{record.id}.jsonl"
+        # Stamped with the moment the batch finished, not when someone first looked.
+        return StoredFile(
+            file_id, f"{record.id}_{kind}.jsonl", "batch_output", written.bytes, created,
+            created + FILE_RETENTION_SECONDS, written.path,
+        )  # fmt: skip
+
+    def close(self) -> None:
+        self.blobs.close()
