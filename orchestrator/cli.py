@@ -245,7 +245,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
                     j.failed_count,
                     j.batch_count,
                     j.total_tokens,
-                    f"{j.cost:.4f}",
+                    f"{j.cost:.6f}",
                     (j.error or "")[:60],
                 ]
                 for j in jobs
@@ -307,7 +307,7 @@ def _job_status(s: Any, job_id: int) -> int:
                 b.request_count,
                 b.succeeded_count,
                 b.failed_count,
-                "" if b.cost is None else f"{b.cost:.4f}",
+                "" if b.cost is None else f"{b.cost:.6f}",
                 (b.last_error or "")[:50],
             ]
             for b in batches

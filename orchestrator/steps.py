@@ -17,6 +17,7 @@ from typing import Any
 
 import sqlalchemy as sa
 import structlog
+from sqlalchemy.orm import Session
 
 from orchestrator import transitions as tr
 from orchestrator.api.errors import ApiBadRequest, ApiClientError, ApiError, ApiNotFound
@@ -41,6 +42,11 @@ Step = Callable[[Deps, Claimed], bool]
 TOKEN_LIMIT_RETRY_SECONDS = 900.0
 # How far back to look through the target's batch list for a create we are unsure of.
 RECONCILE_LOOKBACK = dt.timedelta(hours=2)
+
+
+def _event(deps: Deps, s: Session, b: Claimed, kind: str, **detail: Any) -> None:
+    """An event about this batch, naming the daemon that did it."""
+    repo.record_event(s, kind, job_id=b.job_id, batch_id=b.id, worker=str(deps.worker_id), **detail)
 
 
 def _cancel_if_requested(deps: Deps, b: Claimed, stage: str) -> bool:
@@ -77,11 +83,11 @@ def upload(deps: Deps, b: Claimed) -> bool:
             last_error=None,
             next_run_at=deps.clock.now(),
         )
-        repo.record_event(
+        _event(
+            deps,
             s,
+            b,
             "batch_uploaded",
-            job_id=b.job_id,
-            batch_id=b.id,
             file_id=uploaded.id,
             bytes=written,
             requests=count,
@@ -168,9 +174,7 @@ def _record_failed_create(deps: Deps, b: Claimed, exc: ApiError) -> None:
             # Timeout, 5xx, broken connection, unreadable answer: it may exist. Stay in
             # 'creating', so that the next attempt starts by reconciling.
             repo.fence(s, b.id, b.token, ambiguous_creates=Batch.ambiguous_creates + 1)
-            repo.record_event(
-                s, "batch_create_ambiguous", job_id=b.job_id, batch_id=b.id, error=exc.message
-            )
+            _event(deps, s, b, "batch_create_ambiguous", error=exc.message)
             log.warning("batch_create_ambiguous", error=exc.message)
         else:
             # A definite refusal (4xx, 429, or not sent at all): nothing was created.
@@ -192,11 +196,11 @@ def adopt(deps: Deps, b: Claimed, remote: BatchObject, *, how: str) -> None:
             next_run_at=deps.poll_schedule.next_poll(now=now, unchanged_polls=0, rng=deps.rng),
             **_remote_fields(remote),
         )
-        repo.record_event(
+        _event(
+            deps,
             s,
+            b,
             f"batch_{how}",
-            job_id=b.job_id,
-            batch_id=b.id,
             remote_batch_id=remote.id,
             status=remote.status,
         )
@@ -261,7 +265,7 @@ def _park_for_review(deps: Deps, b: Claimed) -> bool:
             last_error="create outcome unknown; waiting for an operator "
             "(orchestrator resolve BATCH --adopt ID | --recreate)",
         )
-        repo.record_event(s, "batch_create_needs_review", job_id=b.job_id, batch_id=b.id)
+        _event(deps, s, b, "batch_create_needs_review")
     log.warning(
         "batch_create_needs_review", hint="orchestrator resolve BATCH --adopt ID | --recreate"
     )
@@ -271,7 +275,7 @@ def _park_for_review(deps: Deps, b: Claimed) -> bool:
 def _note(deps: Deps, b: Claimed, kind: str, **detail: Any) -> None:
     with unit_of_work(deps.sessions) as s:
         repo.fence(s, b.id, b.token)
-        repo.record_event(s, kind, job_id=b.job_id, batch_id=b.id, **detail)
+        _event(deps, s, b, kind, **detail)
 
 
 # -- submitted → ingesting ---------------------------------------------------------------
@@ -310,11 +314,11 @@ def poll(deps: Deps, b: Claimed) -> bool:
         with unit_of_work(deps.sessions) as s:
             repo.release(s, b.id, b.token, next_run_at=at, **fields)
             if changed:
-                repo.record_event(
+                _event(
+                    deps,
                     s,
+                    b,
                     "batch_status_changed",
-                    job_id=b.job_id,
-                    batch_id=b.id,
                     status=remote.status,
                     request_counts=remote.request_counts,
                 )
@@ -323,11 +327,11 @@ def poll(deps: Deps, b: Claimed) -> bool:
         return _remote_failed(deps, b, remote, fields)
     with unit_of_work(deps.sessions) as s:
         repo.fence(s, b.id, b.token, state=BatchState.INGESTING, next_run_at=now, **fields)
-        repo.record_event(
+        _event(
+            deps,
             s,
+            b,
             "batch_status_changed",
-            job_id=b.job_id,
-            batch_id=b.id,
             status=remote.status,
             request_counts=remote.request_counts,
         )
@@ -349,7 +353,7 @@ def _send_cancel(deps: Deps, b: Claimed) -> None:
             kind, detail = "batch_cancel_refused", {"error": exc.message}
     with unit_of_work(deps.sessions) as s:
         repo.fence(s, b.id, b.token, cancel_sent_at=deps.clock.now())
-        repo.record_event(s, kind, job_id=b.job_id, batch_id=b.id, **detail)
+        _event(deps, s, b, kind, **detail)
     log.info(kind, **detail)
 
 
@@ -371,11 +375,11 @@ def _remote_failed(deps: Deps, b: Claimed, remote: BatchObject, fields: dict[str
                 last_error=remote.error_summary(),
                 next_run_at=now + dt.timedelta(seconds=TOKEN_LIMIT_RETRY_SECONDS),
             )
-            repo.record_event(
+            _event(
+                deps,
                 s,
+                b,
                 "batch_token_limited",
-                job_id=b.job_id,
-                batch_id=b.id,
                 remote_batch_id=remote.id,
                 error=remote.error_summary(),
             )
@@ -484,9 +488,7 @@ def _ingest_transaction(deps: Deps, b: Claimed, paths: list[Path], remote: dict[
                 total_tokens=stats.total_tokens,
                 cost=cost,
             )
-        repo.record_event(
-            s, "batch_ingested", job_id=b.job_id, batch_id=b.id, cost=str(cost), **stats.summary()
-        )
+        _event(deps, s, b, "batch_ingested", cost=str(cost), **stats.summary())
         again = tr.resubmit(s, b.id, now) if stats.retry else None
         if again:
             repo.record_event(

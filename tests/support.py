@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Any
 
 import psycopg
 
-from orchestrator.clock import ManualClock
+from orchestrator.clock import ManualClock, SystemClock
 from orchestrator.config import DaemonSettings, Secret, Settings, make_target
 from orchestrator.daemon import Daemon
 from orchestrator.deps import Deps, make_deps
@@ -158,8 +164,11 @@ def harness(
     settings: Callable[[str], Settings] | None = None,
     seed: int = 1,
 ) -> Iterator[Harness]:
-    """Emulator (over real HTTP by default, else in-process) + daemon, one manual clock."""
-    clock = ManualClock()
+    """Emulator (over real HTTP by default, else in-process) + daemon, one manual clock.
+
+    The clock starts at the real time, so that what a CLI command writes (with the system
+    clock) lines up with what the daemon under test sees."""
+    clock = ManualClock(SystemClock().now())
     config = emulator_config or EmulatorConfig(api_key=API_KEY)
     with Emulator(config, clock) as emulator, ExitStack() as stack:
         if http:
@@ -189,3 +198,106 @@ def events(db_url: str, job_id: int) -> list[str]:
             db_url, "SELECT kind FROM orchestrator.events WHERE job_id = %s ORDER BY id", job_id
         )
     ]
+
+
+class DaemonProcess:
+    """``orchestrator run`` in a subprocess, configured by a TOML file and the environment."""
+
+    def __init__(
+        self,
+        db_url: str,
+        base_url: str,
+        workdir: Path,
+        *,
+        preset: str = "fastrouter",
+        api_key: str = API_KEY,
+        name: str = "daemon",
+        target: dict[str, Any] | None = None,
+        **daemon: Any,
+    ) -> None:
+        settings = {
+            "workers": 4, "tick_seconds": 0.2, "lease_seconds": 3.0, "poll_initial_seconds": 0.2,
+            "poll_factor": 1.5, "poll_max_seconds": 1.0, "poll_jitter": 0.1,
+            "retry_base_seconds": 0.1, "retry_max_seconds": 1.0, "auth_probe_seconds": 1.0,
+            "shutdown_grace_seconds": 10.0, "http_addr": "", **daemon,
+        }
+        target_settings = {"preset": preset, "base_url": base_url, "api_key_env": "TEST_KEY",
+                           "timeout_seconds": 1.0, "connect_timeout_seconds": 1.0,
+                           **(target or {})}
+        self.config = workdir / f"{name}.toml"
+        self.config.write_text(
+            "[daemon]\n" + _toml(settings) + f"\n[targets.{preset}]\n" + _toml(target_settings)
+        )
+        self.log = workdir / f"{name}.log"
+        self.env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "ORCHESTRATOR_DATABASE_URL": db_url,
+            "ORCHESTRATOR_CONFIG": str(self.config),
+            "ORCHESTRATOR_LOG_FORMAT": "json",
+            "ORCHESTRATOR_HTTP_ADDR": str(settings["http_addr"]) or "off",
+            "TEST_KEY": api_key,
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> DaemonProcess:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "orchestrator", "run"], env=self.env, stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        self.starts += 1
+        return self
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.alive():
+            self.signal(signal.SIGTERM)
+            try:
+                self.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def logs(self) -> str:
+        return self.log.read_text() if self.log.exists() else ""
+
+
+def _toml(values: dict[str, Any]) -> str:
+    lines = []
+    for key, value in values.items():
+        if isinstance(value, bool):
+            lines.append(f"{key} = {str(value).lower()}")
+        elif isinstance(value, int | float):
+            lines.append(f"{key} = {value}")
+        else:
+            lines.append(f"{key} = {json.dumps(str(value))}")
+    return "\n".join(lines) + "\n"
+
+
+def wait_for(predicate: Callable[[], bool], *, timeout: float, interval: float = 0.1) -> bool:
+    """Wait (in real time) for a condition on our own daemons, not on a provider."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def all_terminal(db_url: str) -> bool:
+    return count(db_url, "jobs", "status NOT IN ('completed', 'failed', 'cancelled')") == 0

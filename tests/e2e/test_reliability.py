@@ -1,0 +1,198 @@
+"""The protocols of DESIGN.md section 4, one by one, in process on a manual clock shared with the
+emulator (over real HTTP): each test would fail without the protocol it names."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import structlog
+
+from orchestrator.cli import main
+from orchestrator.emulator import EmulatorConfig
+from tests.support import (
+    API_KEY,
+    count,
+    enqueue,
+    events,
+    harness,
+    make_settings,
+    query,
+    scalar,
+    simple_requests,
+)
+
+
+def test_a_revoked_key_pauses_the_target_jobs_wait_and_resume_by_themselves(
+    db_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with harness(db_url) as h:
+        job_id = enqueue(db_url, simple_requests(10))
+        # Given a key the provider has revoked
+        h.emulator.revoke_key()
+        # When the daemon works for ten virtual minutes
+        for _ in range(60):
+            h.step(10)
+        # Then the job waits: nothing is failed, the target is paused and says why
+        assert h.job_status(job_id) == "running"
+        assert count(db_url, "batches", "state = 'failed'") == 0
+        assert count(db_url, "results") == 0
+        paused = query(db_url, "SELECT paused, reason FROM orchestrator.target_state "
+                               "WHERE target = 'fastrouter'")
+        assert paused and paused[0][0] is True and "invalid" in paused[0][1].lower()
+        ok, health = h.daemon.health()
+        assert ok and health["status"] == "degraded"
+        assert health["targets"][0]["paused"] is True
+        # and it keeps probing, not hammering: about one call per probe interval (30 s)
+        assert 15 <= len(h.emulator.ledger.calls_to("upload_file", status=401)) <= 25
+        monkeypatch.setenv("ORCHESTRATOR_DATABASE_URL", db_url)
+        try:
+            assert main(["status"]) == 0
+        finally:
+            logging.getLogger().handlers.clear()
+            structlog.reset_defaults()
+        assert "target fastrouter: PAUSED" in capsys.readouterr().out
+        # When the key works again, the job completes with no one touching it
+        h.emulator.restore_key()
+        assert h.run_job(job_id) == "completed"
+    assert count(db_url, "results", "succeeded") == 10
+    assert "target_resumed" in [r[0] for r in query(db_url, "SELECT kind FROM orchestrator.events")]
+    assert query(db_url, "SELECT paused FROM orchestrator.target_state") == [(False,)]
+
+
+def test_after_a_429_with_retry_after_30_nobody_calls_the_target_for_30_s(db_url: str) -> None:
+    with harness(db_url) as h:
+        for n in range(4):
+            enqueue(db_url, simple_requests(5, prefix=f"j{n}-"))
+        h.run_until(lambda: count(db_url, "batches", "state = 'submitted'") == 4, seconds=1)
+        # Given the provider answers one poll with 429 and Retry-After: 30
+        h.emulator.faults.add("get_batch", status=429, retry_after=30, times=1)
+        h.run_until(lambda: bool(h.emulator.ledger.calls_to("get_batch", status=429)), seconds=1)
+        refused_at = h.emulator.ledger.calls_to("get_batch", status=429)[0].at
+        # When the daemon keeps ticking every virtual second
+        for _ in range(45):
+            h.step(1)
+        later = [c.at - refused_at for c in h.emulator.ledger.calls if c.at > refused_at]
+    # Then the next call to the target comes 30 s or more after the 429, and then work resumes
+    assert later and min(later) >= 30
+    assert count(db_url, "jobs", "status = 'completed'") == 4
+
+
+def test_openai_a_create_that_timed_out_is_found_by_its_key_not_created_twice(
+    db_url: str,
+) -> None:
+    config = EmulatorConfig(mode="openai", api_key=API_KEY)
+
+    def settings(base_url: str):  # type: ignore[no-untyped-def]
+        return make_settings(db_url, base_url, preset="openai", target="openai",
+                             timeout_seconds=0.5)
+
+    with harness(db_url, emulator_config=config, settings=settings) as h:
+        # Given a create that is done by the provider but answered after the client gave up
+        h.emulator.faults.add("create_batch", delay_seconds=1.5, times=1)
+        job_id = enqueue(db_url, simple_requests(10), target="openai")
+        assert h.run_job(job_id) == "completed"
+        created = h.emulator.ledger.batches
+    # Then the batch was created once, adopted through the list, and completed
+    assert len(created) == 1
+    kinds = events(db_url, job_id)
+    assert "batch_create_ambiguous" in kinds and "batch_adopted" in kinds
+    assert "batch_created" not in kinds
+    assert count(db_url, "results", "succeeded") == 10
+
+
+def test_openai_a_create_lost_before_it_arrived_is_created_after_checking(db_url: str) -> None:
+    config = EmulatorConfig(mode="openai", api_key=API_KEY)
+
+    def settings(base_url: str):  # type: ignore[no-untyped-def]
+        return make_settings(db_url, base_url, preset="openai", target="openai")
+
+    with harness(db_url, emulator_config=config, settings=settings) as h:
+        h.emulator.faults.add("create_batch", status=502, times=1)  # refused: nothing created
+        job_id = enqueue(db_url, simple_requests(10), target="openai")
+        assert h.run_job(job_id) == "completed"
+        assert len(h.emulator.ledger.batches) == 1
+        assert h.emulator.ledger.calls_to("list_batches")  # it looked before creating again
+    kinds = events(db_url, job_id)
+    assert kinds.count("batch_create_ambiguous") == 1 and "batch_create_reconciled" in kinds
+
+
+def test_fastrouter_an_ambiguous_create_follows_the_recreate_policy_with_an_event(
+    db_url: str,
+) -> None:
+    def settings(base_url: str):  # type: ignore[no-untyped-def]
+        return make_settings(db_url, base_url, timeout_seconds=0.5)
+
+    with harness(db_url, settings=settings) as h:
+        h.emulator.faults.add("create_batch", delay_seconds=1.5, times=1)
+        job_id = enqueue(db_url, simple_requests(10))
+        assert h.run_job(job_id) == "completed"
+        created = h.emulator.ledger.batches
+    # FastRouter cannot list batches: the documented policy creates again, at most once per
+    # ambiguous create, and records it
+    ambiguous = scalar(db_url, "SELECT sum(ambiguous_creates) FROM orchestrator.batches")
+    assert ambiguous == 1 and len(created) == 1 + ambiguous
+    reconciled = query(db_url, "SELECT detail FROM orchestrator.events "
+                               "WHERE kind = 'batch_create_reconciled'")
+    assert reconciled[0][0]["via"] == "policy:recreate"
+    assert count(db_url, "results", "succeeded") == 10  # results of the adopted one, once
+
+
+def test_fastrouter_policy_pause_waits_for_an_operator(db_url: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    def settings(base_url: str):  # type: ignore[no-untyped-def]
+        return make_settings(db_url, base_url, timeout_seconds=0.5,
+                             ambiguous_create_policy="pause")
+
+    with harness(db_url, settings=settings) as h:
+        h.emulator.faults.add("create_batch", delay_seconds=1.5, times=1)
+        job_id = enqueue(db_url, simple_requests(4))
+        for _ in range(10):
+            h.step(5)
+        assert "batch_create_needs_review" in events(db_url, job_id)
+        assert len(h.emulator.ledger.batches) == 1  # and nothing more was created
+        batch_id = scalar(db_url, "SELECT id FROM orchestrator.batches WHERE job_id = %s", job_id)
+        # When the operator adopts the batch the provider did create
+        monkeypatch.setenv("ORCHESTRATOR_DATABASE_URL", db_url)
+        try:
+            assert main(["resolve", str(batch_id), "--adopt", h.emulator.ledger.batches[0].id]) == 0
+        finally:
+            logging.getLogger().handlers.clear()
+            structlog.reset_defaults()
+        assert h.run_job(job_id) == "completed"
+        assert len(h.emulator.ledger.batches) == 1
+
+
+def test_413_splits_the_chunk_and_both_halves_complete(db_url: str) -> None:
+    # The provider's limit is lower than the one configured for the target
+    config = EmulatorConfig(api_key=API_KEY, max_file_bytes=6_000)
+    with harness(db_url, emulator_config=config) as h:
+        job_id = enqueue(db_url, simple_requests(40))  # ~9 KB of JSONL
+        assert h.run_job(job_id) == "completed"
+        assert len(h.emulator.ledger.calls_to("upload_file", status=413)) >= 1
+        assert len(h.emulator.ledger.batches) >= 2
+    assert count(db_url, "batches", "state = 'superseded'") >= 1
+    assert count(db_url, "results", "succeeded") == 40
+    assert "batch_split" in events(db_url, job_id)
+
+
+def test_a_400_fails_the_batch_with_the_providers_message_on_the_job(db_url: str) -> None:
+    with harness(db_url) as h:
+        h.emulator.faults.add("create_batch", status=400, times=None,
+                              message="endpoint is not allowed for this key")
+        job_id = enqueue(db_url, simple_requests(5))
+        assert h.run_job(job_id) == "failed"
+    error = scalar(db_url, "SELECT error FROM orchestrator.jobs WHERE id = %s", job_id)
+    assert "endpoint is not allowed for this key" in error
+    # every request has its final result, carrying the same message
+    rows = query(db_url, "SELECT error->>'message' FROM orchestrator.results WHERE job_id = %s",
+                 job_id)
+    assert len(rows) == 5 and all("endpoint is not allowed" in r[0] for r in rows)
+
+
+def test_a_file_not_found_right_after_upload_is_retried(db_url: str) -> None:
+    with harness(db_url) as h:
+        h.emulator.faults.add("create_batch", status=404, times=2, message="File ID not found")
+        job_id = enqueue(db_url, simple_requests(5))
+        assert h.run_job(job_id) == "completed"
+        assert len(h.emulator.ledger.calls_to("upload_file")) == 1
+    assert count(db_url, "results", "succeeded") == 5
