@@ -173,7 +173,7 @@ def _record_failed_create(deps: Deps, b: Claimed, exc: ApiError) -> None:
         if exc.kind is ErrorKind.TRANSIENT:
             # Timeout, 5xx, broken connection, unreadable answer: it may exist. Stay in
             # 'creating', so that the next attempt starts by reconciling.
-            repo.fence(s, b.id, b.token, ambiguous_creates=Batch.ambiguous_creates + 1)
+            repo.fence(s, b.id, b.token)
             _event(deps, s, b, "batch_create_ambiguous", error=exc.message)
             log.warning("batch_create_ambiguous", error=exc.message)
         else:
@@ -208,8 +208,13 @@ def adopt(deps: Deps, b: Claimed, remote: BatchObject, *, how: str) -> None:
 
 
 def reconcile(deps: Deps, b: Claimed) -> bool:
-    """A batch found in ``creating``: a create may or may not have reached the provider."""
+    """A batch found in ``creating``: a create may or may not have reached the provider (its
+    answer was lost, or the daemon died in between). Find out before creating anything again."""
     target = deps.settings.target(b.target)
+    with unit_of_work(deps.sessions) as s:
+        # Counted here, once per unknown outcome whatever caused it: on a target that cannot
+        # list, at most this many extra remote batches can exist (README, "Guarantees").
+        repo.fence(s, b.id, b.token, ambiguous_creates=Batch.ambiguous_creates + 1)
     if target.can_list:
         found = _find_by_key(deps, b)
         if found is not None:

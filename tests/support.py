@@ -216,14 +216,28 @@ class DaemonProcess:
         **daemon: Any,
     ) -> None:
         settings = {
-            "workers": 4, "tick_seconds": 0.2, "lease_seconds": 3.0, "poll_initial_seconds": 0.2,
-            "poll_factor": 1.5, "poll_max_seconds": 1.0, "poll_jitter": 0.1,
-            "retry_base_seconds": 0.1, "retry_max_seconds": 1.0, "auth_probe_seconds": 1.0,
-            "shutdown_grace_seconds": 10.0, "http_addr": "", **daemon,
+            "workers": 4,
+            "tick_seconds": 0.2,
+            "lease_seconds": 3.0,
+            "poll_initial_seconds": 0.2,
+            "poll_factor": 1.5,
+            "poll_max_seconds": 1.0,
+            "poll_jitter": 0.1,
+            "retry_base_seconds": 0.1,
+            "retry_max_seconds": 1.0,
+            "auth_probe_seconds": 1.0,
+            "shutdown_grace_seconds": 10.0,
+            "http_addr": "",
+            **daemon,
         }
-        target_settings = {"preset": preset, "base_url": base_url, "api_key_env": "TEST_KEY",
-                           "timeout_seconds": 1.0, "connect_timeout_seconds": 1.0,
-                           **(target or {})}
+        target_settings = {
+            "preset": preset,
+            "base_url": base_url,
+            "api_key_env": "TEST_KEY",
+            "timeout_seconds": 1.0,
+            "connect_timeout_seconds": 1.0,
+            **(target or {}),
+        }
         self.config = workdir / f"{name}.toml"
         self.config.write_text(
             "[daemon]\n" + _toml(settings) + f"\n[targets.{preset}]\n" + _toml(target_settings)
@@ -243,11 +257,18 @@ class DaemonProcess:
     def start(self) -> DaemonProcess:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "orchestrator", "run"], env=self.env, stdout=log,
+                [sys.executable, "-m", "orchestrator", "run"],
+                env=self.env,
+                stdout=log,
                 stderr=subprocess.STDOUT,
             )
         self.starts += 1
         return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
 
     def signal(self, signum: int) -> None:
         assert self.proc is not None

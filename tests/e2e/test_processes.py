@@ -1,0 +1,286 @@
+"""Daemons as real processes: SIGKILLed at random moments, several at once, stopped with SIGTERM.
+
+The emulator runs in this process over real HTTP on a scaled clock (batches finish in about a
+second); the daemons run ``python -m orchestrator run`` against a fresh database. Waiting here is on
+our own daemons, bounded, never on a provider.
+"""
+
+from __future__ import annotations
+
+import collections
+import random
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from orchestrator.clock import ScaledClock
+from orchestrator.emulator import Emulator, EmulatorConfig, EmulatorServer
+from tests.support import (
+    API_KEY,
+    DaemonProcess,
+    all_terminal,
+    count,
+    enqueue,
+    query,
+    scalar,
+    simple_requests,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+@contextmanager
+def served(mode: str, *, scale: float = 20.0, **config: object) -> Iterator[EmulatorServer]:
+    emulator_config = EmulatorConfig(mode=mode, api_key=API_KEY, seed=11, **config)  # type: ignore[arg-type]
+    with (
+        Emulator(emulator_config, ScaledClock(scale)) as emulator,
+        EmulatorServer(emulator) as server,
+    ):
+        yield server
+
+
+def enqueue_jobs(db_url: str, jobs: int, size: int, target: str) -> list[int]:
+    return [
+        enqueue(db_url, simple_requests(size, prefix=f"j{n}-"), name=f"job {n}", target=target)
+        for n in range(jobs)
+    ]
+
+
+def assert_exactly_one_result_per_request(db_url: str, jobs: int, size: int) -> None:
+    assert count(db_url, "jobs", "status = 'completed'") == jobs
+    assert count(db_url, "results") == jobs * size
+    missing = scalar(
+        db_url,
+        """
+        SELECT count(*) FROM orchestrator.requests q WHERE NOT EXISTS (
+            SELECT 1 FROM orchestrator.results r
+            WHERE r.job_id = q.job_id AND r.custom_id = q.custom_id)""",
+    )
+    assert missing == 0
+    counted = scalar(db_url, "SELECT sum(succeeded_count + failed_count) FROM orchestrator.jobs")
+    assert counted == jobs * size  # job counters agree with the rows: nothing counted twice
+
+
+def remote_creates_per_batch(server: EmulatorServer) -> collections.Counter[str]:
+    return collections.Counter(
+        (b.metadata or {}).get("orchestrator_batch", "?") for b in server.emulator.ledger.batches
+    )
+
+
+def assert_created_within_policy(db_url: str, server: EmulatorServer, mode: str) -> None:
+    creates = remote_creates_per_batch(server)
+    submitted = {
+        str(r[0]): r[1]
+        for r in query(
+            db_url,
+            "SELECT id, ambiguous_creates FROM orchestrator.batches "
+            "WHERE remote_batch_id IS NOT NULL",
+        )
+    }
+    assert set(creates) == set(submitted)
+    if mode == "openai":
+        # A target that lists batches: every chunk created exactly once, whatever happened.
+        assert set(creates.values()) == {1}, creates
+    else:
+        # FastRouter cannot list: at most one extra remote batch per unknown outcome (README).
+        for batch_id, n in creates.items():
+            assert n <= 1 + submitted[batch_id], (batch_id, n, submitted[batch_id])
+
+
+@pytest.mark.parametrize("mode", ["openai", "fastrouter"])
+def test_sigkill_at_random_moments_loses_nothing_and_pays_once(
+    db_url: str, tmp_path: Path, mode: str
+) -> None:
+    jobs, size, kills = 20, 200, 20
+    rng = random.Random(2026)
+    with served(mode) as server:
+        faults = server.emulator.faults
+        faults.add("*", status=503, probability=0.10, times=None)  # 10 % 5xx everywhere
+        faults.add("create_batch", delay_seconds=1.5, probability=0.15, times=None)  # slow
+        faults.add("get_batch", delay_seconds=1.5, probability=0.03, times=None)
+        for route in ("upload_file", "file_content"):  # slow, but within the client's timeout
+            faults.add(route, delay_seconds=0.7, probability=0.5, times=None)
+        daemon = DaemonProcess(db_url, server.base_url, tmp_path, preset=mode).start()
+        mid_step = 0  # kills that landed while the daemon held a lease (a step under way)
+        try:
+            for n in range(kills):
+                # the jobs arrive while the daemon is being killed, so there is always work
+                enqueue(db_url, simple_requests(size, prefix=f"j{n}-"), target=mode)
+                time.sleep(rng.uniform(0.4, 2.0))
+                if n % 4 == 0:  # a burst of 429s
+                    faults.add("*", status=429, retry_after=1, times=5)
+                mid_step += (
+                    count(
+                        db_url,
+                        "batches",
+                        "lease_expires_at > now() AND lease_owner IN "
+                        "(SELECT id FROM orchestrator.workers WHERE pid = %s)",
+                        daemon.pid,
+                    )
+                    > 0
+                )
+                daemon.kill()
+                daemon.start()
+            finished = wait_for(lambda: all_terminal(db_url), timeout=240, interval=0.5)
+        finally:
+            daemon.stop()
+        assert finished, daemon.logs()[-3000:]
+        assert daemon.starts == kills + 1
+        print(f"{mode}: {mid_step} of {kills} kills landed mid-step")
+        assert mid_step >= kills // 4, mid_step
+        # the killed daemons' leases were taken over after they expired
+        assert scalar(db_url, "SELECT max(lease_token) FROM orchestrator.batches") > 1
+        assert_exactly_one_result_per_request(db_url, jobs, size)
+        assert_created_within_policy(db_url, server, mode)
+        assert server.emulator.ledger.calls_to("get_batch", status=429)
+
+
+def test_three_daemons_share_the_work(db_url: str, tmp_path: Path) -> None:
+    jobs, size = 50, 40
+    with served("openai") as server:
+        server.emulator.faults.add("*", status=503, probability=0.05, times=None)
+        enqueue_jobs(db_url, jobs, size, "openai")
+        daemons = [
+            DaemonProcess(
+                db_url, server.base_url, tmp_path, preset="openai", name=f"d{n}", workers=2
+            ).start()
+            for n in range(3)
+        ]
+        try:
+            finished = wait_for(lambda: all_terminal(db_url), timeout=180, interval=0.5)
+        finally:
+            for d in daemons:
+                d.stop()
+        assert finished
+        assert_exactly_one_result_per_request(db_url, jobs, size)
+        assert_created_within_policy(db_url, server, "openai")
+    # each daemon did some of the work (events name the daemon that did a step)
+    by_worker = dict(
+        query(
+            db_url,
+            """
+        SELECT detail->>'worker', count(*) FROM orchestrator.events
+        WHERE kind = 'batch_ingested' GROUP BY 1""",
+        )
+    )
+    assert len(by_worker) == 3, by_worker
+    assert scalar(db_url, "SELECT count(*) FROM orchestrator.workers") == 3
+
+
+@pytest.mark.parametrize("route", ["upload_file", "file_content"])
+def test_sigterm_mid_step_exits_0_and_a_new_daemon_finishes(
+    db_url: str, tmp_path: Path, route: str
+) -> None:
+    with served("fastrouter") as server:
+        # the step under way when SIGTERM arrives answers 2 s late
+        server.emulator.faults.add(route, delay_seconds=2.0, times=1)
+        job_id = enqueue(db_url, simple_requests(100), target="fastrouter")
+        first = DaemonProcess(
+            db_url, server.base_url, tmp_path, name="first", target={"timeout_seconds": 10}
+        ).start()
+        assert wait_for(lambda: bool(server.emulator.ledger.calls_to(route)), timeout=30)
+        started = time.monotonic()
+        first.signal(signal.SIGTERM)
+        code = first.wait(timeout=15)
+        took = time.monotonic() - started
+        assert code == 0, first.logs()[-2000:]
+        assert took < 10  # well within the 10 s grace period
+        assert '"event": "daemon_stopped"' in first.logs()
+        second = DaemonProcess(db_url, server.base_url, tmp_path, name="second").start()
+        try:
+            assert wait_for(lambda: all_terminal(db_url), timeout=60)
+        finally:
+            second.stop()
+    assert (
+        scalar(db_url, "SELECT status FROM orchestrator.jobs WHERE id = %s", job_id) == "completed"
+    )
+    assert_exactly_one_result_per_request(db_url, 1, 100)
+    assert set(remote_creates_per_batch(server).values()) == {1}
+
+
+def test_sigterm_past_the_grace_period_releases_leases_for_the_next_daemon(
+    db_url: str, tmp_path: Path
+) -> None:
+    with served("fastrouter") as server:
+        server.emulator.faults.add("file_content", delay_seconds=6.0, times=1)
+        enqueue(db_url, simple_requests(50), target="fastrouter")
+        first = DaemonProcess(
+            db_url,
+            server.base_url,
+            tmp_path,
+            name="first",
+            lease_seconds=60,
+            shutdown_grace_seconds=1.0,
+            target={"timeout_seconds": 30},
+        ).start()
+        assert wait_for(lambda: bool(server.emulator.ledger.calls_to("file_content")), timeout=30)
+        first.signal(signal.SIGTERM)
+        assert first.wait(timeout=10) == 0
+        assert '"event": "leases_released"' in first.logs()
+        # the lease was given back: the next daemon need not wait out its 60 s
+        assert (
+            scalar(
+                db_url, "SELECT count(*) FROM orchestrator.batches WHERE lease_owner IS NOT NULL"
+            )
+            == 0
+        )
+        second = DaemonProcess(db_url, server.base_url, tmp_path, name="second").start()
+        try:
+            assert wait_for(lambda: all_terminal(db_url), timeout=30)
+        finally:
+            second.stop()
+    assert_exactly_one_result_per_request(db_url, 1, 50)
+
+
+def test_a_second_signal_exits_at_once(db_url: str, tmp_path: Path) -> None:
+    with served("fastrouter") as server:
+        server.emulator.faults.add("upload_file", delay_seconds=20.0, times=1)
+        enqueue(db_url, simple_requests(10), target="fastrouter")
+        daemon = DaemonProcess(
+            db_url,
+            server.base_url,
+            tmp_path,
+            shutdown_grace_seconds=30.0,
+            target={"timeout_seconds": 60},
+        ).start()
+        assert wait_for(lambda: bool(server.emulator.ledger.calls_to("upload_file")), timeout=30)
+        daemon.signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert daemon.alive()  # still finishing its step within the grace period
+        started = time.monotonic()
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(timeout=5) != 0
+        assert time.monotonic() - started < 2
+
+
+def test_a_heartbeat_keeps_a_long_download_from_being_taken_over(
+    db_url: str, tmp_path: Path
+) -> None:
+    with served("fastrouter") as server:
+        # a download that lasts well past the lease (2 s), with another daemon ready to pounce
+        server.emulator.faults.add("file_content", delay_seconds=5.0, times=1)
+        enqueue(db_url, simple_requests(20), target="fastrouter")
+        daemons = [
+            DaemonProcess(
+                db_url,
+                server.base_url,
+                tmp_path,
+                name=f"d{n}",
+                lease_seconds=2.0,
+                target={"timeout_seconds": 30},
+            ).start()
+            for n in range(2)
+        ]
+        try:
+            assert wait_for(lambda: all_terminal(db_url), timeout=60)
+        finally:
+            for d in daemons:
+                d.stop()
+        downloads = server.emulator.ledger.calls_to("file_content")
+    assert len(downloads) == 1  # nobody took the batch over while it was being downloaded
+    assert_exactly_one_result_per_request(db_url, 1, 20)
