@@ -247,7 +247,9 @@ class _Pass:
         else:
             self.failures[cid] = outcome
 
-    def settle(self, *, max_attempts: int, resubmit: bool) -> dict[str, dict[str, Any]]:
+    def settle(
+        self, *, max_attempts: int, resubmit: bool, missing_error: dict[str, Any]
+    ) -> dict[str, dict[str, Any]]:
         """Write the final failures; return the retryable ones (custom_id → error)."""
         retry: dict[str, dict[str, Any]] = {}
         for cid, outcome in self.failures.items():
@@ -263,9 +265,7 @@ class _Pass:
             self.stats.missing += 1
             if not resubmit:
                 continue  # a cancelled job: the request never ran, there is nothing to record
-            missing = ln.LineOutcome(
-                cid, False, True, None, None, ln.missing_error(), ln.NO_USAGE, None
-            )
+            missing = ln.LineOutcome(cid, False, True, None, None, missing_error, ln.NO_USAGE, None)
             if attempt < max_attempts:
                 retry[cid] = missing.error or {}
             else:
@@ -283,6 +283,7 @@ def ingest_files(
     paths: Iterable[Path],
     max_attempts: int,
     resubmit: bool,
+    missing_error: dict[str, Any] | None = None,
 ) -> IngestStats:
     """Read the files into ``results`` (inside the caller's fenced transaction)."""
     members = load_members(session, batch_id)
@@ -301,7 +302,11 @@ def ingest_files(
     try:
         for raw in read_lines(paths):
             reading.feed(raw)
-        retry = reading.settle(max_attempts=max_attempts, resubmit=resubmit)
+        retry = reading.settle(
+            max_attempts=max_attempts,
+            resubmit=resubmit,
+            missing_error=missing_error or ln.missing_error(),
+        )
     finally:
         copy.close()
     if upsert:

@@ -30,6 +30,7 @@ from orchestrator.db.repo import Claimed
 from orchestrator.db.session import unit_of_work
 from orchestrator.deps import Deps
 from orchestrator.domain import cost as costs
+from orchestrator.domain import lines as ln
 from orchestrator.domain import requests as rq
 from orchestrator.domain.decide import ErrorKind
 from orchestrator.domain.states import BatchState, RemoteStatus, remote_terminal
@@ -40,6 +41,10 @@ log = structlog.get_logger(__name__)
 
 Step = Callable[[Deps, Claimed], bool]
 TOKEN_LIMIT_RETRY_SECONDS = 900.0
+# Batch-level failure codes that say "not now" rather than "never" (the requests are sent again).
+RETRYABLE_BATCH_CODES = frozenset(
+    {"rate_limit_exceeded", "server_error", "internal_error", "service_unavailable", "timeout"}
+)
 # How far back to look through the target's batch list for a create we are unsure of.
 RECONCILE_LOOKBACK = dt.timedelta(hours=2)
 
@@ -390,6 +395,28 @@ def _remote_failed(deps: Deps, b: Claimed, remote: BatchObject, fields: dict[str
             )
             log.warning("batch_token_limited", error=remote.error_summary())
             return False
+        if codes and codes <= RETRYABLE_BATCH_CODES:
+            # Failed for a passing reason: every request used one attempt and goes into the next
+            # round, as if its line had come back "request_timeout". Ingest does exactly that.
+            repo.fence(
+                s,
+                b.id,
+                b.token,
+                state=BatchState.INGESTING,
+                next_run_at=now,
+                last_error=remote.error_summary(),
+                **fields,
+            )
+            _event(
+                deps,
+                s,
+                b,
+                "batch_failed_retryable",
+                remote_batch_id=remote.id,
+                error=remote.error_summary(),
+            )
+            log.warning("batch_failed_retryable", error=remote.error_summary())
+            return True
         repo.fence(s, b.id, b.token, **fields)
         by_line = {
             e.line: {"code": e.code, "message": e.message, "line": e.line}
@@ -434,6 +461,11 @@ def ingest(deps: Deps, b: Claimed) -> bool:
         batch = s.get_one(Batch, b.id)
         file_ids = [f for f in (batch.output_file_id, batch.error_file_id) if f]
         remote = dict(batch.remote or {})
+        missing = (
+            ln.batch_error(batch.last_error or "the provider failed the batch", "batch_failed")
+            if batch.remote_status == RemoteStatus.FAILED
+            else None
+        )
     client = deps.clients(b.target)
     with tempfile.TemporaryDirectory(prefix="orchestrator-in-", dir=deps.tmp_dir()) as tmp:
         paths = []
@@ -442,11 +474,17 @@ def ingest(deps: Deps, b: Claimed) -> bool:
             with path.open("wb") as fh:
                 client.download_file(file_id, fh)
             paths.append(path)
-        _ingest_transaction(deps, b, paths, remote)
+        _ingest_transaction(deps, b, paths, remote, missing)
     return False
 
 
-def _ingest_transaction(deps: Deps, b: Claimed, paths: list[Path], remote: dict[str, Any]) -> None:
+def _ingest_transaction(
+    deps: Deps,
+    b: Claimed,
+    paths: list[Path],
+    remote: dict[str, Any],
+    missing: dict[str, Any] | None,
+) -> None:
     now = deps.clock.now()
     resubmit = not b.job_cancel_requested
     with unit_of_work(deps.sessions) as s:
@@ -458,6 +496,7 @@ def _ingest_transaction(deps: Deps, b: Claimed, paths: list[Path], remote: dict[
             paths=paths,
             max_attempts=b.job_max_attempts,
             resubmit=resubmit,
+            missing_error=missing,
         )
         cost, source = _batch_cost(s, remote, stats)
         repo.release(

@@ -104,6 +104,26 @@ def enqueue(
     return int(job_id)
 
 
+def enqueue_generated(db_url: str, n: int, *, target: str = "fastrouter") -> int:
+    """A job of ``n`` requests generated inside PostgreSQL (a user's INSERT … SELECT)."""
+    with psycopg.connect(db_url) as conn:
+        job_id = conn.execute(
+            "INSERT INTO orchestrator.jobs (name, target) VALUES ('big', %s) RETURNING id",
+            (target,),
+        ).fetchone()[0]  # type: ignore[index]
+        conn.execute(
+            """
+            INSERT INTO orchestrator.requests (job_id, custom_id, provider, body)
+            SELECT %s, 'r' || lpad(n::text, 6, '0'), 'openai',
+                   jsonb_build_object('model', 'openai/gpt-4.1-nano', 'messages',
+                       jsonb_build_array(jsonb_build_object('role', 'user', 'content', 'hi ' || n)))
+            FROM generate_series(1, %s) AS n
+            """,
+            (job_id, n),
+        )
+    return int(job_id)
+
+
 def simple_requests(n: int, prefix: str = "req-") -> list[dict[str, Any]]:
     return [{"custom_id": f"{prefix}{i:05d}", "body": chat_body(i)} for i in range(n)]
 

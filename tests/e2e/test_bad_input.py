@@ -24,7 +24,9 @@ def _run_bad(db_url: str, requests: list[dict[str, object]], **job: object) -> t
         creates = h.emulator.ledger.calls_to("create_batch")
     assert uploads == [] and creates == []
     error = scalar(db_url, "SELECT error FROM orchestrator.jobs WHERE id = %s", job_id)
-    assert scalar(db_url, "SELECT count(*) FROM orchestrator.batches WHERE job_id = %s", job_id) == 0
+    assert (
+        scalar(db_url, "SELECT count(*) FROM orchestrator.batches WHERE job_id = %s", job_id) == 0
+    )
     return status, error
 
 
@@ -35,23 +37,44 @@ GOOD = [{"custom_id": f"ok-{i}", "body": chat_body(i)} for i in range(3)]
     ("bad", "fragment"),
     [
         ({"custom_id": "bad-json", "body": "[1, 2, 3]"}, "body must be a JSON object"),
-        ({"custom_id": "no-model", "body": {"messages": [{"role": "user", "content": "x"}]}},
-         'body has no "model"'),
+        (
+            {"custom_id": "no-model", "body": {"messages": [{"role": "user", "content": "x"}]}},
+            'body has no "model"',
+        ),
         ({"custom_id": "no-messages", "body": {"model": "m"}}, "body.messages must be a non-empty"),
         ({"custom_id": "x" * 65, "body": chat_body(1)}, "65 characters long"),
-        ({"custom_id": "wrong-url", "url": "/v1/embeddings", "body": chat_body(1)},
-         "url '/v1/embeddings' does not match the job's endpoint '/v1/chat/completions'"),
-        ({"custom_id": "no-provider", "provider": None, "body": chat_body(1)},
-         "provider is missing"),
-        ({"custom_id": "huge", "body": {"model": "m", "messages": [
-            {"role": "user", "content": "x" * (1024 * 1024)}]}},
-         "larger than the target's file limit"),
+        (
+            {"custom_id": "wrong-url", "url": "/v1/embeddings", "body": chat_body(1)},
+            "url '/v1/embeddings' does not match the job's endpoint '/v1/chat/completions'",
+        ),
+        (
+            {"custom_id": "no-provider", "provider": None, "body": chat_body(1)},
+            "provider is missing",
+        ),
+        (
+            {
+                "custom_id": "huge",
+                "body": {
+                    "model": "m",
+                    "messages": [{"role": "user", "content": "x" * (1024 * 1024)}],
+                },
+            },
+            "larger than the target's file limit",
+        ),
     ],
-    ids=["malformed-body", "no-model", "no-messages", "long-custom-id", "url-mismatch",
-         "no-provider", "request-too-large"],
+    ids=[
+        "malformed-body",
+        "no-model",
+        "no-messages",
+        "long-custom-id",
+        "url-mismatch",
+        "no-provider",
+        "request-too-large",
+    ],
 )
-def test_a_bad_request_fails_the_job_naming_it(db_url: str, bad: dict[str, object],
-                                              fragment: str) -> None:
+def test_a_bad_request_fails_the_job_naming_it(
+    db_url: str, bad: dict[str, object], fragment: str
+) -> None:
     status, error = _run_bad(db_url, [*GOOD, bad])
     assert status == "failed"
     assert f"request {bad['custom_id']!r}" in error
@@ -73,9 +96,11 @@ def test_a_job_with_no_requests_fails(db_url: str) -> None:
 
 
 def test_an_endpoint_the_target_does_not_offer_fails(db_url: str) -> None:
-    status, error = _run_bad(db_url, [{"custom_id": "a", "url": "/v1/moderations",
-                                       "body": {"model": "m", "input": "x"}}],
-                             endpoint="/v1/moderations")
+    status, error = _run_bad(
+        db_url,
+        [{"custom_id": "a", "url": "/v1/moderations", "body": {"model": "m", "input": "x"}}],
+        endpoint="/v1/moderations",
+    )
     assert status == "failed" and "not supported by this target" in error
 
 

@@ -25,6 +25,7 @@ from tests.support import (
     all_terminal,
     count,
     enqueue,
+    enqueue_generated,
     query,
     scalar,
     simple_requests,
@@ -284,3 +285,39 @@ def test_a_heartbeat_keeps_a_long_download_from_being_taken_over(
         downloads = server.emulator.ledger.calls_to("file_content")
     assert len(downloads) == 1  # nobody took the batch over while it was being downloaded
     assert_exactly_one_result_per_request(db_url, 1, 20)
+
+
+def test_sigkill_in_the_middle_of_an_ingest_then_restart_gives_one_row_each(
+    db_url: str, tmp_path: Path
+) -> None:
+    size = 50_000
+    with served("fastrouter", scale=50, rows_per_second=100_000, completion_chars=1500) as server:
+        job_id = enqueue_generated(db_url, size)
+        daemon = DaemonProcess(
+            db_url, server.base_url, tmp_path, lease_seconds=2.0, target={"timeout_seconds": 30}
+        ).start()
+        database = scalar(db_url, "SELECT current_database()")
+        copying = (
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND state = 'active'"
+            " AND query LIKE 'COPY orchestrator.results%%'"
+        )
+        try:
+            # When the daemon is killed while its COPY into results is running
+            assert wait_for(
+                lambda: scalar(db_url, copying, database) > 0, timeout=60, interval=0.01
+            ), daemon.logs()[-2000:]
+            daemon.kill()
+            # Then nothing of the half-done ingest is visible
+            assert wait_for(lambda: scalar(db_url, copying, database) == 0, timeout=10)
+            assert count(db_url, "results") == 0
+            assert scalar(db_url, "SELECT state FROM orchestrator.batches") == "ingesting"
+            # And a restarted daemon ingests it all, once
+            daemon.start()
+            assert wait_for(lambda: all_terminal(db_url), timeout=120), daemon.logs()[-2000:]
+        finally:
+            daemon.stop()
+    assert (
+        scalar(db_url, "SELECT status FROM orchestrator.jobs WHERE id = %s", job_id) == "completed"
+    )
+    assert_exactly_one_result_per_request(db_url, 1, size)
+    assert len(server.emulator.ledger.calls_to("file_content")) == 2

@@ -37,8 +37,10 @@ def test_a_revoked_key_pauses_the_target_jobs_wait_and_resume_by_themselves(
         assert h.job_status(job_id) == "running"
         assert count(db_url, "batches", "state = 'failed'") == 0
         assert count(db_url, "results") == 0
-        paused = query(db_url, "SELECT paused, reason FROM orchestrator.target_state "
-                               "WHERE target = 'fastrouter'")
+        paused = query(
+            db_url,
+            "SELECT paused, reason FROM orchestrator.target_state WHERE target = 'fastrouter'",
+        )
         assert paused and paused[0][0] is True and "invalid" in paused[0][1].lower()
         ok, health = h.daemon.health()
         assert ok and health["status"] == "degraded"
@@ -84,8 +86,9 @@ def test_openai_a_create_that_timed_out_is_found_by_its_key_not_created_twice(
     config = EmulatorConfig(mode="openai", api_key=API_KEY)
 
     def settings(base_url: str):  # type: ignore[no-untyped-def]
-        return make_settings(db_url, base_url, preset="openai", target="openai",
-                             timeout_seconds=0.5)
+        return make_settings(
+            db_url, base_url, preset="openai", target="openai", timeout_seconds=0.5
+        )
 
     with harness(db_url, emulator_config=config, settings=settings) as h:
         # Given a create that is done by the provider but answered after the client gave up
@@ -132,16 +135,16 @@ def test_fastrouter_an_ambiguous_create_follows_the_recreate_policy_with_an_even
     # ambiguous create, and records it
     ambiguous = scalar(db_url, "SELECT sum(ambiguous_creates) FROM orchestrator.batches")
     assert ambiguous == 1 and len(created) == 1 + ambiguous
-    reconciled = query(db_url, "SELECT detail FROM orchestrator.events "
-                               "WHERE kind = 'batch_create_reconciled'")
+    reconciled = query(
+        db_url, "SELECT detail FROM orchestrator.events WHERE kind = 'batch_create_reconciled'"
+    )
     assert reconciled[0][0]["via"] == "policy:recreate"
     assert count(db_url, "results", "succeeded") == 10  # results of the adopted one, once
 
 
 def test_fastrouter_policy_pause_waits_for_an_operator(db_url: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     def settings(base_url: str):  # type: ignore[no-untyped-def]
-        return make_settings(db_url, base_url, timeout_seconds=0.5,
-                             ambiguous_create_policy="pause")
+        return make_settings(db_url, base_url, timeout_seconds=0.5, ambiguous_create_policy="pause")
 
     with harness(db_url, settings=settings) as h:
         h.emulator.faults.add("create_batch", delay_seconds=1.5, times=1)
@@ -177,15 +180,17 @@ def test_413_splits_the_chunk_and_both_halves_complete(db_url: str) -> None:
 
 def test_a_400_fails_the_batch_with_the_providers_message_on_the_job(db_url: str) -> None:
     with harness(db_url) as h:
-        h.emulator.faults.add("create_batch", status=400, times=None,
-                              message="endpoint is not allowed for this key")
+        h.emulator.faults.add(
+            "create_batch", status=400, times=None, message="endpoint is not allowed for this key"
+        )
         job_id = enqueue(db_url, simple_requests(5))
         assert h.run_job(job_id) == "failed"
     error = scalar(db_url, "SELECT error FROM orchestrator.jobs WHERE id = %s", job_id)
     assert "endpoint is not allowed for this key" in error
     # every request has its final result, carrying the same message
-    rows = query(db_url, "SELECT error->>'message' FROM orchestrator.results WHERE job_id = %s",
-                 job_id)
+    rows = query(
+        db_url, "SELECT error->>'message' FROM orchestrator.results WHERE job_id = %s", job_id
+    )
     assert len(rows) == 5 and all("endpoint is not allowed" in r[0] for r in rows)
 
 

@@ -1,0 +1,194 @@
+"""Jobs of any size, resubmission of what is worth sending again, and cancellation at each stage."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from orchestrator.emulator import EmulatorConfig
+from tests.support import (
+    API_KEY,
+    count,
+    enqueue,
+    enqueue_generated,
+    events,
+    harness,
+    make_settings,
+    query,
+    scalar,
+    simple_requests,
+)
+
+
+@pytest.mark.slow
+def test_a_job_of_120000_requests_runs_as_3_batches(db_url: str) -> None:
+    config = EmulatorConfig(api_key=API_KEY, rows_per_second=20_000, completion_chars=20)
+    with harness(db_url, emulator_config=config) as h:
+        job_id = enqueue_generated(db_url, 120_000)
+        assert h.run_job(job_id, seconds=10) == "completed"
+        files = h.emulator.ledger.files
+    sizes = [
+        r[0]
+        for r in query(
+            db_url,
+            "SELECT request_count FROM orchestrator.batches WHERE job_id = %s ORDER BY id",
+            job_id,
+        )
+    ]
+    assert sizes == [50_000, 50_000, 20_000]
+    assert sorted(f.num_rows for f in files if f.purpose == "batch") == [20_000, 50_000, 50_000]
+    assert count(db_url, "results", "job_id = %s AND succeeded", job_id) == 120_000
+    assert (
+        scalar(db_url, "SELECT succeeded_count FROM orchestrator.jobs WHERE id = %s", job_id)
+        == 120_000
+    )
+
+
+def test_an_expired_batch_keeps_its_results_and_resubmits_only_the_rest(db_url: str) -> None:
+    # 100 requests at 1 row/s with a 60 s window: about half finish before the batch expires
+    config = EmulatorConfig(
+        api_key=API_KEY, rows_per_second=1, validation_seconds=5, completion_window_seconds=60
+    )
+    with harness(db_url, emulator_config=config) as h:
+        job_id = enqueue(db_url, simple_requests(100))
+        assert h.run_job(job_id, seconds=5) == "completed"
+        uploads = [f.num_rows for f in h.emulator.ledger.files if f.purpose == "batch"]
+    rounds = query(
+        db_url,
+        "SELECT round, request_count, succeeded_count, remote_status "
+        "FROM orchestrator.batches WHERE job_id = %s ORDER BY id",
+        job_id,
+    )
+    (r1, n1, ok1, st1), (r2, n2, ok2, st2) = rounds[0], rounds[1]
+    assert (r1, n1, st1) == (1, 100, "expired") and 0 < ok1 < 100
+    assert r2 == 2 and n2 == 100 - ok1  # only what did not finish was sent again
+    assert (st2, ok2) == ("completed", n2)
+    assert uploads[:2] == [100, 100 - ok1]
+    assert count(db_url, "results", "job_id = %s AND succeeded", job_id) == 100
+    # the first round's results were kept, not redone
+    assert count(db_url, "results", "job_id = %s AND attempt = 1", job_id) == ok1
+    assert "batch_resubmitted" in events(db_url, job_id)
+
+
+def test_attempts_stop_at_max_attempts_and_the_last_error_is_kept(db_url: str) -> None:
+    # the provider never gets to these requests before the window closes
+    config = EmulatorConfig(api_key=API_KEY, rows_per_second=0.001, completion_window_seconds=30)
+    with harness(db_url, emulator_config=config) as h:
+        job_id = enqueue(db_url, simple_requests(6), max_attempts=2)
+        assert h.run_job(job_id, seconds=5) == "completed"
+        uploads = [f.num_rows for f in h.emulator.ledger.files if f.purpose == "batch"]
+    assert uploads == [6, 6]  # sent twice, then no more
+    rows = query(
+        db_url,
+        "SELECT attempt, succeeded, error->>'code' FROM orchestrator.results WHERE job_id = %s",
+        job_id,
+    )
+    assert len(rows) == 6
+    assert all(r == (2, False, "batch_expired") for r in rows)
+    assert scalar(db_url, "SELECT failed_count FROM orchestrator.jobs WHERE id = %s", job_id) == 6
+
+
+def test_cancel_a_pending_job_makes_no_api_call(db_url: str) -> None:
+    with harness(db_url) as h:
+        job_id = enqueue(db_url, simple_requests(5))
+        with psycopg.connect(db_url) as conn:
+            conn.execute(
+                "UPDATE orchestrator.jobs SET cancel_requested_at = now() WHERE id = %s", (job_id,)
+            )
+        assert h.run_job(job_id) == "cancelled"
+        assert h.emulator.ledger.calls == []
+
+
+def _cancel(db_url: str, job_id: int) -> None:
+    with psycopg.connect(db_url) as conn:
+        conn.execute(
+            "UPDATE orchestrator.jobs SET cancel_requested_at = now() WHERE id = %s", (job_id,)
+        )
+
+
+def test_cancel_an_uploaded_batch_creates_nothing(db_url: str) -> None:
+    with harness(db_url) as h:
+        h.emulator.faults.add("create_batch", status=429, retry_after=60, times=1)
+        job_id = enqueue(db_url, simple_requests(5))
+        h.run_until(lambda: bool(h.emulator.ledger.calls_to("create_batch")), seconds=1)
+        assert scalar(db_url, "SELECT state FROM orchestrator.batches") == "uploaded"
+        _cancel(db_url, job_id)
+        assert h.run_job(job_id) == "cancelled"
+        assert len(h.emulator.ledger.calls_to("create_batch")) == 1  # the refused one only
+        assert h.emulator.ledger.batches == []
+    assert count(db_url, "results") == 0
+
+
+def _openai(db_url: str):  # type: ignore[no-untyped-def]
+    return lambda base_url: make_settings(db_url, base_url, preset="openai", target="openai")
+
+
+def test_cancel_in_progress_cancels_remotely_and_keeps_the_partial_results(db_url: str) -> None:
+    config = EmulatorConfig(mode="openai", api_key=API_KEY, rows_per_second=1)
+    with harness(db_url, emulator_config=config, settings=_openai(db_url)) as h:
+        job_id = enqueue(db_url, simple_requests(100), target="openai")
+        h.run_until(
+            lambda: (
+                (
+                    scalar(
+                        db_url,
+                        "SELECT (request_counts->>'completed')::int FROM orchestrator.batches",
+                    )
+                    or 0
+                )
+                >= 20
+            ),
+            seconds=5,
+        )
+        _cancel(db_url, job_id)
+        assert h.run_job(job_id) == "cancelled"
+        assert len(h.emulator.ledger.calls_to("cancel_batch")) == 1
+        assert len(h.emulator.ledger.batches) == 1  # nothing resubmitted
+    done = count(db_url, "results", "job_id = %s AND succeeded", job_id)
+    cancelled = count(
+        db_url, "results", "job_id = %s AND error->>'code' = 'batch_cancelled'", job_id
+    )
+    assert 20 <= done < 100
+    assert done + cancelled == 100  # every line the provider returned was kept
+    assert scalar(db_url, "SELECT remote_status FROM orchestrator.batches") == "cancelled"
+
+
+def test_cancel_while_finalizing_still_collects_every_result(db_url: str) -> None:
+    config = EmulatorConfig(
+        mode="openai", api_key=API_KEY, rows_per_second=1000, finalizing_seconds=600
+    )
+    with harness(db_url, emulator_config=config, settings=_openai(db_url)) as h:
+        job_id = enqueue(db_url, simple_requests(20), target="openai")
+        h.run_until(
+            lambda: (
+                scalar(db_url, "SELECT remote_status FROM orchestrator.batches") == "finalizing"
+            ),
+            seconds=5,
+        )
+        _cancel(db_url, job_id)
+        assert h.run_job(job_id, seconds=30) == "cancelled"
+    # whatever the provider did with the cancel, every result it produced is in
+    produced = count(db_url, "results", "job_id = %s", job_id)
+    assert produced == 20
+    assert "batch_ingested" in events(db_url, job_id)
+
+
+def test_cancel_on_a_target_that_cannot_cancel_collects_results_and_resubmits_nothing(
+    db_url: str,
+) -> None:
+    # FastRouter documents no cancel: the batch runs to its end, its results are kept
+    config = EmulatorConfig(api_key=API_KEY, rows_per_second=1, completion_window_seconds=60)
+    with harness(db_url, emulator_config=config) as h:
+        job_id = enqueue(db_url, simple_requests(100))
+        h.run_until(
+            lambda: (
+                scalar(db_url, "SELECT remote_status FROM orchestrator.batches") == "in_progress"
+            ),
+            seconds=5,
+        )
+        _cancel(db_url, job_id)
+        assert h.run_job(job_id) == "cancelled"
+        assert h.emulator.ledger.calls_to("cancel_batch") == []
+        assert len(h.emulator.ledger.batches) == 1  # the expired rest is not sent again
+    assert "batch_cancel_unsupported" in events(db_url, job_id)
+    assert 0 < count(db_url, "results", "job_id = %s AND succeeded", job_id) < 100
