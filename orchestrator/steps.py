@@ -368,73 +368,71 @@ def _send_cancel(deps: Deps, b: Claimed) -> None:
 
 
 def _remote_failed(deps: Deps, b: Claimed, remote: BatchObject, fields: dict[str, Any]) -> bool:
-    now = deps.clock.now()
-    codes = {e.code for e in remote.errors}
+    codes = {e.code for e in remote.errors if e.code}
+    if "token_limit_exceeded" in codes and not b.job_cancel_requested:
+        return _create_again_later(deps, b, remote)
+    if codes and codes <= RETRYABLE_BATCH_CODES:
+        return _retry_every_request(deps, b, remote, fields)
+    by_line = {
+        e.line: {"code": e.code, "message": e.message, "line": e.line}
+        for e in remote.errors
+        if e.line is not None
+    }
     with unit_of_work(deps.sessions) as s:
-        if "token_limit_exceeded" in codes and not b.job_cancel_requested:
-            # "Later", not "failed": create it again from the same file once the queue drains.
-            repo.release(
-                s,
-                b.id,
-                b.token,
-                state=BatchState.UPLOADED,
-                remote_batch_id=None,
-                idempotency_key=None,
-                remote_status=None,
-                remote=dict(remote.raw),
-                last_error=remote.error_summary(),
-                next_run_at=now + dt.timedelta(seconds=TOKEN_LIMIT_RETRY_SECONDS),
-            )
-            _event(
-                deps,
-                s,
-                b,
-                "batch_token_limited",
-                remote_batch_id=remote.id,
-                error=remote.error_summary(),
-            )
-            log.warning("batch_token_limited", error=remote.error_summary())
-            return False
-        if codes and codes <= RETRYABLE_BATCH_CODES:
-            # Failed for a passing reason: every request used one attempt and goes into the next
-            # round, as if its line had come back "request_timeout". Ingest does exactly that.
-            repo.fence(
-                s,
-                b.id,
-                b.token,
-                state=BatchState.INGESTING,
-                next_run_at=now,
-                last_error=remote.error_summary(),
-                **fields,
-            )
-            _event(
-                deps,
-                s,
-                b,
-                "batch_failed_retryable",
-                remote_batch_id=remote.id,
-                error=remote.error_summary(),
-            )
-            log.warning("batch_failed_retryable", error=remote.error_summary())
-            return True
         repo.fence(s, b.id, b.token, **fields)
-        by_line = {
-            e.line: {"code": e.code, "message": e.message, "line": e.line}
-            for e in remote.errors
-            if e.line is not None
-        }
-        message = f"the provider failed batch {remote.id}: {remote.error_summary()}"
         tr.fail_batch(
             s,
             batch_id=b.id,
             job_id=b.job_id,
             token=b.token,
-            now=now,
-            message=message,
-            code=next(iter(codes - {None}), None),
+            now=deps.clock.now(),
+            message=f"the provider failed batch {remote.id}: {remote.error_summary()}",
+            code=min(codes) if codes else None,
             by_line=by_line,
         )
     return False
+
+
+def _create_again_later(deps: Deps, b: Claimed, remote: BatchObject) -> bool:
+    """Enqueued-token limit: "later", not "failed". Create it again from the same input file once
+    the provider's queue has drained (spec 5.4); the requests do not use up an attempt."""
+    summary = remote.error_summary()
+    with unit_of_work(deps.sessions) as s:
+        repo.release(
+            s,
+            b.id,
+            b.token,
+            state=BatchState.UPLOADED,
+            remote_batch_id=None,
+            idempotency_key=None,
+            remote_status=None,
+            remote=dict(remote.raw),
+            last_error=summary,
+            next_run_at=deps.clock.now() + dt.timedelta(seconds=TOKEN_LIMIT_RETRY_SECONDS),
+        )
+        _event(deps, s, b, "batch_token_limited", remote_batch_id=remote.id, error=summary)
+    log.warning("batch_token_limited", error=summary)
+    return False
+
+
+def _retry_every_request(
+    deps: Deps, b: Claimed, remote: BatchObject, fields: dict[str, Any]
+) -> bool:
+    """Failed for a passing reason: every request used one attempt and goes into the next round,
+    as if its line had come back "request_timeout". The ingest step does exactly that."""
+    summary = remote.error_summary()
+    with unit_of_work(deps.sessions) as s:
+        repo.fence(
+            s,
+            b.id,
+            b.token,
+            state=BatchState.INGESTING,
+            next_run_at=deps.clock.now(),
+            **{**fields, "last_error": summary},
+        )
+        _event(deps, s, b, "batch_failed_retryable", remote_batch_id=remote.id, error=summary)
+    log.warning("batch_failed_retryable", error=summary)
+    return True
 
 
 def _remote_fields(remote: BatchObject) -> dict[str, Any]:

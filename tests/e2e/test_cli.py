@@ -1,0 +1,88 @@
+"""The command line, as a user types it."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import structlog
+
+from orchestrator.cli import main
+from tests.support import harness, query, scalar
+
+
+@pytest.fixture
+def cli(db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("ORCHESTRATOR_DATABASE_URL", db_url)
+    yield
+    logging.getLogger().handlers.clear()
+    structlog.reset_defaults()
+
+
+def test_enqueue_a_jsonl_file_run_it_and_print_the_results(
+    db_url: str, cli: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "requests.jsonl"
+    source.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "custom_id": f"q{i}",
+                    "provider": "openai",
+                    "body": {
+                        "model": "openai/gpt-4.1-nano",
+                        "messages": [{"role": "user", "content": f"question {i}"}],
+                    },
+                }
+            )
+            + "\n"
+            for i in range(7)
+        )
+    )
+    assert main(["enqueue", str(source), "--name", "from a file"]) == 0
+    job_id = int(capsys.readouterr().out.strip())
+    assert (
+        scalar(db_url, "SELECT name FROM orchestrator.jobs WHERE id = %s", job_id) == "from a file"
+    )
+    with harness(db_url) as h:
+        assert h.run_job(job_id) == "completed"
+    assert main(["results", str(job_id)]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert sorted(r["custom_id"] for r in lines) == [f"q{i}" for i in range(7)]
+    assert all(r["succeeded"] and r["response"]["choices"] for r in lines)
+    assert main(["status", str(job_id)]) == 0
+    assert "completed" in capsys.readouterr().out
+
+
+def test_enqueue_refuses_a_bad_file_naming_the_line(
+    db_url: str, cli: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "bad.jsonl"
+    source.write_text('{"custom_id": "a", "body": {}}\n{"custom_id": "a", "body": {}}\n')
+    assert main(["enqueue", str(source)]) == 1
+    assert "bad.jsonl:2: custom_id 'a' appears twice" in capsys.readouterr().err
+    assert query(db_url, "SELECT id FROM orchestrator.jobs") == []
+
+
+def test_cancel_and_unknown_jobs(
+    db_url: str, cli: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["cancel", "999"]) == 2
+    assert "no job 999" in capsys.readouterr().err
+    job_id = scalar(db_url, "INSERT INTO orchestrator.jobs (name) VALUES ('x') RETURNING id")
+    assert main(["cancel", str(job_id)]) == 0
+    assert scalar(db_url, "SELECT cancel_requested_at IS NOT NULL FROM orchestrator.jobs") is True
+
+
+def test_a_missing_database_url_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    try:
+        assert main(["migrate"]) == 2
+    finally:
+        logging.getLogger().handlers.clear()
+        structlog.reset_defaults()
+    assert "no database configured: set ORCHESTRATOR_DATABASE_URL" in capsys.readouterr().err
