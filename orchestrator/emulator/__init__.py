@@ -9,6 +9,10 @@ Quick start::
     clock = ManualClock()
     with Emulator(EmulatorConfig(mode="openai"), clock) as emulator, EmulatorServer(emulator) as srv:
         client = OpenAI(base_url=srv.base_url, api_key="k")
+        emulator.faults.add("create_batch", status=429, retry_after=30)     # the next create
+        emulator.faults.add("file_content", truncate=0.5)                   # a download cut off
+        emulator.faults.add_file_not_ready(5)                               # the next upload
+        emulator.faults.add_batch_fault(line_429=0.1, shuffle=True)         # the next batch
         ...
         clock.advance(60)
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 from orchestrator.emulator.config import EmulatorConfig, Mode
 from orchestrator.emulator.core import Emulator
+from orchestrator.emulator.fault_specs import parse_fault_spec
 from orchestrator.emulator.faults import (
     Delay,
     Fault,
@@ -24,15 +29,18 @@ from orchestrator.emulator.faults import (
     FaultInjector,
     FaultRule,
     HttpError,
+    TruncatedBody,
     register_fault_kind,
 )
 from orchestrator.emulator.ledger import BatchEntry, CallEntry, FileEntry, Ledger
+from orchestrator.emulator.marks import BatchFault, FileNotReady
 from orchestrator.emulator.messages import EmuRequest, EmuResponse, Headers
 from orchestrator.emulator.mock import mock_transport
 from orchestrator.emulator.server import EmulatorServer, add_arguments, create_app, run_from_args
 
 __all__ = [
     "BatchEntry",
+    "BatchFault",
     "CallEntry",
     "Delay",
     "EmuRequest",
@@ -45,13 +53,16 @@ __all__ = [
     "FaultInjector",
     "FaultRule",
     "FileEntry",
+    "FileNotReady",
     "Headers",
     "HttpError",
     "Ledger",
     "Mode",
+    "TruncatedBody",
     "add_arguments",
     "create_app",
     "mock_transport",
+    "parse_fault_spec",
     "register_fault_kind",
     "run_from_args",
 ]

@@ -1,7 +1,18 @@
 """Admin routes under ``/_emulator`` (outside the API prefix, no auth, never faulted or logged).
 
 They let a test that talks to the emulator over real HTTP do what an in-process test does with the
-Python objects: read the ledger, move the clock, add or clear faults, revoke the key.
+Python objects: read the ledger, move the clock, add or clear faults, revoke the key, release
+batches a fault holds in finalizing.
+
+    GET    /_emulator/health           mode, prefix, seed, virtual now, key state
+    GET    /_emulator/ledger           files, batches, calls
+    POST   /_emulator/clock/advance    {"seconds": 3600}
+    GET    /_emulator/faults           the active rules
+    POST   /_emulator/faults           one rule: {"route", "times", "probability", "kind", ...}
+    DELETE /_emulator/faults           remove every rule (batches already marked stay marked)
+    POST   /_emulator/revoke-key       every API call gets 401 ...
+    POST   /_emulator/restore-key      ... until this
+    POST   /_emulator/batches/release  {"batch_id": "..."} or no body for all stuck batches
 """
 
 from __future__ import annotations
@@ -94,7 +105,20 @@ def _restore(emulator: Emulator, _request: EmuRequest) -> EmuResponse:
     return json_response(200, {"key_revoked": False})
 
 
-def _object(request: EmuRequest) -> dict[str, Any]:
+def _release(emulator: Emulator, request: EmuRequest) -> EmuResponse:
+    options = _object(request, allow_empty=True)
+    batch_id = options.get("batch_id")
+    if batch_id is not None and not isinstance(batch_id, str):
+        raise ValueError("batch_id must be a string")
+    return json_response(200, {"released": emulator.release_stuck(batch_id)})
+
+
+def _object(request: EmuRequest, allow_empty: bool = False) -> dict[str, Any]:
+    if allow_empty:
+        body = b"".join(request.body)
+        request.body = (body,)
+        if not body.strip():
+            return {}
     payload = request.read_json()
     if not isinstance(payload, dict):
         raise ValueError("the body must be a JSON object")
@@ -114,4 +138,5 @@ _HANDLERS: dict[tuple[str, str], AdminHandler] = {
     ("DELETE", "/faults"): _clear_faults,
     ("POST", "/revoke-key"): _revoke,
     ("POST", "/restore-key"): _restore,
+    ("POST", "/batches/release"): _release,
 }

@@ -1,7 +1,8 @@
 """Batch records: parsing a create request, and rendering the batch object at a moment.
 
-The record holds only what was fixed at creation (plus a cancel request and, once terminal, the
-result files); its status and counts are derived by :mod:`orchestrator.emulator.lifecycle`.
+The record holds only what was fixed at creation (plus a cancel request, a release of a stuck
+fault and, once terminal, the result files); its status and counts are derived by
+:mod:`orchestrator.emulator.lifecycle`.
 """
 
 from __future__ import annotations
@@ -9,27 +10,21 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import threading
+from array import array
 from pathlib import Path
 from typing import Any
 
+from orchestrator.config import OPENAI_ENDPOINTS
 from orchestrator.emulator.config import EmulatorConfig, Mode
 from orchestrator.emulator.errors import ApiProblem
 from orchestrator.emulator.jsonl import FileIndex, Problem
 from orchestrator.emulator.lifecycle import Plan, Snapshot
 from orchestrator.emulator.lines import SUPPORTED_ENDPOINTS
+from orchestrator.emulator.marks import LINE_429, LINE_500, BatchFault
 
 COMPLETION_WINDOWS = ("24h",)
-# OpenAI accepts these endpoints; the emulator can answer the chat and embeddings ones.
-OPENAI_ENDPOINTS = (
-    "/v1/responses",
-    "/v1/chat/completions",
-    "/v1/embeddings",
-    "/v1/completions",
-    "/v1/moderations",
-    "/v1/images/generations",
-    "/v1/images/edits",
-    "/v1/videos",
-)
+# OpenAI accepts these endpoints (the same list the orchestrator knows); the emulator can answer
+# the chat and embeddings ones.
 MAX_METADATA_PAIRS = 16
 MAX_METADATA_KEY = 64
 MAX_METADATA_VALUE = 512
@@ -59,10 +54,22 @@ class BatchRecord:
     index: FileIndex
     input_path: Path
     problems: list[Problem]
+    # The merged batch faults this batch was created with, and what they do to each row.
+    fault: BatchFault | None = None
+    line_faults: dict[int, int] = dataclasses.field(default_factory=dict)
     cancel_requested: float | None = None
     results: ResultFiles | None = None
     # Held while the result files are written, so two readers do not both write them.
     results_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    # Sorted rows that end in the error file after running (config failures, per-line 429/500).
+    fail_rows: array[int] = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        failing = [row for row, kind in self.line_faults.items() if kind in (LINE_429, LINE_500)]
+        if failing:
+            self.fail_rows = array("Q", sorted({*self.index.fail_lines, *failing}))
+        else:
+            self.fail_rows = self.index.fail_lines
 
     def needs_input(self) -> bool:
         """Whether the input file's content must stay on disk (results not written yet)."""
@@ -130,7 +137,7 @@ def request_counts(record: BatchRecord, snap: Snapshot) -> dict[str, int]:
     if not snap.counted:
         return {"total": 0, "completed": 0, "failed": 0}
     total = record.plan.rows
-    failed_run = bisect.bisect_left(record.index.fail_lines, snap.processed)
+    failed_run = bisect.bisect_left(record.fail_rows, snap.processed)
     completed = snap.processed - failed_run
     # Once terminal, every row is in one of the two files; rows that never ran count as failed.
     failed = total - completed if snap.terminal else failed_run
@@ -143,7 +150,11 @@ def render(record: BatchRecord, snap: Snapshot, config: EmulatorConfig) -> dict[
     if config.mode == "fastrouter":
         ids["batch_id"] = record.id
     results = record.results
-    return {
+    fault = record.fault
+    error_file_id = results.error_file_id if results else None
+    if error_file_id is None and fault is not None and fault.empty_error_file_id:
+        error_file_id = ""  # X12: a clean batch reported "" rather than null
+    batch = {
         **ids,
         "object": "batch",
         "endpoint": record.params.endpoint,
@@ -153,7 +164,7 @@ def render(record: BatchRecord, snap: Snapshot, config: EmulatorConfig) -> dict[
         "completion_window": record.params.completion_window,
         "status": snap.status,
         "output_file_id": results.output_file_id if results else None,
-        "error_file_id": results.error_file_id if results else None,
+        "error_file_id": error_file_id,
         "created_at": record.created_at,
         "in_progress_at": _unix(snap.in_progress_at),
         "expires_at": int(record.plan.expires),
@@ -167,6 +178,9 @@ def render(record: BatchRecord, snap: Snapshot, config: EmulatorConfig) -> dict[
         "usage": _usage(record, snap, config),
         "metadata": record.params.metadata,
     }
+    if fault is not None and fault.no_usage:
+        del batch["usage"]
+    return batch
 
 
 def _errors(record: BatchRecord) -> dict[str, Any]:

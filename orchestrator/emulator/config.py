@@ -1,8 +1,9 @@
 """The emulator's settings: one frozen value, fixed for the life of an :class:`Emulator`.
 
-Every behaviour that a test or a benchmark may want to vary (mode, timings, failure share, sizes)
-is a field here, so two emulators built from equal configs and driven by the same calls produce
-byte-identical answers.
+Every behaviour that a test or a benchmark may want to vary for a whole run (mode, timings,
+failure share, sizes, token budget) is a field here; faults aimed at some calls or some batches
+are rules of :class:`~orchestrator.emulator.faults.FaultInjector`. Two emulators built from equal
+configs, given equal rules and driven by the same calls produce byte-identical answers.
 """
 
 from __future__ import annotations
@@ -56,6 +57,10 @@ class EmulatorConfig:
     max_file_bytes: int = 200 * 1024 * 1024
     # Order of lines in result files. Real providers promise no order; "shuffled" proves it.
     output_order: OutputOrder = "input"
+    # Enqueued-token budget per model (spec §5.4): a batch whose estimated prompt tokens for a
+    # model, added to those of the model's active batches, pass it fails `token_limit_exceeded`.
+    # The same limit applies to every model; None means no limit.
+    enqueued_token_limit: int | None = None
     # Where file contents live; None means a private temporary directory removed on close().
     storage_dir: Path | None = None
 
@@ -76,6 +81,10 @@ class EmulatorConfig:
         _check(self.max_requests_per_file >= 1, "max_requests_per_file must be >= 1")
         _check(self.max_file_bytes >= 1, "max_file_bytes must be >= 1")
         _check(self.output_order in ("input", "shuffled"), "output_order: 'input'|'shuffled'")
+        _check(
+            self.enqueued_token_limit is None or self.enqueued_token_limit >= 1,
+            "enqueued_token_limit must be >= 1 or None",
+        )
         # Accept any collection of ids (a set, a list) but keep the config hashable and immutable.
         object.__setattr__(self, "fail_custom_ids", frozenset(self.fail_custom_ids))
         if self.storage_dir is not None:

@@ -3,8 +3,9 @@
 Framework-free: the httpx MockTransport adapter (:mod:`orchestrator.emulator.mock`) and the
 Starlette adapter (:mod:`orchestrator.emulator.server`) only translate requests and responses.
 Per call: admin routes aside, resolve the route, refuse everything while the key is revoked, let a
-fault rule intercept, check the bearer token, then run the handler; the call is recorded in the
-ledger with the status it got.
+response fault intercept, check the bearer token, then run the handler; the call is recorded in the
+ledger with the status it got. Uploads and creates that succeed also collect the marking faults
+(file not ready, batch faults) for the object they create.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from orchestrator.emulator.faults import FaultContext, FaultInjector
 from orchestrator.emulator.files import FileChunks, file_object_fastrouter, file_object_openai
 from orchestrator.emulator.ids import hex_id
 from orchestrator.emulator.ledger import CallEntry, Ledger
+from orchestrator.emulator.marks import BatchFault, FileNotReady
 from orchestrator.emulator.messages import EmuRequest, EmuResponse, json_response
 from orchestrator.emulator.state import InputUnusable, NotCancellable, State
 from orchestrator.emulator.uploads import TooLarge, Upload, receive_upload
@@ -78,6 +80,13 @@ class Emulator:
 
     def restore_key(self) -> None:
         self.faults.set_key_revoked(False)
+
+    def release_stuck(self, batch_id: str | None = None) -> list[str]:
+        """Let batches held in finalizing by a ``stuck_finalizing`` fault complete (one or all).
+
+        Returns the ids released; raises ValueError for an unknown ``batch_id``.
+        """
+        return self._state.release_stuck(batch_id)
 
     def close(self) -> None:
         """Delete the stored file contents."""
@@ -165,7 +174,9 @@ class Emulator:
         except ApiProblem:
             self._state.blobs.remove(upload.path)
             raise
-        record = self._state.add_upload(upload, purpose, expires_after)
+        marks = self.faults.take_marks(routes.UPLOAD_FILE)
+        not_ready = max((m.not_ready for m in marks if isinstance(m, FileNotReady)), default=0.0)
+        record = self._state.add_upload(upload, purpose, expires_after, not_ready)
         render = file_object_openai if self.config.is_openai else file_object_fastrouter
         return json_response(200, render(record))
 
@@ -233,10 +244,12 @@ class Emulator:
             ) from exc
         params = parse_create(payload, self.config.mode)
         try:
-            record = self._state.create_batch(params)
+            found = self._state.input_file(params.input_file_id) is not None
         except InputUnusable as exc:
             message = f"The input file must have purpose 'batch', not {exc}."
             raise ApiProblem(400, message, param="input_file_id") from None
+        # Marks are drawn only for a create that goes ahead, so a refused call spends none.
+        record = self._state.create_batch(params, self._batch_fault()) if found else None
         if record is not None:
             return json_response(200, self._state.view(record))
         if self.config.is_openai:
@@ -245,6 +258,13 @@ class Emulator:
             )
             raise ApiProblem(400, message, param="input_file_id")
         raise ApiProblem(404, "File ID not found", code="file_not_found")
+
+    def _batch_fault(self) -> BatchFault | None:
+        merged: BatchFault | None = None
+        for mark in self.faults.take_marks(routes.CREATE_BATCH):
+            if isinstance(mark, BatchFault):
+                merged = mark if merged is None else merged.merge(mark)
+        return merged
 
     def _get_batch(self, _request: EmuRequest, target: str | None) -> EmuResponse:
         record = self._state.batch(target or "")

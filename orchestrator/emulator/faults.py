@@ -5,6 +5,14 @@ limit) and optionally a ``probability`` drawn from an RNG seeded by the config's
 is reproducible. What it does is a :class:`Fault`: an object that wraps the normal handling of the
 call (``proceed``) and may replace, delay or alter its response. New kinds register a JSON parser
 with :func:`register_fault_kind` so the admin endpoint can create them too.
+
+Two families share the rule list:
+
+- response faults (``status``, ``delay``, ``truncate``): at most one fires per call, the first
+  matching rule in the order they were added;
+- marking faults (``batch``, ``not_ready``, in :mod:`orchestrator.emulator.marks`): bound to the
+  route that creates the object they mark; every matching rule fires, and only when the call does
+  create it, so a 429 rule and a batch rule on ``create_batch`` never shadow each other.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from typing import Any, ClassVar, Protocol
 from orchestrator.emulator.config import Mode
 from orchestrator.emulator.errors import SUPPORTED_ERROR_STATUSES, ApiProblem, error_response
 from orchestrator.emulator.ids import digest
+from orchestrator.emulator.marks import BATCH_FAULT_KEYS, BatchFault, FileNotReady
 from orchestrator.emulator.messages import EmuRequest, EmuResponse
 from orchestrator.emulator.routes import ROUTE_NAMES
 
@@ -115,10 +124,41 @@ class Delay:
         return cls(float(data.get("seconds", data.get("delay_seconds", 0.0))))
 
 
+@dataclasses.dataclass(frozen=True)
+class TruncatedBody:
+    """Answer normally, but cut the body off: the headers declare the full ``content-length``,
+    only ``truncate`` (a fraction, at least one byte short) of the body is sent, and then the
+    connection drops. An httpx client sees ``RemoteProtocolError`` mid-read, as when a proxy or
+    the provider's storage breaks a long download. Error answers pass through uncut."""
+
+    kind: ClassVar[str] = "truncate"
+    truncate: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.truncate < 1.0:
+            raise ValueError("truncate must be a fraction in [0, 1)")
+
+    def apply(self, ctx: FaultContext, proceed: Proceed) -> EmuResponse:
+        response = proceed()
+        if response.status < 300:
+            response.cut_short(self.truncate)
+        return response
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "truncate": self.truncate}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TruncatedBody:
+        return cls(float(data.get("truncate", data.get("fraction", 0.5))))
+
+
 FaultParser = Callable[[Mapping[str, Any]], Fault]
 FAULT_KINDS: dict[str, FaultParser] = {
     HttpError.kind: HttpError.from_json,
     Delay.kind: Delay.from_json,
+    TruncatedBody.kind: TruncatedBody.from_json,
+    BatchFault.kind: BatchFault.from_json,
+    FileNotReady.kind: FileNotReady.from_json,
 }
 
 
@@ -128,12 +168,28 @@ def register_fault_kind(kind: str, parser: FaultParser) -> None:
 
 
 def fault_from_json(data: Mapping[str, Any]) -> Fault:
-    """A fault from its JSON form; ``kind`` may be left out when ``status`` or a delay says it."""
-    kind = data.get("kind") or ("status" if "status" in data else "delay")
+    """A fault from its JSON form; ``kind`` may be left out when a key says it (``status``,
+    ``truncate``, ``not_ready``, a batch option, else a delay)."""
+    kind = data.get("kind") or _infer_kind(data)
     parser = FAULT_KINDS.get(kind)
     if parser is None:
         raise ValueError(f"unknown fault kind {kind!r}; known: {sorted(FAULT_KINDS)}")
     return parser(data)
+
+
+def _infer_kind(data: Mapping[str, Any]) -> str:
+    for key, kind in (("status", "status"), ("truncate", "truncate"), ("not_ready", "not_ready")):
+        if key in data:
+            return kind
+    if BATCH_FAULT_KEYS & set(data):
+        return BatchFault.kind
+    return Delay.kind
+
+
+def marked_route(fault: Fault) -> str | None:
+    """The route whose created objects a marking fault marks; None for a response fault."""
+    route = getattr(fault, "marks_route", None)
+    return route if isinstance(route, str) else None
 
 
 @dataclasses.dataclass
@@ -178,19 +234,55 @@ class FaultInjector:
         message: str | None = None,
         code: str | None = None,
         delay_seconds: float = 0.0,
+        truncate: float | None = None,
         times: int | None = 1,
         probability: float | None = None,
     ) -> FaultRule:
         """Add a rule. Give a ``fault``, or ``status`` (an HttpError, optionally delayed), or
-        only ``delay_seconds`` (a Delay). ``times=None`` fires without limit."""
+        ``truncate`` (a TruncatedBody), or only ``delay_seconds`` (a Delay). ``times=None`` fires
+        without limit."""
         if fault is None:
             if status is not None:
                 fault = HttpError(status, retry_after, message, code, delay_seconds)
+            elif truncate is not None:
+                fault = TruncatedBody(truncate)
             elif delay_seconds > 0:
                 fault = Delay(delay_seconds)
             else:
-                raise ValueError("give a fault, a status or delay_seconds")
+                raise ValueError("give a fault, a status, truncate or delay_seconds")
         return self._add_rule(route, fault, times, probability)
+
+    def add_batch_fault(
+        self,
+        fault: BatchFault | None = None,
+        *,
+        stuck_finalizing: float = 0.0,
+        empty_error_file_id: bool = False,
+        line_429: float = 0.0,
+        line_500: float = 0.0,
+        missing_lines: float = 0.0,
+        duplicate_lines: float = 0.0,
+        shuffle: bool = False,
+        no_usage: bool = False,
+        times: int | None = 1,
+        probability: float | None = None,
+    ) -> FaultRule:
+        """Mark the next ``times`` batches created (None: every one from now on); see BatchFault.
+
+        ``stuck_finalizing=math.inf`` holds them in finalizing until ``Emulator.release_stuck``.
+        """
+        if fault is None:
+            fault = BatchFault(
+                stuck_finalizing, empty_error_file_id, line_429, line_500, missing_lines,
+                duplicate_lines, shuffle, no_usage,
+            )  # fmt: skip
+        return self._add_rule(BatchFault.marks_route, fault, times, probability)
+
+    def add_file_not_ready(
+        self, seconds: float, *, times: int | None = 1, probability: float | None = None
+    ) -> FaultRule:
+        """The next ``times`` uploads stay invisible ("not found") for ``seconds`` virtual seconds."""
+        return self._add_rule(FileNotReady.marks_route, FileNotReady(seconds), times, probability)
 
     def add_json(self, data: Mapping[str, Any]) -> FaultRule:
         """A rule from the admin endpoint's JSON: ``{"route", "times", "probability", ...fault}``."""
@@ -204,6 +296,13 @@ class FaultInjector:
     def _add_rule(
         self, route: str, fault: Fault, times: int | None, probability: float | None
     ) -> FaultRule:
+        marks = marked_route(fault)
+        if marks is not None:
+            if route not in (ANY_ROUTE, marks):
+                raise ValueError(
+                    f"{fault.kind!r} faults mark what {marks!r} creates; route {route!r}"
+                )
+            route = marks
         if route != ANY_ROUTE and route not in ROUTE_NAMES:
             raise ValueError(f"unknown route {route!r}; known: {sorted(ROUTE_NAMES)} or '*'")
         if times is not None and times < 1:
@@ -224,18 +323,32 @@ class FaultInjector:
             return list(self._rules)
 
     def take(self, route: str) -> Fault | None:
-        """The fault to apply to this call, if any rule fires (using up one of its times)."""
+        """The response fault to apply to this call, if a rule fires (using up one of its times)."""
         with self._lock:
             for rule in self._rules:
-                if rule.route not in (ANY_ROUTE, route):
+                if rule.route not in (ANY_ROUTE, route) or marked_route(rule.fault) is not None:
                     continue
-                if rule.probability is not None and self._rng.random() >= rule.probability:
-                    continue
-                rule.fired += 1
-                if rule.times is not None and rule.fired >= rule.times:
-                    self._rules.remove(rule)
-                return rule.fault
+                if self._fires(rule):
+                    return rule.fault
         return None
+
+    def take_marks(self, route: str) -> list[Fault]:
+        """Every marking fault that fires for the object this call has just created."""
+        with self._lock:
+            return [
+                rule.fault
+                for rule in list(self._rules)
+                if marked_route(rule.fault) == route and self._fires(rule)
+            ]
+
+    def _fires(self, rule: FaultRule) -> bool:
+        """Draw the rule's probability; when it fires, use up one of its times. Lock held."""
+        if rule.probability is not None and self._rng.random() >= rule.probability:
+            return False
+        rule.fired += 1
+        if rule.times is not None and rule.fired >= rule.times:
+            self._rules.remove(rule)
+        return True
 
     @property
     def key_revoked(self) -> bool:

@@ -33,6 +33,11 @@ class StoredFile:
     path: Path
     # Present for uploads with purpose "batch": what the lifecycle needs from the content.
     index: FileIndex | None = None
+    # A "not ready" fault hides the file from the API until then (Unix seconds).
+    visible_at: float | None = None
+
+    def visible(self, now: float) -> bool:
+        return self.visible_at is None or now >= self.visible_at
 
     @property
     def num_rows(self) -> int:

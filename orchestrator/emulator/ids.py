@@ -10,6 +10,8 @@ import hashlib
 import threading
 from collections import Counter
 
+_MASK64 = (1 << 64) - 1
+
 
 def digest(*parts: object) -> bytes:
     """A stable 32-byte hash of the parts (their ``str()`` joined by a separator)."""
@@ -19,6 +21,20 @@ def digest(*parts: object) -> bytes:
 
 def hex_id(*parts: object, length: int = 24) -> str:
     return digest(*parts).hex()[:length]
+
+
+def id_key(custom_id: object) -> int:
+    """A 64-bit key for a custom_id, kept per input line so per-batch choices need no re-read."""
+    raw = custom_id.encode("utf-8") if isinstance(custom_id, str) else b"\x00"
+    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big")
+
+
+def mix64(value: int) -> int:
+    """SplitMix64's finaliser: a cheap, well-spread 64-bit hash for per-line choices."""
+    value &= _MASK64
+    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return value ^ (value >> 31)
 
 
 def unit_float(*parts: object) -> float:

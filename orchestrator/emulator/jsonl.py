@@ -1,8 +1,9 @@
 """Scan an uploaded JSONL file once, while it streams to disk, into a compact :class:`FileIndex`.
 
 The index keeps what the batch lifecycle needs later without re-reading the file: the number of
-lines, where each starts, which ones will fail, and the validation problems that make a batch
-`failed` (spec §9.2). It costs a few bytes per line, never the file itself.
+lines, where each starts, a key per custom_id (for per-batch line faults), which lines will fail,
+the estimated prompt tokens per model (for the enqueued-token budget), and the validation problems
+that make a batch `failed` (spec §9.2). It costs a few bytes per line, never the file itself.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from typing import Any
 import orjson
 
 from orchestrator.emulator.config import EmulatorConfig
-from orchestrator.emulator.lines import failure_of
+from orchestrator.emulator.ids import id_key
+from orchestrator.emulator.lines import estimate_tokens, failure_of
 
 KNOWN_PROVIDERS = frozenset({"openai", "anthropic", "google", "gemini"})
 MAX_PROBLEMS = 10
@@ -40,12 +42,16 @@ class FileIndex:
     num_rows: int = 0
     # Byte offset of each line, so results can be produced in any order by seeking.
     offsets: array[int] = dataclasses.field(default_factory=lambda: array("Q"))
+    # ids.id_key(custom_id) of each line.
+    id_keys: array[int] = dataclasses.field(default_factory=lambda: array("Q"))
     # Sorted indices of the lines that will fail, for request_counts while in progress.
     fail_lines: array[int] = dataclasses.field(default_factory=lambda: array("Q"))
     problems: list[Problem] = dataclasses.field(default_factory=list)
     # First line (1-based) of each distinct `url`, to check it against the batch endpoint.
     urls: dict[str, int] = dataclasses.field(default_factory=dict)
     models: list[str] = dataclasses.field(default_factory=list)
+    # Estimated prompt tokens per model (same estimate as the usage in the results).
+    prompt_tokens: dict[str, int] = dataclasses.field(default_factory=dict)
     # First line (1-based) that is not a JSON object: the upload itself is refused.
     bad_line: int | None = None
 
@@ -96,6 +102,7 @@ class JsonlScanner:
             return
         index.num_rows = number
         index.offsets.append(offset)
+        index.id_keys.append(id_key(line.get("custom_id")))
         self._validate(line, number)
         if failure_of(self._config, line.get("custom_id"), line.get("body")) is not None:
             index.fail_lines.append(number - 1)
@@ -112,7 +119,7 @@ class JsonlScanner:
         if not isinstance(body, dict):
             self._problem(_missing("body", number))
         elif isinstance(body.get("model"), str):
-            self._note_model(body["model"])
+            self._note_model(body["model"], body)
         if self._config.mode == "fastrouter":
             self._check_provider(line.get("provider"), number)
 
@@ -141,10 +148,13 @@ class JsonlScanner:
         elif url not in self._index.urls and len(self._index.urls) < _MAX_URLS:
             self._index.urls[url] = number
 
-    def _note_model(self, model: str) -> None:
+    def _note_model(self, model: str, body: dict[str, Any]) -> None:
         models = self._index.models
         if model not in models and len(models) < _MAX_MODELS:
             models.append(model)
+        prompt = body["messages"] if "messages" in body else body.get("input")
+        tokens = self._index.prompt_tokens
+        tokens[model] = tokens.get(model, 0) + estimate_tokens(prompt)
 
     def _problem(self, problem: Problem) -> None:
         if len(self._index.problems) < MAX_PROBLEMS:
@@ -168,10 +178,11 @@ def batch_problems(index: FileIndex, endpoint: str, config: EmulatorConfig) -> l
             problems.append(Problem("invalid_url", message, number, "url"))
     if index.num_rows == 0:
         problems.append(Problem("empty_file", "The batch input file is empty."))
-    if index.num_rows > config.max_requests_per_file:
-        message = (
-            f"The batch input file is larger than the {config.max_requests_per_file} "
-            "maximum number of requests."
-        )
-        problems.append(Problem("too_many_requests", message))
+    limit = config.max_requests_per_file
+    if index.num_rows > limit:
+        message = f"The batch input file is larger than the {limit} maximum number of requests."
+        # The line is the first one past the limit, so a client knows where to split.
+        problems.append(Problem("too_many_requests", message, limit + 1))
+    # In file order, as a reader of errors.data expects; file-wide problems (no line) last.
+    problems.sort(key=lambda p: (p.line is None, p.line or 0))
     return problems[:MAX_PROBLEMS]

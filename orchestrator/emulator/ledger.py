@@ -19,6 +19,8 @@ class FileEntry:
     num_rows: int
     purpose: str
     created_at: int
+    # When a "not ready" fault lets the API see the file (None: at once).
+    visible_at: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +30,10 @@ class BatchEntry:
     endpoint: str
     metadata: dict[str, str] | None
     created_at: int
+    # The batch fault it was created with (its JSON form), if any.
+    faults: dict[str, Any] | None = None
+    # Codes of errors.data when it is bound to fail validation (or the token budget).
+    problems: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

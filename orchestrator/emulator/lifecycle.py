@@ -8,6 +8,10 @@ is from its creation time, its size, the config's rates and the clock::
         │               └─(expires_at reached first)──► expired
         ├─(validation problems)──► failed
         └─cancel (any non-terminal state)──► cancelling ──► cancelled
+
+A "stuck finalizing" fault holds a batch in ``finalizing`` past its normal end (``stuck_until``,
+possibly infinity); :meth:`Plan.released` lets it complete. Once every row has run a batch no
+longer expires: only unfinished work is cut off at ``expires_at``.
 """
 
 from __future__ import annotations
@@ -49,22 +53,43 @@ class Plan:
     expires: float
     rows_per_second: float
     cancel_seconds: float
+    # A stuck batch stays finalizing until then (math.inf: until released).
+    stuck_until: float = -math.inf
 
     @classmethod
-    def make(cls, config: EmulatorConfig, created: float, rows: int, valid: bool) -> Plan:
+    def make(
+        cls,
+        config: EmulatorConfig,
+        created: float,
+        rows: int,
+        valid: bool,
+        stuck_seconds: float = 0.0,
+    ) -> Plan:
+        """``stuck_seconds`` extra virtual seconds in finalizing (math.inf: until released)."""
         in_progress = created + config.validation_seconds
         finalizing = in_progress + rows / config.rows_per_second
+        done = finalizing + config.finalizing_seconds
         return cls(
             created=created,
             rows=rows,
             valid=valid,
             in_progress=in_progress,
             finalizing=finalizing,
-            done=finalizing + config.finalizing_seconds,
+            done=done,
             expires=created + config.completion_window_seconds,
             rows_per_second=config.rows_per_second,
             cancel_seconds=config.cancel_seconds,
+            stuck_until=done + stuck_seconds if stuck_seconds > 0 else -math.inf,
         )
+
+    @property
+    def completes(self) -> float:
+        """When the batch leaves finalizing for completed."""
+        return max(self.done, self.stuck_until)
+
+    def released(self, moment: float) -> Plan:
+        """The plan with the stuck fault lifted at ``moment``: it completes on schedule or now."""
+        return dataclasses.replace(self, stuck_until=min(self.stuck_until, moment))
 
     def processed_by(self, moment: float) -> int:
         """Rows run by ``moment`` (rows are run in input order at a steady rate)."""
@@ -114,9 +139,10 @@ def snapshot(plan: Plan, now: float, cancel_requested: float | None = None) -> S
     if now < plan.finalizing:
         return Snapshot("in_progress", plan.processed_by(now), True, plan.in_progress)
     fin = plan.finalizing
-    if now < plan.done:
+    done = plan.completes
+    if now < done:
         return Snapshot("finalizing", plan.rows, True, plan.in_progress, fin)
-    return Snapshot("completed", plan.rows, True, plan.in_progress, fin, completed_at=plan.done)
+    return Snapshot("completed", plan.rows, True, plan.in_progress, fin, completed_at=done)
 
 
 def _expired(plan: Plan) -> Snapshot:

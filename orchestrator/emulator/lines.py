@@ -42,10 +42,27 @@ Json = dict[str, Any]
 
 @dataclasses.dataclass(frozen=True)
 class LineFailure:
-    """Why a line gets a 400 response in the error file."""
+    """Why a line gets an error response (a 400 unless said otherwise) in the error file."""
 
     message: str
     param: str | None = None
+    status: int = 400
+    type: str = "invalid_request_error"
+    code: str | None = None
+
+
+# What a rate-limited or crashed upstream call looks like inside a batch's results.
+RATE_LIMITED = LineFailure(
+    "Rate limit reached for requests. Please try again later.",
+    status=429,
+    type="requests",
+    code="rate_limit_exceeded",
+)
+SERVER_ERROR = LineFailure(
+    "The server had an error while processing your request. Sorry about that!",
+    status=500,
+    type="server_error",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,14 +107,15 @@ def success_line(ctx: LineContext, line: Json) -> tuple[Json, LineUsage]:
 
 
 def http_error_line(ctx: LineContext, line: Json, failure: LineFailure) -> Json:
-    """Error shape (a): the request ran and got a 400."""
+    """Error shape (a): the request ran and got an HTTP error."""
     error = {
         "message": failure.message,
-        "type": "invalid_request_error",
+        "type": failure.type,
         "param": failure.param,
-        "code": None,
+        "code": failure.code,
     }
-    response = {"status_code": 400, "request_id": _request_id(ctx), "body": {"error": error}}
+    body = {"error": error}
+    response = {"status_code": failure.status, "request_id": _request_id(ctx), "body": body}
     return _envelope(ctx, line, response, None)
 
 

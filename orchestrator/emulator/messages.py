@@ -84,12 +84,29 @@ class EmuRequest:
 
 @dataclasses.dataclass
 class EmuResponse:
-    """One HTTP response. ``delay_seconds`` asks the adapter to answer late (a fault)."""
+    """One HTTP response. ``delay_seconds`` asks the adapter to answer late (a fault);
+    ``drop_connection`` asks it to break the connection once the body is sent, which
+    :meth:`cut_short` made shorter than its ``content-length`` (a fault too)."""
 
     status: int
     headers: dict[str, str] = dataclasses.field(default_factory=dict)
     body: bytes | Iterator[bytes] = b""
     delay_seconds: float = 0.0
+    drop_connection: bool = False
+
+    def cut_short(self, fraction: float) -> None:
+        """Keep ``fraction`` of the body (always less than all of it) but declare its full length.
+
+        Streamed bodies must carry ``content-length``; an empty body has nothing to cut.
+        """
+        body = self.body
+        total = len(body) if isinstance(body, bytes) else int(self.headers["content-length"])
+        if total == 0:
+            return
+        keep = min(int(total * fraction), total - 1)
+        self.headers["content-length"] = str(total)
+        self.body = self.body[:keep] if isinstance(self.body, bytes) else _Prefix(self.body, keep)
+        self.drop_connection = True
 
     def read(self) -> bytes:
         """The whole body (consumes a streamed one)."""
@@ -105,6 +122,32 @@ class EmuResponse:
     def close(self) -> None:
         """Release a streamed body that will not be read (closes its file handle)."""
         close = getattr(self.body, "close", None)
+        if callable(close):
+            close()
+
+
+class _Prefix(Iterator[bytes]):
+    """The first ``limit`` bytes of a chunk stream; closes the stream when done or closed."""
+
+    def __init__(self, chunks: Iterator[bytes], limit: int) -> None:
+        self._chunks = chunks
+        self._left = limit
+
+    def __next__(self) -> bytes:
+        if self._left <= 0:
+            self.close()
+            raise StopIteration
+        try:
+            chunk = next(self._chunks)
+        except StopIteration:
+            self._left = 0
+            raise
+        chunk = chunk[: self._left]
+        self._left -= len(chunk)
+        return chunk
+
+    def close(self) -> None:
+        close = getattr(self._chunks, "close", None)
         if callable(close):
             close()
 

@@ -2,7 +2,9 @@
 
 A delay fault cannot sleep here (tests must not wait), so it is judged against the client's read
 timeout: a delay at least that long raises ``httpx.ReadTimeout`` (after the emulator did the work,
-as a real server would have); a shorter one is answered at once.
+as a real server would have); a shorter one is answered at once. A truncated body raises
+``httpx.RemoteProtocolError`` once its short prefix has been read, in httpx's own words, as it does
+when a real server closes the connection before ``content-length`` bytes arrived.
 """
 
 from __future__ import annotations
@@ -18,15 +20,25 @@ from orchestrator.emulator.messages import EmuRequest, EmuResponse
 class _Body(httpx.SyncByteStream, httpx.AsyncByteStream):
     """A response body streamed from the emulator (works for sync and async clients)."""
 
-    def __init__(self, response: EmuResponse) -> None:
+    def __init__(self, response: EmuResponse, request: httpx.Request) -> None:
         self._response = response
+        self._request = request
 
     def __iter__(self) -> Iterator[bytes]:
         body = self._response.body
-        if isinstance(body, bytes):
-            yield body
-        else:
-            yield from body
+        chunks = (body,) if isinstance(body, bytes) else body
+        received = 0
+        for chunk in chunks:
+            received += len(chunk)
+            yield chunk
+        if self._response.drop_connection:
+            self._response.close()
+            expected = self._response.headers.get("content-length")
+            raise httpx.RemoteProtocolError(
+                "peer closed connection without sending complete message body "
+                f"(received {received} bytes, expected {expected})",
+                request=self._request,
+            )
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         for chunk in self:
@@ -62,7 +74,7 @@ def mock_transport(emulator: Emulator) -> httpx.MockTransport:
         return httpx.Response(
             response.status,
             headers=response.headers,
-            stream=_Body(response),
+            stream=_Body(response, request),
             request=request,
         )
 

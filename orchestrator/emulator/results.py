@@ -1,8 +1,10 @@
 """Write a finished batch's output and error files, streaming from the input file on disk.
 
 Runs once per batch, when a look at it first finds it terminal. Rows that ran go to the output file
-(success) or the error file (shape a, a 400 response); rows that never ran, because the batch was
-cancelled or expired first, go to the error file as shape b (``batch_cancelled``/``batch_expired``).
+(success) or the error file (shape a: a 400, or the 429/500 of a per-line fault); rows that never
+ran, because the batch was cancelled or expired first, go to the error file as shape b
+(``batch_cancelled``/``batch_expired``). A batch fault may then drop a row's line from both files
+or write it twice; usage counts what ran, whether or not its line was lost.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from orchestrator.emulator.ids import digest
 from orchestrator.emulator.jsonl import FileIndex
 from orchestrator.emulator.lifecycle import Plan
 from orchestrator.emulator.lines import (
+    RATE_LIMITED,
+    SERVER_ERROR,
     LineContext,
     LineUsage,
     failure_of,
@@ -28,6 +32,7 @@ from orchestrator.emulator.lines import (
     not_run_line,
     success_line,
 )
+from orchestrator.emulator.marks import LINE_429, LINE_500, LINE_DUPLICATED, LINE_MISSING
 from orchestrator.emulator.pricing import batch_cost
 
 NOT_RUN = {
@@ -83,6 +88,9 @@ class ResultJob:
     plan: Plan
     outcome: str  # the terminal status: completed, cancelled or expired
     processed: int
+    # Row -> marks.LINE_* from the batch's faults; rows absent are untouched.
+    line_faults: dict[int, int] = dataclasses.field(default_factory=dict)
+    shuffled: bool = False
 
 
 @dataclasses.dataclass
@@ -114,8 +122,13 @@ def write_results(job: ResultJob, blobs: BlobDir) -> Results:
             source.seek(job.index.offsets[row])
             line = orjson.loads(source.readline())
             result, ok = _result_line(job, row, line, usage)
-            (out if ok else err).write(orjson.dumps(result) + b"\n")
-            counts[0 if ok else 1] += 1
+            fault = job.line_faults.get(row)
+            if fault == LINE_MISSING:
+                continue
+            data = orjson.dumps(result) + b"\n"
+            copies = 2 if fault == LINE_DUPLICATED else 1
+            (out if ok else err).write(data * copies)
+            counts[0 if ok else 1] += copies
     return Results(_keep(blobs, out_path, counts[0]), _keep(blobs, err_path, counts[1]), usage)
 
 
@@ -128,6 +141,8 @@ def _result_line(
         code, message = NOT_RUN[job.outcome]
         return not_run_line(ctx, line, code, message), False
     failure = failure_of(job.config, line.get("custom_id"), line.get("body"))
+    if failure is None:
+        failure = _LINE_FAILURES.get(job.line_faults.get(row, 0))
     if failure is not None:
         return http_error_line(ctx, line, failure), False
     result, line_usage = success_line(ctx, line)
@@ -135,9 +150,12 @@ def _result_line(
     return result, True
 
 
+_LINE_FAILURES = {LINE_429: RATE_LIMITED, LINE_500: SERVER_ERROR}
+
+
 def _row_order(job: ResultJob) -> Iterable[int]:
     rows = list(range(job.index.num_rows))
-    if job.config.output_order == "shuffled":
+    if job.shuffled or job.config.output_order == "shuffled":
         random.Random(digest(job.config.seed, "order", job.batch_id)).shuffle(rows)
     return rows
 

@@ -2,34 +2,48 @@
 
 Uploads stream from ``request.stream()`` into the core, which runs in a worker thread and pulls
 each chunk back from the event loop; downloads stream from disk. A delay fault sleeps here for
-real, so a client's timeout fires exactly as it would against a slow provider.
+real, so a client's timeout fires exactly as it would against a slow provider; a truncate fault
+sends part of the body and drops the connection, so the client's read breaks mid-body.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextvars
+import logging
+import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from types import FrameType
 
 import anyio
 import anyio.from_thread
 import uvicorn
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
-from starlette.concurrency import run_in_threadpool
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from orchestrator.asgi import ServerThread, listen
 from orchestrator.clock import ScaledClock
 from orchestrator.emulator.config import MODES, EmulatorConfig
 from orchestrator.emulator.core import Emulator
+from orchestrator.emulator.fault_specs import parse_fault_spec
 from orchestrator.emulator.messages import EmuRequest, EmuResponse
 
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 DEFAULT_PORT = 8800
+
+# Set in the task that serves a response cut short on purpose; read by the log filter below.
+_DELIBERATE_CUT: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "emulator_deliberate_cut", default=False
+)
+_UVICORN_INCOMPLETE = "ASGI callable returned without completing response."
 
 
 class _BodyBridge:
@@ -51,6 +65,8 @@ class _BodyBridge:
 
 
 def create_app(emulator: Emulator) -> Starlette:
+    _quiet_deliberate_cuts()
+
     async def endpoint(request: Request) -> Response:
         emu_request = EmuRequest.build(
             request.method,
@@ -68,6 +84,8 @@ def create_app(emulator: Emulator) -> Starlette:
 
 
 def _to_starlette(response: EmuResponse) -> Response:
+    if response.drop_connection:
+        return _CutShortResponse(response)
     if isinstance(response.body, bytes):
         return Response(response.body, response.status, response.headers)
     # Closing in a background task releases the file even if the client went away early.
@@ -77,6 +95,40 @@ def _to_starlette(response: EmuResponse) -> Response:
         response.headers,
         background=BackgroundTask(response.close),
     )
+
+
+class _CutShortResponse(Response):
+    """Headers with the full ``content-length``, the (shortened) body, then no end of message:
+    uvicorn closes the connection, and the client sees the body cut off."""
+
+    def __init__(self, response: EmuResponse) -> None:
+        super().__init__(status_code=response.status, headers=response.headers)
+        self._emu = response
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        start = {"type": "http.response.start", "status": self.status_code}
+        await send({**start, "headers": self.raw_headers})
+        body = self._emu.body
+        try:
+            chunks = iterate_in_threadpool(iter((body,) if isinstance(body, bytes) else body))
+            async for chunk in chunks:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        finally:
+            self._emu.close()
+        _DELIBERATE_CUT.set(True)
+
+
+class _QuietDeliberateCuts(logging.Filter):
+    """Drops uvicorn's error line for a response cut short by a fault, and only for those."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (_DELIBERATE_CUT.get() and record.msg == _UVICORN_INCOMPLETE)
+
+
+def _quiet_deliberate_cuts() -> None:
+    logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _QuietDeliberateCuts) for f in logger.filters):
+        logger.addFilter(_QuietDeliberateCuts())
 
 
 class EmulatorServer(ServerThread):
@@ -116,6 +168,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=MODES, default="fastrouter", help="API flavour")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 picks a free port")
+    parser.add_argument(
+        "--port-file", type=Path, default=None, help="write the port here once listening"
+    )
     parser.add_argument("--prefix", default="/v1", help="API path prefix ('' for none)")
     parser.add_argument(
         "--time-scale",
@@ -129,8 +184,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--validation-seconds", type=float, default=5.0)
     parser.add_argument("--rows-per-second", type=float, default=50.0)
     parser.add_argument("--finalizing-seconds", type=float, default=5.0)
+    parser.add_argument("--cancel-seconds", type=float, default=5.0)
+    parser.add_argument("--completion-window-seconds", type=int, default=86400)
     parser.add_argument("--completion-chars", type=int, default=60)
+    parser.add_argument("--max-requests", type=int, default=50_000, help="lines per batch")
+    parser.add_argument("--max-file-bytes", type=int, default=200 * 1024 * 1024)
+    parser.add_argument("--output-order", choices=("input", "shuffled"), default="input")
+    parser.add_argument(
+        "--enqueued-token-limit",
+        type=int,
+        default=None,
+        help="enqueued prompt tokens per model; a batch past it fails token_limit_exceeded",
+    )
+    parser.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="ROUTE:K=V,...",
+        help="a fault rule, repeatable; e.g. create_batch:status=429,retry_after=30,times=3 | "
+        "get_batch:delay=5,probability=0.1 | file_content:truncate=0.5 | "
+        "upload_file:not_ready=10 | batch:stuck_finalizing=300 | batch:line_429=0.1,shuffle "
+        "(times defaults to unlimited)",
+    )
     parser.add_argument("--storage-dir", type=Path, default=None, help="where files are kept")
+    parser.add_argument("--log-level", default="info", help="uvicorn's log level")
 
 
 def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
@@ -142,29 +219,65 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         validation_seconds=args.validation_seconds,
         rows_per_second=args.rows_per_second,
         finalizing_seconds=args.finalizing_seconds,
+        cancel_seconds=args.cancel_seconds,
+        completion_window_seconds=args.completion_window_seconds,
         line_failure_rate=args.failure_rate,
         completion_chars=args.completion_chars,
+        max_requests_per_file=args.max_requests,
+        max_file_bytes=args.max_file_bytes,
+        output_order=args.output_order,
+        enqueued_token_limit=args.enqueued_token_limit,
         storage_dir=args.storage_dir,
     )
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    """Serve in the foreground until Ctrl-C; returns the process exit code."""
+    """Serve in the foreground until Ctrl-C or SIGTERM; returns the process exit code."""
     try:
         config = config_from_args(args)
         clock = ScaledClock(args.time_scale)
-        sock = listen(args.host, args.port)
-    except (ValueError, OSError) as exc:
+        specs = [parse_fault_spec(spec) for spec in args.fault]
+    except ValueError as exc:
         print(f"emulator: {exc}", file=sys.stderr)
         return 2
-    with Emulator(config, clock) as emulator, sock:
-        port = sock.getsockname()[1]
-        print(
-            f"emulator ({config.mode}, time x{args.time_scale}) serving "
-            f"http://{args.host}:{port}{config.path_prefix}; admin at /_emulator; Ctrl-C stops",
-            file=sys.stderr,
-            flush=True,
-        )
-        server = uvicorn.Server(uvicorn.Config(create_app(emulator), log_level="info"))
-        server.run(sockets=[sock])
+    with Emulator(config, clock) as emulator:
+        try:
+            for spec in specs:
+                emulator.faults.add_json(spec)
+            sock = listen(args.host, args.port)
+        except (ValueError, OSError) as exc:
+            print(f"emulator: {exc}", file=sys.stderr)
+            return 2
+        with sock:
+            _serve(emulator, sock, args)
     return 0
+
+
+def _serve(emulator: Emulator, sock: socket.socket, args: argparse.Namespace) -> None:
+    port = sock.getsockname()[1]
+    config = emulator.config
+    rules = len(emulator.faults.rules())
+    print(
+        f"emulator ({config.mode}, time x{args.time_scale}, {rules} fault rule(s)) serving "
+        f"http://{args.host}:{port}{config.path_prefix}; admin at /_emulator; Ctrl-C stops",
+        file=sys.stderr,
+        flush=True,
+    )
+    if args.port_file is not None:
+        # Written whole then renamed, so a reader polling for it never sees half a number.
+        partial = args.port_file.with_name(args.port_file.name + ".partial")
+        partial.write_text(f"{port}\n")
+        partial.replace(args.port_file)
+    app = create_app(emulator)
+    server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level, access_log=False))
+    previous = signal.signal(signal.SIGTERM, _exit_cleanly)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
+    # uvicorn shuts down gracefully on SIGTERM and then raises the signal again, to this handler:
+    # leaving through SystemExit rather than dying of the signal lets Emulator.close() run.
+    raise SystemExit(0)

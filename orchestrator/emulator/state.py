@@ -1,7 +1,7 @@
 """The emulator's state: files and batches behind one lock.
 
-The lock guards the dictionaries only. Slow work (writing result files, streaming content) happens
-outside it, so one large download never stalls other calls.
+The lock guards the dictionaries only. Slow work (planning per-line faults, writing result files,
+streaming content) happens outside it, so one large batch never stalls other calls.
 """
 
 from __future__ import annotations
@@ -13,15 +13,18 @@ from orchestrator.clock import Clock
 from orchestrator.emulator.batches import BatchRecord, CreateParams, ResultFiles, render
 from orchestrator.emulator.config import EmulatorConfig
 from orchestrator.emulator.files import BlobDir, StoredFile
-from orchestrator.emulator.ids import IdGenerator
-from orchestrator.emulator.jsonl import batch_problems
+from orchestrator.emulator.ids import IdGenerator, hex_id
+from orchestrator.emulator.jsonl import FileIndex, Problem, batch_problems
 from orchestrator.emulator.ledger import BatchEntry, FileEntry, Ledger
 from orchestrator.emulator.lifecycle import WITH_RESULTS, Plan, Snapshot, cancellable, snapshot
+from orchestrator.emulator.marks import BatchFault
 from orchestrator.emulator.results import ResultJob, Results, Written, write_results
 from orchestrator.emulator.uploads import Upload
 
 # OpenAI keeps batch input and output files for 30 days by default.
 FILE_RETENTION_SECONDS = 30 * 86400
+# Statuses whose prompt tokens count against the enqueued-token budget (spec §5.4).
+ENQUEUED_STATUSES = frozenset({"validating", "in_progress", "finalizing"})
 
 
 class NotCancellable(Exception):
@@ -59,61 +62,118 @@ class State:
 
     # -- files ---------------------------------------------------------------------------------
 
-    def add_upload(self, upload: Upload, purpose: str, expires_after: int | None) -> StoredFile:
-        now = int(self.now())
+    def add_upload(
+        self, upload: Upload, purpose: str, expires_after: int | None, not_ready: float = 0.0
+    ) -> StoredFile:
+        """Register an upload; ``not_ready`` seconds hide it from the API (a fault)."""
+        moment = self.now()
+        now = int(moment)
         if expires_after is None and purpose == "batch":
             expires_after = FILE_RETENTION_SECONDS
         expires_at = now + expires_after if expires_after is not None else None
         index = upload.index if purpose == "batch" else None
+        visible_at = moment + not_ready if not_ready > 0 else None
         with self._lock:
             record = StoredFile(
                 self._ids.next("file", "file-"), upload.filename, purpose, upload.bytes,
-                now, expires_at, upload.path, index,
+                now, expires_at, upload.path, index, visible_at,
             )  # fmt: skip
             self._files[record.id] = record
-        entry = FileEntry(record.id, record.filename, record.bytes, record.num_rows, purpose, now)
+        entry = FileEntry(
+            record.id, record.filename, record.bytes, record.num_rows, purpose, now, visible_at
+        )
         self._ledger.record_file(entry)
         return record
 
     def file(self, file_id: str) -> StoredFile | None:
+        """The file as the API sees it: None when unknown or not visible yet."""
+        now = self.now()
         with self._lock:
-            return self._files.get(file_id)
+            record = self._files.get(file_id)
+        return record if record is not None and record.visible(now) else None
 
     def delete_file(self, file_id: str) -> bool:
+        now = self.now()
         with self._lock:
-            record = self._files.pop(file_id, None)
+            record = self._files.get(file_id)
+            if record is None or not record.visible(now):
+                return False
+            del self._files[file_id]
             # A batch that has not written its results yet still reads this content.
-            pinned = record is not None and any(
+            pinned = any(
                 b.input_path == record.path and b.needs_input() for b in self._batches.values()
             )
-        if record is not None and not pinned:
+        if not pinned:
             self.blobs.remove(record.path)
-        return record is not None
+        return True
 
     # -- batches -------------------------------------------------------------------------------
 
-    def create_batch(self, params: CreateParams) -> BatchRecord | None:
-        """The new batch, or None when the input file does not exist."""
+    def input_file(self, file_id: str) -> StoredFile | None:
+        """A visible batch input file; None when missing; InputUnusable when not a batch file."""
+        source = self.file(file_id)
+        if source is not None and source.index is None:
+            raise InputUnusable(source.purpose)
+        return source
+
+    def create_batch(
+        self, params: CreateParams, fault: BatchFault | None = None
+    ) -> BatchRecord | None:
+        """The new batch, or None when the input file does not exist (or is not visible yet)."""
         now = self.now()
+        source = self.input_file(params.input_file_id)
+        if source is None or source.index is None:
+            return None
+        index = source.index
+        prefix = "batch_" if self._config.is_openai else "fr_batch-"
+        batch_id = self._ids.next("batch", prefix)
+        problems = batch_problems(index, params.endpoint, self._config)
+        line_faults = {}
+        if fault is not None and not problems:
+            line_faults = fault.line_plan(self._config.seed, batch_id, index.id_keys)
+        stuck = fault.stuck_finalizing if fault else 0.0
         with self._lock:
-            source = self._files.get(params.input_file_id)
-            if source is None:
-                return None
-            if source.index is None:
-                raise InputUnusable(source.purpose)
-            problems = batch_problems(source.index, params.endpoint, self._config)
-            plan = Plan.make(self._config, now, source.index.num_rows, valid=not problems)
-            prefix = "batch_" if self._config.is_openai else "fr_batch-"
+            if self._files.get(params.input_file_id) is not source:
+                return None  # deleted meanwhile
+            problems = problems or self._token_problems(index, now)
+            plan = Plan.make(self._config, now, index.num_rows, not problems, stuck)
             record = BatchRecord(
-                self._ids.next("batch", prefix), params, int(now), plan, source.index,
-                source.path, problems,
-            )  # fmt: skip
+                batch_id, params, int(now), plan, index, source.path, problems, fault, line_faults
+            )
             self._batches[record.id] = record
             self._order.append(record.id)
         self._ledger.record_batch(
-            BatchEntry(record.id, params.input_file_id, params.endpoint, params.metadata, int(now))
-        )
+            BatchEntry(
+                record.id, params.input_file_id, params.endpoint, params.metadata, int(now),
+                fault.to_json() if fault else None, tuple(p.code for p in problems),
+            )
+        )  # fmt: skip
         return record
+
+    def _token_problems(self, index: FileIndex, now: float) -> list[Problem]:
+        """The enqueued-token refusal (spec §5.4), judged at creation. Lock held."""
+        limit = self._config.enqueued_token_limit
+        if limit is None or not index.prompt_tokens:
+            return []
+        enqueued: dict[str, int] = {}
+        for other in self._batches.values():
+            if not other.plan.valid:
+                continue  # failed batches never enqueue anything
+            if snapshot(other.plan, now, other.cancel_requested).status in ENQUEUED_STATUSES:
+                for model, tokens in other.index.prompt_tokens.items():
+                    enqueued[model] = enqueued.get(model, 0) + tokens
+        for model, tokens in index.prompt_tokens.items():
+            if enqueued.get(model, 0) + tokens > limit:
+                return [Problem("token_limit_exceeded", self._token_message(model, limit))]
+        return []
+
+    def _token_message(self, model: str, limit: int) -> str:
+        organization = "org-" + hex_id(self._config.seed, "organization")
+        return (
+            f"Enqueued token limit reached for {model} in organization {organization}. "
+            f"Limit: {limit:,} enqueued tokens. "
+            "Please try again once some in_progress batches have been completed."
+        )
 
     def batch(self, batch_id: str) -> BatchRecord | None:
         with self._lock:
@@ -130,6 +190,24 @@ class State:
                 return Page([], has_more=False)
             start = newest_first.index(after) + 1
         return Page(records[start : start + limit], has_more=start + limit < len(records))
+
+    def release_stuck(self, batch_id: str | None = None) -> list[str]:
+        """Let stuck-finalizing batches (one, or all) complete: on schedule, or now if overdue.
+
+        Returns the ids released; raises ValueError for an unknown ``batch_id``.
+        """
+        now = self.now()
+        with self._lock:
+            if batch_id is not None and batch_id not in self._batches:
+                raise ValueError(f"no batch {batch_id!r}")
+            ids = [batch_id] if batch_id is not None else list(self._order)
+            released = []
+            for candidate in ids:
+                record = self._batches[candidate]
+                if record.plan.stuck_until > now and record.cancel_requested is None:
+                    record.plan = record.plan.released(now)
+                    released.append(candidate)
+        return released
 
     def cancel(self, record: BatchRecord) -> None:
         """Ask to cancel: no-op when already cancelling; NotCancellable when terminal."""
@@ -157,6 +235,7 @@ class State:
             job = ResultJob(
                 self._config, record.id, record.params.endpoint, record.input_path,
                 record.index, record.plan, current.status, current.processed,
+                record.line_faults, record.fault is not None and record.fault.shuffle,
             )  # fmt: skip
             written = write_results(job, self.blobs)
             finished = current.completed_at or current.cancelled_at or current.expired_at

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import httpx
+import pytest
 
 from orchestrator.clock import ScaledClock, SystemClock
 from orchestrator.emulator import Emulator, EmulatorConfig, EmulatorServer, EmuRequest
@@ -103,3 +105,68 @@ def test_scaled_clock_drives_the_lifecycle_as_the_cli_uses_it() -> None:
 
 def _request(method: str, path: str, body: bytes = b"") -> EmuRequest:
     return EmuRequest.build(method, path, body=body)
+
+
+def test_admin_adds_every_fault_kind_and_releases_stuck_batches(make_api: MakeApi) -> None:
+    api = make_api("server", mode="openai")
+    admin = httpx.Client(base_url=api.base_url.removesuffix("/v1") + "/_emulator")
+    rules = [
+        {"route": "upload_file", "not_ready": 5},
+        {"kind": "batch", "stuck_finalizing": "forever", "empty_error_file_id": True,
+         "no_usage": True, "line_500": 1.0, "times": None},
+        {"route": "file_content", "truncate": 0.5},
+        {"route": "get_batch", "delay_seconds": 0.01},
+    ]  # fmt: skip
+
+    added = [admin.post("/faults", json=rule) for rule in rules]
+    listed = admin.get("/faults").json()["rules"]
+    file_id = api.upload_id(api.chat_file(2))
+    not_ready = api.create(file_id)
+    api.clock.advance(5)
+    batch_id = api.create(file_id).json()["id"]
+    api.clock.advance(3600)
+    stuck = api.get(batch_id)
+    released = admin.post("/batches/release").json()
+    again = admin.post("/batches/release", json={"batch_id": batch_id}).json()
+    unknown = admin.post("/batches/release", json={"batch_id": "batch_nope"})
+    done = api.get(batch_id)
+    with pytest.raises(httpx.RemoteProtocolError):
+        api.http.get(f"/files/{done['error_file_id']}/content")
+    ledger = admin.get("/ledger").json()
+    admin.close()
+
+    assert [r.status_code for r in added] == [201] * 4
+    assert [(r["kind"], r["route"]) for r in listed] == [
+        ("not_ready", "upload_file"),
+        ("batch", "create_batch"),
+        ("truncate", "file_content"),
+        ("delay", "get_batch"),
+    ]
+    assert listed[1]["stuck_finalizing"] == "forever"
+    assert not_ready.status_code == 400
+    assert (stuck["status"], stuck["error_file_id"], "usage" in stuck) == ("finalizing", "", False)
+    assert released == {"released": [batch_id]}
+    assert again == {"released": []}
+    assert unknown.status_code == 400
+    assert (done["status"], done["output_file_id"]) == ("completed", None)
+    assert ledger["batches"][0]["faults"]["line_500"] == 1.0
+    assert ledger["files"][0]["visible_at"] == ledger["files"][0]["created_at"] + 5
+
+
+def test_admin_rules_round_trip_through_their_json(make_api: MakeApi) -> None:
+    api = make_api()
+    faults = api.emulator.faults
+    faults.add("get_batch", status=429, retry_after=3, times=None)
+    faults.add("file_content", truncate=0.25)
+    faults.add_file_not_ready(7)
+    faults.add_batch_fault(stuck_finalizing=math.inf, line_429=0.1, shuffle=True)
+    original = [rule.to_json() for rule in faults.rules()]
+
+    faults.clear()
+    for rule in original:
+        faults.add_json(rule)
+
+    def without_id(rules: list[dict[str, object]]) -> list[dict[str, object]]:
+        return [{k: v for k, v in rule.items() if k != "id"} for rule in rules]
+
+    assert without_id([rule.to_json() for rule in faults.rules()]) == without_id(original)

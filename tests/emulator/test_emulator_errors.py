@@ -214,23 +214,35 @@ def test_path_prefix_can_be_empty(make_api: MakeApi) -> None:
     assert api.http.get(f"/v1/batches/{batch['id']}").status_code == 404
 
 
+LINE_PROBLEMS = [
+    ("duplicate_custom_id", "custom_id", lambda lines: lines[1].update(custom_id="r0")),
+    ("missing_required_parameter", "custom_id", lambda lines: lines[1].pop("custom_id")),
+    ("missing_required_parameter", "method", lambda lines: lines[1].pop("method")),
+    ("invalid_method", "method", lambda lines: lines[1].update(method="GET")),
+    ("invalid_url", "url", lambda lines: lines[1].update(url="/v1/embeddings")),
+    ("missing_required_parameter", "url", lambda lines: lines[1].pop("url")),
+    ("missing_required_parameter", "body", lambda lines: lines[1].pop("body")),
+]
+# FastRouter lines must also name their provider.
+PROVIDER_PROBLEMS = [
+    ("missing_required_parameter", "provider", lambda lines: lines[1].pop("provider")),
+    ("invalid_provider", "provider", lambda lines: lines[1].update(provider="acme")),
+]
+
+
 @pytest.mark.parametrize(
-    ("mutate", "code", "param"),
-    [
-        (lambda lines: lines[1].update(custom_id="r0"), "duplicate_custom_id", "custom_id"),
-        (lambda lines: lines[1].pop("custom_id"), "missing_required_parameter", "custom_id"),
-        (lambda lines: lines[1].pop("method"), "missing_required_parameter", "method"),
-        (lambda lines: lines[1].update(method="GET"), "invalid_method", "method"),
-        (lambda lines: lines[1].update(url="/v1/embeddings"), "invalid_url", "url"),
-        (lambda lines: lines[1].pop("body"), "missing_required_parameter", "body"),
-        (lambda lines: lines[1].pop("provider"), "missing_required_parameter", "provider"),
-        (lambda lines: lines[1].update(provider="acme"), "invalid_provider", "provider"),
-    ],
+    ("mode", "code", "param", "mutate"),
+    [("fastrouter", *case) for case in LINE_PROBLEMS + PROVIDER_PROBLEMS]
+    + [("openai", *case) for case in LINE_PROBLEMS],
 )
 def test_invalid_lines_fail_the_batch_after_validation(
-    make_api: MakeApi, mutate: Callable[[list[dict[str, Any]]], object], code: str, param: str
+    make_api: MakeApi,
+    mode: str,
+    code: str,
+    param: str,
+    mutate: Callable[[list[dict[str, Any]]], object],
 ) -> None:
-    api = make_api()
+    api = make_api(mode=mode)
     lines = [api.chat_line(f"r{i}") for i in range(3)]
     mutate(lines)
     created = api.submit(api.jsonl(lines))
@@ -250,13 +262,35 @@ def test_invalid_lines_fail_the_batch_after_validation(
     assert failed["request_counts"] == {"total": 0, "completed": 0, "failed": 0}
 
 
-def test_too_many_requests_fail_validation(make_api: MakeApi) -> None:
-    api = make_api(max_requests_per_file=3)
+@pytest.mark.parametrize("mode", ["fastrouter", "openai"])
+def test_too_many_requests_fail_validation_at_the_first_line_past_the_limit(
+    make_api: MakeApi, mode: str
+) -> None:
+    api = make_api(mode=mode, max_requests_per_file=3)
 
     failed = api.finish(api.submit(api.chat_file(4))["id"])
 
     assert failed["status"] == "failed"
-    assert [e["code"] for e in failed["errors"]["data"]] == ["too_many_requests"]
+    (error,) = failed["errors"]["data"]
+    assert (error["code"], error["line"]) == ("too_many_requests", 4)
+    assert "3 maximum number of requests" in error["message"]
+
+
+def test_every_problem_is_listed_in_file_order(make_api: MakeApi) -> None:
+    api = make_api(max_requests_per_file=4)
+    lines = [api.chat_line(f"r{i}") for i in range(5)]
+    lines[1]["url"] = "/v1/embeddings"
+    lines[3]["custom_id"] = "r0"
+    del lines[4]["provider"]
+
+    failed = api.finish(api.submit(api.jsonl(lines))["id"])
+
+    assert [(e["code"], e["line"]) for e in failed["errors"]["data"]] == [
+        ("invalid_url", 2),
+        ("duplicate_custom_id", 4),
+        ("missing_required_parameter", 5),
+        ("too_many_requests", 5),
+    ]
 
 
 def test_empty_file_fails_validation(make_api: MakeApi) -> None:
@@ -264,7 +298,7 @@ def test_empty_file_fails_validation(make_api: MakeApi) -> None:
 
     failed = api.finish(api.submit(b"")["id"])
 
-    assert [e["code"] for e in failed["errors"]["data"]] == ["empty_file"]
+    assert [(e["code"], e["line"]) for e in failed["errors"]["data"]] == [("empty_file", None)]
 
 
 def test_openai_mode_does_not_require_provider(make_api: MakeApi) -> None:
