@@ -245,7 +245,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
                     j.failed_count,
                     j.batch_count,
                     j.total_tokens,
-                    f"{j.cost:.6f}",
+                    "" if j.cost is None else f"{j.cost:.6f}",
                     (j.error or "")[:60],
                 ]
                 for j in jobs

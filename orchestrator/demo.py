@@ -177,11 +177,11 @@ def _summary(deps: Deps, job_ids: list[int]) -> int:
             str(j.succeeded_count),
             str(j.failed_count),
             f"{j.total_tokens:,}",
-            f"${j.cost:.6f}",
+            "n/a" if j.cost is None else f"${j.cost:.6f}",
         ]
         for j in jobs
     ]
-    total_cost = sum((j.cost for j in jobs), Decimal(0))
+    total_cost = sum((j.cost or Decimal(0) for j in jobs), Decimal(0))
     rows.append(
         [
             "",

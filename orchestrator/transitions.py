@@ -45,7 +45,7 @@ def add_to_job(
         "updated_at": sa.func.now(),
     }
     if cost is not None:
-        values["cost"] = Job.cost + cost
+        values["cost"] = sa.func.coalesce(Job.cost, 0) + cost
     if error is not None:
         values["error"] = sa.func.coalesce(Job.error, error)
     session.execute(sa.update(Job).where(Job.id == job_id).values(**values))
@@ -104,7 +104,7 @@ def finish_job_if_done(session: Session, job_id: int, now: dt.datetime) -> str |
         succeeded=job.succeeded_count,
         failed=job.failed_count,
         total_tokens=job.total_tokens,
-        cost=str(job.cost),
+        cost=None if job.cost is None else str(job.cost),
     )
     level = log.error if status == JobStatus.FAILED else log.info
     level(
@@ -113,7 +113,7 @@ def finish_job_if_done(session: Session, job_id: int, now: dt.datetime) -> str |
         succeeded=job.succeeded_count,
         failed=job.failed_count,
         total_tokens=job.total_tokens,
-        cost=str(job.cost),
+        cost=None if job.cost is None else str(job.cost),
         error=job.error,
     )
     return status

@@ -94,12 +94,15 @@ class BatchApiClient:
                     dest.write(chunk)
                     written += len(chunk)
         except httpx.TimeoutException as exc:
+            self._log_failure("GET", path, None, f"timeout after {written} bytes", started)
             raise ApiTimeout(f"GET {path}: timed out after {written} bytes") from exc
         except httpx.TransportError as exc:
-            raise ApiTruncatedDownload(
-                f"GET {path}: the connection broke after {written} bytes ({type(exc).__name__})"
-            ) from exc
+            what = f"{type(exc).__name__} after {written} bytes"
+            self._log_failure("GET", path, None, what, started)
+            cls = ApiTruncatedDownload if written else ApiTransportError
+            raise cls(f"GET {path}: the connection broke ({what})") from exc
         if expected is not None and written != expected:
+            self._log_failure("GET", path, 200, f"got {written} of {expected} bytes", started)
             raise ApiTruncatedDownload(f"GET {path}: got {written} of {expected} bytes")
         log.debug(
             "api_request_sent",

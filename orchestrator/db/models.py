@@ -52,7 +52,8 @@ class Job(Base):
     prompt_tokens: Mapped[int] = mapped_column(sa.BigInteger, server_default="0")
     completion_tokens: Mapped[int] = mapped_column(sa.BigInteger, server_default="0")
     total_tokens: Mapped[int] = mapped_column(sa.BigInteger, server_default="0")
-    cost: Mapped[Decimal] = mapped_column(server_default="0")
+    # The sum of the costs the batches report (or our prices give); NULL while none is known.
+    cost: Mapped[Decimal | None]
     created_at: Mapped[dt.datetime] = mapped_column(server_default=NOW)
     started_at: Mapped[dt.datetime | None]
     finished_at: Mapped[dt.datetime | None]

@@ -4,17 +4,30 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import pytest
+
 from orchestrator.emulator import EmulatorConfig
-from tests.support import API_KEY, enqueue, events, harness, query, scalar, simple_requests
+from tests.support import (
+    API_KEY,
+    enqueue,
+    events,
+    harness,
+    make_settings,
+    query,
+    scalar,
+    simple_requests,
+)
 
 
-def test_job_of_100_with_10_failing_lands_100_results(db_url: str) -> None:
+@pytest.mark.parametrize("mode", ["fastrouter", "openai"])
+def test_job_of_100_with_10_failing_lands_100_results(db_url: str, mode: str) -> None:
     # Given a job of 100 requests, 10 of which the provider will refuse
     requests = simple_requests(100)
     failing = {r["custom_id"] for r in requests[::10]}
-    config = EmulatorConfig(api_key=API_KEY, fail_custom_ids=frozenset(failing))
-    with harness(db_url, emulator_config=config) as h:
-        job_id = enqueue(db_url, requests)
+    config = EmulatorConfig(mode=mode, api_key=API_KEY, fail_custom_ids=frozenset(failing))
+    settings = lambda base_url: make_settings(db_url, base_url, preset=mode, target=mode)  # noqa: E731
+    with harness(db_url, emulator_config=config, settings=settings) as h:
+        job_id = enqueue(db_url, requests, target=mode)
 
         # When the daemon runs until the job is finished
         status = h.run_job(job_id)
@@ -47,7 +60,10 @@ def test_job_of_100_with_10_failing_lands_100_results(db_url: str) -> None:
     state, remote_status, tokens, cost, source, usage, counts = batch[0]
     assert (state, remote_status) == ("done", "completed")
     assert tokens > 0 and usage["total_tokens"] > 0
-    assert cost is not None and cost > Decimal(0) and source == "provider"
+    if mode == "fastrouter":  # FastRouter reports cost on the batch; OpenAI does not
+        assert cost is not None and cost > Decimal(0) and source == "provider"
+    else:
+        assert cost is None and source is None
     assert counts == {"total": 100, "completed": 90, "failed": 10}
     job = query(
         db_url,

@@ -146,7 +146,7 @@ def upgrade() -> None:
         sa.Column("prompt_tokens", sa.BigInteger(), server_default="0", nullable=False),
         sa.Column("completion_tokens", sa.BigInteger(), server_default="0", nullable=False),
         sa.Column("total_tokens", sa.BigInteger(), server_default="0", nullable=False),
-        sa.Column("cost", sa.Numeric(precision=20, scale=8), server_default="0", nullable=False),
+        sa.Column("cost", sa.Numeric(precision=20, scale=8), nullable=True),
         sa.Column(
             "created_at",
             sa.DateTime(timezone=True),
