@@ -264,6 +264,7 @@ class FaultInjector:
         duplicate_lines: float = 0.0,
         shuffle: bool = False,
         no_usage: bool = False,
+        fail_with: str = "",
         times: int | None = 1,
         probability: float | None = None,
     ) -> FaultRule:
@@ -274,7 +275,7 @@ class FaultInjector:
         if fault is None:
             fault = BatchFault(
                 stuck_finalizing, empty_error_file_id, line_429, line_500, missing_lines,
-                duplicate_lines, shuffle, no_usage,
+                duplicate_lines, shuffle, no_usage, fail_with,
             )  # fmt: skip
         return self._add_rule(BatchFault.marks_route, fault, times, probability)
 

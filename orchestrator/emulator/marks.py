@@ -3,8 +3,9 @@
 A rule holding a :class:`BatchFault` fires on the ``create_batch`` calls that do create a batch,
 and shapes that batch for its whole life (spec §8): stuck in ``finalizing`` (X5),
 ``error_file_id: ""`` (X12), per-line 429/500 responses in the results, lines missing from both
-files, duplicated lines, shuffled output, no ``usage``. A rule holding :class:`FileNotReady` fires
-on ``upload_file`` and hides the new file for a while, as OpenAI does at scale (X6).
+files, duplicated lines, shuffled output, no ``usage``, or a failure of the whole batch. A rule
+holding :class:`FileNotReady` fires on ``upload_file`` and hides the new file for a while, as
+OpenAI does at scale (X6).
 
 Per-line faults pick lines by a hash of (seed, batch id, custom_id). Batch ids follow from the seed
 and the order of creation, so a run replays byte for byte; and a request resubmitted in a new
@@ -57,6 +58,8 @@ class BatchFault:
     shuffle: bool = False
     # The batch object has no `usage` key.
     no_usage: bool = False
+    # The batch fails as a whole (validating → failed) with this error code, e.g. "server_error".
+    fail_with: str = ""
 
     def __post_init__(self) -> None:
         if not self.stuck_finalizing >= 0:
@@ -107,6 +110,7 @@ class BatchFault:
             duplicate_lines=max(self.duplicate_lines, other.duplicate_lines),
             shuffle=self.shuffle or other.shuffle,
             no_usage=self.no_usage or other.no_usage,
+            fail_with=self.fail_with or other.fail_with,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -129,6 +133,7 @@ class BatchFault:
             duplicate_lines=float(data.get("duplicate_lines", 0.0)),
             shuffle=_flag(data.get("shuffle", False)),
             no_usage=_flag(data.get("no_usage", False)),
+            fail_with=str(data.get("fail_with", "")),
         )
 
 

@@ -135,7 +135,7 @@ class State:
         with self._lock:
             if self._files.get(params.input_file_id) is not source:
                 return None  # deleted meanwhile
-            problems = problems or self._token_problems(index, now)
+            problems = problems or self._token_problems(index, now) or _forced(fault)
             plan = Plan.make(self._config, now, index.num_rows, not problems, stuck)
             record = BatchRecord(
                 batch_id, params, int(now), plan, index, source.path, problems, fault, line_faults
@@ -271,3 +271,10 @@ class State:
 
     def close(self) -> None:
         self.blobs.close()
+
+
+def _forced(fault: BatchFault | None) -> list[Problem]:
+    """A batch fault's whole-batch failure (e.g. ``server_error``), if it asks for one."""
+    if fault is None or not fault.fail_with:
+        return []
+    return [Problem(fault.fail_with, f"The batch failed: {fault.fail_with} (injected fault).")]

@@ -201,3 +201,27 @@ def test_a_file_not_found_right_after_upload_is_retried(db_url: str) -> None:
         assert h.run_job(job_id) == "completed"
         assert len(h.emulator.ledger.calls_to("upload_file")) == 1
     assert count(db_url, "results", "succeeded") == 5
+
+
+def test_token_limit_exceeded_means_later_not_failed(db_url: str) -> None:
+    # Given an enqueued-token budget that fits one job's batch but not two at once
+    config = EmulatorConfig(api_key=API_KEY, enqueued_token_limit=500, rows_per_second=1)
+    with harness(db_url, emulator_config=config) as h:
+        first = enqueue(db_url, simple_requests(30, prefix="a-"))
+        h.run_until(lambda: count(db_url, "batches", "state = 'submitted'") == 1, seconds=1)
+        second = enqueue(db_url, simple_requests(30, prefix="b-"))
+        # When the second batch fails with token_limit_exceeded while the first runs
+        h.run_until(lambda: "batch_token_limited" in events(db_url, second), seconds=5)
+        # Then it is created again later, from the same file, and both jobs complete
+        assert h.run_job(first) == "completed"
+        assert h.run_job(second, seconds=60) == "completed"
+        uploads = [f for f in h.emulator.ledger.files if f.purpose == "batch"]
+        created = h.emulator.ledger.batches
+    limited = query(
+        db_url,
+        "SELECT detail->>'error' FROM orchestrator.events WHERE kind = 'batch_token_limited'",
+    )
+    assert "Enqueued token limit reached" in limited[0][0]
+    assert len(uploads) == 2 and len(created) == 3  # one file per job; one create again
+    assert count(db_url, "results", "succeeded") == 60
+    assert count(db_url, "batches", "state = 'failed'") == 0

@@ -192,3 +192,85 @@ def test_cancel_on_a_target_that_cannot_cancel_collects_results_and_resubmits_no
         assert len(h.emulator.ledger.batches) == 1  # the expired rest is not sent again
     assert "batch_cancel_unsupported" in events(db_url, job_id)
     assert 0 < count(db_url, "results", "job_id = %s AND succeeded", job_id) < 100
+
+
+def test_per_line_429_500_and_missing_lines_are_sent_again_duplicates_are_ignored(
+    db_url: str,
+) -> None:
+    with harness(db_url) as h:
+        # the first batch comes back with per-line 429s and 500s, lines missing from both files,
+        # duplicated lines and in shuffled order; the resubmission comes back clean
+        h.emulator.faults.add_batch_fault(
+            line_429=0.1,
+            line_500=0.1,
+            missing_lines=0.1,
+            duplicate_lines=0.1,
+            shuffle=True,
+            times=1,
+        )
+        job_id = enqueue(db_url, simple_requests(200))
+        assert h.run_job(job_id) == "completed"
+    first, second = query(
+        db_url, "SELECT detail FROM orchestrator.events WHERE kind = 'batch_ingested' ORDER BY id"
+    )
+    assert first[0]["duplicate_lines"] > 0 and first[0]["missing"] > 0
+    assert first[0]["retry"] > 0 and first[0]["succeeded"] + first[0]["retry"] == 200
+    assert second[0]["succeeded"] == first[0]["retry"]
+    assert count(db_url, "results", "job_id = %s AND succeeded", job_id) == 200
+    resent = scalar(db_url, "SELECT request_count FROM orchestrator.batches WHERE round = 2")
+    assert resent == first[0]["retry"]
+
+
+def test_an_empty_error_file_id_and_a_batch_without_usage_are_handled(db_url: str) -> None:
+    with harness(db_url) as h:
+        h.emulator.faults.add_batch_fault(empty_error_file_id=True, no_usage=True, times=1)
+        with psycopg.connect(db_url) as conn:  # our own price, used when the provider gives none
+            conn.execute(
+                "INSERT INTO orchestrator.prices (model, valid_from, input_per_mtok, "
+                "output_per_mtok) VALUES ('openai/gpt-4.1-nano', '2020-01-01', 1, 2)"
+            )
+        job_id = enqueue(db_url, simple_requests(10))
+        assert h.run_job(job_id) == "completed"
+    usage, error_file, cost, source, prompt, completion = query(
+        db_url,
+        "SELECT usage, error_file_id, cost, cost_source, prompt_tokens, "
+        "completion_tokens FROM orchestrator.batches",
+    )[0]
+    assert usage is None and error_file is None
+    assert source == "prices"
+    assert cost == (prompt * 1 + completion * 2) / __import__("decimal").Decimal(1_000_000)
+    assert count(db_url, "results", "succeeded") == 10
+
+
+def test_a_batch_stuck_in_finalizing_is_waited_for_not_abandoned(db_url: str) -> None:
+    with harness(db_url) as h:
+        h.emulator.faults.add_batch_fault(stuck_finalizing=6 * 3600, times=1)
+        job_id = enqueue(db_url, simple_requests(10))
+        assert h.run_job(job_id, seconds=300, max_steps=200) == "completed"
+        polls = len(h.emulator.ledger.calls_to("get_batch"))
+    assert count(db_url, "results", "succeeded") == 10
+    # six hours of finalizing, polled with backoff (30 s cap in the tests' settings)
+    assert 20 < polls < 2000
+
+
+def test_a_batch_failed_for_a_passing_reason_is_sent_again(db_url: str) -> None:
+    with harness(db_url) as h:
+        h.emulator.faults.add_batch_fault(fail_with="server_error", times=1)
+        job_id = enqueue(db_url, simple_requests(12))
+        assert h.run_job(job_id) == "completed"
+    rounds = query(
+        db_url, "SELECT round, remote_status, request_count FROM orchestrator.batches ORDER BY id"
+    )
+    assert rounds == [(1, "failed", 12), (2, "completed", 12)]
+    assert count(db_url, "results", "succeeded AND attempt = 2") == 12
+    assert "batch_failed_retryable" in events(db_url, job_id)
+
+
+def test_a_batch_failed_for_good_fails_the_job_with_the_providers_message(db_url: str) -> None:
+    with harness(db_url) as h:
+        h.emulator.faults.add_batch_fault(fail_with="invalid_model", times=1)
+        job_id = enqueue(db_url, simple_requests(3))
+        assert h.run_job(job_id) == "failed"
+    error = scalar(db_url, "SELECT error FROM orchestrator.jobs WHERE id = %s", job_id)
+    assert "invalid_model" in error and "injected fault" in error
+    assert count(db_url, "results", "NOT succeeded") == 3

@@ -339,3 +339,47 @@ def test_probabilistic_batch_rule_marks_a_reproducible_subset(make_api: MakeApi)
 def test_bad_batch_faults_are_refused(options: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match=r"."):
         BatchFault(**options)
+
+
+def test_fail_with_fails_the_whole_batch_with_that_code() -> None:
+    from orchestrator.clock import ManualClock
+    from orchestrator.emulator import Emulator, EmulatorConfig, EmuRequest
+
+    clock = ManualClock()
+    with Emulator(EmulatorConfig(), clock) as emulator:
+        emulator.faults.add_batch_fault(fail_with="server_error")
+        line = (
+            b'{"custom_id": "a", "provider": "openai", "method": "POST", "url": '
+            b'"/v1/chat/completions", "body": {"model": "m", "messages": []}}\n'
+        )
+        boundary = "b0undary"
+        body = (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.jsonl"'
+                f"\r\nContent-Type: application/jsonl\r\n\r\n"
+            ).encode()
+            + line
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
+        headers = [
+            ("authorization", "Bearer k"),
+            ("content-type", f"multipart/form-data; boundary={boundary}"),
+        ]
+        uploaded = emulator.handle(
+            EmuRequest.build("POST", "/v1/files", headers=headers, body=body)
+        ).json()
+        created = emulator.handle(
+            EmuRequest.build(
+                "POST",
+                "/v1/batches",
+                headers=[*headers[:1], ("content-type", "application/json")],
+                body=b'{"input_file_id": "%s", "endpoint": "/v1/chat/completions", '
+                b'"completion_window": "24h"}' % uploaded["id"].encode(),
+            )
+        ).json()
+        clock.advance(60)
+        batch = emulator.handle(
+            EmuRequest.build("GET", f"/v1/batches/{created['id']}", headers=headers[:1])
+        ).json()
+    assert batch["status"] == "failed"
+    assert batch["errors"]["data"][0]["code"] == "server_error"
