@@ -24,13 +24,15 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import orjson
 import sqlalchemy as sa
 import structlog
+from psycopg import Copy
 from sqlalchemy.orm import Session
 
 from orchestrator.db.session import raw_connection
@@ -126,16 +128,26 @@ def _json(value: Any) -> bytes:
 
 
 class ResultCopy:
-    """Formats result rows and streams them into one COPY."""
+    """Formats result rows and streams them into one COPY (a context manager: an exception
+    inside aborts the COPY, and with it the transaction)."""
 
-    def __init__(self, session: Session, *, table: str, job_id: int, batch_id: int) -> None:
-        cursor = raw_connection(session).cursor()
-        self._copy_cm = cursor.copy(f"COPY {table} ({COLUMNS}) FROM STDIN")
-        self._copy = self._copy_cm.__enter__()
+    def __init__(self, copy: Copy, *, job_id: int, batch_id: int) -> None:
+        self._copy = copy
         self._job = b"%d" % job_id
         self._batch = b"%d" % batch_id
         self._buffer: list[bytes] = []
         self._size = 0
+
+    @classmethod
+    @contextmanager
+    def open(
+        cls, session: Session, *, table: str, job_id: int, batch_id: int
+    ) -> Iterator[ResultCopy]:
+        cursor = raw_connection(session).cursor()
+        with cursor.copy(f"COPY {table} ({COLUMNS}) FROM STDIN") as copy:
+            writer = cls(copy, job_id=job_id, batch_id=batch_id)
+            yield writer
+            writer.flush()
 
     def write(self, outcome: ln.LineOutcome, attempt: int) -> None:
         u = outcome.usage
@@ -170,10 +182,6 @@ class ResultCopy:
             self._copy.write(b"".join(self._buffer))
             self._buffer.clear()
             self._size = 0
-
-    def close(self) -> None:
-        self.flush()
-        self._copy_cm.__exit__(None, None, None)
 
 
 def read_lines(paths: Iterable[Path]) -> Iterable[bytes]:
@@ -297,9 +305,8 @@ def ingest_files(
             )
         )
         table = "ingest_staging"
-    copy = ResultCopy(session, table=table, job_id=job_id, batch_id=batch_id)
-    reading = _Pass(members, copy)
-    try:
+    with ResultCopy.open(session, table=table, job_id=job_id, batch_id=batch_id) as copy:
+        reading = _Pass(members, copy)
         for raw in read_lines(paths):
             reading.feed(raw)
         retry = reading.settle(
@@ -307,8 +314,6 @@ def ingest_files(
             resubmit=resubmit,
             missing_error=missing_error or ln.missing_error(),
         )
-    finally:
-        copy.close()
     if upsert:
         _upsert_from_staging(session)
     reading.stats.upserted = upsert
