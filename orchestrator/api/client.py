@@ -84,12 +84,14 @@ class BatchApiClient:
         path = f"files/{file_id}/content"
         started = time.monotonic()
         written = 0
+        receiving = False  # the answer's headers are in: a break now cuts the body short
         try:
             with self._http.stream("GET", path) as response:
                 if response.status_code >= 400:
                     response.read()
                     raise self._status_error(response, "GET", path)
                 expected = _content_length(response)
+                receiving = True
                 for chunk in response.iter_raw(DOWNLOAD_CHUNK):
                     dest.write(chunk)
                     written += len(chunk)
@@ -99,7 +101,7 @@ class BatchApiClient:
         except httpx.TransportError as exc:
             what = f"{type(exc).__name__} after {written} bytes"
             self._log_failure("GET", path, None, what, started)
-            cls = ApiTruncatedDownload if written else ApiTransportError
+            cls = ApiTruncatedDownload if receiving else ApiTransportError
             raise cls(f"GET {path}: the connection broke ({what})") from exc
         if expected is not None and written != expected:
             self._log_failure("GET", path, 200, f"got {written} of {expected} bytes", started)
