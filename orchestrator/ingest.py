@@ -1,18 +1,22 @@
 """Ingest: a batch's output and error files become ``results`` rows, at COPY speed, in constant memory.
 
-The files are downloaded to disk first (no transaction is open while the provider sends them), then
-read line by line inside one fenced transaction that also moves the batch to ``done``:
+The files stream from the API straight into one ``COPY``, inside the fenced transaction that also
+moves the batch to ``done`` (so a crash, a cut-off download or a lost lease leaves nothing behind,
+and the next attempt starts over). The transaction is open while the *file transfer* runs, never
+while the provider works on the batch.
 
-* every line is parsed and classified (``domain/lines.py``); lines of requests that are not in the
-  batch, duplicated lines and garbage are counted and skipped;
-* successes stream straight into a ``COPY``; failures wait until both files are read, because a
-  success for the same ``custom_id`` may still come (a success is never replaced by a failure);
-* a failure is final when it is not retryable or the request has used its ``max_attempts``; it
-  is then written too. Retryable ones, and requests missing from both files, are left without a
-  result and go into the next round's batch (see ``steps.py``).
+* Every line is parsed once; a plain success takes a fast path (``domain.lines.success``) and is
+  written at once. Lines of requests that are not in the batch, duplicated lines and garbage are
+  counted and skipped.
+* Failures wait until both files are read, because a success for the same ``custom_id`` may still
+  come (a success is never replaced by a failure). They wait on disk, in a spool file, so that a
+  batch whose 50,000 lines all failed costs no more memory than one that succeeded.
+* A failure is final when it is not retryable or the request has used its ``max_attempts``; it is
+  then written too. Retryable ones, and requests missing from both files, are left without a result
+  and go into the next round's batch (``transitions.resubmit``).
 
-Memory holds the batch's member ids and its pending failures, bounded by the request limit of one
-batch (50,000), never by the size of the files.
+Memory holds the batch's member ids and a small index of its failures, bounded by the request limit
+of one batch (50,000), never by the size of the files.
 
 The fast path COPYs into ``results`` itself: the rows cannot exist yet, since a request only gets
 into a batch while it has no final result. If any does exist (an operator re-ingesting a batch), the
@@ -24,10 +28,11 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, NamedTuple
 
 import orjson
 import sqlalchemy as sa
@@ -45,6 +50,8 @@ COLUMNS = (
     "job_id, custom_id, batch_id, attempt, succeeded, status_code, response, error, model, "
     "prompt_tokens, completion_tokens, total_tokens, cached_tokens, reasoning_tokens"
 )
+# One COPY text-format row; every field already escaped (see _text, _json).
+ROW = b"%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\n"
 WRITE_BUFFER = 256 * 1024
 NULL = b"\\N"
 _NUL_ESCAPE = re.compile(rb"(?<!\\)((?:\\\\)*)\\u0000")
@@ -67,26 +74,23 @@ class IngestStats:
     reasoning_tokens: int = 0
     by_model: dict[str, TokenTally] = dataclasses.field(default_factory=dict)
     upserted: bool = False
-    first_error: str | None = None
 
-    def count(self, outcome: ln.LineOutcome) -> None:
-        u = outcome.usage
-        self.prompt_tokens += u.prompt_tokens
-        self.completion_tokens += u.completion_tokens
-        self.total_tokens += u.total_tokens
-        self.cached_tokens += u.cached_tokens
-        self.reasoning_tokens += u.reasoning_tokens
-        if outcome.model and (u.prompt_tokens or u.completion_tokens):
-            tally = self.by_model.setdefault(outcome.model, TokenTally())
-            tally.prompt_tokens += u.prompt_tokens
-            tally.completion_tokens += u.completion_tokens
-            tally.cached_tokens += u.cached_tokens
-        if outcome.succeeded:
-            self.succeeded += 1
-        else:
-            self.failed += 1
-            if self.first_error is None and outcome.error:
-                self.first_error = str(outcome.error.get("message"))
+    def count(self, usage: ln.Usage, model: str | None) -> None:
+        prompt, completion, total, cached, reasoning = usage
+        if not total:
+            return
+        self.prompt_tokens += prompt
+        self.completion_tokens += completion
+        self.total_tokens += total
+        self.cached_tokens += cached
+        self.reasoning_tokens += reasoning
+        if model:
+            tally = self.by_model.get(model)
+            if tally is None:
+                tally = self.by_model[model] = TokenTally()
+            tally.prompt_tokens += prompt
+            tally.completion_tokens += completion
+            tally.cached_tokens += cached
 
     def summary(self) -> dict[str, int]:
         return {
@@ -107,73 +111,84 @@ class IngestStats:
 
 def _text(value: str) -> bytes:
     """A text field in COPY's text format."""
-    raw = value.encode()
-    if b"\\" in raw or b"\t" in raw or b"\n" in raw or b"\r" in raw:
-        raw = (
-            raw.replace(b"\\", b"\\\\")
-            .replace(b"\t", b"\\t")
-            .replace(b"\n", b"\\n")
-            .replace(b"\r", b"\\r")
+    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
+        value = (
+            value.replace("\\", "\\\\")
+            .replace("\t", "\\t")
+            .replace("\n", "\\n")
+            .replace("\r", "\\r")
         )
-    return raw
+    return value.encode()
+
+
+_MODELS: dict[str, bytes] = {}
+
+
+def _model(model: str) -> bytes:
+    """A model name as a COPY field: few distinct values, so remembered."""
+    field = _MODELS.get(model)
+    if field is None:
+        field = _text(model)
+        if len(_MODELS) < 1000:
+            _MODELS[model] = field
+    return field
 
 
 def _json(value: Any) -> bytes:
-    """A jsonb field in COPY's text format. PostgreSQL's jsonb cannot hold U+0000: it becomes
-    U+FFFD rather than failing the whole file."""
+    """A jsonb field in COPY's text format. orjson escapes every control character, so only
+    backslashes need doubling; and PostgreSQL's jsonb cannot hold U+0000, which becomes U+FFFD
+    rather than failing the whole file."""
     raw = orjson.dumps(value)
+    if b"\\" not in raw:
+        return raw
     if b"\\u0000" in raw:
         raw = _NUL_ESCAPE.sub(rb"\1\\ufffd", raw)
     return raw.replace(b"\\", b"\\\\")
 
 
-class ResultCopy:
-    """Formats result rows and streams them into one COPY (a context manager: an exception
-    inside aborts the COPY, and with it the transaction)."""
+def _row(
+    job: bytes,
+    batch: bytes,
+    custom_id: str,
+    attempt: int,
+    succeeded: bool,
+    status: int | None,
+    body: Any,
+    error: Any,
+    usage: ln.Usage,
+    model: str | None,
+) -> bytes:
+    return ROW % (
+        job, _text(custom_id), batch, attempt, b"t" if succeeded else b"f",
+        NULL if status is None else b"%d" % status,
+        NULL if body is None else _json(body),
+        NULL if error is None else _json(error),
+        NULL if model is None else _model(model),
+        *usage,
+    )  # fmt: skip
 
-    def __init__(self, copy: Copy, *, job_id: int, batch_id: int) -> None:
+
+class ResultCopy:
+    """Streams rows into one COPY, in large writes (a context manager: an exception inside aborts
+    the COPY, and with it the transaction)."""
+
+    def __init__(self, copy: Copy) -> None:
         self._copy = copy
-        self._job = b"%d" % job_id
-        self._batch = b"%d" % batch_id
         self._buffer: list[bytes] = []
         self._size = 0
 
     @classmethod
     @contextmanager
-    def open(
-        cls, session: Session, *, table: str, job_id: int, batch_id: int
-    ) -> Iterator[ResultCopy]:
+    def open(cls, session: Session, table: str) -> Iterator[ResultCopy]:
         cursor = raw_connection(session).cursor()
         with cursor.copy(f"COPY {table} ({COLUMNS}) FROM STDIN") as copy:
-            writer = cls(copy, job_id=job_id, batch_id=batch_id)
+            writer = cls(copy)
             yield writer
             writer.flush()
 
-    def write(self, outcome: ln.LineOutcome, attempt: int) -> None:
-        u = outcome.usage
-        row = b"\t".join(
-            (
-                self._job,
-                _text(outcome.custom_id),
-                self._batch,
-                b"%d" % attempt,
-                b"t" if outcome.succeeded else b"f",
-                NULL if outcome.status_code is None else b"%d" % outcome.status_code,
-                NULL if outcome.body is None else _json(outcome.body),
-                NULL if outcome.error is None else _json(outcome.error),
-                NULL if outcome.model is None else _text(outcome.model),
-                b"%d\t%d\t%d\t%d\t%d"
-                % (
-                    u.prompt_tokens,
-                    u.completion_tokens,
-                    u.total_tokens,
-                    u.cached_tokens,
-                    u.reasoning_tokens,
-                ),
-            )
-        )
-        self._buffer.append(row + b"\n")
-        self._size += len(row) + 1
+    def write(self, row: bytes) -> None:
+        self._buffer.append(row)
+        self._size += len(row)
         if self._size >= WRITE_BUFFER:
             self.flush()
 
@@ -184,24 +199,174 @@ class ResultCopy:
             self._size = 0
 
 
-def read_lines(paths: Iterable[Path]) -> Iterable[bytes]:
-    for path in paths:
-        with path.open("rb") as fh:
-            for raw in fh:
-                if raw.strip():
-                    yield raw
+class _Failure(NamedTuple):
+    retryable: bool
+    final: bool  # written as a result unless a success for the request comes later
+    offset: int  # where its COPY row sits in the spool
+    length: int
+    # The error as JSON text, for batch_items when it is sent again. A str on purpose: a small
+    # bytes object from orjson.dumps keeps a 4 KB buffer, 200 MB for 50,000 failures.
+    error: str
+    usage: ln.Usage
+    model: str | None
+
+
+class _Pass:
+    """One reading of a batch's files."""
+
+    def __init__(
+        self, *, job_id: int, batch_id: int, members: dict[str, int], copy: ResultCopy,
+        spool: IO[bytes], max_attempts: int, resubmit: bool,
+    ) -> None:  # fmt: skip
+        self.job = b"%d" % job_id
+        self.batch = b"%d" % batch_id
+        self.members = members
+        self.copy = copy
+        self.spool = spool
+        self.max_attempts = max_attempts
+        self.resubmit = resubmit
+        self.stats = IngestStats()
+        self.succeeded: set[str] = set()
+        self.failures: dict[str, _Failure] = {}
+
+    def feed(self, raw: bytes) -> None:
+        self.stats.lines += 1
+        try:
+            line = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            self.stats.malformed_lines += 1
+            return
+        fast = ln.success(line)
+        if fast is None:
+            self._feed_other(line)
+            return
+        custom_id, status, body, usage, model = fast
+        attempt = self.members.get(custom_id)
+        if attempt is None:
+            self.stats.unknown_lines += 1
+        elif custom_id in self.succeeded:
+            self.stats.duplicate_lines += 1
+        else:
+            self._success(custom_id, attempt, status, body, usage, model)
+
+    def _success(
+        self,
+        custom_id: str,
+        attempt: int,
+        status: int,
+        body: Any,
+        usage: ln.Usage,
+        model: str | None,
+    ) -> None:
+        self.succeeded.add(custom_id)
+        if self.failures.pop(custom_id, None) is not None:
+            self.stats.duplicate_lines += 1
+        self.copy.write(
+            _row(self.job, self.batch, custom_id, attempt, True, status, body, None, usage, model)
+        )
+        self.stats.succeeded += 1
+        self.stats.count(usage, model)
+
+    def _feed_other(self, line: Any) -> None:
+        try:
+            outcome = ln.classify(line)
+        except ln.MalformedLine:
+            self.stats.malformed_lines += 1
+            return
+        cid = outcome.custom_id
+        attempt = self.members.get(cid)
+        if attempt is None:
+            self.stats.unknown_lines += 1
+        elif cid in self.succeeded:
+            self.stats.duplicate_lines += 1
+        elif outcome.succeeded:
+            self._success(
+                cid, attempt, outcome.status_code or 200, outcome.body, outcome.usage, outcome.model
+            )
+        else:
+            previous = self.failures.get(cid)
+            if previous is not None:
+                self.stats.duplicate_lines += 1
+                if not (previous.retryable and not outcome.retryable):
+                    return  # keep the first; a final failure says more than a retryable one
+            self.failures[cid] = self._spool(outcome, attempt)
+
+    def _spool(self, outcome: ln.LineOutcome, attempt: int) -> _Failure:
+        row = _row(
+            self.job,
+            self.batch,
+            outcome.custom_id,
+            attempt,
+            False,
+            outcome.status_code,
+            outcome.body,
+            outcome.error,
+            outcome.usage,
+            outcome.model,
+        )
+        offset = self.spool.tell()
+        self.spool.write(row)
+        final = not (outcome.retryable and self.resubmit and attempt < self.max_attempts)
+        return _Failure(
+            outcome.retryable,
+            final,
+            offset,
+            len(row),
+            orjson.dumps(outcome.error or {}).decode(),
+            outcome.usage,
+            outcome.model,
+        )
+
+    def settle(self, missing_error: dict[str, Any]) -> dict[str, str]:
+        """Write the final failures; return the retryable ones (custom_id → error JSON)."""
+        retry: dict[str, str] = {}
+        self.spool.flush()
+        for cid, failure in self.failures.items():  # in spool order: sequential reads
+            if failure.final:
+                self.spool.seek(failure.offset)
+                self.copy.write(self.spool.read(failure.length))
+                self.stats.failed += 1
+                self.stats.count(failure.usage, failure.model)
+            else:
+                retry[cid] = failure.error
+        missing_json = orjson.dumps(missing_error).decode()
+        for cid, attempt in self.members.items():
+            if cid in self.succeeded or cid in self.failures:
+                continue
+            self.stats.missing += 1
+            if not self.resubmit:
+                continue  # a cancelled job: the request never ran, there is nothing to record
+            if attempt < self.max_attempts:
+                retry[cid] = missing_json
+            else:
+                self.copy.write(
+                    _row(
+                        self.job,
+                        self.batch,
+                        cid,
+                        attempt,
+                        False,
+                        None,
+                        None,
+                        missing_error,
+                        ln.NO_USAGE,
+                        None,
+                    )
+                )
+                self.stats.failed += 1
+        self.stats.retry = len(retry)
+        return retry
 
 
 def load_members(session: Session, batch_id: int) -> dict[str, int]:
-    """custom_id → attempt for every request in the batch."""
-    rows = session.execute(
-        sa.text("SELECT custom_id, attempt FROM orchestrator.batch_items WHERE batch_id = :b"),
-        {"b": batch_id},
+    """custom_id → attempt for every request in the batch (plain psycopg: 50,000 rows)."""
+    cursor = raw_connection(session).execute(
+        "SELECT custom_id, attempt FROM orchestrator.batch_items WHERE batch_id = %s", (batch_id,)
     )
-    return {row.custom_id: row.attempt for row in rows}
+    return dict(cursor.fetchall())
 
 
-def results_exist(session: Session, job_id: int, batch_id: int) -> bool:
+def results_exist(session: Session, batch_id: int) -> bool:
     return bool(
         session.execute(
             sa.text(
@@ -214,106 +379,41 @@ def results_exist(session: Session, job_id: int, batch_id: int) -> bool:
     )
 
 
-def _better_failure(old: ln.LineOutcome, new: ln.LineOutcome) -> bool:
-    """Between two failures for one request, a final one says more than a retryable one."""
-    return old.retryable and not new.retryable
-
-
-class _Pass:
-    """One reading of a batch's files."""
-
-    def __init__(self, members: dict[str, int], copy: ResultCopy) -> None:
-        self.members = members
-        self.copy = copy
-        self.stats = IngestStats()
-        self.succeeded: set[str] = set()
-        self.failures: dict[str, ln.LineOutcome] = {}
-
-    def feed(self, raw: bytes) -> None:
-        self.stats.lines += 1
-        try:
-            outcome = ln.classify(orjson.loads(raw))
-        except (orjson.JSONDecodeError, ln.MalformedLine):
-            self.stats.malformed_lines += 1
-            return
-        cid = outcome.custom_id
-        attempt = self.members.get(cid)
-        if attempt is None:
-            self.stats.unknown_lines += 1
-        elif cid in self.succeeded:
-            self.stats.duplicate_lines += 1
-        elif outcome.succeeded:
-            self.succeeded.add(cid)
-            if self.failures.pop(cid, None) is not None:
-                self.stats.duplicate_lines += 1
-            self.copy.write(outcome, attempt)
-            self.stats.count(outcome)
-        elif cid in self.failures:
-            self.stats.duplicate_lines += 1
-            if _better_failure(self.failures[cid], outcome):
-                self.failures[cid] = outcome
-        else:
-            self.failures[cid] = outcome
-
-    def settle(
-        self, *, max_attempts: int, resubmit: bool, missing_error: dict[str, Any]
-    ) -> dict[str, dict[str, Any]]:
-        """Write the final failures; return the retryable ones (custom_id → error)."""
-        retry: dict[str, dict[str, Any]] = {}
-        for cid, outcome in self.failures.items():
-            attempt = self.members[cid]
-            if outcome.retryable and resubmit and attempt < max_attempts:
-                retry[cid] = outcome.error or {}
-            else:
-                self.copy.write(outcome, attempt)
-                self.stats.count(outcome)
-        for cid, attempt in self.members.items():
-            if cid in self.succeeded or cid in self.failures:
-                continue
-            self.stats.missing += 1
-            if not resubmit:
-                continue  # a cancelled job: the request never ran, there is nothing to record
-            missing = ln.LineOutcome(cid, False, True, None, None, missing_error, ln.NO_USAGE, None)
-            if attempt < max_attempts:
-                retry[cid] = missing.error or {}
-            else:
-                self.copy.write(missing, attempt)
-                self.stats.count(missing)
-        self.stats.retry = len(retry)
-        return retry
-
-
-def ingest_files(
+def ingest_lines(
     session: Session,
     *,
     job_id: int,
     batch_id: int,
-    paths: Iterable[Path],
+    lines: Iterable[bytes],
     max_attempts: int,
     resubmit: bool,
     missing_error: dict[str, Any] | None = None,
+    spool_dir: Path | None = None,
 ) -> IngestStats:
-    """Read the files into ``results`` (inside the caller's fenced transaction)."""
+    """Read result lines into ``results`` (inside the caller's fenced transaction)."""
     members = load_members(session, batch_id)
-    upsert = results_exist(session, job_id, batch_id)
+    upsert = results_exist(session, batch_id)
     table = "orchestrator.results"
     if upsert:
-        session.execute(
-            sa.text(
-                "CREATE TEMP TABLE ingest_staging (LIKE orchestrator.results INCLUDING DEFAULTS) "
-                "ON COMMIT DROP"
-            )
-        )
+        session.execute(sa.text(
+            "CREATE TEMP TABLE ingest_staging (LIKE orchestrator.results INCLUDING DEFAULTS) "
+            "ON COMMIT DROP"
+        ))  # fmt: skip
         table = "ingest_staging"
-    with ResultCopy.open(session, table=table, job_id=job_id, batch_id=batch_id) as copy:
-        reading = _Pass(members, copy)
-        for raw in read_lines(paths):
-            reading.feed(raw)
-        retry = reading.settle(
+    with tempfile.TemporaryFile(dir=spool_dir) as spool, \
+            ResultCopy.open(session, table) as copy:  # fmt: skip
+        reading = _Pass(
+            job_id=job_id,
+            batch_id=batch_id,
+            members=members,
+            copy=copy,
+            spool=spool,
             max_attempts=max_attempts,
             resubmit=resubmit,
-            missing_error=missing_error or ln.missing_error(),
         )
+        for raw in lines:
+            reading.feed(raw)
+        retry = reading.settle(missing_error or ln.missing_error())
     if upsert:
         _upsert_from_staging(session)
     reading.stats.upserted = upsert
@@ -321,10 +421,18 @@ def ingest_files(
     return reading.stats
 
 
+def read_files(paths: Iterable[Path]) -> Iterator[bytes]:
+    """The lines of files on disk (for tests and tools; the daemon streams from the API)."""
+    for path in paths:
+        with path.open("rb") as fh:
+            for raw in fh:
+                if raw.strip():
+                    yield raw
+
+
 def _upsert_from_staging(session: Session) -> None:
-    session.execute(
-        sa.text(
-            f"""
+    session.execute(sa.text(
+        f"""
         INSERT INTO orchestrator.results ({COLUMNS})
         SELECT {COLUMNS} FROM ingest_staging
         ON CONFLICT (job_id, custom_id) DO UPDATE SET
@@ -338,11 +446,10 @@ def _upsert_from_staging(session: Session) -> None:
         WHERE NOT orchestrator.results.succeeded
           AND (EXCLUDED.succeeded OR orchestrator.results.batch_id <> EXCLUDED.batch_id)
         """
-        )
-    )
+    ))  # fmt: skip
 
 
-def _note_retry_errors(session: Session, batch_id: int, retry: dict[str, dict[str, Any]]) -> None:
+def _note_retry_errors(session: Session, batch_id: int, retry: dict[str, str]) -> None:
     if not retry:
         return
     session.execute(
@@ -353,11 +460,7 @@ def _note_retry_errors(session: Session, batch_id: int, retry: dict[str, dict[st
              WHERE bi.batch_id = :b AND bi.custom_id = v.custom_id
             """
         ),
-        {
-            "b": batch_id,
-            "ids": list(retry),
-            "errors": [orjson.dumps(e).decode() for e in retry.values()],
-        },
+        {"b": batch_id, "ids": list(retry), "errors": list(retry.values())},
     )
 
 

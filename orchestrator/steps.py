@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import structlog
 from sqlalchemy.orm import Session
 
 from orchestrator import transitions as tr
+from orchestrator.api.client import BatchApiClient
 from orchestrator.api.errors import ApiBadRequest, ApiClientError, ApiError, ApiNotFound
 from orchestrator.api.schemas import BatchObject
 from orchestrator.clock import from_unix
@@ -34,7 +35,7 @@ from orchestrator.domain import lines as ln
 from orchestrator.domain import requests as rq
 from orchestrator.domain.decide import ErrorKind
 from orchestrator.domain.states import BatchState, RemoteStatus, remote_terminal
-from orchestrator.ingest import IngestStats, ingest_files
+from orchestrator.ingest import IngestStats, ingest_lines
 from orchestrator.plan import request_rows
 
 log = structlog.get_logger(__name__)
@@ -464,22 +465,21 @@ def ingest(deps: Deps, b: Claimed) -> bool:
             if batch.remote_status == RemoteStatus.FAILED
             else None
         )
-    client = deps.clients(b.target)
-    with tempfile.TemporaryDirectory(prefix="orchestrator-in-", dir=deps.tmp_dir()) as tmp:
-        paths = []
-        for n, file_id in enumerate(file_ids):
-            path = Path(tmp) / f"{n}.jsonl"
-            with path.open("wb") as fh:
-                client.download_file(file_id, fh)
-            paths.append(path)
-        _ingest_transaction(deps, b, paths, remote, missing)
+    _ingest_transaction(deps, b, _streamed(deps.clients(b.target), file_ids), remote, missing)
     return False
+
+
+def _streamed(client: BatchApiClient, file_ids: list[str]) -> Iterator[bytes]:
+    """The lines of the output file, then of the error file, as they arrive."""
+    for file_id in file_ids:
+        with client.open_lines(file_id) as lines:
+            yield from lines
 
 
 def _ingest_transaction(
     deps: Deps,
     b: Claimed,
-    paths: list[Path],
+    lines: Iterator[bytes],
     remote: dict[str, Any],
     missing: dict[str, Any] | None,
 ) -> None:
@@ -487,14 +487,15 @@ def _ingest_transaction(
     resubmit = not b.job_cancel_requested
     with unit_of_work(deps.sessions) as s:
         repo.fence(s, b.id, b.token)  # lock first: nobody else writes this batch from here
-        stats = ingest_files(
+        stats = ingest_lines(
             s,
             job_id=b.job_id,
             batch_id=b.id,
-            paths=paths,
+            lines=lines,
             max_attempts=b.job_max_attempts,
             resubmit=resubmit,
             missing_error=missing,
+            spool_dir=deps.tmp_dir(),
         )
         cost, source = _batch_cost(s, remote, stats)
         repo.release(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -80,42 +81,50 @@ class BatchApiClient:
 
     def download_file(self, file_id: str, dest: IO[bytes]) -> int:
         """Stream a file's content into ``dest``; returns the number of bytes written."""
+        written = 0
+        with self._stream_file(file_id) as chunks:
+            for chunk in chunks:
+                dest.write(chunk)
+                written += len(chunk)
+        return written
+
+    @contextmanager
+    def open_lines(self, file_id: str) -> Iterator[Iterator[bytes]]:
+        """A file's lines (with their newline, blank lines skipped) as they arrive, in constant
+        memory. Iterating raises ApiTruncatedDownload if the body is cut short."""
+        with self._stream_file(file_id) as chunks:
+            yield _split_lines(chunks)
+
+    @contextmanager
+    def _stream_file(self, file_id: str) -> Iterator[Iterator[bytes]]:
         self._gate()
         path = f"files/{file_id}/content"
         started = time.monotonic()
-        written = 0
-        receiving = False  # the answer's headers are in: a break now cuts the body short
         try:
             with self._http.stream("GET", path) as response:
                 if response.status_code >= 400:
                     response.read()
-                    raise self._status_error(response, "GET", path)
-                expected = _content_length(response)
-                receiving = True
-                for chunk in response.iter_raw(DOWNLOAD_CHUNK):
-                    dest.write(chunk)
-                    written += len(chunk)
+                    raise self._status_error(response, "GET", path, started)
+                counted = _Counted(
+                    response, path, lambda what: self._log_failure("GET", path, 200, what, started)
+                )
+                yield counted.chunks()
+                counted.check_complete()
         except httpx.TimeoutException as exc:
-            self._log_failure("GET", path, None, f"timeout after {written} bytes", started)
-            raise ApiTimeout(f"GET {path}: timed out after {written} bytes") from exc
+            self._log_failure("GET", path, None, "timeout", started)
+            raise ApiTimeout(f"GET {path}: no answer in time ({type(exc).__name__})") from exc
         except httpx.TransportError as exc:
-            what = f"{type(exc).__name__} after {written} bytes"
-            self._log_failure("GET", path, None, what, started)
-            cls = ApiTruncatedDownload if receiving else ApiTransportError
-            raise cls(f"GET {path}: the connection broke ({what})") from exc
-        if expected is not None and written != expected:
-            self._log_failure("GET", path, 200, f"got {written} of {expected} bytes", started)
-            raise ApiTruncatedDownload(f"GET {path}: got {written} of {expected} bytes")
+            self._log_failure("GET", path, None, type(exc).__name__, started)
+            raise ApiTransportError(f"GET {path}: {type(exc).__name__}") from exc
         log.debug(
             "api_request_sent",
             method="GET",
             path=path,
             status_code=200,
-            bytes=written,
+            bytes=counted.received,
             duration_ms=_ms(started),
         )
         self._succeeded()
-        return written
 
     def delete_file(self, file_id: str) -> None:
         self._send("DELETE", f"files/{file_id}")
@@ -241,3 +250,46 @@ def _content_length(response: httpx.Response) -> int | None:
 
 def _ms(started: float) -> int:
     return int((time.monotonic() - started) * 1000)
+
+
+class _Counted:
+    """The body of one download: counts what arrives, and tells a cut-off body from a whole one."""
+
+    def __init__(self, response: httpx.Response, path: str, log_cut: Callable[[str], None]) -> None:
+        self.response = response
+        self.path = path
+        self.log_cut = log_cut
+        self.expected = _content_length(response)
+        self.received = 0
+
+    def chunks(self) -> Iterator[bytes]:
+        try:
+            for chunk in self.response.iter_raw(DOWNLOAD_CHUNK):
+                self.received += len(chunk)
+                yield chunk
+        except httpx.TimeoutException as exc:
+            raise self._cut(f"timed out after {self.received} bytes") from exc
+        except httpx.TransportError as exc:
+            raise self._cut(f"{type(exc).__name__} after {self.received} bytes") from exc
+
+    def check_complete(self) -> None:
+        if self.expected is not None and self.received != self.expected:
+            raise self._cut(f"got {self.received} of {self.expected} bytes")
+
+    def _cut(self, what: str) -> ApiTruncatedDownload:
+        # Headers came in, then the body broke off: whatever was read must not be trusted.
+        self.log_cut(what)
+        return ApiTruncatedDownload(f"GET {self.path}: the download broke off ({what})")
+
+
+def _split_lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """Bytes chunks → lines, each with its newline; a last line without one is kept too."""
+    rest = b""
+    for chunk in chunks:
+        lines = (rest + chunk if rest else chunk).split(b"\n")
+        rest = lines.pop()
+        for line in lines:
+            if line.strip():
+                yield line
+    if rest.strip():
+        yield rest

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 RETRYABLE_ERROR_CODES = frozenset(
     {
@@ -35,8 +35,9 @@ RETRYABLE_ERROR_CODES = frozenset(
 RETRYABLE_STATUS = frozenset({0, 408, 409, 429})
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Usage:
+class Usage(NamedTuple):
+    """Token counts of one response (a tuple: made once per line on the ingest hot path)."""
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
@@ -65,6 +66,27 @@ class MalformedLine(ValueError):
 
 def status_retryable(status_code: int) -> bool:
     return status_code in RETRYABLE_STATUS or status_code >= 500
+
+
+def success(line: Any) -> tuple[str, int, Any, Usage, str | None] | None:
+    """The common case, fast: ``(custom_id, status_code, body, usage, model)`` when ``line`` (as
+    orjson parses it) is a plain success, else None and the caller uses :func:`classify`.
+
+    Ingest calls this once per line, so it checks exact types and builds no objects beyond the
+    returned tuple; anything unusual falls through to the full classification.
+    """
+    if type(line) is not dict or line.get("error"):
+        return None
+    custom_id = line.get("custom_id")
+    response = line.get("response")
+    if type(custom_id) is not str or not custom_id or type(response) is not dict:
+        return None
+    status = response.get("status_code")
+    if type(status) is not int or not 200 <= status < 300:
+        return None
+    body = response.get("body")
+    usage, model = read_usage(body)
+    return custom_id, status, body, usage, model
 
 
 def classify(line: Any) -> LineOutcome:
@@ -143,21 +165,42 @@ def _int(value: Any) -> int:
 
 
 def read_usage(body: Any) -> tuple[Usage, str | None]:
-    """Token usage and model of a response body (chat, completions, embeddings, responses)."""
-    if not isinstance(body, Mapping):
+    """Token usage and model of a response body (chat, completions, embeddings, responses), as
+    orjson parses it. The chat/embeddings shape is read first, without detours: ingest calls
+    this once per line."""
+    if type(body) is not dict:
         return NO_USAGE, None
     model = body.get("model")
+    if type(model) is not str:
+        model = None
     usage = body.get("usage")
-    if not isinstance(usage, Mapping):
-        return NO_USAGE, model if isinstance(model, str) else None
+    if type(usage) is not dict:
+        return NO_USAGE, model
+    prompt = usage.get("prompt_tokens")
+    completion = usage.get("completion_tokens", 0)
+    total = usage.get("total_tokens")
+    if type(prompt) is int and type(completion) is int and type(total) is int:
+        details = usage.get("prompt_tokens_details")
+        cached = details.get("cached_tokens", 0) if type(details) is dict else 0
+        out = usage.get("completion_tokens_details")
+        reasoning = out.get("reasoning_tokens", 0) if type(out) is dict else 0
+        return Usage(
+            prompt,
+            completion,
+            total or prompt + completion,
+            cached if type(cached) is int else 0,
+            reasoning if type(reasoning) is int else 0,
+        ), model
+    return _other_usage(usage), model
+
+
+def _other_usage(usage: dict[str, Any]) -> Usage:
+    """The Responses API's names (input/output tokens), or values of the wrong type."""
     prompt = _int(usage.get("prompt_tokens", usage.get("input_tokens")))
     completion = _int(usage.get("completion_tokens", usage.get("output_tokens")))
     total = _int(usage.get("total_tokens")) or prompt + completion
     details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
-    cached = _int(details.get("cached_tokens")) if isinstance(details, Mapping) else 0
+    cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
     out_details = usage.get("completion_tokens_details") or usage.get("output_tokens_details")
-    reasoning = _int(out_details.get("reasoning_tokens")) if isinstance(out_details, Mapping) else 0
-    return (
-        Usage(prompt, completion, total, cached, reasoning),
-        model if isinstance(model, str) else None,
-    )
+    reasoning = _int(out_details.get("reasoning_tokens")) if isinstance(out_details, dict) else 0
+    return Usage(prompt, completion, total, cached, reasoning)

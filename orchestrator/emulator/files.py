@@ -17,7 +17,7 @@ from typing import Any, BinaryIO
 
 from orchestrator.emulator.jsonl import FileIndex
 
-CHUNK_BYTES = 64 * 1024
+CHUNK_BYTES = 1024 * 1024  # few large chunks: each one is a threadpool hop in Starlette
 
 
 @dataclasses.dataclass

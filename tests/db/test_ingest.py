@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from orchestrator.db.session import make_engine, make_sessionmaker, unit_of_work
-from orchestrator.ingest import ingest_files
+from orchestrator.ingest import ingest_lines, read_files
 from tests.support import query
 
 ODD_ID = 'tab\there "quoted" back\\slash\nnewline'
@@ -78,11 +78,11 @@ def ingest(db_url: str, job: int, batch_id: int, paths: list[Path], **kw: Any) -
     engine = make_engine(db_url)
     try:
         with unit_of_work(make_sessionmaker(engine)) as s:
-            return ingest_files(
+            return ingest_lines(
                 s,
                 job_id=job,
                 batch_id=batch_id,
-                paths=paths,
+                lines=read_files(paths),
                 max_attempts=kw.get("max_attempts", 3),
                 resubmit=kw.get("resubmit", True),
             )
