@@ -243,6 +243,7 @@ def child_ingest(p: dict[str, Any]) -> dict[str, Any]:
 
     deps = make_deps(settings_for(p["db_url"], p["base_url"]), clock=SystemClock())
     b = claim_one(deps, "ingesting")
+    deps.clients(b.target)  # a daemon's client is long-lived: its TLS setup is not part of a step
     checkpoint(p["db_url"])
     gc.collect()
     before = vm_mb("VmRSS")
