@@ -261,17 +261,23 @@ def test_a_second_signal_exits_at_once(db_url: str, tmp_path: Path) -> None:
         assert time.monotonic() - started < 2
 
 
-def test_a_heartbeat_keeps_a_long_upload_from_being_taken_over(
-    db_url: str, tmp_path: Path
-) -> None:
+def test_a_heartbeat_keeps_a_long_upload_from_being_taken_over(db_url: str, tmp_path: Path) -> None:
     with served("fastrouter") as server:
         # an upload that lasts well past the lease (2 s), with another daemon ready to pounce;
         # no transaction is open meanwhile, so only the lease protects the batch
         server.emulator.faults.add("upload_file", delay_seconds=5.0, times=1)
         enqueue(db_url, simple_requests(20), target="fastrouter")
-        daemons = [DaemonProcess(db_url, server.base_url, tmp_path, name=f"d{n}",
-                                 lease_seconds=2.0, target={"timeout_seconds": 30}).start()
-                   for n in range(2)]
+        daemons = [
+            DaemonProcess(
+                db_url,
+                server.base_url,
+                tmp_path,
+                name=f"d{n}",
+                lease_seconds=2.0,
+                target={"timeout_seconds": 30},
+            ).start()
+            for n in range(2)
+        ]
         try:
             assert wait_for(lambda: all_terminal(db_url), timeout=60)
         finally:
