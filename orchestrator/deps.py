@@ -19,7 +19,6 @@ from orchestrator.api.errors import TargetBlocked
 from orchestrator.clock import Clock, SystemClock
 from orchestrator.config import Settings, TargetConfig
 from orchestrator.db import repo
-from orchestrator.db.models import TargetState
 from orchestrator.db.session import make_engine, make_sessionmaker, unit_of_work
 from orchestrator.domain.backoff import PollSchedule, RetrySchedule
 from orchestrator.domain.decide import Policy
@@ -44,11 +43,7 @@ class TargetGate:
     def before_request(self) -> None:
         now = self._clock.now()
         with unit_of_work(self._sessions) as session:
-            row = session.execute(
-                sa.select(TargetState.blocked_until, TargetState.paused).where(
-                    TargetState.target == self.target
-                )
-            ).first()
+            row = repo.target_state(session, self.target)
         self._local.paused = bool(row and row.paused)
         if row and row.blocked_until and row.blocked_until > now:
             wait = (row.blocked_until - now).total_seconds()

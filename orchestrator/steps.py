@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import tempfile
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -132,7 +133,7 @@ def _write_input_file(deps: Deps, b: Claimed, target: TargetConfig, path: Path) 
 def create(deps: Deps, b: Claimed) -> bool:
     if _cancel_if_requested(deps, b, "uploaded"):
         return False
-    key = tr.new_idempotency_key()
+    key = uuid.uuid4()
     now = deps.clock.now()
     with unit_of_work(deps.sessions) as s:
         # The intent, committed before anything is sent.

@@ -4,7 +4,6 @@ transaction, so the batch's move and everything it implies for the job commit to
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 from decimal import Decimal
 from typing import Any
 
@@ -245,7 +244,3 @@ def split(session: Session, *, batch_id: int, token: int, now: dt.datetime) -> l
     )
     log.warning("batch_split", job_id=source.job_id, batch_id=batch_id, into=new_ids)
     return new_ids
-
-
-def new_idempotency_key() -> uuid.UUID:
-    return uuid.uuid4()

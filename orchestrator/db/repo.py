@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -251,12 +251,6 @@ def record_event(
     )
 
 
-def record_events(session: Session, events: Iterable[Mapping[str, Any]]) -> None:
-    rows = [dict(e) for e in events]
-    if rows:
-        session.execute(sa.insert(Event), rows)
-
-
 # -- targets -----------------------------------------------------------------------------
 
 
@@ -291,12 +285,8 @@ def clear_pause(session: Session, target: str) -> bool:
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-def target_blocked_until(session: Session, target: str, now: dt.datetime) -> dt.datetime | None:
-    return session.execute(
-        sa.select(TargetState.blocked_until).where(
-            TargetState.target == target, TargetState.blocked_until > now
-        )
-    ).scalar_one_or_none()
+def target_state(session: Session, target: str) -> TargetState | None:
+    return session.get(TargetState, target)
 
 
 def target_states(session: Session) -> Sequence[TargetState]:

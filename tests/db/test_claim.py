@@ -125,4 +125,5 @@ def test_a_later_block_is_never_shortened(db_url: str, sessions) -> None:  # typ
     with unit_of_work(sessions) as s:
         repo.block_target(s, "t", until=T0 + dt.timedelta(seconds=60), reason="a", paused=False)
         repo.block_target(s, "t", until=T0 + dt.timedelta(seconds=10), reason="b", paused=False)
-        assert repo.target_blocked_until(s, "t", T0) == T0 + dt.timedelta(seconds=60)
+        state = repo.target_state(s, "t")
+        assert state is not None and state.blocked_until == T0 + dt.timedelta(seconds=60)
