@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
 import structlog
 from sqlalchemy.orm import Session
 
@@ -27,7 +26,7 @@ from orchestrator.api.schemas import BatchObject
 from orchestrator.clock import from_unix
 from orchestrator.config import TargetConfig
 from orchestrator.db import repo
-from orchestrator.db.models import Batch, Price
+from orchestrator.db.models import Batch
 from orchestrator.db.repo import Claimed
 from orchestrator.db.session import unit_of_work
 from orchestrator.deps import Deps
@@ -498,7 +497,7 @@ def _ingest_transaction(
             missing_error=missing,
             spool_dir=deps.tmp_dir(),
         )
-        cost, source = _batch_cost(s, remote, stats)
+        cost, source = _batch_cost(s, remote, stats, now)
         repo.release(
             s,
             b.id,
@@ -550,21 +549,15 @@ def _ingest_transaction(
 
 
 def _batch_cost(
-    session: sa.orm.Session, remote: dict[str, Any], stats: IngestStats
+    session: Session, remote: dict[str, Any], stats: IngestStats, at: dt.datetime
 ) -> tuple[Any, str | None]:
+    """The provider's figure when it reports one, else our prices in force at ``at``."""
     reported = costs.provider_cost(remote)
     if reported is not None:
         return reported, "provider"
     if not stats.by_model:
         return None, None
-    prices = {
-        p.model: costs.Price(p.input_per_mtok, p.output_per_mtok, p.cached_input_per_mtok)
-        for p in session.scalars(
-            sa.select(Price)
-            .where(Price.model.in_(stats.by_model))
-            .order_by(Price.model, Price.valid_from)
-        )
-    }  # ordered by valid_from, so the newest price of each model wins
+    prices = repo.prices_in_force(session, stats.by_model, at)
     computed = costs.price_cost(stats.by_model, prices)
     return (computed, "prices") if computed is not None else (None, None)
 

@@ -13,13 +13,15 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.orm import Session
 
-from orchestrator.db.models import Batch, Event, Job, TargetState, Worker
+from orchestrator.db.models import Batch, Event, Job, Price, TargetState, Worker
+from orchestrator.domain import cost
 from orchestrator.domain.states import BATCH_TERMINAL, BatchState, JobStatus
 from orchestrator.errors import LeaseLost
 
@@ -249,6 +251,26 @@ def record_event(
     session.execute(
         sa.insert(Event).values(kind=kind, job_id=job_id, batch_id=batch_id, detail=detail)
     )
+
+
+# -- prices ------------------------------------------------------------------------------
+
+
+def prices_in_force(
+    session: Session, models: Iterable[str], at: dt.datetime
+) -> dict[str, cost.Price]:
+    """Each model's price row in force at ``at``: the latest ``valid_from`` not after it (the
+    rule of the ``cost_by_day_model`` view). A price valid only from a later date is not used."""
+    rows = session.execute(
+        sa.select(Price)
+        .where(Price.model.in_(list(models)), Price.valid_from <= at)
+        .order_by(Price.model, Price.valid_from.desc())
+        .ext(distinct_on(Price.model))
+    ).scalars()
+    return {
+        p.model: cost.Price(p.input_per_mtok, p.output_per_mtok, p.cached_input_per_mtok)
+        for p in rows
+    }
 
 
 # -- targets -----------------------------------------------------------------------------

@@ -61,6 +61,13 @@ class HttpError:
 
     ``retry_after`` adds ``Retry-After`` (and ``retry-after-ms``); a 429 also gets the
     ``x-ratelimit-*`` headers. ``delay_seconds`` makes the error arrive late.
+
+    ``applied``: the call is carried out first (a ``create_batch`` creates its batch), and only
+    the answer is the error, as when a gateway or load balancer times out in front of a server
+    that did the work. This is the ambiguous outcome a client must reconcile.
+
+    ``echo_auth``: the error message quotes the request's ``Authorization`` header, as some
+    proxies and misconfigured gateways do; a client must not log or store it.
     """
 
     kind: ClassVar[str] = "status"
@@ -69,15 +76,23 @@ class HttpError:
     message: str | None = None
     code: str | None = None
     delay_seconds: float = 0.0
+    applied: bool = False
+    echo_auth: bool = False
 
     def __post_init__(self) -> None:
         if self.status not in SUPPORTED_ERROR_STATUSES:
             raise ValueError(f"status must be one of {sorted(SUPPORTED_ERROR_STATUSES)}")
 
     def apply(self, ctx: FaultContext, proceed: Proceed) -> EmuResponse:
+        if self.applied:
+            proceed()  # the work is done; its answer is lost
         ctx.request.drain()
         headers = _retry_headers(self.status, self.retry_after)
-        problem = ApiProblem(self.status, self.message, code=self.code, headers=headers)
+        message = self.message
+        if self.echo_auth:
+            auth = ctx.request.headers.get("authorization", "")
+            message = f"{message or 'request rejected'} (received Authorization: {auth})"
+        problem = ApiProblem(self.status, message, code=self.code, headers=headers)
         response = error_response(ctx.mode, problem)
         response.delay_seconds = self.delay_seconds
         return response
@@ -93,6 +108,8 @@ class HttpError:
             message=data.get("message"),
             code=data.get("code"),
             delay_seconds=float(data.get("delay_seconds") or 0.0),
+            applied=bool(data.get("applied", False)),
+            echo_auth=bool(data.get("echo_auth", False)),
         )
 
 
@@ -235,15 +252,19 @@ class FaultInjector:
         code: str | None = None,
         delay_seconds: float = 0.0,
         truncate: float | None = None,
+        applied: bool = False,
+        echo_auth: bool = False,
         times: int | None = 1,
         probability: float | None = None,
     ) -> FaultRule:
-        """Add a rule. Give a ``fault``, or ``status`` (an HttpError, optionally delayed), or
-        ``truncate`` (a TruncatedBody), or only ``delay_seconds`` (a Delay). ``times=None`` fires
-        without limit."""
+        """Add a rule. Give a ``fault``, or ``status`` (an HttpError, optionally delayed, applied
+        or quoting the key), or ``truncate`` (a TruncatedBody), or only ``delay_seconds`` (a
+        Delay). ``times=None`` fires without limit."""
         if fault is None:
             if status is not None:
-                fault = HttpError(status, retry_after, message, code, delay_seconds)
+                fault = HttpError(
+                    status, retry_after, message, code, delay_seconds, applied, echo_auth
+                )
             elif truncate is not None:
                 fault = TruncatedBody(truncate)
             elif delay_seconds > 0:

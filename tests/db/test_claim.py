@@ -127,3 +127,27 @@ def test_a_later_block_is_never_shortened(db_url: str, sessions) -> None:  # typ
         repo.block_target(s, "t", until=T0 + dt.timedelta(seconds=10), reason="b", paused=False)
         state = repo.target_state(s, "t")
         assert state is not None and state.blocked_until == T0 + dt.timedelta(seconds=60)
+
+
+def test_a_claim_skips_a_batch_locked_by_another_transaction_instead_of_waiting(
+    db_url: str,
+    sessions,  # type: ignore[no-untyped-def]
+) -> None:
+    _batches(db_url, 3, sessions)
+    # Given a transaction that holds a batch row locked (an ingest in progress, say)
+    holder = sessions()
+    try:
+        locked = holder.execute(
+            sa.text(
+                "SELECT id FROM orchestrator.batches ORDER BY id LIMIT 1 FOR NO KEY UPDATE"
+            )
+        ).scalar_one()
+        # When another daemon claims, unwilling to wait for any lock
+        with unit_of_work(sessions) as s:
+            s.execute(sa.text("SET LOCAL lock_timeout = '2s'"))
+            got = repo.claim_batches(s, owner=uuid.uuid4(), now=T0, ttl=60, limit=10)
+    finally:
+        holder.rollback()
+        holder.close()
+    # Then it gets the other two at once, and the locked one stays for later
+    assert sorted(b.id for b in got) == [locked + 1, locked + 2]

@@ -161,6 +161,62 @@ def test_a_success_is_never_replaced_by_a_failure(
     assert rows["a"][0] is True and rows["b"][0] is True
 
 
+def another_batch(db_url: str, job: int, custom_ids: list[str], attempt: int = 2) -> int:
+    """A later batch of the same job holding ``custom_ids`` again (a resubmission, or an operator
+    re-running a batch by hand)."""
+    with psycopg.connect(db_url) as conn:
+        batch_id = conn.execute(
+            "INSERT INTO orchestrator.batches (job_id, target, endpoint, request_count, bytes, "
+            "next_run_at, state, round) VALUES (%s, 'fastrouter', '/v1/chat/completions', %s, 0, "
+            "now(), 'ingesting', 2) RETURNING id",
+            (job, len(custom_ids)),
+        ).fetchone()[0]  # type: ignore[index]
+        conn.execute(
+            "INSERT INTO orchestrator.batch_items (batch_id, custom_id, job_id, seq, attempt) "
+            "SELECT %s, custom_id, job_id, seq, %s FROM orchestrator.requests "
+            "WHERE job_id = %s AND custom_id = ANY(%s)",
+            (batch_id, attempt, job, custom_ids),
+        )
+    return int(batch_id)
+
+
+def test_a_success_is_never_replaced_by_a_failure_from_another_batch(
+    db_url: str, batch: tuple[int, int], tmp_path: Path
+) -> None:
+    job, first = batch
+    ingest(db_url, job, first, [write(tmp_path / "1.jsonl", [ok("a", "first answer")])])
+    before = results(db_url)["a"]
+    # Given a later batch holding a again, whose file says a failed for good and b succeeded
+    second = another_batch(db_url, job, ["a", "b"])
+    stats = ingest(db_url, job, second, [write(tmp_path / "2.jsonl", [failed("a", 400), ok("b")])])
+    # Then a keeps its success from the first batch, untouched; b's success lands
+    assert stats.upserted
+    rows = results(db_url)
+    assert rows["a"] == before
+    assert rows["a"][2]["choices"][0]["message"]["content"] == "first answer"
+    assert rows["b"][0] is True and rows["b"][4] == 2  # attempt 2, from the second batch
+    owner = dict(query(db_url, "SELECT custom_id, batch_id FROM orchestrator.results"))
+    assert owner == {"a": first, "b": second}
+
+
+def test_a_failure_then_a_success_for_one_request_in_one_file_lands_the_success(
+    db_url: str, batch: tuple[int, int], tmp_path: Path
+) -> None:
+    job, batch_id = batch
+    # Given a provider that wrote a failure line and later a success line for "a" (a retried
+    # line), and a retryable failure then a final one for "b", in one file
+    lines = [failed("a", 500), failed("b", 500), ok("c"), ok("a", "second try"), failed("b", 400)]
+    stats = ingest(db_url, job, batch_id, [write(tmp_path / "o.jsonl", lines)])
+    # Then each request has exactly one result: a's success, b's final failure
+    rows = results(db_url)
+    assert rows["a"][:2] == (True, 200)
+    assert rows["a"][2]["choices"][0]["message"]["content"] == "second try"
+    assert rows["b"][:2] == (False, 400)
+    assert (stats.succeeded, stats.failed, stats.duplicate_lines) == (2, 1, 2)
+    retry = query(db_url, "SELECT custom_id FROM orchestrator.batch_items WHERE error IS NOT NULL")
+    assert sorted(r[0] for r in retry) == ["d", ODD_ID]  # only the missing ones go again
+
+
 def test_without_resubmission_retryable_failures_are_final_and_missing_ones_left_out(
     db_url: str, batch: tuple[int, int], tmp_path: Path
 ) -> None:

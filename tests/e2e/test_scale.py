@@ -227,7 +227,8 @@ def test_an_empty_error_file_id_and_a_batch_without_usage_are_handled(db_url: st
         with psycopg.connect(db_url) as conn:  # our own price, used when the provider gives none
             conn.execute(
                 "INSERT INTO orchestrator.prices (model, valid_from, input_per_mtok, "
-                "output_per_mtok) VALUES ('openai/gpt-4.1-nano', '2020-01-01', 1, 2)"
+                "output_per_mtok) VALUES ('openai/gpt-4.1-nano', '2020-01-01', 1, 2), "
+                "('openai/gpt-4.1-nano', '2099-01-01', 1000, 2000)"  # not in force yet
             )
         job_id = enqueue(db_url, simple_requests(10))
         assert h.run_job(job_id) == "completed"
