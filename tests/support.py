@@ -342,3 +342,64 @@ def wait_for(predicate: Callable[[], bool], *, timeout: float, interval: float =
 
 def all_terminal(db_url: str) -> bool:
     return count(db_url, "jobs", "status NOT IN ('completed', 'failed', 'cancelled')") == 0
+
+
+def _line_succeeded(line: Any) -> bool:
+    response = line.get("response") if isinstance(line, dict) else None
+    return (
+        isinstance(response, dict) and response.get("status_code") == 200 and not line.get("error")
+    )
+
+
+def assert_results_match_provider(db_url: str, emulator: Emulator) -> int:
+    """Every result says what the provider produced for its request, not merely that a row exists.
+
+    For each result, the lines its batch's remote output and error files hold for its
+    ``custom_id`` (read from the emulator's storage, not through the daemon): a success line means a
+    success result with that very body; failure lines only, a failure with one of their statuses;
+    no line, a failure. And no success is ever lost: a request with a success line in any remote
+    batch of ours has a success result. Returns the number of successes checked."""
+    remote_of = dict(
+        query(
+            db_url,
+            "SELECT id, remote_batch_id FROM orchestrator.batches "
+            "WHERE remote_batch_id IS NOT NULL",
+        )
+    )
+    produced: dict[str, dict[str, list[Any]]] = {}
+    ever_succeeded: set[tuple[int, str]] = set()
+    for batch_id, remote in remote_of.items():
+        job_id = scalar(db_url, "SELECT job_id FROM orchestrator.batches WHERE id = %s", batch_id)
+        by_id: dict[str, list[Any]] = {}
+        for line in emulator.produced(remote):
+            by_id.setdefault(line["custom_id"], []).append(line)
+            if _line_succeeded(line):
+                ever_succeeded.add((job_id, line["custom_id"]))
+        produced[remote] = by_id
+    rows = query(
+        db_url,
+        "SELECT job_id, custom_id, batch_id, succeeded, status_code, response "
+        "FROM orchestrator.results",
+    )
+    succeeded = 0
+    for job_id, custom_id, batch_id, ok, status, response in rows:
+        remote = remote_of.get(batch_id)
+        if remote is None:
+            assert not ok, (custom_id, "a success from a batch never sent")
+            continue
+        lines = produced[remote].get(custom_id, [])
+        wins = [line for line in lines if _line_succeeded(line)]
+        if wins:
+            assert ok, (job_id, custom_id, "the provider's success was recorded as a failure")
+            assert response == wins[0]["response"]["body"], (job_id, custom_id)
+            assert status == 200
+            succeeded += 1
+        else:
+            assert not ok, (job_id, custom_id, "a success the provider never produced")
+            if lines and status is not None:
+                statuses = {(line.get("response") or {}).get("status_code") for line in lines}
+                assert status in statuses, (job_id, custom_id, status, statuses)
+    have = {(r[0], r[1]) for r in rows if r[3]}
+    lost = ever_succeeded - have
+    assert not lost, f"{len(lost)} successes the provider produced are not in results: {lost}"
+    return succeeded

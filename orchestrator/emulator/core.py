@@ -14,6 +14,9 @@ import itertools
 import threading
 from collections.abc import Callable
 from types import TracebackType
+from typing import Any
+
+import orjson
 
 from orchestrator.clock import Clock, SystemClock
 from orchestrator.emulator import admin, routes
@@ -87,6 +90,21 @@ class Emulator:
         Returns the ids released; raises ValueError for an unknown ``batch_id``.
         """
         return self._state.release_stuck(batch_id)
+
+    def produced(self, batch_id: str) -> list[Any]:
+        """Every line of the batch's output and error files, parsed, in file order (empty until
+        they are written): what the provider produced, for a test to hold the ingested results
+        against. Faults that cut a download short do not change what is stored."""
+        record = self._state.batch(batch_id)
+        if record is None or record.results is None:
+            return []
+        lines: list[Any] = []
+        for file_id in (record.results.output_file_id, record.results.error_file_id):
+            stored = self._state.file(file_id) if file_id else None
+            if stored is not None:
+                with stored.path.open("rb") as fh:
+                    lines.extend(orjson.loads(raw) for raw in fh if raw.strip())
+        return lines
 
     def close(self) -> None:
         """Delete the stored file contents."""

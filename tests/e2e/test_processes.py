@@ -1,8 +1,13 @@
 """Daemons as real processes: SIGKILLed at random moments, several at once, stopped with SIGTERM.
 
-The emulator runs in this process over real HTTP on a scaled clock (batches finish in about a
-second); the daemons run ``python -m orchestrator run`` against a fresh database. Waiting here is on
-our own daemons, bounded, never on a provider.
+These tests run in real time, and that is the point of them: a SIGKILL, a signal handler, a lease
+that expires while a process is dead and a heartbeat thread exist only in a real process on the
+real clock. The daemons run ``python -m orchestrator run`` against a fresh database; the emulator
+runs in this process over real HTTP on a scaled clock (x20: a batch's provider time is about a
+second), so provider time never dominates. Waits are on our own daemons, bounded and generous;
+no assertion depends on a wall-clock limit tighter than 10x what it measures on an idle machine.
+Every test checks what the results *say* (``assert_results_match_provider``), not only how many
+rows there are.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from tests.support import (
     API_KEY,
     DaemonProcess,
     all_terminal,
+    assert_results_match_provider,
     count,
     enqueue,
     enqueue_generated,
@@ -138,6 +144,8 @@ def test_sigkill_at_random_moments_loses_nothing_and_pays_once(
         # the killed daemons' leases were taken over after they expired
         assert scalar(db_url, "SELECT max(lease_token) FROM orchestrator.batches") > 1
         assert_exactly_one_result_per_request(db_url, jobs, size)
+        # every request succeeded, with the very body the provider produced for it
+        assert assert_results_match_provider(db_url, server.emulator) == jobs * size
         assert_created_within_policy(db_url, server, mode)
         assert [c for c in server.emulator.ledger.calls if c.status == 429]
         assert "RemoteProtocolError after" in daemon.logs()  # the cut downloads were seen
@@ -161,14 +169,15 @@ def test_three_daemons_share_the_work(db_url: str, tmp_path: Path) -> None:
                 d.stop()
         assert finished
         assert_exactly_one_result_per_request(db_url, jobs, size)
+        assert assert_results_match_provider(db_url, server.emulator) == jobs * size
         assert_created_within_policy(db_url, server, "openai")
-    # each daemon did some of the work (events name the daemon that did a step)
+    # the three ran side by side: each did some step of the work (events name the daemon that
+    # did a step). Which daemon ingests what is up to the scheduler, so that is not asserted.
     by_worker = dict(
         query(
             db_url,
-            """
-        SELECT detail->>'worker', count(*) FROM orchestrator.events
-        WHERE kind = 'batch_ingested' GROUP BY 1""",
+            "SELECT detail->>'worker', count(*) FROM orchestrator.events "
+            "WHERE detail ? 'worker' GROUP BY 1",
         )
     )
     assert len(by_worker) == 3, by_worker
@@ -176,29 +185,43 @@ def test_three_daemons_share_the_work(db_url: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("route", ["upload_file", "file_content"])
-def test_sigterm_mid_step_exits_0_and_a_new_daemon_finishes(
+def test_sigterm_mid_step_lets_the_step_finish_exits_0_and_a_new_daemon_finishes(
     db_url: str, tmp_path: Path, route: str
 ) -> None:
     with served("fastrouter") as server:
-        # the step under way when SIGTERM arrives answers 2 s late
+        # the step under way when SIGTERM arrives answers 2 s late (the grace period is 30 s)
         server.emulator.faults.add(route, delay_seconds=2.0, times=1)
         job_id = enqueue(db_url, simple_requests(100), target="fastrouter")
         first = DaemonProcess(
-            db_url, server.base_url, tmp_path, name="first", target={"timeout_seconds": 10}
+            db_url,
+            server.base_url,
+            tmp_path,
+            name="first",
+            shutdown_grace_seconds=30.0,
+            target={"timeout_seconds": 30},
         ).start()
-        assert wait_for(lambda: bool(server.emulator.ledger.calls_to(route)), timeout=30)
-        started = time.monotonic()
+        assert wait_for(lambda: bool(server.emulator.ledger.calls_to(route)), timeout=60)
         first.signal(signal.SIGTERM)
-        code = first.wait(timeout=15)
-        took = time.monotonic() - started
-        assert code == 0, first.logs()[-2000:]
-        assert took < 10  # well within the 10 s grace period
-        assert '"event": "daemon_stopped"' in first.logs()
+        assert first.wait(timeout=60) == 0, first.logs()[-2000:]
+        logs = first.logs()
+        assert '"event": "daemon_stopped"' in logs
+        assert '"event": "leases_released"' not in logs  # nothing was abandoned
+        # The step in flight finished and its outcome was written before the exit
+        if route == "upload_file":
+            state, file_id = query(db_url, "SELECT state, input_file_id FROM orchestrator.batches")[
+                0
+            ]
+            assert state != "planned" and file_id == server.emulator.ledger.files[0].id
+        else:
+            assert count(db_url, "results") == 100
         second = DaemonProcess(db_url, server.base_url, tmp_path, name="second").start()
         try:
-            assert wait_for(lambda: all_terminal(db_url), timeout=60)
+            assert wait_for(lambda: all_terminal(db_url), timeout=120)
         finally:
             second.stop()
+        # and the new daemon did not do that step again
+        assert len(server.emulator.ledger.calls_to(route)) == 1
+        assert assert_results_match_provider(db_url, server.emulator) == 100
     assert (
         scalar(db_url, "SELECT status FROM orchestrator.jobs WHERE id = %s", job_id) == "completed"
     )
@@ -234,9 +257,10 @@ def test_sigterm_past_the_grace_period_releases_leases_for_the_next_daemon(
         )
         second = DaemonProcess(db_url, server.base_url, tmp_path, name="second").start()
         try:
-            assert wait_for(lambda: all_terminal(db_url), timeout=30)
+            assert wait_for(lambda: all_terminal(db_url), timeout=60)
         finally:
             second.stop()
+        assert assert_results_match_provider(db_url, server.emulator) == 50
     assert_exactly_one_result_per_request(db_url, 1, 50)
 
 
@@ -257,15 +281,18 @@ def test_a_second_signal_exits_at_once(db_url: str, tmp_path: Path) -> None:
         assert daemon.alive()  # still finishing its step within the grace period
         started = time.monotonic()
         daemon.signal(signal.SIGTERM)
-        assert daemon.wait(timeout=5) != 0
-        assert time.monotonic() - started < 2
+        assert daemon.wait(timeout=30) != 0
+        # at once: measured here in well under 0.1 s, against a 20 s step and a 30 s grace
+        assert time.monotonic() - started < 5
 
 
 def test_a_heartbeat_keeps_a_long_upload_from_being_taken_over(db_url: str, tmp_path: Path) -> None:
     with served("fastrouter") as server:
-        # an upload that lasts well past the lease (2 s), with another daemon ready to pounce;
-        # no transaction is open meanwhile, so only the lease protects the batch
-        server.emulator.faults.add("upload_file", delay_seconds=5.0, times=1)
+        # An upload that lasts 2.5 leases (10 s against a 4 s lease), with another daemon ready
+        # to pounce; no transaction is open meanwhile, so only the lease protects the batch. The
+        # heartbeat renews every lease/3 (1.3 s): a takeover needs it to stall for 2.7 s, against
+        # a few milliseconds of scheduling delay measured on an idle machine.
+        server.emulator.faults.add("upload_file", delay_seconds=10.0, times=1)
         enqueue(db_url, simple_requests(20), target="fastrouter")
         daemons = [
             DaemonProcess(
@@ -273,19 +300,20 @@ def test_a_heartbeat_keeps_a_long_upload_from_being_taken_over(db_url: str, tmp_
                 server.base_url,
                 tmp_path,
                 name=f"d{n}",
-                lease_seconds=2.0,
-                target={"timeout_seconds": 30},
+                lease_seconds=4.0,
+                target={"timeout_seconds": 60},
             ).start()
             for n in range(2)
         ]
         try:
-            assert wait_for(lambda: all_terminal(db_url), timeout=60)
+            assert wait_for(lambda: all_terminal(db_url), timeout=120)
         finally:
             for d in daemons:
                 d.stop()
         uploads = server.emulator.ledger.calls_to("upload_file")
-    assert len(uploads) == 1  # nobody took the batch over while it was being uploaded
-    assert_exactly_one_result_per_request(db_url, 1, 20)
+        assert len(uploads) == 1  # nobody took the batch over while it was being uploaded
+        assert_exactly_one_result_per_request(db_url, 1, 20)
+        assert assert_results_match_provider(db_url, server.emulator) == 20
 
 
 def test_sigkill_in_the_middle_of_an_ingest_then_restart_gives_one_row_each(
@@ -303,9 +331,13 @@ def test_sigkill_in_the_middle_of_an_ingest_then_restart_gives_one_row_each(
             " AND query LIKE 'COPY orchestrator.results%%'"
         )
         try:
-            # When the daemon is killed while its COPY into results is running
+            # When the daemon is killed while its COPY into results is running and the output
+            # file is being downloaded into it (the COPY opens just before the download starts)
             assert wait_for(
-                lambda: scalar(db_url, copying, database) > 0, timeout=60, interval=0.01
+                lambda: bool(server.emulator.ledger.calls_to("file_content"))
+                and scalar(db_url, copying, database) > 0,
+                timeout=60,
+                interval=0.01,
             ), daemon.logs()[-2000:]
             daemon.kill()
             # Then nothing of the half-done ingest is visible
@@ -317,6 +349,7 @@ def test_sigkill_in_the_middle_of_an_ingest_then_restart_gives_one_row_each(
             assert wait_for(lambda: all_terminal(db_url), timeout=120), daemon.logs()[-2000:]
         finally:
             daemon.stop()
+        assert assert_results_match_provider(db_url, server.emulator) == size
     assert (
         scalar(db_url, "SELECT status FROM orchestrator.jobs WHERE id = %s", job_id) == "completed"
     )
