@@ -5,7 +5,8 @@
     OrchestratorError
     ├── ConfigError        bad or missing settings at startup (exit code 2)
     ├── JobNotFound        a CLI command named a job that does not exist
-    └── LeaseLost          a fenced write matched no row: another worker owns the batch now
+    ├── LeaseLost          a fenced write matched no row: another worker owns the batch now
+    └── IllegalTransition  a write would move a batch along an edge the state table lacks
 """
 
 from __future__ import annotations
@@ -25,3 +26,8 @@ class JobNotFound(OrchestratorError):
 
 class LeaseLost(OrchestratorError):
     """A fenced write matched no row: the lease expired and another worker took the batch."""
+
+
+class IllegalTransition(OrchestratorError):
+    """A fenced write asked for a state move that ``domain.states.BATCH_TRANSITIONS`` does not
+    allow from the state the batch is in: a bug, refused by the database write itself."""

@@ -22,8 +22,8 @@ from sqlalchemy.orm import Session
 
 from orchestrator.db.models import Batch, Event, Job, Price, TargetState, Worker
 from orchestrator.domain import cost
-from orchestrator.domain.states import BATCH_TERMINAL, BatchState, JobStatus
-from orchestrator.errors import LeaseLost
+from orchestrator.domain.states import BATCH_TERMINAL, BatchState, JobStatus, sources_of
+from orchestrator.errors import IllegalTransition, LeaseLost
 
 OPEN_STATES = tuple(s.value for s in BatchState if s not in BATCH_TERMINAL)
 
@@ -117,17 +117,29 @@ def refresh(session: Session, batch_id: int, token: int) -> Claimed:
 def fence(session: Session, batch_id: int, token: int, **values: Any) -> None:
     """Write ``values`` to the batch if ``token`` still holds its lease, else raise LeaseLost.
 
-    The row stays locked until the transaction ends, so the lease cannot change hands under the
-    rest of the transaction.
+    A new ``state`` is written only from a state the transition table allows it from
+    (``domain.states.BATCH_TRANSITIONS``), checked in the same statement; any other move raises
+    IllegalTransition and writes nothing. The row stays locked until the transaction ends, so the
+    lease cannot change hands under the rest of the transaction.
     """
+    conditions = [Batch.id == batch_id, Batch.lease_token == token]
+    new_state = values.get("state")
+    if new_state is not None:
+        conditions.append(Batch.state.in_(sorted(sources_of(BatchState(new_state)))))
     stmt = (
         sa.update(Batch)
-        .where(Batch.id == batch_id, Batch.lease_token == token)
+        .where(*conditions)
         .values(updated_at=sa.func.now(), **values)
         .returning(Batch.id)
     )
-    if session.execute(stmt).scalar_one_or_none() is None:
+    if session.execute(stmt).scalar_one_or_none() is not None:
+        return
+    current = session.execute(
+        sa.select(Batch.state).where(Batch.id == batch_id, Batch.lease_token == token)
+    ).scalar_one_or_none()
+    if current is None:
         raise LeaseLost(f"batch {batch_id}: lease token {token} is no longer current")
+    raise IllegalTransition(f"batch {batch_id}: {current} -> {new_state} is not an allowed move")
 
 
 def release(session: Session, batch_id: int, token: int, **values: Any) -> None:

@@ -73,8 +73,9 @@ BATCH_TRANSITIONS: dict[BatchState, frozenset[BatchState]] = {
 }
 
 
-def can_move(src: BatchState, dst: BatchState) -> bool:
-    return dst in BATCH_TRANSITIONS[src]
+def sources_of(dst: BatchState) -> frozenset[BatchState]:
+    """The states a batch may move to ``dst`` from (what ``repo.fence`` checks on every write)."""
+    return frozenset(src for src, targets in BATCH_TRANSITIONS.items() if dst in targets)
 
 
 class RemoteStatus(enum.StrEnum):

@@ -11,7 +11,8 @@ import sqlalchemy as sa
 
 from orchestrator.db import repo
 from orchestrator.db.session import make_engine, make_sessionmaker, unit_of_work
-from orchestrator.errors import LeaseLost
+from orchestrator.domain.states import BatchState
+from orchestrator.errors import IllegalTransition, LeaseLost
 from tests.support import enqueue, simple_requests
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -138,9 +139,7 @@ def test_a_claim_skips_a_batch_locked_by_another_transaction_instead_of_waiting(
     holder = sessions()
     try:
         locked = holder.execute(
-            sa.text(
-                "SELECT id FROM orchestrator.batches ORDER BY id LIMIT 1 FOR NO KEY UPDATE"
-            )
+            sa.text("SELECT id FROM orchestrator.batches ORDER BY id LIMIT 1 FOR NO KEY UPDATE")
         ).scalar_one()
         # When another daemon claims, unwilling to wait for any lock
         with unit_of_work(sessions) as s:
@@ -151,3 +150,24 @@ def test_a_claim_skips_a_batch_locked_by_another_transaction_instead_of_waiting(
         holder.close()
     # Then it gets the other two at once, and the locked one stays for later
     assert sorted(b.id for b in got) == [locked + 1, locked + 2]
+
+
+def test_a_state_write_the_table_does_not_allow_is_refused(db_url: str, sessions) -> None:  # type: ignore[no-untyped-def]
+    _batches(db_url, 1, sessions)
+    with unit_of_work(sessions) as s:
+        (b,) = repo.claim_batches(s, owner=uuid.uuid4(), now=T0, ttl=60, limit=1)
+    # a planned batch cannot jump to submitted or done (no intent, no ingest), even by its owner
+    for illegal in (BatchState.SUBMITTED, BatchState.DONE, BatchState.INGESTING):
+        with (
+            pytest.raises(IllegalTransition, match=f"planned -> {illegal}"),
+            unit_of_work(sessions) as s,
+        ):
+            repo.fence(s, b.id, b.token, state=illegal, last_error="must not stick")
+    with unit_of_work(sessions) as s:
+        row = s.execute(sa.text("SELECT state, last_error FROM orchestrator.batches")).one()
+    assert tuple(row) == ("planned", None)
+    # the allowed move goes through; a stale token is still LeaseLost, whatever the move
+    with unit_of_work(sessions) as s:
+        repo.fence(s, b.id, b.token, state=BatchState.UPLOADED)
+    with pytest.raises(LeaseLost), unit_of_work(sessions) as s:
+        repo.fence(s, b.id, b.token - 1, state=BatchState.DONE)

@@ -334,8 +334,10 @@ def test_sigkill_in_the_middle_of_an_ingest_then_restart_gives_one_row_each(
             # When the daemon is killed while its COPY into results is running and the output
             # file is being downloaded into it (the COPY opens just before the download starts)
             assert wait_for(
-                lambda: bool(server.emulator.ledger.calls_to("file_content"))
-                and scalar(db_url, copying, database) > 0,
+                lambda: (
+                    bool(server.emulator.ledger.calls_to("file_content"))
+                    and scalar(db_url, copying, database) > 0
+                ),
                 timeout=60,
                 interval=0.01,
             ), daemon.logs()[-2000:]

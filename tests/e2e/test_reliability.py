@@ -12,6 +12,7 @@ from orchestrator.cli import main
 from orchestrator.emulator import EmulatorConfig
 from tests.support import (
     API_KEY,
+    assert_results_match_provider,
     count,
     enqueue,
     events,
@@ -102,6 +103,62 @@ def test_openai_a_create_that_timed_out_is_found_by_its_key_not_created_twice(
     assert "batch_create_ambiguous" in kinds and "batch_adopted" in kinds
     assert "batch_created" not in kinds
     assert count(db_url, "results", "succeeded") == 10
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"status": 502, "applied": True},  # a gateway in front lost the answer
+        {"status": 503, "applied": True, "delay_seconds": 1.0},  # late, past the client timeout
+        {"truncate": 0.5},  # the connection dropped in the middle of the answer
+    ],
+    ids=["502-after-creating", "late-503-after-creating", "dropped-connection"],
+)
+def test_openai_a_create_the_provider_carried_out_but_never_answered_is_adopted_not_repeated(
+    db_url: str, answer: dict[str, object]
+) -> None:
+    config = EmulatorConfig(mode="openai", api_key=API_KEY)
+
+    def settings(base_url: str):  # type: ignore[no-untyped-def]
+        return make_settings(
+            db_url, base_url, preset="openai", target="openai", timeout_seconds=0.5
+        )
+
+    with harness(db_url, emulator_config=config, settings=settings) as h:
+        # Given a provider that creates the batch and then fails to deliver the answer
+        h.emulator.faults.add("create_batch", times=1, **answer)  # type: ignore[arg-type]
+        job_id = enqueue(db_url, simple_requests(10), target="openai")
+        assert h.run_job(job_id) == "completed"
+        created = h.emulator.ledger.batches
+        # Then that batch, found by its key in the provider's list, is the only one: paid once
+        assert len(created) == 1
+        remote = scalar(db_url, "SELECT remote_batch_id FROM orchestrator.batches")
+        assert remote == created[0].id
+        assert assert_results_match_provider(db_url, h.emulator) == 10
+    kinds = events(db_url, job_id)
+    assert "batch_create_ambiguous" in kinds and "batch_adopted" in kinds
+    assert "batch_created" not in kinds
+
+
+def test_fastrouter_a_create_carried_out_but_never_answered_costs_at_most_one_extra_batch(
+    db_url: str,
+) -> None:
+    def settings(base_url: str):  # type: ignore[no-untyped-def]
+        return make_settings(db_url, base_url, timeout_seconds=0.5)
+
+    with harness(db_url, settings=settings) as h:
+        # Given a provider that creates the batch and then answers 502 (and cannot list batches)
+        h.emulator.faults.add("create_batch", status=502, applied=True, times=1)
+        job_id = enqueue(db_url, simple_requests(10))
+        assert h.run_job(job_id) == "completed"
+        created = h.emulator.ledger.batches
+        # Then the recreate policy made exactly one extra remote batch, counted and recorded
+        ambiguous = scalar(db_url, "SELECT sum(ambiguous_creates) FROM orchestrator.batches")
+        assert ambiguous == 1 and len(created) == 2
+        remote = scalar(db_url, "SELECT remote_batch_id FROM orchestrator.batches")
+        assert remote == created[1].id  # the results come from the one it adopted, once
+        assert assert_results_match_provider(db_url, h.emulator) == 10
+    assert "batch_create_reconciled" in events(db_url, job_id)
 
 
 def test_openai_a_create_lost_before_it_arrived_is_created_after_checking(db_url: str) -> None:

@@ -1,3 +1,7 @@
+"""The batch state table. ``repo.fence`` enforces it on every state write (``sources_of``); the
+database test ``tests/db/test_claim.py::test_a_state_write_the_table_does_not_allow_is_refused``
+shows the enforcement, these the table's own shape."""
+
 from __future__ import annotations
 
 from hypothesis import given
@@ -9,8 +13,8 @@ from orchestrator.domain.states import (
     REMOTE_TERMINAL,
     BatchState,
     RemoteStatus,
-    can_move,
     remote_terminal,
+    sources_of,
 )
 
 
@@ -31,14 +35,16 @@ def test_every_state_can_reach_a_terminal_one() -> None:
 
 
 @given(st.sampled_from(list(BatchState)), st.sampled_from(list(BatchState)))
-def test_can_move_follows_the_table(src: BatchState, dst: BatchState) -> None:
-    assert can_move(src, dst) == (dst in BATCH_TRANSITIONS[src])
+def test_sources_of_is_the_table_read_backwards(src: BatchState, dst: BatchState) -> None:
+    assert (src in sources_of(dst)) == (dst in BATCH_TRANSITIONS[src])
 
 
 def test_the_intent_state_sits_between_upload_and_submission() -> None:
-    assert can_move(BatchState.UPLOADED, BatchState.CREATING)
-    assert can_move(BatchState.CREATING, BatchState.SUBMITTED)
-    assert not can_move(BatchState.UPLOADED, BatchState.SUBMITTED)
+    # a remote batch is recorded only from 'creating', whose intent was committed first
+    assert sources_of(BatchState.SUBMITTED) == {BatchState.CREATING}
+    assert sources_of(BatchState.CREATING) == {BatchState.UPLOADED}
+    # and nothing leaves a terminal state
+    assert not any(sources_of(dst) & BATCH_TERMINAL for dst in BatchState)
 
 
 def test_remote_terminal_statuses() -> None:
