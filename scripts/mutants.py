@@ -1,0 +1,757 @@
+"""Mutation benchmark: break each promise of the README on purpose and check that a test notices.
+
+``make mutants`` (or ``.venv/bin/python scripts/mutants.py``) runs every entry of ``MUTATIONS``:
+it applies the change to a temporary copy of the repository, runs the tests that should catch it,
+and prints ``caught`` (a test failed, with the first failing test), ``NOT caught`` (all passed),
+``stale`` (the ``old`` text no longer occurs exactly once: the list must follow the code) or
+``error`` (pytest could not run the tests: collection/import errors, a timeout, an interrupted
+run; a mutation must change behaviour, not break imports). The exit code is 0 only if every
+mutation was caught.
+
+Options: ``--list``, ``--only NAME`` (repeatable), ``--jobs N`` (default 2), ``--baseline`` (run
+the union of the listed tests unmutated first; they must pass), ``--timeout SECONDS`` per mutation
+(default 900), ``--why`` (print the failure that caught each mutation), ``--self-check`` (prove
+that the copy, not this checkout, is what the tests run). ``make mutants MUTANTS_ARGS='...'``.
+
+How the copy is made and why it is the copy that runs
+------------------------------------------------------
+The files git knows about (tracked, plus untracked files that are not ignored) are copied once
+into a snapshot at start-up (so edits made to the checkout during a run do not leak into it);
+each mutation gets its own copy of the snapshot. pytest runs as
+``<repo>/.venv/bin/python -m pytest ...`` with ``cwd`` = the copy and ``PYTHONPATH`` = the copy.
+
+The venv holds an *editable* install of this project: a ``.pth`` file appends a meta-path finder
+(``__editable___batch_orchestrator_0_1_0_finder``) mapping ``orchestrator`` to
+``/work/main/orchestrator``. It is *appended* to ``sys.meta_path``, after the normal
+``PathFinder``, so it is only consulted when no ``sys.path`` entry has an ``orchestrator``
+package. Measured (Python 3.11): run from a directory outside the repository, ``import
+orchestrator`` resolves to the checkout through that finder; run with ``cwd`` = the copy, it
+resolves to the copy, because
+
+* in the pytest process, ``-m`` puts the cwd first on ``sys.path`` (``PYTHONPATH`` and pytest's
+  rootdir insertion for the ``tests`` package add the copy too);
+* the daemons the tests start (``tests/support.py``: ``sys.executable -m orchestrator run`` with
+  an explicit, reduced environment: no ``PYTHONPATH``) inherit the cwd, and ``-m`` puts it first on
+  ``sys.path`` again. A subprocess started *without* ``-m`` (a console script such as
+  ``.venv/bin/orchestrator``) would get the checkout: the tests start none today.
+
+This is checked on every run (a probe copy imports ``orchestrator`` both ways and must find the
+copy's package) and, behaviourally, by ``--self-check``: one mutation makes the copy's
+``orchestrator/__main__.py`` exit at once, which a test that runs ``python -m orchestrator
+migrate`` in a subprocess with a reduced environment must catch; another makes the copy's
+``orchestrator/__init__.py`` raise, which must stop the pytest process itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = REPO / ".venv" / "bin" / "python"
+
+
+@dataclasses.dataclass(frozen=True)
+class Mutation:
+    """One deliberate bug. ``old`` must occur exactly once in ``path``; it becomes ``new``.
+
+    ``also`` holds further (old, new) edits of the same file, applied in order after the first
+    (each must then occur exactly once in the text as edited so far)."""
+
+    name: str
+    promise: str
+    path: str
+    old: str
+    new: str
+    tests: list[str]
+    also: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+
+    def edits(self) -> list[tuple[str, str]]:
+        return [(self.old, self.new), *self.also]
+
+
+# fmt: off
+# Each entry names, first, the test the README's "Guarantees" section names for its promise: the
+# run shows that *that* test catches it (tests run with -x, in the order listed).
+PROCESS = "tests/e2e/test_processes.py::"
+RELIABILITY = "tests/e2e/test_reliability.py::"
+FENCING = "tests/e2e/test_fencing.py::"
+INGEST = "tests/db/test_ingest.py::"
+CLAIM = "tests/db/test_claim.py::"
+OPENAI_CARRIED_OUT = (
+    RELIABILITY + "test_openai_a_create_the_provider_carried_out_but_never_answered_is_adopted"
+    "_not_repeated"
+)
+MUTATIONS: list[Mutation] = [
+    Mutation(
+        name="fence-no-token",
+        promise="a daemon that lost its lease writes nothing (every write checks the lease token)",
+        path="orchestrator/db/repo.py",
+        old="    conditions = [Batch.id == batch_id, Batch.lease_token == token]\n",
+        new="    conditions = [Batch.id == batch_id]\n",
+        tests=[FENCING + "test_a_step_that_lost_its_lease_to_another_daemon_writes_nothing",
+               CLAIM + "test_a_leased_batch_is_not_claimed_until_its_lease_expires"],
+    ),
+    Mutation(
+        name="fence-ignores-state-table",
+        promise="every state write follows the transition table, checked in the same UPDATE",
+        path="orchestrator/db/repo.py",
+        old="    if new_state is not None:\n",
+        new="    if False:\n",
+        tests=[CLAIM + "test_a_state_write_the_table_does_not_allow_is_refused"],
+    ),
+    Mutation(
+        name="result-without-lease",
+        promise="results are written in the fenced transaction that marks the batch done",
+        path="orchestrator/steps.py",
+        # Results committed before the fenced write: the lease is not checked first, and a lost
+        # lease no longer rolls the rows back. Not `s.commit()`: inside unit_of_work the next
+        # statement would then raise InvalidRequestError, a crash rather than this bug; so the
+        # psycopg connection under the session is committed behind SQLAlchemy's back.
+        old="        repo.fence(s, b.id, b.token)  # lock first: nobody else writes this batch from"
+            " here\n",
+        new="",
+        also=[(
+            "            spool_dir=deps.tmp_dir(),\n"
+            "        )\n",
+            "            spool_dir=deps.tmp_dir(),\n"
+            "        )\n"
+            "        s.connection().connection.dbapi_connection.commit()\n",
+        )],
+        tests=[FENCING + "test_an_ingest_that_lost_its_lease_writes_no_result_and_downloads_nothing"],
+    ),
+    Mutation(
+        name="ingest-drops-successes",
+        promise="no result the provider produced is lost",
+        path="orchestrator/ingest.py",
+        old="        self.copy.write(\n"
+            "            _row(self.job, self.batch, custom_id, attempt, True, status, body, None,"
+            " usage, model)\n"
+            "        )\n",
+        new="",
+        tests=[PROCESS + "test_sigkill_at_random_moments_loses_nothing_and_pays_once[openai]"],
+    ),
+    Mutation(
+        name="ingest-failure-then-success",
+        promise="no result lost: a failure line then a success line for one request keeps the "
+                "success",
+        path="orchestrator/ingest.py",
+        old="self.failures.pop(custom_id, None)",
+        new="self.failures.get(custom_id, None)",
+        tests=[INGEST + "test_a_failure_then_a_success_for_one_request_in_one_file_lands_the_success"],
+    ),
+    Mutation(
+        name="upsert-replaces-success",
+        promise="a success is never replaced by a failure, even from another batch",
+        path="orchestrator/ingest.py",
+        old="        WHERE NOT orchestrator.results.succeeded\n"
+            "          AND (EXCLUDED.succeeded",
+        new="        WHERE (EXCLUDED.succeeded",
+        tests=[INGEST + "test_a_success_is_never_replaced_by_a_failure_from_another_batch"],
+    ),
+    Mutation(
+        name="intent-after-create",
+        promise="no batch paid for twice: the intent (state 'creating' + key) is committed before "
+                "POST /batches",
+        path="orchestrator/steps.py",
+        # The intent is written only once the create has answered, in the adopting transaction:
+        # the happy path still works, but an answer that never comes leaves no trace of the key.
+        old="        # The intent, committed before anything is sent.\n"
+            "        repo.fence(\n"
+            "            s,\n"
+            "            b.id,\n"
+            "            b.token,\n"
+            "            state=BatchState.CREATING,\n",
+        new="        repo.fence(\n"
+            "            s,\n"
+            "            b.id,\n"
+            "            b.token,\n",
+        also=[(
+            "    with unit_of_work(deps.sessions) as s:\n"
+            "        repo.release(\n"
+            "            s,\n"
+            "            b.id,\n"
+            "            b.token,\n"
+            "            state=BatchState.SUBMITTED,\n",
+            "    with unit_of_work(deps.sessions) as s:\n"
+            "        repo.fence(s, b.id, b.token, state=BatchState.CREATING)\n"
+            "        repo.release(\n"
+            "            s,\n"
+            "            b.id,\n"
+            "            b.token,\n"
+            "            state=BatchState.SUBMITTED,\n",
+        )],
+        tests=[OPENAI_CARRIED_OUT],
+    ),
+    Mutation(
+        name="unseen-create-taken-as-refused",
+        promise="no batch paid for twice: a create whose answer was lost is reconciled, not "
+                "repeated",
+        path="orchestrator/steps.py",
+        old="        if exc.kind is ErrorKind.TRANSIENT:\n",
+        new="        if False:\n",
+        tests=[OPENAI_CARRIED_OUT],
+    ),
+    Mutation(
+        name="reconcile-without-list",
+        promise="no batch paid for twice on targets that list: the key is looked for before "
+                "creating again",
+        path="orchestrator/steps.py",
+        old="    for remote in deps.clients(b.target).iter_batches():\n",
+        new="    for remote in []:\n",
+        tests=[OPENAI_CARRIED_OUT],
+    ),
+    Mutation(
+        name="claim-without-skip-locked",
+        promise="several daemons share the work: batches are claimed FOR NO KEY UPDATE SKIP LOCKED",
+        path="orchestrator/db/repo.py",
+        old="        FOR NO KEY UPDATE OF b SKIP LOCKED\n",
+        new="        FOR NO KEY UPDATE OF b\n",
+        tests=[CLAIM + "test_a_claim_skips_a_batch_locked_by_another_transaction_instead_of"
+                       "_waiting"],
+    ),
+    Mutation(
+        name="heartbeat-off",
+        promise="a heartbeat renews the leases of long steps, so nobody takes them over",
+        path="orchestrator/daemon.py",
+        old="            tokens = dict(self._inflight)\n",
+        new="            tokens = {}\n",
+        tests=[PROCESS + "test_a_heartbeat_keeps_a_long_upload_from_being_taken_over"],
+    ),
+    Mutation(
+        name="sigterm-no-grace",
+        promise="SIGTERM lets running steps finish within shutdown_grace_seconds and exits 0",
+        path="orchestrator/daemon.py",
+        old="cf.wait(pending, timeout=self.settings.shutdown_grace_seconds)",
+        new="cf.wait(pending, timeout=0)",
+        tests=[PROCESS +
+               "test_sigterm_mid_step_lets_the_step_finish_exits_0_and_a_new_daemon_finishes"],
+    ),
+    Mutation(
+        name="429-not-shared",
+        promise="rate limits are respected by everyone: a 429 is written to target_state",
+        path="orchestrator/runner.py",
+        old="            repo.block_target(\n"
+            '                s, b.target, until=until, reason=f"rate limited: {exc.message}",'
+            " paused=False\n"
+            "            )\n",
+        new="",
+        tests=[RELIABILITY +
+               "test_after_a_429_with_retry_after_30_nobody_calls_the_target_for_30_s"],
+    ),
+    Mutation(
+        name="resubmit-past-max-attempts",
+        promise="attempts stop at max_attempts (a retryable failure on the last attempt is final)",
+        path="orchestrator/ingest.py",
+        old="self.resubmit and attempt < self.max_attempts)",
+        new="self.resubmit and attempt <= self.max_attempts)",
+        tests=["tests/e2e/test_scale.py::"
+               "test_attempts_stop_at_max_attempts_and_the_last_error_is_kept"],
+    ),
+    Mutation(
+        name="cost-wrong-price-row",
+        promise="cost from the prices table uses the price in force when the batch finished",
+        path="orchestrator/db/repo.py",
+        old="Price.model.in_(list(models)), Price.valid_from <= at)",
+        new="Price.model.in_(list(models)))",
+        tests=["tests/db/test_prices.py",
+               "tests/e2e/test_scale.py::"
+               "test_an_empty_error_file_id_and_a_batch_without_usage_are_handled"],
+    ),
+    # PROVISIONAL (observability.py is being rewritten; fix the strings).
+    Mutation(
+        name="redaction-off",
+        promise="the API key stays secret: it is redacted from every log line",
+        path="orchestrator/observability.py",
+        old="self.secrets = [s for s in secrets if s]",
+        new="self.secrets = []",
+        tests=["tests/e2e/test_daemon.py"],
+    ),
+]
+# fmt: on
+
+SELF_CHECK_MARK = "mutants-self-check-marker"
+
+
+@dataclasses.dataclass(frozen=True)
+class SelfCheck:
+    mutation: Mutation
+    expect: str  # the status it must get
+    proves: str
+
+
+SELF_CHECKS: list[SelfCheck] = [
+    SelfCheck(
+        Mutation(
+            name="selfcheck-subprocess",
+            promise="(self-check) `python -m orchestrator` with a reduced env runs the copy",
+            path="orchestrator/__main__.py",
+            old="raise SystemExit(main())",
+            new=f'raise SystemExit("{SELF_CHECK_MARK}")',
+            tests=[
+                "tests/db/test_migrations.py::test_two_processes_migrating_at_once_both_succeed"
+            ],
+        ),
+        expect="caught",
+        proves="daemons/CLI started by tests (sys.executable -m orchestrator, reduced env) "
+        "run the mutated copy",
+    ),
+    SelfCheck(
+        Mutation(
+            name="selfcheck-pytest-process",
+            promise="(self-check) the pytest process imports the copy's package",
+            path="orchestrator/__init__.py",
+            old="from __future__ import annotations\n",
+            new=f'from __future__ import annotations\n\nraise ImportError("{SELF_CHECK_MARK}")\n',
+            tests=["tests/unit/test_states.py"],
+        ),
+        expect="error",
+        proves="the pytest process imports the mutated copy",
+    ),
+]
+
+
+# -- outcomes -------------------------------------------------------------------------------
+
+CAUGHT, NOT_CAUGHT, STALE, ERROR = "caught", "NOT caught", "stale", "error"
+EXIT_CODES = {
+    2: "interrupted (collection errors?)",
+    3: "internal pytest error",
+    4: "usage error",
+    5: "no tests collected",
+}
+# A failure for one of these reasons is the mutation breaking the code, not changing behaviour.
+NOT_BEHAVIOURAL = re.compile(
+    r"^(ImportError|ModuleNotFoundError|SyntaxError|IndentationError|NameError)\b"
+)
+
+
+@dataclasses.dataclass
+class Outcome:
+    name: str
+    status: str
+    seconds: float = 0.0
+    by: str = ""  # the first failing test, when caught
+    detail: str = ""  # why, for stale/error; the tail of the output for errors
+    output: str = ""
+
+
+class Stale(Exception):
+    pass
+
+
+def apply_edits(text: str, edits: Sequence[tuple[str, str]], path: str) -> str:
+    """``text`` with every edit applied; Stale unless each ``old`` occurs exactly once."""
+    for old, new in edits:
+        n = text.count(old)
+        if n != 1:
+            first = old.strip().splitlines()[0] if old.strip() else repr(old)
+            raise Stale(f"{path}: {n} occurrences of {first[:60]!r} (need exactly 1)")
+        if old == new:
+            raise Stale(f"{path}: an edit that changes nothing")
+        text = text.replace(old, new, 1)
+    return text
+
+
+def first_failure(output: str) -> tuple[str, str] | None:
+    """(node id, reason) of the first ``FAILED`` line of pytest's short summary."""
+    for line in output.splitlines():
+        if line.startswith("FAILED "):
+            node, _, reason = line[len("FAILED ") :].partition(" - ")
+            return node.strip(), reason.strip()
+    return None
+
+
+def classify(name: str, code: int, output: str, seconds: float) -> Outcome:
+    """Turn a pytest exit code and output into an outcome (see the module docstring)."""
+    if code == 0:
+        return Outcome(name, NOT_CAUGHT, seconds, output=output)
+    if code == 1:
+        failed = first_failure(output)
+        if failed is None:
+            return Outcome(
+                name, ERROR, seconds, detail="exit 1 without a FAILED test", output=output
+            )
+        node, reason = failed
+        if NOT_BEHAVIOURAL.match(reason):
+            return Outcome(name, ERROR, seconds, by=node, detail=reason, output=output)
+        return Outcome(name, CAUGHT, seconds, by=node, detail=reason, output=output)
+    if TIMED_OUT in output:
+        return Outcome(
+            name, ERROR, seconds, detail="timed out (process group killed)", output=output
+        )
+    why = EXIT_CODES.get(code, "killed by a signal" if code < 0 else "unexpected exit code")
+    return Outcome(name, ERROR, seconds, detail=f"pytest exit {code}: {why}", output=output)
+
+
+def tail(output: str, n: int = 25) -> str:
+    return "\n".join("    | " + line for line in output.rstrip().splitlines()[-n:])
+
+
+def duration(seconds: float) -> str:
+    m, s = divmod(round(seconds), 60)
+    return f"{m}m{s:02d}s"
+
+
+# -- copies and processes -------------------------------------------------------------------
+
+_running: set[subprocess.Popen[str]] = set()
+_running_lock = threading.Lock()
+_stopping = threading.Event()  # set on Ctrl-C: start no more pytest processes
+TIMED_OUT = "[mutants] timed out"
+
+
+def repo_files() -> list[str]:
+    out = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return [p for p in out.split("\0") if p and not p.startswith(".venv/")]
+
+
+def snapshot(dest: Path) -> None:
+    """The working tree as git sees it (not .venv, not ignored files) copied into ``dest``."""
+    for rel in repo_files():
+        src = REPO / rel
+        if not src.exists() and not src.is_symlink():
+            continue  # deleted in the working tree, not yet in the index
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, target, follow_symlinks=False)
+
+
+def pytest_env(copy: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(copy)
+    env.pop("PYTHONSAFEPATH", None)  # -P semantics would drop the cwd from sys.path
+    # Wide enough that the short summary keeps the reason after a long node id ("FAILED id - why")
+    env["COLUMNS"] = "1000"
+    return env
+
+
+def run_pytest(copy: Path, tests: Sequence[str], timeout: float) -> tuple[int, str, float]:
+    """Run ``tests`` in ``copy``: (exit code, output, seconds). A timeout kills the whole
+    process group (pytest and the daemons its tests started) and is reported as code -9."""
+    cmd = [str(PYTHON), "-m", "pytest", "-x", "-q", "-rfE", "-p", "no:cacheprovider"]
+    cmd += ["-p", "no:randomly", *tests]
+    started = time.monotonic()
+    with _running_lock:
+        if _stopping.is_set():
+            return 130, "[mutants] interrupted before it started\n", 0.0
+        proc = subprocess.Popen(
+            cmd,
+            cwd=copy,
+            env=pytest_env(copy),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,
+        )
+        _running.add(proc)
+    try:
+        try:
+            output, _ = proc.communicate(timeout=timeout)
+            code = proc.returncode
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            output, _ = proc.communicate()
+            output += f"\n{TIMED_OUT} after {duration(timeout)}; process group killed\n"
+            code = -signal.SIGKILL
+    finally:
+        with _running_lock:
+            _running.discard(proc)
+    _kill_group(proc)  # daemons a test left behind
+    return code, output, time.monotonic() - started
+
+
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    with suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def kill_running() -> None:
+    with _running_lock:
+        _stopping.set()
+        procs = list(_running)
+    for proc in procs:
+        _kill_group(proc)
+
+
+@contextmanager
+def workspace() -> Iterator[Path]:
+    root = Path(tempfile.mkdtemp(prefix="mutants-"))
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def run_mutation(m: Mutation, base: Path, root: Path, timeout: float) -> Outcome:
+    copy = Path(tempfile.mkdtemp(prefix=f"{m.name}-", dir=root))
+    try:
+        shutil.copytree(base, copy, dirs_exist_ok=True, symlinks=True)
+        target = copy / m.path
+        try:
+            if not target.is_file():
+                raise Stale(f"{m.path}: no such file")
+            target.write_text(apply_edits(target.read_text(), m.edits(), m.path))
+        except Stale as exc:
+            return Outcome(m.name, STALE, detail=str(exc))
+        code, output, seconds = run_pytest(copy, m.tests, timeout)
+        return classify(m.name, code, output, seconds)
+    finally:
+        shutil.rmtree(copy, ignore_errors=True)
+
+
+def check_stale(m: Mutation, base: Path) -> Outcome | None:
+    target = base / m.path
+    try:
+        if not target.is_file():
+            raise Stale(f"{m.path}: no such file")
+        apply_edits(target.read_text(), m.edits(), m.path)
+    except Stale as exc:
+        return Outcome(m.name, STALE, detail=str(exc))
+    return None
+
+
+# -- import probe ---------------------------------------------------------------------------
+
+PROBE_MODULE = "_mutants_probe"
+PROBE_CODE = "import orchestrator\nprint(orchestrator.__file__)\n"
+
+
+def probe_imports(base: Path, root: Path) -> list[str]:
+    """Problems (empty if none) with where ``orchestrator`` comes from in a copy: in a process
+    like the tests' (cwd + PYTHONPATH = copy) and in one like their daemons' (``-m``, cwd = copy,
+    an environment with PATH only)."""
+    copy = Path(tempfile.mkdtemp(prefix="probe-", dir=root))
+    problems: list[str] = []
+    try:
+        shutil.copytree(base, copy, dirs_exist_ok=True, symlinks=True)
+        (copy / "orchestrator" / f"{PROBE_MODULE}.py").write_text(PROBE_CODE)
+        expected = (copy / "orchestrator" / "__init__.py").resolve()
+        runs = {
+            "pytest-like process": (
+                [str(PYTHON), "-c", PROBE_CODE],
+                pytest_env(copy),
+            ),
+            "daemon-like subprocess (-m, PATH only)": (
+                [str(PYTHON), "-m", f"orchestrator.{PROBE_MODULE}"],
+                {"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+            ),
+        }
+        for what, (cmd, env) in runs.items():
+            done = subprocess.run(
+                cmd, cwd=copy, env=env, capture_output=True, text=True, check=False
+            )
+            found = done.stdout.strip().splitlines()[-1:] or [done.stderr.strip()[-300:]]
+            if done.returncode != 0 or Path(found[0]).resolve() != expected:
+                problems.append(f"{what}: orchestrator imported from {found[0]!r}, not the copy")
+    finally:
+        shutil.rmtree(copy, ignore_errors=True)
+    return problems
+
+
+# -- the run --------------------------------------------------------------------------------
+
+
+def report_line(o: Outcome, *, why: bool = False) -> str:
+    took = duration(o.seconds) if o.status != STALE else "-"
+    if o.status == CAUGHT:
+        what = f"by {o.by}" + (f"\n{'':<52}{o.detail[:200]}" if why and o.detail else "")
+    elif o.status == NOT_CAUGHT:
+        what = "every test passed"
+    else:
+        what = (o.detail + (f" (in {o.by})" if o.by else "")).strip()
+    return f"{o.status:<11} {o.name:<30} {took:>7}  {what}"
+
+
+def run_all(
+    mutations: Sequence[Mutation],
+    base: Path,
+    root: Path,
+    jobs: int,
+    timeout: float,
+    *,
+    why: bool = False,
+) -> list[Outcome]:
+    outcomes: dict[str, Outcome] = {}
+    runnable: list[Mutation] = []
+    for m in mutations:
+        stale = check_stale(m, base)
+        if stale is None:
+            runnable.append(m)
+        else:
+            outcomes[m.name] = stale
+            print(report_line(stale), flush=True)
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = {pool.submit(run_mutation, m, base, root, timeout): m for m in runnable}
+        try:
+            for future in as_completed(futures):
+                outcome = future.result()
+                outcomes[outcome.name] = outcome
+                print(report_line(outcome, why=why), flush=True)
+                if outcome.status == ERROR:
+                    print(tail(outcome.output), flush=True)
+        except KeyboardInterrupt:
+            for f in futures:
+                f.cancel()
+            kill_running()
+            raise
+    return [outcomes[m.name] for m in mutations]
+
+
+def summary(outcomes: Sequence[Outcome], mutations: Sequence[Mutation], wall: float) -> None:
+    promises = {m.name: m.promise for m in mutations}
+    print()
+    print(f"{'mutation':<30} {'result':<11} {'time':>7}  caught by / why")
+    print(f"{'-' * 30} {'-' * 11} {'-' * 7}  {'-' * 40}")
+    for o in outcomes:
+        took = duration(o.seconds) if o.status != STALE else "-"
+        what = o.by if o.status == CAUGHT else (o.detail or o.by or "every test passed")
+        print(f"{o.name:<30} {o.status:<11} {took:>7}  {what}")
+        if o.status != CAUGHT:
+            print(f"{'':<30} {'':<11} {'':>7}  promise: {promises[o.name]}")
+    caught = sum(o.status == CAUGHT for o in outcomes)
+    print()
+    print(f"{caught} of {len(outcomes)} mutations caught in {duration(wall)}")
+
+
+def self_check(base: Path, root: Path, jobs: int, timeout: float) -> bool:
+    ok = True
+    outcomes = run_all([c.mutation for c in SELF_CHECKS], base, root, jobs, timeout)
+    for check, o in zip(SELF_CHECKS, outcomes, strict=True):
+        marked = SELF_CHECK_MARK in o.output
+        passed = o.status == check.expect and marked
+        ok = ok and passed
+        verdict = "proved" if passed else "NOT proved"
+        print(
+            f"self-check {verdict}: {check.proves} "
+            f"(got {o.status}, expected {check.expect}; marker in output: {marked})"
+        )
+        if not passed:
+            print(tail(o.output))
+    return ok
+
+
+def baseline(mutations: Sequence[Mutation], base: Path, root: Path, timeout: float) -> bool:
+    """The union of the mutations' tests, unmutated, must pass."""
+    whole_files = {t for m in mutations for t in m.tests if "::" not in t}
+    tests: list[str] = []
+    for t in (t for m in mutations for t in m.tests):
+        covered = "::" in t and t.split("::")[0] in whole_files
+        if t not in tests and not covered:
+            tests.append(t)
+    print(f"baseline: {len(tests)} test paths, unmutated ...", flush=True)
+    copy = Path(tempfile.mkdtemp(prefix="baseline-", dir=root))
+    try:
+        shutil.copytree(base, copy, dirs_exist_ok=True, symlinks=True)
+        code, output, seconds = run_pytest(copy, tests, timeout * max(1, len(mutations)))
+    finally:
+        shutil.rmtree(copy, ignore_errors=True)
+    last = output.strip().splitlines()[-1:] or [""]
+    if code == 0:
+        print(f"baseline passed in {duration(seconds)}: {last[0]}", flush=True)
+        return True
+    print(f"baseline FAILED (pytest exit {code}) in {duration(seconds)}:")
+    print(tail(output, 40))
+    return False
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--list", action="store_true", help="print the mutations and exit")
+    p.add_argument("--only", action="append", metavar="NAME", help="run only this (repeatable)")
+    p.add_argument("--jobs", type=int, default=2, help="mutations run in parallel (default 2)")
+    p.add_argument("--baseline", action="store_true", help="first run the tests unmutated")
+    p.add_argument("--timeout", type=float, default=900, help="seconds per mutation (900)")
+    p.add_argument(
+        "--why", action="store_true", help="also print the failure that caught each mutation"
+    )
+    p.add_argument(
+        "--self-check",
+        action="store_true",
+        help="only prove that the tests (and their subprocesses) run the mutated copy",
+    )
+    return p.parse_args(argv)
+
+
+def select(only: Sequence[str] | None) -> list[Mutation]:
+    names = [m.name for m in MUTATIONS]
+    dupes = {n for n in names if names.count(n) > 1}
+    if dupes:
+        raise SystemExit(f"duplicate mutation names: {sorted(dupes)}")
+    if not only:
+        return list(MUTATIONS)
+    unknown = [n for n in only if n not in names]
+    if unknown:
+        raise SystemExit(f"unknown mutation(s): {unknown}; see --list")
+    return [m for m in MUTATIONS if m.name in only]
+
+
+def list_mutations(mutations: Sequence[Mutation]) -> None:
+    for m in mutations:
+        stale = check_stale(m, REPO)
+        state = f"STALE: {stale.detail}" if stale else "applies"
+        print(f"{m.name}  [{state}]")
+        print(f"    promise: {m.promise}")
+        print(f"    file:    {m.path} ({len(m.edits())} edit(s))")
+        for t in m.tests:
+            print(f"    test:    {t}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    mutations = select(args.only)
+    if args.list:
+        list_mutations(mutations)
+        return 0
+    if not PYTHON.exists():
+        print(f"no {PYTHON}: run `make setup` first", file=sys.stderr)
+        return 1
+    started = time.monotonic()
+    with workspace() as root:
+        base = root / "snapshot"
+        base.mkdir()
+        snapshot(base)
+        problems = probe_imports(base, root)
+        if problems:
+            print("the copy is not what runs; refusing to go on:", *problems, sep="\n  ")
+            return 1
+        print("checked: the copies import their own orchestrator, not this checkout", flush=True)
+        try:
+            if args.self_check:
+                ok = self_check(base, root, args.jobs, args.timeout)
+                took = duration(time.monotonic() - started)
+                print(f"self-check {'passed' if ok else 'FAILED'} in {took}")
+                return 0 if ok else 1
+            if args.baseline and not baseline(mutations, base, root, args.timeout):
+                return 1
+            outcomes = run_all(mutations, base, root, args.jobs, args.timeout, why=args.why)
+        except KeyboardInterrupt:
+            kill_running()
+            print("\ninterrupted", file=sys.stderr)
+            return 130
+    summary(outcomes, mutations, time.monotonic() - started)
+    return 0 if all(o.status == CAUGHT for o in outcomes) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
