@@ -241,6 +241,27 @@ MUTATIONS: list[Mutation] = [
                "test_sigterm_mid_step_lets_the_step_finish_exits_0_and_a_new_daemon_finishes"],
     ),
     Mutation(
+        name="bad-key-fails-jobs",
+        promise="bad credentials pause the target, they do not fail its jobs",
+        path="orchestrator/domain/decide.py",
+        old="    if kind is ErrorKind.ACCOUNT:\n"
+            "        return PauseTarget(",
+        new="    if kind is ErrorKind.ACCOUNT:\n"
+            "        return Fail(message=message)\n"
+            "        return PauseTarget(",
+        tests=[RELIABILITY +
+               "test_a_revoked_key_pauses_the_target_jobs_wait_and_resume_by_themselves"],
+    ),
+    Mutation(
+        name="long-custom-id-sent",
+        promise="bad input is refused before anything is sent",
+        path="orchestrator/domain/requests.py",
+        old="    if len(custom_id) > rules.max_custom_id_length:\n",
+        new="    if False:\n",
+        tests=["tests/e2e/test_bad_input.py::"
+               "test_a_bad_request_fails_the_job_naming_it[long-custom-id]"],
+    ),
+    Mutation(
         name="429-not-shared",
         promise="rate limits are respected by everyone: a 429 is written to target_state",
         path="orchestrator/runner.py",
