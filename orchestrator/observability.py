@@ -1,13 +1,18 @@
 """Logs, metrics and health.
 
-Logs are structlog events (``<noun>_<past verb>``), JSON when stdout is not a terminal, with every
-configured secret redacted from every value before anything is rendered. Metrics are Prometheus
-counters and gauges served on ``/metrics`` next to ``/healthz``.
+Logs are structlog events (``<noun>_<past verb>``), JSON when stdout is not a terminal. Every
+configured secret is kept out of them twice: the :class:`Redactor` cleans every value before
+anything is rendered, and the formatter scrubs the finished line again (what a renderer or a
+library put there: a traceback, an object's ``repr``). Tracebacks are rendered without the frames'
+local variables. Both passes catch a secret in part too (:class:`Scrubber`), so a key that something
+cut short on the way is still caught. Metrics are Prometheus counters and gauges served on
+``/metrics`` next to ``/healthz``.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import Any
@@ -20,37 +25,104 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 REDACTED = "**********"
+# A run of this many characters of a secret counts as the secret.
+MIN_FRAGMENT = 8
+# Characters a fragment may not contain: a JSON or repr rendering escapes them, so such a fragment
+# would not match there, and replacing around one could cut an escape sequence in two.
+_ESCAPED = re.compile(r'["\\\x00-\x1f\x7f]')
+# Half an escape sequence just before a match (``\``, ``\u00``), taken into the redaction with it.
+_ESCAPE_HEAD = re.compile(r"(?<!\\)(?:\\\\)*\\(?:u[0-9a-fA-F]{0,3})?$")
+
+
+class Scrubber:
+    """Replaces every secret in a text with ``REDACTED``, whole or in part: any run of text made
+    of pieces of ``MIN_FRAGMENT`` or more consecutive characters of a secret (a key cut short by
+    whatever quoted it, a traceback or a message truncated to some length, is caught too)."""
+
+    def __init__(self, secrets: Iterable[str], *, min_fragment: int = MIN_FRAGMENT) -> None:
+        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        pieces: set[str] = set(self.secrets)
+        for secret in self.secrets:
+            n = min(min_fragment, len(secret))
+            pieces.update(secret[i : i + n] for i in range(len(secret) - n + 1))
+        self._pieces = sorted(p for p in pieces if p in self.secrets or not _ESCAPED.search(p))
+
+    def __bool__(self) -> bool:
+        return bool(self.secrets)
+
+    def found_in(self, text: str) -> bool:
+        """Whether any secret, or any piece of one, occurs in ``text``."""
+        return any(p in text for p in self._pieces)
+
+    def __call__(self, text: str) -> str:
+        if not self._pieces or not self.found_in(text):
+            return text
+        spans: list[list[int]] = []
+        for piece in self._pieces:
+            at = text.find(piece)
+            while at != -1:
+                spans.append([at, at + len(piece)])
+                at = text.find(piece, at + 1)
+        spans.sort()
+        merged: list[list[int]] = []
+        for start, end in spans:
+            if merged and start <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], end)
+            else:
+                merged.append([start, end])
+        out: list[str] = []
+        done = 0
+        for start, end in merged:
+            head = _ESCAPE_HEAD.search(text, max(done, start - 6), start)
+            out.append(text[done : head.start() if head else start])
+            out.append(REDACTED)
+            done = end
+        out.append(text[done:])
+        return "".join(out)
+
+    def deep(self, value: Any) -> Any:
+        """``value`` with every string in it (mapping keys too) scrubbed; tuples stay tuples."""
+        if not self._pieces:
+            return value
+        if isinstance(value, str):
+            return self(value)
+        if isinstance(value, Mapping):
+            return {self.deep(k): self.deep(v) for k, v in value.items()}
+        if isinstance(value, tuple):
+            return tuple(self.deep(v) for v in value)
+        if isinstance(value, list):
+            return [self.deep(v) for v in value]
+        return value
 
 
 class Redactor:
     """A structlog processor that replaces every occurrence of a secret in any value."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
-        self.secrets = [s for s in secrets if s]
-
-    def _clean(self, value: Any) -> Any:
-        if isinstance(value, str):
-            for secret in self.secrets:
-                if secret in value:
-                    value = value.replace(secret, REDACTED)
-            return value
-        if isinstance(value, Mapping):
-            return {k: self._clean(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [self._clean(v) for v in value]
-        return value
+        self.scrub = Scrubber(secrets)
 
     def __call__(
         self, logger: Any, method: str, event: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
-        if not self.secrets:
+        if not self.scrub:
             return event
         for key, value in list(event.items()):
             if key.lower() in ("authorization", "api_key", "password"):
                 event[key] = REDACTED
             else:
-                event[key] = self._clean(value)
+                event[key] = self.scrub.deep(value)
         return event
+
+
+class RedactingFormatter(structlog.stdlib.ProcessorFormatter):
+    """The last pass: the rendered line, whatever put what into it, with every secret scrubbed."""
+
+    def __init__(self, *args: Any, scrub: Scrubber, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.scrub = scrub
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.scrub(super().format(record))
 
 
 def configure_logging(
@@ -60,12 +132,19 @@ def configure_logging(
     secrets: Iterable[str] = (),
     stream: Any = None,
 ) -> None:
-    """Configure structlog and the stdlib loggers (SQLAlchemy, httpx, APScheduler) once."""
+    """Configure structlog and the stdlib loggers (SQLAlchemy, httpx, APScheduler, uvicorn) once:
+    every record of every logger goes through the same processors and the same redaction."""
     out = stream or sys.stdout
     renderer: Any
+    tracebacks: Any
     if fmt == "console" or (fmt == "auto" and out.isatty()):
-        renderer = structlog.dev.ConsoleRenderer()
+        # A plain traceback (no locals, whatever is installed), as a string the Redactor sees.
+        tracebacks = structlog.processors.format_exc_info
+        renderer = structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
     else:
+        # Frame locals would hold secrets, cut to 80 characters where no redaction finds them.
+        transformer = structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+        tracebacks = structlog.processors.ExceptionRenderer(transformer)
         renderer = structlog.processors.JSONRenderer()
     redactor = Redactor(secrets)
     shared: list[Any] = [
@@ -80,16 +159,15 @@ def configure_logging(
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,
     )
-    formatter = structlog.stdlib.ProcessorFormatter(
+    formatter = RedactingFormatter(
         foreign_pre_chain=shared,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.dict_tracebacks
-            if isinstance(renderer, structlog.processors.JSONRenderer)
-            else _identity,
+            tracebacks,
             redactor,
             renderer,
         ],
+        scrub=redactor.scrub,
     )
     handler = logging.StreamHandler(out)
     handler.setFormatter(formatter)
@@ -98,12 +176,6 @@ def configure_logging(
     root.setLevel(level.upper())
     for noisy in ("httpx", "httpcore", "apscheduler", "uvicorn.access", "sqlalchemy.engine"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def _identity(
-    logger: Any, method: str, event: MutableMapping[str, Any]
-) -> MutableMapping[str, Any]:
-    return event
 
 
 class Metrics:

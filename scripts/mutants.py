@@ -292,14 +292,23 @@ MUTATIONS: list[Mutation] = [
                "tests/e2e/test_scale.py::"
                "test_an_empty_error_file_id_and_a_batch_without_usage_are_handled"],
     ),
-    # PROVISIONAL (observability.py is being rewritten; fix the strings).
     Mutation(
         name="redaction-off",
-        promise="the API key stays secret: it is redacted from every log line",
+        promise="the API key stays secret: never in a log line, a row or an exception",
         path="orchestrator/observability.py",
-        old="self.secrets = [s for s in secrets if s]",
+        old="self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)",
         new="self.secrets = []",
-        tests=["tests/e2e/test_daemon.py"],
+        tests=["tests/e2e/test_secrets.py::"
+               "test_the_key_never_reaches_a_log_line_a_command_output_or_a_row"],
+    ),
+    Mutation(
+        name="traceback-locals-shown",
+        promise="the API key stays secret: tracebacks are logged without frame locals",
+        path="orchestrator/observability.py",
+        old="ExceptionDictTransformer(show_locals=False)",
+        new="ExceptionDictTransformer(show_locals=True)",
+        tests=["tests/e2e/test_secrets.py::"
+               "test_the_key_never_reaches_a_log_line_a_command_output_or_a_row"],
     ),
 ]
 # fmt: on

@@ -3,6 +3,10 @@
 Every httpx error and every non-2xx status becomes an :mod:`orchestrator.api.errors` exception
 here and nowhere else. The client never retries by itself: whether and when to try again is the
 runner's decision (``domain/decide.py``), so no thread sleeps and no lease is held while waiting.
+
+What the server sends back is scrubbed of the credentials the client sends before it becomes an
+exception or a parsed object: proxies and gateways do quote the ``Authorization`` header in their
+error messages, and from there it would reach the logs and the database (``last_error``, events).
 """
 
 from __future__ import annotations
@@ -27,10 +31,13 @@ from orchestrator.api.errors import (
 )
 from orchestrator.api.schemas import BatchObject, BatchPage, FileObject
 from orchestrator.config import TargetConfig
+from orchestrator.observability import Scrubber
 
 log = structlog.get_logger(__name__)
 
 DOWNLOAD_CHUNK = 1024 * 1024
+# Request headers that carry a credential; their values are scrubbed from what the server answers.
+CREDENTIAL_HEADERS = ("authorization", "proxy-authorization", "x-api-key", "api-key")
 
 
 def make_http_client(
@@ -55,6 +62,9 @@ class BatchApiClient:
     ``before_request`` runs before every call and may raise (``TargetBlocked``) to stop it: that is
     how a 429 seen by one daemon keeps every other daemon from calling the target too early.
     ``after_success`` runs after every call that worked (it lifts a pause for a bad key).
+
+    The credentials the ``http`` client sends (its ``Authorization`` header, ...) are replaced by
+    a redaction marker in every answer, wherever the server quotes them.
     """
 
     def __init__(
@@ -69,6 +79,7 @@ class BatchApiClient:
         self._target = target
         self._before_request = before_request
         self._after_success = after_success
+        self._scrub = Scrubber(sent_credentials(http.headers))
 
     # -- files ---------------------------------------------------------------------------
 
@@ -211,7 +222,12 @@ class BatchApiClient:
             body: Any = orjson.loads(response.content) if response.content else None
         except orjson.JSONDecodeError:
             body = None
-        error = error_for_status(response.status_code, body, response.text, response.headers)
+        error = error_for_status(
+            response.status_code,
+            self._scrub.deep(body),
+            self._scrub(response.text),
+            response.headers,
+        )
         self._log_failure(method, path, response.status_code, error.message, started)
         return error
 
@@ -228,14 +244,27 @@ class BatchApiClient:
             duration_ms=_ms(started) if started else None,
         )
 
-    @staticmethod
-    def _json(response: httpx.Response) -> Any:
+    def _json(self, response: httpx.Response) -> Any:
         try:
-            return orjson.loads(response.content)
+            data = orjson.loads(response.content)
         except orjson.JSONDecodeError as exc:
             raise ApiDecodeError(
                 f"{response.request.method} {response.request.url.path}: the answer is not JSON"
             ) from exc
+        return self._scrub.deep(data)
+
+
+def sent_credentials(headers: httpx.Headers) -> list[str]:
+    """The secrets in a client's credential headers: the token after the scheme (``Bearer``), or
+    the whole value when there is none."""
+    found: list[str] = []
+    for name in CREDENTIAL_HEADERS:
+        value = headers.get(name, "").strip()
+        scheme, _, token = value.partition(" ")
+        secret = token.strip() or scheme
+        if secret:
+            found.append(secret)
+    return found
 
 
 def _content_length(response: httpx.Response) -> int | None:

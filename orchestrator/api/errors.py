@@ -19,7 +19,9 @@
         └── ApiClientError            INVALID             no    any other 4xx
 
 Messages are the provider's own (``error.message`` of either envelope). Nothing here ever holds a
-request header, so the API key cannot leak through an exception.
+request header, and the client scrubs its credentials out of the answer before building one of
+these (a proxy may quote the ``Authorization`` header in its message), so the API key cannot leak
+through an exception.
 """
 
 from __future__ import annotations

@@ -415,3 +415,40 @@ def _go_duration(seconds: float) -> str:
 
 def _optional_float(value: Any) -> float | None:
     return None if value is None else float(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class Garbage:
+    """Answer ``200`` with a body that is not what the API documents: a few lines of text that
+    quote the request's ``Authorization`` header, as a misrouted request answered by a debugging
+    echo service, or a proxy's own page, does. The call is not carried out.
+
+    ``gzip`` labels the text ``Content-Encoding: gzip``, as a proxy that mangles encodings does: an
+    HTTP client then fails while decoding the body, with the body (and the key in it) in hand.
+    """
+
+    kind: ClassVar[str] = "garbage"
+    gzip: bool = False
+
+    def apply(self, ctx: FaultContext, proceed: Proceed) -> EmuResponse:
+        ctx.request.drain()
+        auth = ctx.request.headers.get("authorization", "")
+        body = (
+            f"echo: {ctx.request.method} {ctx.request.path}\n"
+            f"authorization: {auth}\n"
+            "this is not the API you are looking for\n"
+        ).encode()
+        headers = {"content-type": "text/plain; charset=utf-8"}
+        if self.gzip:
+            headers["content-encoding"] = "gzip"
+        return EmuResponse(200, headers, body)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "gzip": self.gzip}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Garbage:
+        return cls(gzip=bool(data.get("gzip", False)))
+
+
+register_fault_kind(Garbage.kind, Garbage.from_json)

@@ -156,3 +156,60 @@ def test_a_blocked_target_sends_nothing(env) -> None:  # type: ignore[no-untyped
     with pytest.raises(e.TargetBlocked):
         gated.get_batch("x")
     assert len(emulator.ledger.calls) == before
+
+
+def _key_windows(text: str) -> list[str]:
+    """Every 8-character window of the key's distinctive part (after ``sk-test-``) found in text."""
+    distinct = API_KEY.removeprefix("sk-test-")
+    return [distinct[i : i + 8] for i in range(len(distinct) - 7) if distinct[i : i + 8] in text]
+
+
+@pytest.mark.parametrize(
+    ("route", "status", "cls"),
+    [
+        ("get_batch", 500, e.ApiServerError),
+        ("create_batch", 500, e.ApiServerError),
+        ("upload_file", 500, e.ApiServerError),
+        ("get_batch", 401, e.ApiAuthError),
+    ],
+)
+def test_an_answer_quoting_the_key_leaves_it_out_of_the_exception(  # type: ignore[no-untyped-def]
+    env, route, status, cls
+) -> None:
+    emulator, client, _, path = env
+    emulator.faults.add(route, status=status, echo_auth=True)
+    calls = {
+        "upload_file": lambda: client.upload_file(path, filename="in.jsonl"),
+        "create_batch": lambda: client.create_batch(
+            input_file_id="file-x", endpoint="/v1/chat/completions"
+        ),
+        "get_batch": lambda: client.get_batch("fr_batch-x"),
+    }
+    with pytest.raises(cls) as caught:
+        calls[route]()
+    exc = caught.value
+    assert "(received Authorization: Bearer **********)" in exc.message  # the fault fired
+    shown = [str(exc), exc.message, repr(exc), repr(exc.body), repr(exc.args)]
+    assert _key_windows(" ".join(shown)) == [], shown
+
+
+def test_an_unreadable_error_body_is_cut_after_the_key_is_taken_out() -> None:
+    import httpx  # (this module's imports are shared; only appended to here)
+
+    # A proxy's HTML page quoting the header across the 300 characters an error message keeps.
+    page = "<html><body>" + "." * 245 + f"Authorization: Bearer {API_KEY}</body></html>"
+    assert _key_windows(page[:300])  # cut first, scrubbed after, 13 characters of it would stay
+
+    def proxy(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(502, text=page, headers={"content-type": "text/html"})
+
+    target = make_target(
+        "fastrouter", "fastrouter", base_url="http://proxy/v1", api_key=Secret(API_KEY)
+    )
+    with (
+        make_http_client(target, transport=httpx.MockTransport(proxy)) as http,
+        pytest.raises(e.ApiServerError) as caught,
+    ):
+        BatchApiClient(http).get_batch("fr_batch-x")
+    assert caught.value.message.startswith("<html><body>...")
+    assert _key_windows(str(caught.value) + repr(caught.value)) == [], caught.value.message

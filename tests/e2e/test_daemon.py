@@ -115,34 +115,6 @@ def test_429_and_5xx_are_retried_not_failed(db_url: str) -> None:
     assert len(h.emulator.ledger.calls_to("file_content")) == 3
 
 
-def test_a_full_run_never_logs_or_stores_the_api_key(db_url: str) -> None:
-    out = io.StringIO()
-    configure_logging(level="debug", fmt="json", secrets=[API_KEY], stream=out)
-    try:
-        with harness(db_url) as h:
-            h.emulator.faults.add("get_batch", status=401, times=1)  # a failure path too
-            job_id = enqueue(db_url, simple_requests(10))
-            h.run_job(job_id)
-    finally:
-        logging.getLogger().handlers.clear()
-        structlog.reset_defaults()
-    logs = out.getvalue()
-    events = [json.loads(line)["event"] for line in logs.splitlines()]
-    assert "batch_uploaded" in events and "job_completed" in events and "target_paused" in events
-    assert API_KEY not in logs
-    dump = scalar(
-        db_url,
-        """
-        SELECT string_agg(t::text, ' ') FROM (
-            SELECT row_to_json(j)::text AS t FROM orchestrator.jobs j UNION ALL
-            SELECT row_to_json(b)::text FROM orchestrator.batches b UNION ALL
-            SELECT row_to_json(e)::text FROM orchestrator.events e UNION ALL
-            SELECT row_to_json(s)::text FROM orchestrator.target_state s UNION ALL
-            SELECT row_to_json(r)::text FROM orchestrator.results r) x""",
-    )
-    assert "batch_ingested" in dump and API_KEY not in dump
-
-
 def test_the_redactor_scrubs_a_key_that_reaches_a_log_call() -> None:
     out = io.StringIO()
     configure_logging(level="info", fmt="json", secrets=[API_KEY], stream=out)

@@ -104,7 +104,7 @@ def test_delay_shorter_than_the_client_timeout_is_answered(make_api: MakeApi) ->
     api = make_api()
     api.emulator.faults.add("get_batch", delay_seconds=1)
 
-    response = api.http.get("/batches/x", timeout=5)
+    response = api.http.get("/batches/x", timeout=10)
 
     assert response.status_code == 404
 
@@ -172,3 +172,39 @@ def test_bad_fault_rules_are_refused(make_api: MakeApi, kwargs: dict[str, object
 
     with pytest.raises(ValueError, match=r"."):
         api.emulator.faults.add(**kwargs)  # type: ignore[arg-type]
+
+
+def test_garbage_fault_answers_200_with_text_quoting_the_key_and_does_nothing(
+    make_api: MakeApi, adapter: str
+) -> None:
+    from orchestrator.emulator.faults import Garbage  # (appended test; the imports are shared)
+
+    api = make_api(adapter, token="sk-test-secret")
+    file_id = api.upload_id(api.chat_file(1))
+    api.emulator.faults.add("create_batch", Garbage(), times=1)
+
+    garbage = api.create(file_id)
+    created = api.create(file_id)
+
+    assert garbage.status_code == 200 and garbage.headers["content-type"].startswith("text/plain")
+    assert "authorization: Bearer sk-test-secret" in garbage.text
+    assert created.status_code == 200 and created.json()["id"]
+    assert len(api.emulator.ledger.batches) == 1  # the garbage answer created nothing
+    assert [c.faulted for c in api.emulator.ledger.calls_to("create_batch")] == [True, False]
+
+
+def test_garbage_fault_labelled_gzip_fails_a_client_while_decoding(
+    make_api: MakeApi, adapter: str
+) -> None:
+    from orchestrator.emulator.fault_specs import parse_fault_spec
+
+    api = make_api(adapter)
+    rule = api.emulator.faults.add_json(parse_fault_spec("get_batch:kind=garbage,gzip,times=1"))
+    assert rule.to_json() == {
+        "id": rule.id, "route": "get_batch", "times": 1, "probability": None, "fired": 0,
+        "kind": "garbage", "gzip": True,
+    }  # fmt: skip
+
+    with pytest.raises(httpx.DecodingError):
+        api.http.get("/batches/anything")
+    assert api.http.get("/batches/anything").status_code == 404  # it fired once
