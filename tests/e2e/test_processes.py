@@ -73,6 +73,11 @@ def assert_exactly_one_result_per_request(db_url: str, jobs: int, size: int) -> 
     assert counted == jobs * size  # job counters agree with the rows: nothing counted twice
 
 
+def registered(db_url: str, pid: int) -> bool:
+    """Whether the daemon with this pid is up (it registers itself before its first tick)."""
+    return count(db_url, "workers", "pid = %s AND stopped_at IS NULL", pid) > 0
+
+
 def remote_creates_per_batch(server: EmulatorServer) -> collections.Counter[str]:
     return collections.Counter(
         (b.metadata or {}).get("orchestrator_batch", "?") for b in server.emulator.ledger.batches
@@ -134,6 +139,9 @@ def test_sigkill_at_random_moments_loses_nothing_and_pays_once(
                 )
                 daemon.kill()
                 daemon.start()
+                # let the new process come up before the next random wait, so that on a loaded
+                # machine the kills still land in a working daemon, not in one still importing
+                assert wait_for(lambda: registered(db_url, daemon.pid), timeout=60)
             finished = wait_for(lambda: all_terminal(db_url), timeout=240, interval=0.5)
         finally:
             daemon.stop()
