@@ -9,17 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import sqlalchemy as sa
 import structlog
 
 from orchestrator import __version__
 from orchestrator.config import Settings
+from orchestrator.db import ledger, queries
 from orchestrator.db import migrate as migrations
-from orchestrator.db import repo
-from orchestrator.db.models import Batch, Job, Result, Worker
 from orchestrator.db.session import libpq_url, unit_of_work
 from orchestrator.deps import make_deps
-from orchestrator.domain.states import BATCH_TERMINAL, BatchState
 from orchestrator.errors import ConfigError, JobNotFound, OrchestratorError
 from orchestrator.observability import configure_logging
 
@@ -151,12 +148,7 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
     deps = make_deps(settings)
     with unit_of_work(deps.sessions) as s:
-        found = s.execute(
-            sa.update(Job)
-            .where(Job.id == args.job)
-            .values(cancel_requested_at=sa.func.coalesce(Job.cancel_requested_at, sa.func.now()))
-            .returning(Job.status)
-        ).scalar_one_or_none()
+        found = ledger.request_cancel(s, args.job)
     if found is None:
         raise JobNotFound(f"no job {args.job}")
     print(f"job {args.job}: cancel requested (status now {found})")
@@ -166,13 +158,10 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
     deps = make_deps(settings)
     with unit_of_work(deps.sessions) as s:
-        if s.get(Job, args.job) is None:
+        if queries.job(s, args.job) is None:
             raise JobNotFound(f"no job {args.job}")
-        query = sa.select(Result).where(Result.job_id == args.job).order_by(Result.custom_id)
-        if args.failed:
-            query = query.where(Result.succeeded.is_(False))
         out = sys.stdout.buffer
-        for r in s.scalars(query.execution_options(yield_per=1000)):
+        for r in queries.results(s, args.job, failed_only=args.failed):
             out.write(
                 orjson.dumps(
                     {
@@ -192,26 +181,7 @@ def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_resolve(args: argparse.Namespace, settings: Settings) -> int:
     deps = make_deps(settings)
     with unit_of_work(deps.sessions) as s:
-        batch = s.get(Batch, args.batch, with_for_update=True)
-        if batch is None or batch.state != BatchState.CREATING:
-            raise OrchestratorError(f"batch {args.batch} is not waiting in 'creating'")
-        if args.adopt:
-            batch.remote_batch_id = args.adopt
-            batch.state = BatchState.SUBMITTED
-            how = "adopted"
-        else:
-            batch.state, batch.idempotency_key = BatchState.UPLOADED, None
-            how = "recreate"
-        batch.next_run_at = deps.clock.now()
-        batch.lease_owner = batch.lease_expires_at = None
-        repo.record_event(
-            s,
-            "batch_resolved",
-            job_id=batch.job_id,
-            batch_id=batch.id,
-            how=how,
-            remote_batch_id=args.adopt,
-        )
+        how = ledger.resolve_unknown_create(s, args.batch, adopt=args.adopt, now=deps.clock.now())
     print(f"batch {args.batch}: {how}")
     return 0
 
@@ -221,7 +191,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     with unit_of_work(deps.sessions) as s:
         if args.job is not None:
             return _job_status(s, args.job)
-        jobs = s.scalars(sa.select(Job).order_by(Job.id.desc()).limit(args.limit)).all()
+        jobs = queries.jobs(s, limit=args.limit)
         _table(
             [
                 "job",
@@ -251,14 +221,10 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
                 for j in jobs
             ],
         )
-        open_batches = s.execute(
-            sa.select(Batch.state, sa.func.count())
-            .where(Batch.state.not_in([x.value for x in BATCH_TERMINAL]))
-            .group_by(Batch.state)
-        ).all()
+        open_batches = queries.open_batches_by_state(s)
         print("\nopen batches: " + (", ".join(f"{st} {n}" for st, n in open_batches) or "none"))
         now = deps.clock.now()
-        for t in repo.target_states(s):
+        for t in queries.target_states(s):
             if t.paused:
                 print(
                     f"target {t.target}: PAUSED ({t.reason}); jobs wait, next probe "
@@ -266,7 +232,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
                 )
             elif t.blocked_until and t.blocked_until > now:
                 print(f"target {t.target}: throttled until {t.blocked_until:%H:%M:%S} ({t.reason})")
-        workers = s.scalars(sa.select(Worker).where(Worker.stopped_at.is_(None))).all()
+        workers = queries.running_workers(s)
         print(
             f"daemons running: {len(workers)}"
             + "".join(
@@ -277,13 +243,13 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _job_status(s: Any, job_id: int) -> int:
-    job = s.get(Job, job_id)
+    job = queries.job(s, job_id)
     if job is None:
         raise JobNotFound(f"no job {job_id}")
     print(f"job {job.id} ({job.name or 'unnamed'}): {job.status}, target {job.target}")
     if job.error:
         print(f"error: {job.error}")
-    batches = s.scalars(sa.select(Batch).where(Batch.job_id == job_id).order_by(Batch.id)).all()
+    batches = queries.job_batches(s, job_id)
     _table(
         [
             "batch",

@@ -159,6 +159,24 @@ class DaemonSettings:
     tmp_dir: str | None = None
 
 
+# A daemon paced for a provider whose clock runs fast (the built-in emulator at a time scale): the
+# demo and the tests' daemons use these, each changing only what its own clock needs.
+FAST_DAEMON = DaemonSettings(
+    workers=4,
+    tick_seconds=0.2,
+    lease_seconds=30.0,
+    poll_initial_seconds=0.2,
+    poll_factor=1.5,
+    poll_max_seconds=1.0,
+    poll_jitter=0.1,
+    retry_base_seconds=0.1,
+    retry_max_seconds=1.0,
+    auth_probe_seconds=1.0,
+    shutdown_grace_seconds=10.0,
+    http_addr=None,
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     database_url: str | None

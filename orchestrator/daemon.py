@@ -20,7 +20,6 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-import psycopg
 import sqlalchemy as sa
 import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -28,12 +27,11 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from orchestrator import __version__, runner
 from orchestrator.asgi import ServerThread
 from orchestrator.clock import wall_now
-from orchestrator.db import repo
-from orchestrator.db.models import Batch, Job
+from orchestrator.db import ledger, queries
+from orchestrator.db.notify import listen
 from orchestrator.db.session import unit_of_work
 from orchestrator.deps import Deps
-from orchestrator.domain.states import BATCH_TERMINAL
-from orchestrator.observability import Metrics, health_app
+from orchestrator.observability import health_app
 
 log = structlog.get_logger(__name__)
 
@@ -44,7 +42,7 @@ class Daemon:
     def __init__(self, deps: Deps, *, listen_url: str | None = None) -> None:
         self.deps = deps
         self.settings = deps.settings.daemon
-        self.metrics = Metrics()
+        self.metrics = deps.metrics
         self._listen_url = listen_url
         self._pool = cf.ThreadPoolExecutor(self.settings.workers, thread_name_prefix="worker")
         self._inflight: dict[int, int] = {}  # batch id → lease token
@@ -66,15 +64,15 @@ class Daemon:
         now = self.deps.clock.now()
         started: list[cf.Future[Any]] = []
         with unit_of_work(self.deps.sessions) as s:
-            repo.wake_cancelled_jobs(s, now)
-            job_ids = repo.pending_job_ids(s, self.settings.max_plan_jobs_per_tick)
+            ledger.wake_cancelled_jobs(s, now)
+            job_ids = queries.pending_job_ids(s, self.settings.max_plan_jobs_per_tick)
         for job_id in job_ids:
             if self._free() > 0 and self._begin_planning(job_id):
                 started.append(self._submit(self._plan, job_id))
         free = self._free()
         if free > 0:
             with unit_of_work(self.deps.sessions) as s:
-                claimed = repo.claim_batches(
+                claimed = ledger.claim_batches(
                     s,
                     owner=self.deps.worker_id,
                     now=now,
@@ -106,7 +104,11 @@ class Daemon:
 
         def call() -> None:
             with structlog.contextvars.bound_contextvars(**ctx):
-                fn(*args)
+                try:
+                    fn(*args)
+                except Exception:  # nothing a worker raises vanishes unlogged
+                    log.exception("step_crashed", task=getattr(fn, "__name__", "?"))
+                    raise
 
         future = self._pool.submit(call)
         with self._lock:
@@ -127,11 +129,10 @@ class Daemon:
             with self._lock:
                 self._planning.discard(job_id)
 
-    def _run(self, b: repo.Claimed) -> None:
+    def _run(self, b: queries.Claimed) -> None:
         self.metrics.in_flight.inc()
         try:
             runner.run_batch(self.deps, b)
-            self.metrics.steps.labels(b.state, "ran").inc()
         finally:
             self.metrics.in_flight.dec()
             with self._lock:
@@ -142,14 +143,10 @@ class Daemon:
         with self._lock:
             tokens = dict(self._inflight)
         with unit_of_work(self.deps.sessions) as s:
-            repo.renew_leases(
-                s,
-                owner=self.deps.worker_id,
-                tokens=tokens,
-                now=self.deps.clock.now(),
-                ttl=self.settings.lease_seconds,
+            ledger.renew_leases(
+                s, owner=self.deps.worker_id, tokens=tokens, ttl=self.settings.lease_seconds
             )
-            repo.heartbeat_worker(s, self.deps.worker_id, self.deps.clock.now())
+            ledger.heartbeat_worker(s, self.deps.worker_id)
 
     def in_flight(self) -> dict[int, int]:
         with self._lock:
@@ -166,7 +163,7 @@ class Daemon:
         }
         try:
             with unit_of_work(self.deps.sessions) as s:
-                states = repo.target_states(s)
+                states = queries.target_states(s)
             body["targets"] = [
                 {
                     "target": t.target,
@@ -191,13 +188,9 @@ class Daemon:
 
     def refresh_metrics(self) -> None:
         with unit_of_work(self.deps.sessions) as s:
-            batches = s.execute(
-                sa.select(Batch.state, sa.func.count())
-                .where(Batch.state.not_in([x.value for x in BATCH_TERMINAL]))
-                .group_by(Batch.state)
-            ).all()
-            jobs = s.execute(sa.select(Job.status, sa.func.count()).group_by(Job.status)).all()
-            targets = repo.target_states(s)
+            batches = queries.open_batches_by_state(s)
+            jobs = queries.jobs_by_status(s)
+            targets = queries.target_states(s)
         self.metrics.open_batches.clear()
         for state, n in batches:
             self.metrics.open_batches.labels(state).set(n)
@@ -250,13 +243,12 @@ class Daemon:
 
     def _register(self) -> None:
         with unit_of_work(self.deps.sessions) as s:
-            repo.register_worker(
+            ledger.register_worker(
                 s,
                 worker_id=self.deps.worker_id,
                 hostname=socket.gethostname(),
                 pid=os.getpid(),
                 version=__version__,
-                now=self.deps.clock.now(),
             )
 
     def _start_timers(self) -> BackgroundScheduler:
@@ -311,16 +303,8 @@ class Daemon:
 
     def _listen(self) -> None:
         """LISTEN for enqueues; reconnect on failure. Polling (tick_seconds) covers any gap."""
-        while not self._stop.is_set() and self._listen_url:
-            try:
-                with psycopg.connect(self._listen_url, autocommit=True) as conn:
-                    conn.execute(f"LISTEN {CHANNEL}")
-                    while not self._stop.is_set():
-                        for _ in conn.notifies(timeout=1.0, stop_after=1):
-                            self.wake()
-            except psycopg.Error as exc:
-                log.warning("listen_failed", error=type(exc).__name__)
-                self._stop.wait(5)
+        if self._listen_url:
+            listen(self._listen_url, CHANNEL, on_notify=self.wake, stop=self._stop)
 
     def _start_http(self) -> ServerThread | None:
         addr = self.settings.http_addr
@@ -347,10 +331,10 @@ class Daemon:
         leftover = self.in_flight()
         if leftover:
             with unit_of_work(self.deps.sessions) as s:
-                released = repo.release_leases(s, owner=self.deps.worker_id, tokens=leftover)
+                released = ledger.release_leases(s, owner=self.deps.worker_id, tokens=leftover)
             log.warning("leases_released", batches=sorted(leftover), released=released)
         with unit_of_work(self.deps.sessions) as s:
-            repo.stop_worker(s, self.deps.worker_id, self.deps.clock.now())
+            ledger.stop_worker(s, self.deps.worker_id)
         log.info("daemon_stopped", finished=len(done), abandoned=len(not_done))
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.deps.clients.close()

@@ -12,17 +12,12 @@ import threading
 import time
 from decimal import Decimal
 
-import psycopg
-import sqlalchemy as sa
-
 from orchestrator.clock import ScaledClock
-from orchestrator.config import DaemonSettings, Secret, Settings, make_target
+from orchestrator.config import FAST_DAEMON, Secret, Settings, make_target
 from orchestrator.daemon import Daemon
-from orchestrator.db import migrate
-from orchestrator.db.models import Job
+from orchestrator.db import ledger, migrate, queries
 from orchestrator.db.session import libpq_url, unit_of_work
 from orchestrator.deps import Deps, make_deps
-from orchestrator.domain.states import JOB_TERMINAL
 from orchestrator.embedded import EmbeddedPostgres
 from orchestrator.emulator import Emulator, EmulatorConfig, EmulatorServer
 from orchestrator.observability import configure_logging
@@ -105,17 +100,7 @@ def _run(
                 "fastrouter", "fastrouter", base_url=base_url, api_key=Secret(key)
             )
         },
-        daemon=DaemonSettings(
-            workers=4,
-            tick_seconds=0.5,
-            lease_seconds=30,
-            poll_initial_seconds=0.3,
-            poll_factor=1.5,
-            poll_max_seconds=2.0,
-            retry_base_seconds=0.2,
-            retry_max_seconds=2.0,
-            http_addr=None,
-        ),
+        daemon=FAST_DAEMON,
     )
     deps = make_deps(demo_settings)
     daemon = Daemon(deps, listen_url=libpq_url(url))
@@ -124,7 +109,7 @@ def _run(
     )
     thread.start()
     print(f"  daemon      {demo_settings.daemon.workers} workers, woken by NOTIFY\n")
-    job_ids = _enqueue(url, jobs, requests)
+    job_ids = _enqueue(deps, jobs, requests)
     print(f"enqueued {len(job_ids)} jobs of {requests} requests with plain SQL, e.g.:")
     print(_indent(sample_sql(0, requests)))
     print("\nwaiting for the daemon", end="", flush=True)
@@ -141,23 +126,20 @@ def _run(
     return code
 
 
-def _enqueue(url: str, jobs: int, requests: int) -> list[int]:
-    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
-        for n in range(jobs):
-            conn.execute(sample_sql(n, requests).encode())
-        rows = conn.execute("SELECT id FROM orchestrator.jobs ORDER BY id").fetchall()
-    return [row[0] for row in rows]
+def _enqueue(deps: Deps, jobs: int, requests: int) -> list[int]:
+    """Each sample job as a user would enqueue it: one SQL statement, its own transaction."""
+    for n in range(jobs):
+        with unit_of_work(deps.sessions) as s:
+            ledger.run_user_sql(s, sample_sql(n, requests))
+    with unit_of_work(deps.sessions) as s:
+        return queries.job_ids(s)
 
 
 def _wait(deps: Deps, job_ids: list[int]) -> bool:
     deadline = time.monotonic() + TIMEOUT_SECONDS
     while time.monotonic() < deadline:
         with unit_of_work(deps.sessions) as s:
-            open_jobs = s.execute(
-                sa.select(sa.func.count())
-                .select_from(Job)
-                .where(Job.id.in_(job_ids), Job.status.not_in([t.value for t in JOB_TERMINAL]))
-            ).scalar_one()
+            open_jobs = queries.open_job_count(s, job_ids)
         if not open_jobs:
             return True
         print(".", end="", flush=True)
@@ -167,7 +149,7 @@ def _wait(deps: Deps, job_ids: list[int]) -> bool:
 
 def _summary(deps: Deps, job_ids: list[int]) -> int:
     with unit_of_work(deps.sessions) as s:
-        jobs = s.scalars(sa.select(Job).where(Job.id.in_(job_ids)).order_by(Job.id)).all()
+        jobs = queries.jobs(s, job_ids)
     rows = [
         [
             str(j.id),

@@ -18,10 +18,11 @@ from orchestrator.api.client import BatchApiClient, make_http_client
 from orchestrator.api.errors import TargetBlocked
 from orchestrator.clock import Clock, SystemClock
 from orchestrator.config import Settings, TargetConfig
-from orchestrator.db import repo
+from orchestrator.db import ledger, queries
 from orchestrator.db.session import make_engine, make_sessionmaker, unit_of_work
 from orchestrator.domain.backoff import PollSchedule, RetrySchedule
 from orchestrator.domain.decide import Policy
+from orchestrator.observability import Metrics
 
 log = structlog.get_logger(__name__)
 
@@ -43,7 +44,7 @@ class TargetGate:
     def before_request(self) -> None:
         now = self._clock.now()
         with unit_of_work(self._sessions) as session:
-            row = repo.target_state(session, self.target)
+            row = queries.target_state(session, self.target)
         self._local.paused = bool(row and row.paused)
         if row and row.blocked_until and row.blocked_until > now:
             wait = (row.blocked_until - now).total_seconds()
@@ -58,9 +59,7 @@ class TargetGate:
             return
         self._local.paused = False
         with unit_of_work(self._sessions) as session:
-            if repo.clear_pause(session, self.target):
-                repo.record_event(session, "target_resumed", target=self.target)
-                log.warning("target_resumed", target=self.target)
+            ledger.clear_pause(session, self.target)
 
 
 class ApiClients:
@@ -118,6 +117,8 @@ class Deps:
     worker_id: uuid.UUID = dataclasses.field(default_factory=uuid.uuid4)
     rng: random.Random = dataclasses.field(default_factory=random.Random)
     engine: sa.Engine | None = None
+    # What steps, the client and ingest count; served on /metrics by the daemon.
+    metrics: Metrics = dataclasses.field(default_factory=Metrics)
 
     def close(self) -> None:
         self.clients.close()

@@ -14,11 +14,9 @@ from pathlib import Path
 from typing import IO, Any
 
 import orjson
-import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from orchestrator.db.models import Job
-from orchestrator.db.session import raw_connection
+from orchestrator.db import ledger
 from orchestrator.errors import OrchestratorError
 
 
@@ -67,24 +65,21 @@ def enqueue_file(
     priority: int = 0,
 ) -> int:
     """Insert the job and its requests (COPY) in the caller's transaction; returns the job id."""
-    job_id = session.execute(
-        sa.insert(Job)
-        .values(
-            name=name or path.name,
-            target=target,
-            endpoint=endpoint,
-            max_attempts=max_attempts,
-            priority=priority,
+    job_id = ledger.insert_job(
+        session,
+        name=name or path.name,
+        target=target,
+        endpoint=endpoint,
+        max_attempts=max_attempts,
+        priority=priority,
+    )
+    with path.open("rb") as fh:
+        ledger.copy_requests(
+            session,
+            job_id,
+            (
+                (custom_id, provider, method or "POST", url, body)
+                for custom_id, provider, method, url, body in read_requests(fh, str(path))
+            ),
         )
-        .returning(Job.id)
-    ).scalar_one()
-    cursor = raw_connection(session).cursor()
-    with (
-        path.open("rb") as fh,
-        cursor.copy(
-            "COPY orchestrator.requests (job_id, custom_id, provider, method, url, body) FROM STDIN"
-        ) as copy,
-    ):
-        for custom_id, provider, method, url, body in read_requests(fh, str(path)):
-            copy.write_row((job_id, custom_id, provider, method or "POST", url, body))
     return job_id

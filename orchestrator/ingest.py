@@ -13,7 +13,7 @@ while the provider works on the batch.
   batch whose 50,000 lines all failed costs no more memory than one that succeeded.
 * A failure is final when it is not retryable or the request has used its ``max_attempts``; it is
   then written too. Retryable ones, and requests missing from both files, are left without a result
-  and go into the next round's batch (``transitions.resubmit``).
+  and go into the next round's batch (``ledger.resubmit``).
 
 Memory holds the batch's member ids and a small index of its failures, bounded by the request limit
 of one batch (50,000), never by the size of the files.
@@ -35,21 +35,18 @@ from pathlib import Path
 from typing import IO, Any, NamedTuple
 
 import orjson
-import sqlalchemy as sa
 import structlog
 from psycopg import Copy
 from sqlalchemy.orm import Session
 
+from orchestrator.db import ledger, queries
 from orchestrator.db.session import raw_connection
 from orchestrator.domain import lines as ln
 from orchestrator.domain.cost import TokenTally
 
 log = structlog.get_logger(__name__)
 
-COLUMNS = (
-    "job_id, custom_id, batch_id, attempt, succeeded, status_code, response, error, model, "
-    "prompt_tokens, completion_tokens, total_tokens, cached_tokens, reasoning_tokens"
-)
+COLUMNS = ledger.RESULT_COLUMNS
 # One COPY text-format row; every field already escaped (see _text, _json).
 ROW = b"%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\n"
 WRITE_BUFFER = 256 * 1024
@@ -358,27 +355,6 @@ class _Pass:
         return retry
 
 
-def load_members(session: Session, batch_id: int) -> dict[str, int]:
-    """custom_id → attempt for every request in the batch (plain psycopg: 50,000 rows)."""
-    cursor = raw_connection(session).execute(
-        "SELECT custom_id, attempt FROM orchestrator.batch_items WHERE batch_id = %s", (batch_id,)
-    )
-    return dict(cursor.fetchall())
-
-
-def results_exist(session: Session, batch_id: int) -> bool:
-    return bool(
-        session.execute(
-            sa.text(
-                "SELECT EXISTS (SELECT 1 FROM orchestrator.batch_items bi "
-                "JOIN orchestrator.results r ON r.job_id = bi.job_id AND r.custom_id = bi.custom_id "
-                "WHERE bi.batch_id = :b)"
-            ),
-            {"b": batch_id},
-        ).scalar_one()
-    )
-
-
 def ingest_lines(
     session: Session,
     *,
@@ -391,15 +367,9 @@ def ingest_lines(
     spool_dir: Path | None = None,
 ) -> IngestStats:
     """Read result lines into ``results`` (inside the caller's fenced transaction)."""
-    members = load_members(session, batch_id)
-    upsert = results_exist(session, batch_id)
-    table = "orchestrator.results"
-    if upsert:
-        session.execute(sa.text(
-            "CREATE TEMP TABLE ingest_staging (LIKE orchestrator.results INCLUDING DEFAULTS) "
-            "ON COMMIT DROP"
-        ))  # fmt: skip
-        table = "ingest_staging"
+    members = queries.batch_members(session, batch_id)
+    upsert = queries.results_exist(session, batch_id)
+    table = ledger.create_result_staging(session) if upsert else "orchestrator.results"
     with tempfile.TemporaryFile(dir=spool_dir) as spool, \
             ResultCopy.open(session, table) as copy:  # fmt: skip
         reading = _Pass(
@@ -415,9 +385,9 @@ def ingest_lines(
             reading.feed(raw)
         retry = reading.settle(missing_error or ln.missing_error())
     if upsert:
-        _upsert_from_staging(session)
+        ledger.upsert_results_from_staging(session)
     reading.stats.upserted = upsert
-    _note_retry_errors(session, batch_id, retry)
+    ledger.note_retry_errors(session, batch_id, retry)
     return reading.stats
 
 
@@ -428,74 +398,3 @@ def read_files(paths: Iterable[Path]) -> Iterator[bytes]:
             for raw in fh:
                 if raw.strip():
                     yield raw
-
-
-def _upsert_from_staging(session: Session) -> None:
-    session.execute(sa.text(
-        f"""
-        INSERT INTO orchestrator.results ({COLUMNS})
-        SELECT {COLUMNS} FROM ingest_staging
-        ON CONFLICT (job_id, custom_id) DO UPDATE SET
-            batch_id = EXCLUDED.batch_id, attempt = EXCLUDED.attempt,
-            succeeded = EXCLUDED.succeeded, status_code = EXCLUDED.status_code,
-            response = EXCLUDED.response, error = EXCLUDED.error, model = EXCLUDED.model,
-            prompt_tokens = EXCLUDED.prompt_tokens,
-            completion_tokens = EXCLUDED.completion_tokens,
-            total_tokens = EXCLUDED.total_tokens, cached_tokens = EXCLUDED.cached_tokens,
-            reasoning_tokens = EXCLUDED.reasoning_tokens, created_at = now()
-        WHERE NOT orchestrator.results.succeeded
-          AND (EXCLUDED.succeeded OR orchestrator.results.batch_id <> EXCLUDED.batch_id)
-        """
-    ))  # fmt: skip
-
-
-def _note_retry_errors(session: Session, batch_id: int, retry: dict[str, str]) -> None:
-    if not retry:
-        return
-    session.execute(
-        sa.text(
-            """
-            UPDATE orchestrator.batch_items bi SET error = v.error::jsonb
-              FROM unnest(CAST(:ids AS text[]), CAST(:errors AS text[])) AS v(custom_id, error)
-             WHERE bi.batch_id = :b AND bi.custom_id = v.custom_id
-            """
-        ),
-        {"b": batch_id, "ids": list(retry), "errors": list(retry.values())},
-    )
-
-
-def fail_requests(
-    session: Session,
-    *,
-    batch_id: int,
-    error: dict[str, Any],
-    by_line: dict[int, dict[str, Any]] | None = None,
-) -> int:
-    """Final failure results for every request of a batch that failed as a whole.
-
-    ``by_line`` maps 1-based input line numbers (the provider's ``errors.data[].line``) to a more
-    specific error for that request. Returns the number of rows written.
-    """
-    result = session.execute(
-        sa.text(
-            f"""
-            INSERT INTO orchestrator.results ({COLUMNS})
-            SELECT bi.job_id, bi.custom_id, bi.batch_id, bi.attempt, false, NULL, NULL,
-                   COALESCE(v.error::jsonb, CAST(:error AS jsonb)), NULL, 0, 0, 0, 0, 0
-              FROM (SELECT *, row_number() OVER (ORDER BY seq) AS line
-                      FROM orchestrator.batch_items WHERE batch_id = :b) bi
-              LEFT JOIN unnest(CAST(:lines AS int[]), CAST(:errors AS text[])) AS v(line, error)
-                     ON v.line = bi.line
-             WHERE NOT EXISTS (SELECT 1 FROM orchestrator.results r
-                                WHERE r.job_id = bi.job_id AND r.custom_id = bi.custom_id)
-            ON CONFLICT DO NOTHING
-            """
-        ),
-        {
-            "b": batch_id,
-            "error": orjson.dumps(error).decode(),
-            "lines": list((by_line or {}).keys()),
-            "errors": [orjson.dumps(e).decode() for e in (by_line or {}).values()],
-        },
-    )
-    return result.rowcount or 0  # type: ignore[attr-defined]

@@ -11,23 +11,17 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from typing import Any
 
 import orjson
-import sqlalchemy as sa
-import structlog
 from sqlalchemy.orm import Session
 
 from orchestrator.config import TargetConfig
-from orchestrator.db import repo
-from orchestrator.db.models import Batch, Job
+from orchestrator.db import ledger, queries
+from orchestrator.db.models import Job
 from orchestrator.domain import requests as rq
 from orchestrator.domain.packing import Chunk, Packer
-from orchestrator.domain.states import BatchState, JobStatus
+from orchestrator.domain.states import JobStatus
 
-log = structlog.get_logger(__name__)
-
-FETCH_ROWS = 2000
 MAX_LISTED_PROBLEMS = 5
 
 
@@ -57,11 +51,6 @@ def rules_for(job: Job, target: TargetConfig) -> rq.Rules:
     )
 
 
-def request_rows(session: Session, sql: str, params: dict[str, Any]) -> Any:
-    """Stream request rows (custom_id, provider, method, url, body as text, seq) in seq order."""
-    return session.execute(sa.text(sql), params).yield_per(FETCH_ROWS)
-
-
 def validate_and_pack(session: Session, job: Job, target: TargetConfig) -> Validation:
     rules = rules_for(job, target)
     result = Validation()
@@ -71,13 +60,7 @@ def validate_and_pack(session: Session, job: Job, target: TargetConfig) -> Valid
         result.invalid = 1
         return result
     packer = Packer(max_requests=target.max_requests_per_file, max_bytes=target.file_byte_budget)
-    rows = request_rows(
-        session,
-        "SELECT custom_id, provider, method, url, body::text AS body, seq "
-        "FROM orchestrator.requests WHERE job_id = :job ORDER BY seq",
-        {"job": job.id},
-    )
-    for r in rows:
+    for r in queries.job_requests(session, job.id):
         row = rq.RequestRow(r.custom_id, r.provider, r.method, r.url, r.body)
         line = rq.build_line(row, endpoint=job.endpoint, include_provider=target.requires_provider)
         result.total += 1
@@ -101,8 +84,7 @@ def validate_and_pack(session: Session, job: Job, target: TargetConfig) -> Valid
 def plan_job(session: Session, job: Job, target: TargetConfig | None, now: dt.datetime) -> str:
     """Validate and plan a locked pending job. Returns the job's new status."""
     if job.cancel_requested_at is not None:
-        _finish(session, job, JobStatus.CANCELLED, now, None)
-        repo.record_event(session, "job_cancelled", job_id=job.id, stage="pending")
+        ledger.end_pending_job(session, job.id, JobStatus.CANCELLED, now, stage="pending")
         return JobStatus.CANCELLED
     if target is None:
         return fail_job(session, job, now, f"unknown target {job.target!r}: it is not configured")
@@ -117,83 +99,26 @@ def plan_job(session: Session, job: Job, target: TargetConfig | None, now: dt.da
             "the job has no requests; insert them in the same transaction as the job",
         )
     for chunk in validation.chunks:
-        create_batch(session, job, chunk, now=now)
-    session.execute(
-        sa.update(Job)
-        .where(Job.id == job.id)
-        .values(
-            status=JobStatus.RUNNING,
-            started_at=now,
-            request_count=validation.total,
-            batch_count=len(validation.chunks),
-            updated_at=sa.func.now(),
+        ledger.insert_planned_batch(
+            session,
+            job,
+            first_seq=chunk.first_seq,
+            last_seq=chunk.last_seq,
+            count=chunk.count,
+            size=chunk.bytes,
+            now=now,
         )
-    )
-    repo.record_event(
+    ledger.start_job(
         session,
-        "job_planned",
-        job_id=job.id,
+        job.id,
         requests=validation.total,
         batches=len(validation.chunks),
-        bytes=validation.bytes,
-    )
-    log.info(
-        "job_planned",
-        job_id=job.id,
-        requests=validation.total,
-        batches=len(validation.chunks),
-        bytes=validation.bytes,
+        size=validation.bytes,
+        now=now,
     )
     return JobStatus.RUNNING
 
 
-def create_batch(session: Session, job: Job, chunk: Chunk, *, now: dt.datetime) -> int:
-    batch_id = session.execute(
-        sa.insert(Batch)
-        .values(
-            job_id=job.id,
-            target=job.target,
-            endpoint=job.endpoint,
-            priority=job.priority,
-            round=1,
-            state=BatchState.PLANNED,
-            request_count=chunk.count,
-            bytes=chunk.bytes,
-            next_run_at=now,
-        )
-        .returning(Batch.id)
-    ).scalar_one()
-    session.execute(
-        sa.text(
-            "INSERT INTO orchestrator.batch_items (batch_id, custom_id, job_id, seq, attempt) "
-            "SELECT :batch, custom_id, job_id, seq, 1 FROM orchestrator.requests "
-            "WHERE job_id = :job AND seq BETWEEN :first AND :last"
-        ),
-        {"batch": batch_id, "job": job.id, "first": chunk.first_seq, "last": chunk.last_seq},
-    )
-    repo.record_event(
-        session,
-        "batch_planned",
-        job_id=job.id,
-        batch_id=batch_id,
-        requests=chunk.count,
-        bytes=chunk.bytes,
-    )
-    return batch_id
-
-
 def fail_job(session: Session, job: Job, now: dt.datetime, message: str) -> str:
-    _finish(session, job, JobStatus.FAILED, now, message)
-    repo.record_event(session, "job_failed", job_id=job.id, stage="validation", error=message)
-    log.error("job_failed", job_id=job.id, stage="validation", error=message)
+    ledger.end_pending_job(session, job.id, JobStatus.FAILED, now, error=message, stage="validation")
     return JobStatus.FAILED
-
-
-def _finish(
-    session: Session, job: Job, status: JobStatus, now: dt.datetime, error: str | None
-) -> None:
-    session.execute(
-        sa.update(Job)
-        .where(Job.id == job.id)
-        .values(status=status, error=error, finished_at=now, updated_at=sa.func.now())
-    )

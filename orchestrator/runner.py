@@ -8,29 +8,19 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
-from sqlalchemy.orm import Session
 
 from orchestrator import plan, steps
-from orchestrator import transitions as tr
 from orchestrator.api.errors import ApiError, TargetBlocked
-from orchestrator.db import repo
-from orchestrator.db.repo import Claimed
-from orchestrator.db.session import unit_of_work
+from orchestrator.db import ledger, queries
+from orchestrator.db.queries import Claimed
+from orchestrator.db.session import TRANSIENT_DB_ERRORS, Session, unit_of_work
 from orchestrator.deps import Deps
 from orchestrator.domain import decide as dc
+from orchestrator.domain import lines as ln
 from orchestrator.domain.decide import Step
-from orchestrator.domain.states import BatchState
 from orchestrator.errors import ConfigError, LeaseLost
 
 log = structlog.get_logger(__name__)
-
-STEP_NAMES = {
-    BatchState.PLANNED: Step.UPLOAD,
-    BatchState.UPLOADED: Step.CREATE,
-    BatchState.CREATING: Step.RECONCILE,
-    BatchState.SUBMITTED: Step.POLL,
-    BatchState.INGESTING: Step.INGEST,
-}
 
 
 def run_batch(deps: Deps, claimed: Claimed) -> None:
@@ -42,25 +32,32 @@ def run_batch(deps: Deps, claimed: Claimed) -> None:
 
 
 def _one_step(deps: Deps, b: Claimed) -> Claimed | None:
-    step = STEP_NAMES[BatchState(b.state)]
+    step, run = steps.STEPS[b.state]
+    outcome = "crashed"
     try:
-        go_on = steps.STEPS[b.state](deps, b)
+        go_on = run(deps, b)
+        outcome = "continued" if go_on else "done"
         if not go_on:
             return None
         with unit_of_work(deps.sessions) as s:
-            return repo.refresh(s, b.id, b.token)
+            return queries.refresh(s, b.id, b.token)
     except LeaseLost as exc:
+        outcome = "lease_lost"
         log.warning("lease_lost", step=step, error=str(exc))
     except TargetBlocked as exc:
+        outcome = "target_blocked"
         at = deps.clock.now() + dt.timedelta(seconds=exc.retry_after or 1.0)
-        _write(deps, lambda s: repo.release(s, b.id, b.token, next_run_at=at))
+        _write(deps, lambda s: ledger.reschedule(s, b, next_run_at=at))
     except ApiError as exc:
+        outcome = "api_error"
         error = exc
         _write(deps, lambda s: _apply_failure(deps, s, b, step, error))
     except Exception as exc:  # the outer guard: a bug must not kill the worker or lose the batch
         log.exception("step_crashed", step=step)
         crash = exc
         _write(deps, lambda s: _crashed(deps, s, b, crash))
+    finally:
+        deps.metrics.steps.labels(step, outcome).inc()
     return None
 
 
@@ -96,77 +93,32 @@ def _apply_failure(deps: Deps, s: Session, b: Claimed, step: Step, exc: ApiError
     )
     match decision:
         case dc.Retry(at=at):
-            repo.release(s, b.id, b.token, next_run_at=at, **values)
+            ledger.reschedule(s, b, next_run_at=at, **values)
         case dc.Throttle(until=until):
-            repo.block_target(
-                s, b.target, until=until, reason=f"rate limited: {exc.message}", paused=False
-            )
-            repo.release(s, b.id, b.token, next_run_at=until, **values)
-            repo.record_event(
-                s,
-                "target_throttled",
-                job_id=b.job_id,
-                batch_id=b.id,
-                target=b.target,
-                until=until.isoformat(),
-                error=exc.message,
-            )
+            ledger.throttle(s, b, target=b.target, until=until, error=exc.message, **values)
         case dc.PauseTarget(until=until, reason=reason):
-            repo.block_target(s, b.target, until=until, reason=reason, paused=True)
-            repo.release(s, b.id, b.token, next_run_at=until, **values)
-            repo.record_event(
-                s, "target_paused", job_id=b.job_id, batch_id=b.id, target=b.target, error=reason
-            )
-            log.error(
-                "target_paused",
-                target=b.target,
-                error=reason,
-                hint="jobs wait; they resume by themselves once the key works",
-            )
+            ledger.pause_target(s, b, target=b.target, until=until, reason=reason, **values)
         case dc.Split():
             if b.request_count > 1:
-                tr.split(s, batch_id=b.id, token=b.token, now=now)
+                ledger.split(s, b, now=now)
             else:
-                tr.fail_batch(
-                    s,
-                    batch_id=b.id,
-                    job_id=b.job_id,
-                    token=b.token,
-                    now=now,
-                    message=f"the provider refused the file as too large: {exc}",
+                message = f"the provider refused the file as too large: {exc}"
+                ledger.fail_batch(
+                    s, b, now=now, message=message, error=ln.batch_error(message, None)
                 )
         case dc.Reupload():
-            repo.release(
-                s,
-                b.id,
-                b.token,
-                state=BatchState.PLANNED,
-                input_file_id=None,
-                idempotency_key=None,
-                next_run_at=now,
-                **values,
-            )
-            repo.record_event(
-                s, "batch_reupload", job_id=b.job_id, batch_id=b.id, error=exc.message
-            )
+            ledger.reupload(s, b, now=now, error=exc.message, **values)
         case dc.Fail(message=message):
-            tr.fail_batch(
-                s,
-                batch_id=b.id,
-                job_id=b.job_id,
-                token=b.token,
-                now=now,
-                message=f"{step} failed: {message}",
-            )
+            message = f"{step} failed: {message}"
+            ledger.fail_batch(s, b, now=now, message=message, error=ln.batch_error(message, None))
 
 
 def _crashed(deps: Deps, s: Session, b: Claimed, exc: Exception) -> None:
     failures = b.step_failures + 1
     delay = deps.policy.retry.delay(failures, deps.rng)
-    repo.release(
+    ledger.reschedule(
         s,
-        b.id,
-        b.token,
+        b,
         step_failures=failures,
         last_error=f"internal error: {type(exc).__name__}: {exc}"[:2000],
         next_run_at=deps.clock.now() + dt.timedelta(seconds=delay),
@@ -174,11 +126,16 @@ def _crashed(deps: Deps, s: Session, b: Claimed, exc: Exception) -> None:
 
 
 def plan_one(deps: Deps, job_id: int) -> str | None:
-    """Plan the job if it is still pending and nobody else is at it. Returns its new status."""
+    """Plan the job if it is still pending and nobody else is at it. Returns its new status.
+
+    A database that is away or a transaction that lost a conflict leaves the job pending for the
+    next tick; any other exception is a bug in planning this job, which then fails with the
+    error on its row rather than being retried forever.
+    """
     with structlog.contextvars.bound_contextvars(job_id=job_id):
         try:
             with unit_of_work(deps.sessions) as s:
-                job = repo.lock_pending_job(s, job_id)
+                job = queries.lock_pending_job(s, job_id)
                 if job is None:
                     return None
                 try:
@@ -186,10 +143,13 @@ def plan_one(deps: Deps, job_id: int) -> str | None:
                 except ConfigError:
                     target = None
                 return plan.plan_job(s, job, target, deps.clock.now())
+        except TRANSIENT_DB_ERRORS as exc:
+            log.warning("job_plan_deferred", error=f"{type(exc).__name__}: {exc}"[:300])
+            return None
         except Exception as exc:  # a poisoned job must not be retried forever
             log.exception("job_plan_crashed")
             with unit_of_work(deps.sessions) as s:
-                job = repo.lock_pending_job(s, job_id)
+                job = queries.lock_pending_job(s, job_id)
                 if job is not None:
                     plan.fail_job(
                         s,

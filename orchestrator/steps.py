@@ -17,30 +17,26 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from sqlalchemy.orm import Session
 
-from orchestrator import transitions as tr
 from orchestrator.api.client import BatchApiClient
 from orchestrator.api.errors import ApiBadRequest, ApiClientError, ApiError, ApiNotFound
 from orchestrator.api.schemas import BatchObject
 from orchestrator.clock import from_unix
 from orchestrator.config import TargetConfig
-from orchestrator.db import repo
-from orchestrator.db.models import Batch
-from orchestrator.db.repo import Claimed
-from orchestrator.db.session import unit_of_work
+from orchestrator.db import ledger, queries
+from orchestrator.db.queries import Claimed
+from orchestrator.db.session import Session, unit_of_work
 from orchestrator.deps import Deps
 from orchestrator.domain import cost as costs
 from orchestrator.domain import lines as ln
 from orchestrator.domain import requests as rq
-from orchestrator.domain.decide import ErrorKind
+from orchestrator.domain.decide import ErrorKind, Step
 from orchestrator.domain.states import BatchState, RemoteStatus, remote_terminal
 from orchestrator.ingest import IngestStats, ingest_lines
-from orchestrator.plan import request_rows
 
 log = structlog.get_logger(__name__)
 
-Step = Callable[[Deps, Claimed], bool]
+StepFn = Callable[[Deps, Claimed], bool]
 TOKEN_LIMIT_RETRY_SECONDS = 900.0
 # Batch-level failure codes that say "not now" rather than "never" (the requests are sent again).
 RETRYABLE_BATCH_CODES = frozenset(
@@ -50,18 +46,15 @@ RETRYABLE_BATCH_CODES = frozenset(
 RECONCILE_LOOKBACK = dt.timedelta(hours=2)
 
 
-def _event(deps: Deps, s: Session, b: Claimed, kind: str, **detail: Any) -> None:
-    """An event about this batch, naming the daemon that did it."""
-    repo.record_event(s, kind, job_id=b.job_id, batch_id=b.id, worker=str(deps.worker_id), **detail)
+def _worker(deps: Deps) -> str:
+    return str(deps.worker_id)
 
 
 def _cancel_if_requested(deps: Deps, b: Claimed, stage: str) -> bool:
     if not b.job_cancel_requested:
         return False
     with unit_of_work(deps.sessions) as s:
-        tr.cancel_batch_locally(
-            s, batch_id=b.id, job_id=b.job_id, token=b.token, now=deps.clock.now(), stage=stage
-        )
+        ledger.cancel_locally(s, b, now=deps.clock.now(), stage=stage)
     return True
 
 
@@ -77,28 +70,15 @@ def upload(deps: Deps, b: Claimed) -> bool:
         written, count = _write_input_file(deps, b, target, path)
         uploaded = deps.clients(b.target).upload_file(path, filename=path.name)
     with unit_of_work(deps.sessions) as s:
-        repo.fence(
-            s,
-            b.id,
-            b.token,
-            state=BatchState.UPLOADED,
-            input_file_id=uploaded.id,
-            bytes=written,
-            request_count=count,
-            step_failures=0,
-            last_error=None,
-            next_run_at=deps.clock.now(),
-        )
-        _event(
-            deps,
+        ledger.mark_uploaded(
             s,
             b,
-            "batch_uploaded",
             file_id=uploaded.id,
-            bytes=written,
+            size=written,
             requests=count,
+            next_run_at=deps.clock.now(),
+            worker=_worker(deps),
         )
-    log.info("batch_uploaded", file_id=uploaded.id, bytes=written, requests=count)
     return True
 
 
@@ -106,15 +86,7 @@ def _write_input_file(deps: Deps, b: Claimed, target: TargetConfig, path: Path) 
     """Build the JSONL from a server-side cursor; returns (bytes, lines)."""
     written = count = 0
     with unit_of_work(deps.sessions) as s, path.open("wb") as fh:
-        rows = request_rows(
-            s,
-            "SELECT r.custom_id, r.provider, r.method, r.url, r.body::text AS body, r.seq "
-            "FROM orchestrator.batch_items bi JOIN orchestrator.requests r "
-            "  ON r.job_id = bi.job_id AND r.custom_id = bi.custom_id "
-            "WHERE bi.batch_id = :b ORDER BY bi.seq",
-            {"b": b.id},
-        )
-        for r in rows:
+        for r in queries.batch_requests(s, b.id):
             line = rq.build_line(
                 rq.RequestRow(r.custom_id, r.provider, r.method, r.url, r.body),
                 endpoint=b.endpoint,
@@ -136,15 +108,7 @@ def create(deps: Deps, b: Claimed) -> bool:
     now = deps.clock.now()
     with unit_of_work(deps.sessions) as s:
         # The intent, committed before anything is sent.
-        repo.fence(
-            s,
-            b.id,
-            b.token,
-            state=BatchState.CREATING,
-            idempotency_key=key,
-            create_attempted_at=now,
-            create_attempts=Batch.create_attempts + 1,
-        )
+        ledger.begin_create(s, b, key=key, at=now)
     intent = dataclasses.replace(
         b, state=BatchState.CREATING, idempotency_key=key, create_attempted_at=now
     )
@@ -179,38 +143,25 @@ def _record_failed_create(deps: Deps, b: Claimed, exc: ApiError) -> None:
         if exc.kind is ErrorKind.TRANSIENT:
             # Timeout, 5xx, broken connection, unreadable answer: it may exist. Stay in
             # 'creating', so that the next attempt starts by reconciling.
-            repo.fence(s, b.id, b.token)
-            _event(deps, s, b, "batch_create_ambiguous", error=exc.message)
-            log.warning("batch_create_ambiguous", error=exc.message)
+            ledger.create_unseen(s, b, error=exc.message, worker=_worker(deps))
         else:
             # A definite refusal (4xx, 429, or not sent at all): nothing was created.
-            repo.fence(s, b.id, b.token, state=BatchState.UPLOADED, idempotency_key=None)
+            ledger.create_refused(s, b)
 
 
 def adopt(deps: Deps, b: Claimed, remote: BatchObject, *, how: str) -> None:
     now = deps.clock.now()
     with unit_of_work(deps.sessions) as s:
-        repo.release(
-            s,
-            b.id,
-            b.token,
-            state=BatchState.SUBMITTED,
-            remote_batch_id=remote.id,
-            step_failures=0,
-            last_error=None,
-            unchanged_polls=0,
-            next_run_at=deps.poll_schedule.next_poll(now=now, unchanged_polls=0, rng=deps.rng),
-            **_remote_fields(remote),
-        )
-        _event(
-            deps,
+        ledger.mark_submitted(
             s,
             b,
-            f"batch_{how}",
+            how=how,
             remote_batch_id=remote.id,
             status=remote.status,
+            next_run_at=deps.poll_schedule.next_poll(now=now, unchanged_polls=0, rng=deps.rng),
+            remote=_remote_fields(remote),
+            worker=_worker(deps),
         )
-    log.info(f"batch_{how}", remote_batch_id=remote.id, status=remote.status)
 
 
 def reconcile(deps: Deps, b: Claimed) -> bool:
@@ -218,9 +169,7 @@ def reconcile(deps: Deps, b: Claimed) -> bool:
     answer was lost, or the daemon died in between). Find out before creating anything again."""
     target = deps.settings.target(b.target)
     with unit_of_work(deps.sessions) as s:
-        # Counted here, once per unknown outcome whatever caused it: on a target that cannot
-        # list, at most this many extra remote batches can exist (README, "Guarantees").
-        repo.fence(s, b.id, b.token, ambiguous_creates=Batch.ambiguous_creates + 1)
+        ledger.count_unknown_outcome(s, b)
     if target.can_list:
         found = _find_by_key(deps, b)
         if found is not None:
@@ -230,22 +179,20 @@ def reconcile(deps: Deps, b: Claimed) -> bool:
     elif target.ambiguous_create_policy == "pause":
         return _park_for_review(deps, b)
     elif target.ambiguous_create_policy == "fail":
-        with unit_of_work(deps.sessions) as s:
-            tr.fail_batch(
-                s,
-                batch_id=b.id,
-                job_id=b.job_id,
-                token=b.token,
-                now=deps.clock.now(),
-                message="a create may or may not have reached the provider, which "
-                "cannot list batches; policy 'fail' stops here to avoid paying twice",
-            )
+        _fail(
+            deps,
+            b,
+            "a create may or may not have reached the provider, which "
+            "cannot list batches; policy 'fail' stops here to avoid paying twice",
+        )
         return False
     else:
-        _note(deps, b, "batch_create_reconciled", found=None, via="policy:recreate")
-        log.warning(
-            "batch_create_unverifiable",
-            policy="recreate",
+        _note(
+            deps,
+            b,
+            "batch_create_reconciled",
+            found=None,
+            via="policy:recreate",
             hint="the target cannot list batches; creating again may duplicate one",
         )
     if _cancel_if_requested(deps, b, "creating"):
@@ -266,27 +213,25 @@ def _find_by_key(deps: Deps, b: Claimed) -> BatchObject | None:
 
 
 def _park_for_review(deps: Deps, b: Claimed) -> bool:
-    now = deps.clock.now()
     with unit_of_work(deps.sessions) as s:
-        repo.release(
-            s,
-            b.id,
-            b.token,
-            next_run_at=now + dt.timedelta(hours=1),
-            last_error="create outcome unknown; waiting for an operator "
-            "(orchestrator resolve BATCH --adopt ID | --recreate)",
+        ledger.park_for_review(
+            s, b, next_run_at=deps.clock.now() + dt.timedelta(hours=1), worker=_worker(deps)
         )
-        _event(deps, s, b, "batch_create_needs_review")
-    log.warning(
-        "batch_create_needs_review", hint="orchestrator resolve BATCH --adopt ID | --recreate"
-    )
     return False
 
 
 def _note(deps: Deps, b: Claimed, kind: str, **detail: Any) -> None:
     with unit_of_work(deps.sessions) as s:
-        repo.fence(s, b.id, b.token)
-        _event(deps, s, b, kind, **detail)
+        ledger.note(s, b, kind, worker=_worker(deps), **detail)
+
+
+def _fail(deps: Deps, b: Claimed, message: str, code: str | None = None, **values: Any) -> None:
+    """The batch failed as a whole, with ``message`` on the job row."""
+    with unit_of_work(deps.sessions) as s:
+        ledger.fail_batch(
+            s, b, now=deps.clock.now(), message=message, error=ln.batch_error(message, code),
+            **values,
+        )  # fmt: skip
 
 
 # -- submitted → ingesting ---------------------------------------------------------------
@@ -303,7 +248,7 @@ def poll(deps: Deps, b: Claimed) -> bool:
     unchanged = 0 if changed else b.unchanged_polls + 1
     fields = dict(
         _remote_fields(remote),
-        poll_count=Batch.poll_count + 1,
+        poll_count=ledger.POLL_COUNT_PLUS_ONE,
         unchanged_polls=unchanged,
         step_failures=0,
         last_error=None,
@@ -323,29 +268,14 @@ def poll(deps: Deps, b: Claimed) -> bool:
             expires_at=from_unix(remote.expires_at),
         )
         with unit_of_work(deps.sessions) as s:
-            repo.release(s, b.id, b.token, next_run_at=at, **fields)
-            if changed:
-                _event(
-                    deps,
-                    s,
-                    b,
-                    "batch_status_changed",
-                    status=remote.status,
-                    request_counts=remote.request_counts,
-                )
+            ledger.poll_recorded(
+                s, b, next_run_at=at, remote=fields, changed=changed, worker=_worker(deps)
+            )
         return False
     if remote.status == RemoteStatus.FAILED:
         return _remote_failed(deps, b, remote, fields)
     with unit_of_work(deps.sessions) as s:
-        repo.fence(s, b.id, b.token, state=BatchState.INGESTING, next_run_at=now, **fields)
-        _event(
-            deps,
-            s,
-            b,
-            "batch_status_changed",
-            status=remote.status,
-            request_counts=remote.request_counts,
-        )
+        ledger.mark_ingesting(s, b, next_run_at=now, remote=fields, worker=_worker(deps))
     return True
 
 
@@ -363,9 +293,7 @@ def _send_cancel(deps: Deps, b: Claimed) -> None:
             # Typically: already finished. Its results are collected as usual.
             kind, detail = "batch_cancel_refused", {"error": exc.message}
     with unit_of_work(deps.sessions) as s:
-        repo.fence(s, b.id, b.token, cancel_sent_at=deps.clock.now())
-        _event(deps, s, b, kind, **detail)
-    log.info(kind, **detail)
+        ledger.cancel_sent(s, b, at=deps.clock.now(), kind=kind, worker=_worker(deps), **detail)
 
 
 def _remote_failed(deps: Deps, b: Claimed, remote: BatchObject, fields: dict[str, Any]) -> bool:
@@ -379,17 +307,16 @@ def _remote_failed(deps: Deps, b: Claimed, remote: BatchObject, fields: dict[str
         for e in remote.errors
         if e.line is not None
     }
+    message = f"the provider failed batch {remote.id}: {remote.error_summary()}"
     with unit_of_work(deps.sessions) as s:
-        repo.fence(s, b.id, b.token, **fields)
-        tr.fail_batch(
+        ledger.fail_batch(
             s,
-            batch_id=b.id,
-            job_id=b.job_id,
-            token=b.token,
+            b,
             now=deps.clock.now(),
-            message=f"the provider failed batch {remote.id}: {remote.error_summary()}",
-            code=min(codes) if codes else None,
+            message=message,
+            error=ln.batch_error(message, min(codes) if codes else None),
             by_line=by_line,
+            **fields,
         )
     return False
 
@@ -399,20 +326,15 @@ def _create_again_later(deps: Deps, b: Claimed, remote: BatchObject) -> bool:
     the provider's queue has drained (spec 5.4); the requests do not use up an attempt."""
     summary = remote.error_summary()
     with unit_of_work(deps.sessions) as s:
-        repo.release(
+        ledger.token_limited(
             s,
-            b.id,
-            b.token,
-            state=BatchState.UPLOADED,
-            remote_batch_id=None,
-            idempotency_key=None,
-            remote_status=None,
-            remote=dict(remote.raw),
-            last_error=summary,
+            b,
+            remote_batch_id=remote.id,
+            remote=remote.raw,
+            error=summary,
             next_run_at=deps.clock.now() + dt.timedelta(seconds=TOKEN_LIMIT_RETRY_SECONDS),
+            worker=_worker(deps),
         )
-        _event(deps, s, b, "batch_token_limited", remote_batch_id=remote.id, error=summary)
-    log.warning("batch_token_limited", error=summary)
     return False
 
 
@@ -423,16 +345,15 @@ def _retry_every_request(
     as if its line had come back "request_timeout". The ingest step does exactly that."""
     summary = remote.error_summary()
     with unit_of_work(deps.sessions) as s:
-        repo.fence(
+        ledger.mark_ingesting(
             s,
-            b.id,
-            b.token,
-            state=BatchState.INGESTING,
+            b,
             next_run_at=deps.clock.now(),
-            **{**fields, "last_error": summary},
+            remote=fields,
+            worker=_worker(deps),
+            error=summary,
+            remote_batch_id=remote.id,
         )
-        _event(deps, s, b, "batch_failed_retryable", remote_batch_id=remote.id, error=summary)
-    log.warning("batch_failed_retryable", error=summary)
     return True
 
 
@@ -457,7 +378,7 @@ def _remote_fields(remote: BatchObject) -> dict[str, Any]:
 
 def ingest(deps: Deps, b: Claimed) -> bool:
     with unit_of_work(deps.sessions) as s:
-        batch = s.get_one(Batch, b.id)
+        batch = queries.batch(s, b.id)
         file_ids = [f for f in (batch.output_file_id, batch.error_file_id) if f]
         remote = dict(batch.remote or {})
         missing = (
@@ -484,68 +405,42 @@ def _ingest_transaction(
     missing: dict[str, Any] | None,
 ) -> None:
     now = deps.clock.now()
-    resubmit = not b.job_cancel_requested
     with unit_of_work(deps.sessions) as s:
-        repo.fence(s, b.id, b.token)  # lock first: nobody else writes this batch from here
+        # Lock first (no write yet: see the ledger's lock order): nobody else writes this batch
+        # from here, and a lost lease stops us before anything is downloaded.
+        ledger.lock(s, b, BatchState.INGESTING)
         stats = ingest_lines(
             s,
             job_id=b.job_id,
             batch_id=b.id,
             lines=lines,
             max_attempts=b.job_max_attempts,
-            resubmit=resubmit,
+            resubmit=not b.job_cancel_requested,
             missing_error=missing,
             spool_dir=deps.tmp_dir(),
         )
         cost, source = _batch_cost(s, remote, stats, now)
-        repo.release(
+        ledger.finish_ingest(
             s,
-            b.id,
-            b.token,
-            state=BatchState.DONE,
-            finished_at=now,
-            succeeded_count=stats.succeeded,
-            failed_count=stats.failed,
-            retried_count=stats.retry,
-            prompt_tokens=stats.prompt_tokens,
-            completion_tokens=stats.completion_tokens,
-            total_tokens=stats.total_tokens,
-            cached_tokens=stats.cached_tokens,
-            reasoning_tokens=stats.reasoning_tokens,
+            b,
+            now=now,
+            counts={
+                "succeeded_count": stats.succeeded,
+                "failed_count": stats.failed,
+                "retried_count": stats.retry,
+                "prompt_tokens": stats.prompt_tokens,
+                "completion_tokens": stats.completion_tokens,
+                "total_tokens": stats.total_tokens,
+                "cached_tokens": stats.cached_tokens,
+                "reasoning_tokens": stats.reasoning_tokens,
+            },
             cost=cost,
             cost_source=source,
-            step_failures=0,
-            last_error=None,
+            upserted=stats.upserted,
+            retry=stats.retry,
+            worker=_worker(deps),
+            summary=stats.summary(),
         )
-        if stats.upserted:
-            tr.recount_job(s, b.job_id)
-            tr.add_to_job(s, b.job_id, cost=cost)
-        else:
-            tr.add_to_job(
-                s,
-                b.job_id,
-                succeeded=stats.succeeded,
-                failed=stats.failed,
-                prompt_tokens=stats.prompt_tokens,
-                completion_tokens=stats.completion_tokens,
-                total_tokens=stats.total_tokens,
-                cost=cost,
-            )
-        _event(deps, s, b, "batch_ingested", cost=str(cost), **stats.summary())
-        again = tr.resubmit(s, b.id, now) if stats.retry else None
-        if again:
-            repo.record_event(
-                s,
-                "batch_resubmitted",
-                job_id=b.job_id,
-                batch_id=again[0],
-                from_batch=b.id,
-                requests=again[1],
-            )
-        tr.finish_job_if_done(s, b.job_id, now)
-    log.info("batch_ingested", cost=str(cost), **stats.summary())
-    if again:
-        log.info("batch_resubmitted", new_batch_id=again[0], requests=again[1])
 
 
 def _batch_cost(
@@ -557,15 +452,16 @@ def _batch_cost(
         return reported, "provider"
     if not stats.by_model:
         return None, None
-    prices = repo.prices_in_force(session, stats.by_model, at)
+    prices = queries.prices_in_force(session, stats.by_model, at)
     computed = costs.price_cost(stats.by_model, prices)
     return (computed, "prices") if computed is not None else (None, None)
 
 
-STEPS: dict[str, Step] = {
-    BatchState.PLANNED: upload,
-    BatchState.UPLOADED: create,
-    BatchState.CREATING: reconcile,
-    BatchState.SUBMITTED: poll,
-    BatchState.INGESTING: ingest,
+# The one step table: what runs a batch in each open state, and its name for decisions and logs.
+STEPS: dict[str, tuple[Step, StepFn]] = {
+    BatchState.PLANNED: (Step.UPLOAD, upload),
+    BatchState.UPLOADED: (Step.CREATE, create),
+    BatchState.CREATING: (Step.RECONCILE, reconcile),
+    BatchState.SUBMITTED: (Step.POLL, poll),
+    BatchState.INGESTING: (Step.INGEST, ingest),
 }

@@ -176,11 +176,11 @@ def settings_for(db_url: str, base_url: str) -> Any:
 
 
 def claim_one(deps: Any, state: str) -> Any:
-    from orchestrator.db import repo
+    from orchestrator.db import ledger
     from orchestrator.db.session import unit_of_work
 
     with unit_of_work(deps.sessions) as s:
-        claimed = repo.claim_batches(
+        claimed = ledger.claim_batches(
             s, owner=deps.worker_id, now=deps.clock.now(), ttl=3600, limit=1
         )
     if len(claimed) != 1 or claimed[0].state != state:
@@ -207,7 +207,7 @@ def child_upload(p: dict[str, Any]) -> dict[str, Any]:
     """Part c: ``steps.upload`` of a planned batch; gives the lease back afterwards."""
     from orchestrator import steps
     from orchestrator.clock import ManualClock, from_unix
-    from orchestrator.db import repo
+    from orchestrator.db import ledger
     from orchestrator.db.session import unit_of_work
     from orchestrator.deps import make_deps
 
@@ -222,7 +222,7 @@ def child_upload(p: dict[str, Any]) -> dict[str, Any]:
     seconds = time.perf_counter() - started
     step_peak = vm_mb("VmHWM")
     with unit_of_work(deps.sessions) as s:
-        repo.release(s, b.id, b.token, next_run_at=deps.clock.now())
+        ledger.reschedule(s, b, next_run_at=deps.clock.now())
     deps.close()
     with psycopg.connect(p["db_url"]) as conn:
         written = one(conn, "SELECT bytes FROM orchestrator.batches WHERE id = %s", b.id)
@@ -521,8 +521,7 @@ def prepare(
     on the system clock finds the batch due."""
     from orchestrator import runner, steps
     from orchestrator.clock import ManualClock, SystemClock
-    from orchestrator.db import repo
-    from orchestrator.db.models import Batch
+    from orchestrator.db import ledger, queries
     from orchestrator.db.session import unit_of_work
     from orchestrator.deps import make_deps
 
@@ -547,11 +546,11 @@ def prepare(
         if not steps.poll(deps, b):  # the emulator writes the result files now
             raise RuntimeError("the batch did not finish")
         with unit_of_work(deps.sessions) as s:
-            batch = s.get_one(Batch, b.id)
+            batch = queries.batch(s, b.id)
             output_file_id = batch.output_file_id or batch.error_file_id
             if batch.state != "ingesting" or output_file_id is None:
                 raise RuntimeError(f"batch {b.id} is {batch.state}, without a result file")
-            repo.release(s, b.id, b.token, next_run_at=clock.now())
+            ledger.reschedule(s, b, next_run_at=clock.now())
     finally:
         deps.close()
     size = emulator.file_bytes(output_file_id)

@@ -340,6 +340,16 @@ def wait_for(predicate: Callable[[], bool], *, timeout: float, interval: float =
     return predicate()
 
 
+def expire_leases(db_url: str) -> None:
+    """Every lease runs out now, on the database's clock (which is the one leases are judged by),
+    as if the daemons holding them had stalled past their lease."""
+    with psycopg.connect(db_url) as conn:
+        conn.execute(
+            "UPDATE orchestrator.batches SET lease_expires_at = now() - interval '1 second' "
+            "WHERE lease_expires_at IS NOT NULL"
+        )
+
+
 def all_terminal(db_url: str) -> bool:
     return count(db_url, "jobs", "status NOT IN ('completed', 'failed', 'cancelled')") == 0
 

@@ -8,9 +8,14 @@ from typing import Any
 
 import psycopg
 import sqlalchemy as sa
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session as Session
+from sqlalchemy.orm import sessionmaker
 
 from orchestrator.errors import ConfigError
+
+# Errors that say "not now" about the database, not "never" about the work: the server went away
+# or refused a connection, or the transaction lost a deadlock or a serialization conflict.
+TRANSIENT_DB_ERRORS: tuple[type[Exception], ...] = (sa.exc.OperationalError, sa.exc.InterfaceError)
 
 
 def sqlalchemy_url(url: str) -> sa.URL:

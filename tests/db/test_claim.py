@@ -1,7 +1,9 @@
-"""The claim and the fence on real PostgreSQL: leases, SKIP LOCKED, takeover of stale leases."""
+"""The claim and the compare-and-set on real PostgreSQL: leases on the database's clock, SKIP
+LOCKED, takeover of expired leases, the transition table."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import threading
 import uuid
@@ -9,11 +11,11 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-from orchestrator.db import repo
+from orchestrator.db import ledger, queries
 from orchestrator.db.session import make_engine, make_sessionmaker, unit_of_work
 from orchestrator.domain.states import BatchState
 from orchestrator.errors import IllegalTransition, LeaseLost
-from tests.support import enqueue, simple_requests
+from tests.support import enqueue, expire_leases, simple_requests
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -46,7 +48,7 @@ def test_concurrent_claims_never_share_a_batch(db_url: str, sessions) -> None:  
     def claim() -> None:
         barrier.wait()
         with unit_of_work(sessions) as s:
-            got = repo.claim_batches(s, owner=uuid.uuid4(), now=T0, ttl=60, limit=5)
+            got = ledger.claim_batches(s, owner=uuid.uuid4(), now=T0, ttl=60, limit=5)
         claimed.append([b.id for b in got])
 
     threads = [threading.Thread(target=claim) for _ in range(8)]
@@ -62,51 +64,50 @@ def test_a_leased_batch_is_not_claimed_until_its_lease_expires(db_url: str, sess
     _batches(db_url, 1, sessions)
     a, b = uuid.uuid4(), uuid.uuid4()
     with unit_of_work(sessions) as s:
-        (first,) = repo.claim_batches(s, owner=a, now=T0, ttl=60, limit=10)
+        (first,) = ledger.claim_batches(s, owner=a, now=T0, ttl=60, limit=10)
+    # a daemon whose own clock is days ahead still sees the lease as live: expiry is the
+    # database's business, not the claimer's
+    far_ahead = T0 + dt.timedelta(days=3)
     with unit_of_work(sessions) as s:
-        assert (
-            repo.claim_batches(s, owner=b, now=T0 + dt.timedelta(seconds=59), ttl=60, limit=10)
-            == []
-        )
+        assert ledger.claim_batches(s, owner=b, now=far_ahead, ttl=60, limit=10) == []
+    expire_leases(db_url)  # the lease's 60 s pass, on the database's clock
     with unit_of_work(sessions) as s:
-        (second,) = repo.claim_batches(
-            s, owner=b, now=T0 + dt.timedelta(seconds=61), ttl=60, limit=10
-        )
+        (second,) = ledger.claim_batches(s, owner=b, now=T0, ttl=60, limit=10)
     assert second.id == first.id and second.token == first.token + 1
     # the old holder's writes are fenced off
     with pytest.raises(LeaseLost), unit_of_work(sessions) as s:
-        repo.fence(s, first.id, first.token, last_error="late write")
+        ledger.touch(s, first, ["planned"], last_error="late write")
     with unit_of_work(sessions) as s:
-        repo.fence(s, second.id, second.token, last_error="owner write")
+        ledger.touch(s, second, ["planned"], last_error="owner write")
 
 
 def test_heartbeat_renews_only_current_leases(db_url: str, sessions) -> None:  # type: ignore[no-untyped-def]
     _batches(db_url, 2, sessions)
     me = uuid.uuid4()
     with unit_of_work(sessions) as s:
-        one, two = repo.claim_batches(s, owner=me, now=T0, ttl=60, limit=2)
-    later = T0 + dt.timedelta(seconds=50)
+        one, two = ledger.claim_batches(s, owner=me, now=T0, ttl=60, limit=2)
+    expire_leases(db_url)
     with unit_of_work(sessions) as s:
-        renewed = repo.renew_leases(
-            s, owner=me, tokens={one.id: one.token, two.id: two.token + 7}, now=later, ttl=60
+        renewed = ledger.renew_leases(
+            s, owner=me, tokens={one.id: one.token, two.id: two.token + 7}, ttl=60
         )
     assert renewed == {one.id}
     with unit_of_work(sessions) as s:
-        others = repo.claim_batches(
-            s, owner=uuid.uuid4(), now=later + dt.timedelta(seconds=15), ttl=60, limit=5
-        )
-    assert [b.id for b in others] == []  # both still leased: one renewed, two not yet expired
+        others = ledger.claim_batches(s, owner=uuid.uuid4(), now=T0, ttl=60, limit=5)
+    # both are this owner's rows, so both are live again (nobody else could claim them in
+    # between); only the lease whose token the caller named is reported as still its own
+    assert [b.id for b in others] == []
 
 
 def test_a_blocked_target_is_not_claimed(db_url: str, sessions) -> None:  # type: ignore[no-untyped-def]
     _batches(db_url, 1, sessions)
     with unit_of_work(sessions) as s:
-        repo.block_target(
+        ledger.block_target(
             s, "fastrouter", until=T0 + dt.timedelta(seconds=30), reason="429", paused=False
         )
     with unit_of_work(sessions) as s:
         assert (
-            repo.claim_batches(
+            ledger.claim_batches(
                 s, owner=uuid.uuid4(), now=T0 + dt.timedelta(seconds=29), ttl=60, limit=5
             )
             == []
@@ -114,7 +115,7 @@ def test_a_blocked_target_is_not_claimed(db_url: str, sessions) -> None:  # type
     with unit_of_work(sessions) as s:
         assert (
             len(
-                repo.claim_batches(
+                ledger.claim_batches(
                     s, owner=uuid.uuid4(), now=T0 + dt.timedelta(seconds=31), ttl=60, limit=5
                 )
             )
@@ -124,9 +125,9 @@ def test_a_blocked_target_is_not_claimed(db_url: str, sessions) -> None:  # type
 
 def test_a_later_block_is_never_shortened(db_url: str, sessions) -> None:  # type: ignore[no-untyped-def]
     with unit_of_work(sessions) as s:
-        repo.block_target(s, "t", until=T0 + dt.timedelta(seconds=60), reason="a", paused=False)
-        repo.block_target(s, "t", until=T0 + dt.timedelta(seconds=10), reason="b", paused=False)
-        state = repo.target_state(s, "t")
+        ledger.block_target(s, "t", until=T0 + dt.timedelta(seconds=60), reason="a", paused=False)
+        ledger.block_target(s, "t", until=T0 + dt.timedelta(seconds=10), reason="b", paused=False)
+        state = queries.target_state(s, "t")
         assert state is not None and state.blocked_until == T0 + dt.timedelta(seconds=60)
 
 
@@ -144,7 +145,7 @@ def test_a_claim_skips_a_batch_locked_by_another_transaction_instead_of_waiting(
         # When another daemon claims, unwilling to wait for any lock
         with unit_of_work(sessions) as s:
             s.execute(sa.text("SET LOCAL lock_timeout = '2s'"))
-            got = repo.claim_batches(s, owner=uuid.uuid4(), now=T0, ttl=60, limit=10)
+            got = ledger.claim_batches(s, owner=uuid.uuid4(), now=T0, ttl=60, limit=10)
     finally:
         holder.rollback()
         holder.close()
@@ -155,19 +156,19 @@ def test_a_claim_skips_a_batch_locked_by_another_transaction_instead_of_waiting(
 def test_a_state_write_the_table_does_not_allow_is_refused(db_url: str, sessions) -> None:  # type: ignore[no-untyped-def]
     _batches(db_url, 1, sessions)
     with unit_of_work(sessions) as s:
-        (b,) = repo.claim_batches(s, owner=uuid.uuid4(), now=T0, ttl=60, limit=1)
+        (b,) = ledger.claim_batches(s, owner=uuid.uuid4(), now=T0, ttl=60, limit=1)
     # a planned batch cannot jump to submitted or done (no intent, no ingest), even by its owner
     for illegal in (BatchState.SUBMITTED, BatchState.DONE, BatchState.INGESTING):
         with (
             pytest.raises(IllegalTransition, match=f"planned -> {illegal}"),
             unit_of_work(sessions) as s,
         ):
-            repo.fence(s, b.id, b.token, state=illegal, last_error="must not stick")
+            ledger.move(s, b, illegal, last_error="must not stick")
     with unit_of_work(sessions) as s:
         row = s.execute(sa.text("SELECT state, last_error FROM orchestrator.batches")).one()
     assert tuple(row) == ("planned", None)
     # the allowed move goes through; a stale token is still LeaseLost, whatever the move
     with unit_of_work(sessions) as s:
-        repo.fence(s, b.id, b.token, state=BatchState.UPLOADED)
+        ledger.move(s, b, BatchState.UPLOADED)
     with pytest.raises(LeaseLost), unit_of_work(sessions) as s:
-        repo.fence(s, b.id, b.token - 1, state=BatchState.DONE)
+        ledger.move(s, dataclasses.replace(b, token=b.token - 1), BatchState.DONE)

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import psycopg
 
-from orchestrator.db import repo
+from orchestrator.db import queries
 from orchestrator.db.session import make_engine, make_sessionmaker, unit_of_work
 from orchestrator.domain.cost import Price
 
@@ -23,11 +23,11 @@ def test_the_price_in_force_is_the_latest_that_has_started(db_url: str) -> None:
     engine = make_engine(db_url)
     try:
         with unit_of_work(make_sessionmaker(engine)) as s:
-            at_2026 = repo.prices_in_force(
+            at_2026 = queries.prices_in_force(
                 s, ["m", "other"], dt.datetime(2026, 11, 30, tzinfo=dt.UTC)
             )
-            at_2024 = repo.prices_in_force(s, ["m"], dt.datetime(2024, 6, 1, tzinfo=dt.UTC))
-            at_2031 = repo.prices_in_force(s, ["m"], dt.datetime(2031, 1, 1, tzinfo=dt.UTC))
+            at_2024 = queries.prices_in_force(s, ["m"], dt.datetime(2024, 6, 1, tzinfo=dt.UTC))
+            at_2031 = queries.prices_in_force(s, ["m"], dt.datetime(2031, 1, 1, tzinfo=dt.UTC))
     finally:
         engine.dispose()
     # 2026: the 2025 row, not the newer 2030 one; "other" has no price in force yet

@@ -1,8 +1,8 @@
 """A daemon that lost its lease writes nothing: not a state, not a result.
 
 Two daemons are played here step by step, in one process, on the manual clock the emulator also
-runs on: A claims a batch, A's lease expires (the clock moves past it, as when A stalls in a GC
-pause or a long network call with its heartbeat stuck), B claims it and does the work, and only
+runs on: A claims a batch, A's lease expires (on the database's clock, which judges leases, as when A
+stalls in a GC pause or a long network call with its heartbeat stuck), B claims it and does the work, and only
 then does A's step come back and try to write. The interleaving is exact, so these tests cannot
 pass by luck of timing; the process tests show the same with real processes.
 """
@@ -12,8 +12,8 @@ from __future__ import annotations
 import uuid
 
 from orchestrator import runner
-from orchestrator.db import repo
-from orchestrator.db.repo import Claimed
+from orchestrator.db import ledger
+from orchestrator.db.queries import Claimed
 from orchestrator.db.session import unit_of_work
 from orchestrator.emulator import EmulatorConfig
 from tests.support import (
@@ -22,6 +22,7 @@ from tests.support import (
     assert_results_match_provider,
     count,
     enqueue,
+    expire_leases,
     harness,
     make_settings,
     query,
@@ -35,7 +36,7 @@ LEASE = 60.0
 def claim(h: Harness) -> Claimed:
     """The one runnable batch, claimed by a daemon of its own."""
     with unit_of_work(h.deps.sessions) as s:
-        (claimed,) = repo.claim_batches(
+        (claimed,) = ledger.claim_batches(
             s, owner=uuid.uuid4(), now=h.clock.now(), ttl=LEASE, limit=1
         )
     return claimed
@@ -45,8 +46,6 @@ def plan(h: Harness, job_id: int) -> None:
     assert runner.plan_one(h.deps, job_id) == "running"
 
 
-def expire_leases(h: Harness) -> None:
-    h.clock.advance(LEASE + 1)
 
 
 def test_a_step_that_lost_its_lease_to_another_daemon_writes_nothing(db_url: str) -> None:
@@ -60,7 +59,7 @@ def test_a_step_that_lost_its_lease_to_another_daemon_writes_nothing(db_url: str
         plan(h, job_id)
         # Given daemon A holds the batch, and its lease runs out before A writes anything
         a = claim(h)
-        expire_leases(h)
+        expire_leases(db_url)
         # When daemon B takes it over and uploads and creates the remote batch
         b = claim(h)
         assert (b.id, b.token) == (a.id, a.token + 1)
@@ -97,7 +96,7 @@ def test_an_ingest_that_lost_its_lease_writes_no_result_and_downloads_nothing(
         h.clock.advance(120)
         # Given daemon A holds the batch for its ingest, and loses its lease to daemon B
         a = claim(h)
-        expire_leases(h)
+        expire_leases(db_url)
         b = claim(h)
         downloads = len(h.emulator.ledger.calls_to("file_content"))
         # When A's ingest runs with its stale lease

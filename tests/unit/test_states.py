@@ -1,4 +1,4 @@
-"""The batch state table. ``repo.fence`` enforces it on every state write (``sources_of``); the
+"""The batch state table. ``db.ledger`` enforces it on every state write (``sources_of``); the
 database test ``tests/db/test_claim.py::test_a_state_write_the_table_does_not_allow_is_refused``
 shows the enforcement, these the table's own shape."""
 

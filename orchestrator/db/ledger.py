@@ -1,0 +1,1041 @@
+"""The ledger: every write the orchestrator makes, and nothing else writes.
+
+Jobs, batches, batch items, results, events, target state and workers change here only (the COPY
+of result lines is streamed by ``ingest``, inside a transaction this module fences). None of these
+functions commits: the caller frames one short transaction per transition
+(``db.session.unit_of_work``).
+
+**Compare-and-set.** Every write to a leased batch is one ``UPDATE … WHERE id = :id AND
+lease_token = :token AND state = ANY(:expected)``. A move to a new state takes ``expected`` from
+the transition table (``domain.states.sources_of``), so the table is enforced by the database
+write itself; a write that keeps the state names the states it may happen in. No row matched:
+``LeaseLost`` when the token is no longer current, ``IllegalTransition`` when it is and the state
+is not one the write allows.
+
+**Leases are on the database's clock.** A lease is taken, renewed and judged expired with the
+database's ``now()``, never with a daemon's own clock, so a daemon whose clock is off cannot take
+over a live lease. Schedules (``next_run_at``, a target's ``blocked_until``) are the daemon's.
+
+**One lock order.** A transaction that locks both locks the batch row(s) first and the job row
+after, and locks a job row only ``FOR NO KEY UPDATE`` (never ``FOR UPDATE``, which would wait
+for the ``FOR KEY SHARE`` a foreign-key check on a batch row takes, and deadlock with a
+transaction finishing another batch of the same job). A batch is updated once per transaction:
+a step that must hold its batch across a long write (the ingest) locks it with a ``SELECT … FOR
+NO KEY UPDATE`` first, not with an UPDATE, so the closing UPDATE is the row's only new version
+and re-checks no foreign key.
+
+**Events and logs.** :func:`record` writes the event row and emits the log line with the same
+fields; the log line is emitted when the transaction commits (nothing is logged for a transition
+that rolled back).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterable, Mapping
+from decimal import Decimal
+from typing import Any, Protocol
+
+import orjson
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.dialects import postgresql as pg
+from sqlalchemy.orm import Session
+
+from orchestrator.db.models import Batch, Event, Job, TargetState, Worker
+from orchestrator.db.queries import OPEN_STATES, Claimed
+from orchestrator.db.session import raw_connection
+from orchestrator.domain.states import BatchState, JobStatus, sources_of
+from orchestrator.errors import IllegalTransition, LeaseLost
+
+log = structlog.get_logger("orchestrator.ledger")
+
+RESULT_COLUMNS = (
+    "job_id, custom_id, batch_id, attempt, succeeded, status_code, response, error, model, "
+    "prompt_tokens, completion_tokens, total_tokens, cached_tokens, reasoning_tokens"
+)
+_PENDING_LOGS = "orchestrator_pending_logs"
+
+
+class Lease(Protocol):
+    """What a write needs to know of the batch it fences: a :class:`queries.Claimed`."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def token(self) -> int: ...
+    @property
+    def job_id(self) -> int: ...
+
+
+# -- events and their log lines ---------------------------------------------------------
+
+
+def record(
+    session: Session,
+    kind: str,
+    *,
+    level: str = "info",
+    job_id: int | None = None,
+    batch_id: int | None = None,
+    **fields: Any,
+) -> None:
+    """The event row now, and the log line with the same fields once the transaction commits."""
+    session.execute(
+        sa.insert(Event).values(kind=kind, job_id=job_id, batch_id=batch_id, detail=fields)
+    )
+    ids = {k: v for k, v in (("job_id", job_id), ("batch_id", batch_id)) if v is not None}
+    session.info.setdefault(_PENDING_LOGS, []).append((level, kind, {**ids, **fields}))
+
+
+@sa.event.listens_for(Session, "after_commit")
+def _emit_logs(session: Session) -> None:
+    for level, kind, fields in session.info.pop(_PENDING_LOGS, ()):
+        getattr(log, level)(kind, **fields)
+
+
+@sa.event.listens_for(Session, "after_rollback")
+def _drop_logs(session: Session) -> None:
+    session.info.pop(_PENDING_LOGS, None)
+
+
+# -- the compare-and-set ------------------------------------------------------------------
+
+
+def _cas(
+    session: Session, lease: Lease, expected: Iterable[str], *, release: bool, **values: Any
+) -> None:
+    """The one UPDATE of a leased batch: matched only under ``lease`` and in ``expected``."""
+    allowed = sorted(str(s) for s in expected)
+    if release:
+        values.update(lease_owner=None, lease_expires_at=None)
+    stmt = (
+        sa.update(Batch)
+        .where(Batch.id == lease.id, Batch.lease_token == lease.token, Batch.state.in_(allowed))
+        .values(updated_at=sa.func.now(), **values)
+        .returning(Batch.id)
+    )
+    if session.execute(stmt).scalar_one_or_none() is not None:
+        return
+    current = session.execute(
+        sa.select(Batch.state).where(Batch.id == lease.id, Batch.lease_token == lease.token)
+    ).scalar_one_or_none()
+    if current is None:
+        raise LeaseLost(f"batch {lease.id}: lease token {lease.token} is no longer current")
+    target = values.get("state", current)
+    raise IllegalTransition(f"batch {lease.id}: {current} -> {target} is not an allowed move")
+
+
+def move(
+    session: Session, lease: Lease, to: BatchState, *, release: bool = False, **values: Any
+) -> None:
+    """Move the batch to ``to``, from a state the transition table allows it from."""
+    _cas(session, lease, sources_of(to), release=release, state=to, **values)
+
+
+def touch(
+    session: Session,
+    lease: Lease,
+    in_states: Iterable[str],
+    *,
+    release: bool = False,
+    **values: Any,
+) -> None:
+    """Write ``values`` without a change of state; the batch must be in one of ``in_states``."""
+    _cas(session, lease, in_states, release=release, **values)
+
+
+def lock(session: Session, lease: Lease, in_state: BatchState) -> None:
+    """Hold the batch row for the rest of the transaction without writing it (see the lock order
+    in the module docstring): LeaseLost unless ``lease`` holds it in ``in_state``."""
+    found = session.execute(
+        sa.select(Batch.id)
+        .where(Batch.id == lease.id, Batch.lease_token == lease.token, Batch.state == str(in_state))
+        .with_for_update(key_share=True)
+    ).scalar_one_or_none()
+    if found is None:
+        raise LeaseLost(f"batch {lease.id}: lease token {lease.token} does not hold it here")
+
+
+# -- leases (on the database's clock) ---------------------------------------------------------
+
+_CLAIM = sa.text(
+    f"""
+    WITH c AS (
+        SELECT b.id FROM orchestrator.batches b
+        WHERE b.state IN ({", ".join(repr(s) for s in OPEN_STATES)})
+          AND b.next_run_at <= :now
+          AND (b.lease_expires_at IS NULL OR b.lease_expires_at < now())
+          AND NOT EXISTS (
+              SELECT 1 FROM orchestrator.target_state t
+              WHERE t.target = b.target AND t.blocked_until > :now)
+        ORDER BY b.priority DESC, b.next_run_at, b.id
+        LIMIT :n
+        FOR NO KEY UPDATE OF b SKIP LOCKED
+    )
+    UPDATE orchestrator.batches b
+       SET lease_owner = :me, lease_token = b.lease_token + 1,
+           lease_expires_at = now() + make_interval(secs => :ttl)
+      FROM c, orchestrator.jobs j
+     WHERE b.id = c.id AND j.id = b.job_id
+    RETURNING {Claimed.COLUMNS}
+    """
+)
+
+
+def claim_batches(
+    session: Session, *, owner: uuid.UUID, now: dt.datetime, ttl: float, limit: int
+) -> list[Claimed]:
+    """Lease up to ``limit`` batches that are due by ``now`` (the daemon's schedule) and whose
+    lease, if any, has expired by the database's clock."""
+    if limit <= 0:
+        return []
+    rows = session.execute(_CLAIM, {"me": owner, "now": now, "ttl": ttl, "n": limit}).mappings()
+    return [Claimed(**row) for row in rows]
+
+
+def renew_leases(
+    session: Session, *, owner: uuid.UUID, tokens: Mapping[int, int], ttl: float
+) -> set[int]:
+    """Extend the leases this worker still holds; returns the ids renewed.
+
+    Rows locked by one of our own transactions (an ingest in progress) are skipped: while locked
+    nobody can claim them, and the transaction's compare-and-set checks the token anyway.
+    """
+    if not tokens:
+        return set()
+    rows = session.execute(
+        sa.text(
+            """
+            UPDATE orchestrator.batches b
+               SET lease_expires_at = now() + make_interval(secs => :ttl)
+              FROM (SELECT id FROM orchestrator.batches
+                     WHERE id = ANY(:ids) AND lease_owner = :me
+                     FOR NO KEY UPDATE SKIP LOCKED) l
+             WHERE b.id = l.id
+            RETURNING b.id, b.lease_token
+            """
+        ),
+        {"ids": list(tokens), "me": owner, "ttl": ttl},
+    ).all()
+    return {row.id for row in rows if tokens.get(row.id) == row.lease_token}
+
+
+def release_leases(session: Session, *, owner: uuid.UUID, tokens: Mapping[int, int]) -> int:
+    """Give back leases at shutdown, only where our token is still the current one."""
+    released = 0
+    for batch_id, token in tokens.items():
+        result = session.execute(
+            sa.update(Batch)
+            .where(Batch.id == batch_id, Batch.lease_token == token, Batch.lease_owner == owner)
+            .values(lease_owner=None, lease_expires_at=None)
+        )
+        released += result.rowcount or 0  # type: ignore[attr-defined]
+    return released
+
+
+def wake_cancelled_jobs(session: Session, now: dt.datetime) -> int:
+    """Make the open batches of jobs with a cancel request runnable now (they may be sleeping
+    through a long poll backoff). Batches whose cancel was already sent keep their schedule."""
+    result = session.execute(
+        sa.text(
+            """
+            UPDATE orchestrator.batches b SET next_run_at = :now
+              FROM (SELECT b2.id FROM orchestrator.batches b2
+                      JOIN orchestrator.jobs j ON j.id = b2.job_id
+                     WHERE j.status = 'running' AND j.cancel_requested_at IS NOT NULL
+                       AND b2.state IN ('planned', 'uploaded', 'creating', 'submitted')
+                       AND b2.next_run_at > :now AND b2.cancel_sent_at IS NULL
+                       FOR NO KEY UPDATE OF b2 SKIP LOCKED) w
+             WHERE b.id = w.id
+            """
+        ),
+        {"now": now},
+    )
+    return result.rowcount or 0  # type: ignore[attr-defined]
+
+
+# -- operator commands ----------------------------------------------------------------------
+
+
+def resolve_unknown_create(
+    session: Session, batch_id: int, *, adopt: str | None, now: dt.datetime
+) -> str:
+    """An operator settles a create whose outcome is unknown: adopt the remote batch ``adopt``, or
+    create again. The lease token is bumped, so a worker still holding the batch writes nothing
+    after this. Returns how it was settled."""
+    batch = session.execute(
+        sa.select(Batch.id, Batch.job_id, Batch.state, Batch.lease_token)
+        .where(Batch.id == batch_id)
+        .with_for_update(key_share=True)
+    ).one_or_none()
+    if batch is None or batch.state != BatchState.CREATING:
+        raise IllegalTransition(f"batch {batch_id} is not waiting in 'creating'")
+    values: dict[str, Any]
+    if adopt:
+        how, to = "adopted", BatchState.SUBMITTED
+        values = {"remote_batch_id": adopt}
+    else:
+        how, to = "recreate", BatchState.UPLOADED
+        values = {"idempotency_key": None}
+    session.execute(
+        sa.update(Batch)
+        .where(Batch.id == batch_id, Batch.state.in_(sorted(sources_of(to))))
+        .values(
+            state=to,
+            next_run_at=now,
+            lease_owner=None,
+            lease_expires_at=None,
+            lease_token=Batch.lease_token + 1,
+            updated_at=sa.func.now(),
+            **values,
+        )
+    )
+    record(
+        session,
+        "batch_resolved",
+        job_id=batch.job_id,
+        batch_id=batch_id,
+        how=how,
+        remote_batch_id=adopt,
+    )
+    return how
+
+
+def request_cancel(session: Session, job_id: int) -> str | None:
+    """Ask for the job to be cancelled; returns its status, or None if there is no such job."""
+    status: str | None = session.execute(
+        sa.update(Job)
+        .where(Job.id == job_id)
+        .values(cancel_requested_at=sa.func.coalesce(Job.cancel_requested_at, sa.func.now()))
+        .returning(Job.status)
+    ).scalar_one_or_none()
+    return status
+
+
+# -- jobs ---------------------------------------------------------------------------------
+
+
+def insert_job(
+    session: Session,
+    *,
+    name: str,
+    target: str,
+    endpoint: str,
+    max_attempts: int,
+    priority: int,
+) -> int:
+    return session.execute(
+        sa.insert(Job)
+        .values(
+            name=name, target=target, endpoint=endpoint, max_attempts=max_attempts,
+            priority=priority,
+        )
+        .returning(Job.id)
+    ).scalar_one()  # fmt: skip
+
+
+def run_user_sql(session: Session, sql: str) -> None:
+    """A statement written as a user would type it into psql (the demo's enqueue): sent as it
+    is, with no parameter binding (its JSON may hold colons)."""
+    raw_connection(session).execute(sql.encode())
+
+
+def copy_requests(
+    session: Session, job_id: int, rows: Iterable[tuple[str, Any, str, Any, str]]
+) -> None:
+    """COPY the job's requests: ``(custom_id, provider, method, url, body as JSON text)``."""
+    cursor = raw_connection(session).cursor()
+    with cursor.copy(
+        "COPY orchestrator.requests (job_id, custom_id, provider, method, url, body) FROM STDIN"
+    ) as copy:
+        for row in rows:
+            copy.write_row((job_id, *row))
+
+
+def insert_planned_batch(
+    session: Session,
+    job: Job,
+    *,
+    first_seq: int,
+    last_seq: int,
+    count: int,
+    size: int,
+    now: dt.datetime,
+) -> int:
+    """A first-round batch of the requests ``first_seq..last_seq`` of a job being planned."""
+    batch_id = session.execute(
+        sa.insert(Batch)
+        .values(
+            job_id=job.id, target=job.target, endpoint=job.endpoint, priority=job.priority,
+            round=1, state=BatchState.PLANNED, request_count=count, bytes=size, next_run_at=now,
+        )
+        .returning(Batch.id)
+    ).scalar_one()  # fmt: skip
+    session.execute(
+        sa.text(
+            "INSERT INTO orchestrator.batch_items (batch_id, custom_id, job_id, seq, attempt) "
+            "SELECT :batch, custom_id, job_id, seq, 1 FROM orchestrator.requests "
+            "WHERE job_id = :job AND seq BETWEEN :first AND :last"
+        ),
+        {"batch": batch_id, "job": job.id, "first": first_seq, "last": last_seq},
+    )
+    record(session, "batch_planned", job_id=job.id, batch_id=batch_id, requests=count, bytes=size)
+    return batch_id
+
+
+def start_job(
+    session: Session, job_id: int, *, requests: int, batches: int, size: int, now: dt.datetime
+) -> None:
+    session.execute(
+        sa.update(Job)
+        .where(Job.id == job_id)
+        .values(
+            status=JobStatus.RUNNING,
+            started_at=now,
+            request_count=requests,
+            batch_count=batches,
+            updated_at=sa.func.now(),
+        )
+    )
+    record(session, "job_planned", job_id=job_id, requests=requests, batches=batches, bytes=size)
+
+
+def end_pending_job(
+    session: Session,
+    job_id: int,
+    status: JobStatus,
+    now: dt.datetime,
+    *,
+    error: str | None = None,
+    stage: str,
+) -> None:
+    """A job that ends before any batch: failed validation, cancelled while pending."""
+    session.execute(
+        sa.update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.PENDING)
+        .values(status=status, error=error, finished_at=now, updated_at=sa.func.now())
+    )
+    detail: dict[str, Any] = {"stage": stage}
+    if error is not None:
+        detail["error"] = error
+    level = "error" if status == JobStatus.FAILED else "info"
+    record(session, f"job_{status}", level=level, job_id=job_id, **detail)
+
+
+def add_to_job(
+    session: Session,
+    job_id: int,
+    *,
+    succeeded: int = 0,
+    failed: int = 0,
+    prompt_tokens: int = 0,
+    completion_tokens: int = 0,
+    total_tokens: int = 0,
+    cost: Decimal | None = None,
+    batches: int = 0,
+    error: str | None = None,
+) -> None:
+    """Add to the job's counters (an UPDATE: it takes the job row FOR NO KEY UPDATE)."""
+    values: dict[str, Any] = {
+        "succeeded_count": Job.succeeded_count + succeeded,
+        "failed_count": Job.failed_count + failed,
+        "prompt_tokens": Job.prompt_tokens + prompt_tokens,
+        "completion_tokens": Job.completion_tokens + completion_tokens,
+        "total_tokens": Job.total_tokens + total_tokens,
+        "batch_count": Job.batch_count + batches,
+        "updated_at": sa.func.now(),
+    }
+    if cost is not None:
+        values["cost"] = sa.func.coalesce(Job.cost, 0) + cost
+    if error is not None:
+        values["error"] = sa.func.coalesce(Job.error, error)
+    session.execute(sa.update(Job).where(Job.id == job_id).values(**values))
+
+
+def recount_job(session: Session, job_id: int) -> None:
+    """Counters from the results themselves (after an upsert, where increments could double)."""
+    session.execute(
+        sa.text(
+            """
+            UPDATE orchestrator.jobs j SET
+                succeeded_count = c.ok, failed_count = c.ko, prompt_tokens = c.pt,
+                completion_tokens = c.ct, total_tokens = c.tt, updated_at = now()
+              FROM (SELECT count(*) FILTER (WHERE succeeded) AS ok,
+                           count(*) FILTER (WHERE NOT succeeded) AS ko,
+                           COALESCE(sum(prompt_tokens), 0) AS pt,
+                           COALESCE(sum(completion_tokens), 0) AS ct,
+                           COALESCE(sum(total_tokens), 0) AS tt
+                      FROM orchestrator.results WHERE job_id = :job) c
+             WHERE j.id = :job
+            """
+        ),
+        {"job": job_id},
+    )
+
+
+def finish_job_if_done(session: Session, job_id: int, now: dt.datetime) -> str | None:
+    """If the job has no open batch left, give it its final status.
+
+    The job row is locked FOR NO KEY UPDATE (see the lock order): of two transactions closing the
+    job's last two batches at once, the second waits for the first to commit, then sees both
+    batches closed.
+    """
+    job = session.scalars(
+        sa.select(Job).where(Job.id == job_id).with_for_update(key_share=True)
+    ).one()
+    open_batches = session.execute(
+        sa.select(sa.func.count())
+        .select_from(Batch)
+        .where(Batch.job_id == job_id, Batch.state.in_(OPEN_STATES))
+    ).scalar_one()
+    if job.status != JobStatus.RUNNING or open_batches:
+        return None
+    failed_batches = session.execute(
+        sa.select(sa.func.count())
+        .select_from(Batch)
+        .where(Batch.job_id == job_id, Batch.state == BatchState.FAILED)
+    ).scalar_one()
+    if job.cancel_requested_at is not None:
+        status = JobStatus.CANCELLED
+    elif failed_batches:
+        status = JobStatus.FAILED
+    else:
+        status = JobStatus.COMPLETED
+    session.execute(
+        sa.update(Job)
+        .where(Job.id == job_id)
+        .values(status=status, finished_at=now, updated_at=sa.func.now())
+    )
+    record(
+        session,
+        f"job_{status}",
+        level="error" if status == JobStatus.FAILED else "info",
+        job_id=job_id,
+        succeeded=job.succeeded_count,
+        failed=job.failed_count,
+        total_tokens=job.total_tokens,
+        cost=None if job.cost is None else str(job.cost),
+        error=job.error,
+    )
+    return status
+
+
+# -- batches: the steps' transitions ---------------------------------------------------------
+# One function per transition: its compare-and-set and its event, in the caller's transaction.
+# ``worker`` names the daemon that made it (events only).
+
+_B = BatchState
+# A poll's count, for the write that records the poll (steps hold no SQL expressions of their own).
+POLL_COUNT_PLUS_ONE = Batch.poll_count + 1
+
+
+def _event(
+    session: Session, lease: Lease, kind: str, *, level: str = "info", **fields: Any
+) -> None:
+    record(session, kind, level=level, job_id=lease.job_id, batch_id=lease.id, **fields)
+
+
+def mark_uploaded(
+    session: Session, lease: Lease, *, file_id: str, size: int, requests: int,
+    next_run_at: dt.datetime, worker: str,
+) -> None:  # fmt: skip
+    """planned → uploaded: the JSONL is on the provider's side."""
+    move(
+        session, lease, _B.UPLOADED, input_file_id=file_id, bytes=size, request_count=requests,
+        step_failures=0, last_error=None, next_run_at=next_run_at,
+    )  # fmt: skip
+    _event(session, lease, "batch_uploaded", worker=worker, file_id=file_id, bytes=size,
+           requests=requests)  # fmt: skip
+
+
+def begin_create(session: Session, lease: Lease, *, key: uuid.UUID, at: dt.datetime) -> None:
+    """uploaded → creating: the intent, committed before ``POST /batches`` is sent."""
+    move(
+        session, lease, _B.CREATING, idempotency_key=key, create_attempted_at=at,
+        create_attempts=Batch.create_attempts + 1,
+    )  # fmt: skip
+
+
+def create_unseen(session: Session, lease: Lease, *, error: str, worker: str) -> None:
+    """The create's outcome is unknown (timeout, 5xx, cut connection): stay in ``creating``, so
+    that the next attempt starts by reconciling."""
+    touch(session, lease, [_B.CREATING])
+    _event(session, lease, "batch_create_ambiguous", level="warning", worker=worker, error=error)
+
+
+def create_refused(session: Session, lease: Lease) -> None:
+    """creating → uploaded: a definite refusal (4xx, 429, or not sent): nothing was created."""
+    move(session, lease, _B.UPLOADED, idempotency_key=None)
+
+
+def mark_submitted(
+    session: Session, lease: Lease, *, how: str, remote_batch_id: str, status: str,
+    next_run_at: dt.datetime, remote: Mapping[str, Any], worker: str,
+) -> None:  # fmt: skip
+    """creating → submitted: the remote batch is ours (``how``: created, or adopted)."""
+    move(
+        session, lease, _B.SUBMITTED, release=True, remote_batch_id=remote_batch_id,
+        step_failures=0, last_error=None, unchanged_polls=0, next_run_at=next_run_at, **remote,
+    )  # fmt: skip
+    _event(session, lease, f"batch_{how}", worker=worker, remote_batch_id=remote_batch_id,
+           status=status)  # fmt: skip
+
+
+def count_unknown_outcome(session: Session, lease: Lease) -> None:
+    """A create found unsettled: counted once per unknown outcome, whatever caused it (on a
+    target that cannot list, at most this many extra remote batches can exist)."""
+    touch(session, lease, [_B.CREATING], ambiguous_creates=Batch.ambiguous_creates + 1)
+
+
+def note(session: Session, lease: Lease, kind: str, *, worker: str, **fields: Any) -> None:
+    """An event about a batch the caller holds in ``creating`` (a reconciliation's finding)."""
+    touch(session, lease, [_B.CREATING])
+    _event(session, lease, kind, level="warning", worker=worker, **fields)
+
+
+def park_for_review(
+    session: Session, lease: Lease, *, next_run_at: dt.datetime, worker: str
+) -> None:
+    """An unknown create on a target that cannot list, under policy ``pause``."""
+    touch(
+        session, lease, [_B.CREATING], release=True, next_run_at=next_run_at,
+        last_error="create outcome unknown; waiting for an operator "
+        "(orchestrator resolve BATCH --adopt ID | --recreate)",
+    )  # fmt: skip
+    _event(session, lease, "batch_create_needs_review", level="warning", worker=worker,
+           hint="orchestrator resolve BATCH --adopt ID | --recreate")  # fmt: skip
+
+
+def poll_recorded(
+    session: Session, lease: Lease, *, next_run_at: dt.datetime, remote: Mapping[str, Any],
+    changed: bool, worker: str,
+) -> None:  # fmt: skip
+    """A poll of a batch still running: its status, and when to look again."""
+    touch(session, lease, [_B.SUBMITTED], release=True, next_run_at=next_run_at, **remote)
+    if changed:
+        _event(session, lease, "batch_status_changed", worker=worker,
+               status=remote["remote_status"], request_counts=remote["request_counts"])  # fmt: skip
+
+
+def mark_ingesting(
+    session: Session, lease: Lease, *, next_run_at: dt.datetime, remote: Mapping[str, Any],
+    worker: str, error: str | None = None, remote_batch_id: str | None = None,
+) -> None:  # fmt: skip
+    """submitted → ingesting: the provider is done; collect what it produced. With ``error``: it
+    failed the batch for a passing reason, and every request goes into the next round."""
+    values = {**remote, "last_error": error} if error else dict(remote)
+    move(session, lease, _B.INGESTING, next_run_at=next_run_at, **values)
+    if error:
+        _event(session, lease, "batch_failed_retryable", level="warning", worker=worker,
+               remote_batch_id=remote_batch_id, error=error)  # fmt: skip
+    else:
+        _event(session, lease, "batch_status_changed", worker=worker,
+               status=remote["remote_status"], request_counts=remote["request_counts"])  # fmt: skip
+
+
+def cancel_sent(
+    session: Session, lease: Lease, *, at: dt.datetime, kind: str, worker: str, **fields: Any
+) -> None:
+    touch(session, lease, [_B.SUBMITTED], cancel_sent_at=at)
+    _event(session, lease, kind, worker=worker, **fields)
+
+
+def token_limited(
+    session: Session, lease: Lease, *, remote_batch_id: str, remote: Mapping[str, Any],
+    error: str, next_run_at: dt.datetime, worker: str,
+) -> None:  # fmt: skip
+    """submitted → uploaded: the enqueued-token limit says "later"; create it again from the
+    same input file then (the requests do not use up an attempt)."""
+    move(
+        session, lease, _B.UPLOADED, release=True, remote_batch_id=None, idempotency_key=None,
+        remote_status=None, remote=dict(remote), last_error=error, next_run_at=next_run_at,
+    )  # fmt: skip
+    _event(session, lease, "batch_token_limited", level="warning", worker=worker,
+           remote_batch_id=remote_batch_id, error=error)  # fmt: skip
+
+
+def reschedule(session: Session, lease: Lease, *, next_run_at: dt.datetime, **values: Any) -> None:
+    """Give the lease back and run the batch's step again at ``next_run_at`` (a retry, a
+    blocked target, a crash), in whatever open state it is."""
+    touch(session, lease, OPEN_STATES, release=True, next_run_at=next_run_at, **values)
+
+
+def throttle(
+    session: Session, lease: Lease, *, target: str, until: dt.datetime, error: str,
+    **values: Any,
+) -> None:  # fmt: skip
+    """A 429: nobody calls the target before ``until``; this batch waits until then."""
+    block_target(session, target, until=until, reason=f"rate limited: {error}", paused=False)
+    reschedule(session, lease, next_run_at=until, **values)
+    _event(session, lease, "target_throttled", target=target, until=until.isoformat(),
+           error=error)  # fmt: skip
+
+
+def pause_target(
+    session: Session, lease: Lease, *, target: str, until: dt.datetime, reason: str,
+    **values: Any,
+) -> None:  # fmt: skip
+    """Bad credentials or account: the target's jobs wait; its key is tried again at ``until``."""
+    block_target(session, target, until=until, reason=reason, paused=True)
+    reschedule(session, lease, next_run_at=until, **values)
+    _event(session, lease, "target_paused", level="error", target=target, error=reason,
+           hint="jobs wait; they resume by themselves once the key works")  # fmt: skip
+
+
+def reupload(
+    session: Session, lease: Lease, *, now: dt.datetime, error: str, **values: Any
+) -> None:
+    """→ planned: the provider lost our input file; build and upload it again."""
+    move(
+        session, lease, _B.PLANNED, release=True, input_file_id=None, idempotency_key=None,
+        next_run_at=now, **values,
+    )  # fmt: skip
+    _event(session, lease, "batch_reupload", error=error)
+
+
+# -- batches: whole-batch transitions ---------------------------------------------------------
+
+
+def fail_batch(
+    session: Session,
+    lease: Lease,
+    *,
+    now: dt.datetime,
+    message: str,
+    error: dict[str, Any],
+    by_line: dict[int, dict[str, Any]] | None = None,
+    **values: Any,
+) -> None:
+    """The batch failed as a whole: its requests get final failure results carrying the
+    provider's message (``error``, or per input line ``by_line``), the job's ``error`` says why,
+    and the job ends ``failed``."""
+    move(
+        session, lease, BatchState.FAILED, release=True,
+        **{**values, "last_error": message, "finished_at": now},
+    )  # fmt: skip
+    written = fail_requests(session, batch_id=lease.id, error=error, by_line=by_line)
+    add_to_job(session, lease.job_id, failed=written, error=message)
+    record(
+        session,
+        "batch_failed",
+        level="error",
+        job_id=lease.job_id,
+        batch_id=lease.id,
+        error=message,
+        requests=written,
+    )
+    finish_job_if_done(session, lease.job_id, now)
+
+
+def cancel_locally(session: Session, lease: Lease, *, now: dt.datetime, stage: str) -> None:
+    """A batch of a cancelled job that never reached the provider: nothing to call."""
+    move(session, lease, BatchState.CANCELLED, release=True, finished_at=now)
+    record(session, "batch_cancelled", job_id=lease.job_id, batch_id=lease.id, stage=stage)
+    finish_job_if_done(session, lease.job_id, now)
+
+
+def _new_batch(
+    session: Session, source: Batch, *, round_: int, count: int, now: dt.datetime
+) -> int:
+    return session.execute(
+        sa.insert(Batch)
+        .values(
+            job_id=source.job_id, target=source.target, endpoint=source.endpoint,
+            priority=source.priority, round=round_, state=BatchState.PLANNED,
+            request_count=count, bytes=0, next_run_at=now,
+        )
+        .returning(Batch.id)
+    ).scalar_one()  # fmt: skip
+
+
+_NO_RESULT = (
+    " NOT EXISTS (SELECT 1 FROM orchestrator.results r"
+    " WHERE r.job_id = bi.job_id AND r.custom_id = bi.custom_id)"
+)
+
+
+def resubmit(session: Session, batch_id: int, now: dt.datetime) -> tuple[int, int] | None:
+    """A new batch (next round) with the requests of ``batch_id`` that have no result yet.
+
+    Returns ``(new_batch_id, requests)``, or None when there is nothing to send again. The new
+    batch is a subset of a batch that fitted the target's limits, so it fits too.
+    """
+    source = session.get_one(Batch, batch_id)
+    count = session.execute(
+        sa.text(
+            "SELECT count(*) FROM orchestrator.batch_items bi WHERE bi.batch_id = :b AND"
+            + _NO_RESULT
+        ),
+        {"b": batch_id},
+    ).scalar_one()
+    if not count:
+        return None
+    new_id = _new_batch(session, source, round_=source.round + 1, count=count, now=now)
+    session.execute(
+        sa.text(
+            "INSERT INTO orchestrator.batch_items (batch_id, custom_id, job_id, seq, attempt) "
+            "SELECT :new, bi.custom_id, bi.job_id, bi.seq, bi.attempt + 1 "
+            "FROM orchestrator.batch_items bi WHERE bi.batch_id = :b AND" + _NO_RESULT
+        ),
+        {"new": new_id, "b": batch_id},
+    )
+    add_to_job(session, source.job_id, batches=1)
+    record(
+        session,
+        "batch_resubmitted",
+        job_id=source.job_id,
+        batch_id=new_id,
+        from_batch=batch_id,
+        requests=count,
+    )
+    return new_id, count
+
+
+def split(session: Session, lease: Lease, *, now: dt.datetime, **values: Any) -> list[int]:
+    """Replace a batch the provider found too large by two halves (same attempt numbers)."""
+    source = session.get_one(Batch, lease.id)
+    seqs = (
+        session.execute(
+            sa.text("SELECT seq FROM orchestrator.batch_items WHERE batch_id = :b ORDER BY seq"),
+            {"b": lease.id},
+        )
+        .scalars()
+        .all()
+    )
+    middle = seqs[len(seqs) // 2]
+    halves = [(seqs[0], middle - 1, len(seqs) // 2), (middle, seqs[-1], len(seqs) - len(seqs) // 2)]
+    new_ids = []
+    for first, last, count in halves:
+        new_id = _new_batch(session, source, round_=source.round, count=count, now=now)
+        session.execute(
+            sa.text(
+                "INSERT INTO orchestrator.batch_items (batch_id, custom_id, job_id, seq, attempt) "
+                "SELECT :new, custom_id, job_id, seq, attempt FROM orchestrator.batch_items "
+                "WHERE batch_id = :b AND seq BETWEEN :first AND :last"
+            ),
+            {"new": new_id, "b": lease.id, "first": first, "last": last},
+        )
+        new_ids.append(new_id)
+    move(session, lease, BatchState.SUPERSEDED, release=True, finished_at=now, **values)
+    add_to_job(session, source.job_id, batches=1)
+    record(
+        session,
+        "batch_split",
+        level="warning",
+        job_id=source.job_id,
+        batch_id=lease.id,
+        into=new_ids,
+        requests=len(seqs),
+    )
+    return new_ids
+
+
+def finish_ingest(
+    session: Session,
+    lease: Lease,
+    *,
+    now: dt.datetime,
+    counts: Mapping[str, int],
+    cost: Decimal | None,
+    cost_source: str | None,
+    upserted: bool,
+    retry: int,
+    worker: str,
+    summary: Mapping[str, int],
+) -> tuple[int, int] | None:
+    """Close an ingested batch (``ingesting → done``) in the transaction that wrote its results:
+    its counters, the job's, the event, the next round for what is to be sent again, and the job's
+    end if this was its last open batch. Returns the resubmitted ``(batch id, requests)``."""
+    move(
+        session,
+        lease,
+        BatchState.DONE,
+        release=True,
+        finished_at=now,
+        cost=cost,
+        cost_source=cost_source,
+        step_failures=0,
+        last_error=None,
+        **counts,
+    )
+    if upserted:
+        recount_job(session, lease.job_id)
+        add_to_job(session, lease.job_id, cost=cost)
+    else:
+        add_to_job(
+            session,
+            lease.job_id,
+            succeeded=counts["succeeded_count"],
+            failed=counts["failed_count"],
+            prompt_tokens=counts["prompt_tokens"],
+            completion_tokens=counts["completion_tokens"],
+            total_tokens=counts["total_tokens"],
+            cost=cost,
+        )
+    detail: dict[str, Any] = {"worker": worker, "cost": str(cost), **summary}
+    record(session, "batch_ingested", job_id=lease.job_id, batch_id=lease.id, **detail)
+    again = resubmit(session, lease.id, now) if retry else None
+    finish_job_if_done(session, lease.job_id, now)
+    return again
+
+
+# -- results ----------------------------------------------------------------------------------
+
+
+def fail_requests(
+    session: Session,
+    *,
+    batch_id: int,
+    error: dict[str, Any],
+    by_line: dict[int, dict[str, Any]] | None = None,
+) -> int:
+    """Final failure results for every request of a batch that failed as a whole.
+
+    ``by_line`` maps 1-based input line numbers (the provider's ``errors.data[].line``) to a more
+    specific error for that request. Returns the number of rows written.
+    """
+    result = session.execute(
+        sa.text(
+            f"""
+            INSERT INTO orchestrator.results ({RESULT_COLUMNS})
+            SELECT bi.job_id, bi.custom_id, bi.batch_id, bi.attempt, false, NULL, NULL,
+                   COALESCE(v.error::jsonb, CAST(:error AS jsonb)), NULL, 0, 0, 0, 0, 0
+              FROM (SELECT *, row_number() OVER (ORDER BY seq) AS line
+                      FROM orchestrator.batch_items WHERE batch_id = :b) bi
+              LEFT JOIN unnest(CAST(:lines AS int[]), CAST(:errors AS text[])) AS v(line, error)
+                     ON v.line = bi.line
+             WHERE NOT EXISTS (SELECT 1 FROM orchestrator.results r
+                                WHERE r.job_id = bi.job_id AND r.custom_id = bi.custom_id)
+            ON CONFLICT DO NOTHING
+            """
+        ),
+        {
+            "b": batch_id,
+            "error": orjson.dumps(error).decode(),
+            "lines": list((by_line or {}).keys()),
+            "errors": [orjson.dumps(e).decode() for e in (by_line or {}).values()],
+        },
+    )
+    return result.rowcount or 0  # type: ignore[attr-defined]
+
+
+STAGING = "ingest_staging"
+
+
+def create_result_staging(session: Session) -> str:
+    """A temporary table shaped like ``results`` (dropped at commit); returns its name."""
+    session.execute(
+        sa.text(
+            f"CREATE TEMP TABLE {STAGING} (LIKE orchestrator.results INCLUDING DEFAULTS) "
+            "ON COMMIT DROP"
+        )
+    )
+    return STAGING
+
+
+def upsert_results_from_staging(session: Session) -> None:
+    """Re-ingested rows: a success is never overwritten, and a failure only by another batch's
+    row or by a success."""
+    session.execute(sa.text(
+        f"""
+        INSERT INTO orchestrator.results ({RESULT_COLUMNS})
+        SELECT {RESULT_COLUMNS} FROM {STAGING}
+        ON CONFLICT (job_id, custom_id) DO UPDATE SET
+            batch_id = EXCLUDED.batch_id, attempt = EXCLUDED.attempt,
+            succeeded = EXCLUDED.succeeded, status_code = EXCLUDED.status_code,
+            response = EXCLUDED.response, error = EXCLUDED.error, model = EXCLUDED.model,
+            prompt_tokens = EXCLUDED.prompt_tokens,
+            completion_tokens = EXCLUDED.completion_tokens,
+            total_tokens = EXCLUDED.total_tokens, cached_tokens = EXCLUDED.cached_tokens,
+            reasoning_tokens = EXCLUDED.reasoning_tokens, created_at = now()
+        WHERE NOT orchestrator.results.succeeded
+          AND (EXCLUDED.succeeded OR orchestrator.results.batch_id <> EXCLUDED.batch_id)
+        """
+    ))  # fmt: skip
+
+
+def note_retry_errors(session: Session, batch_id: int, retry: Mapping[str, str]) -> None:
+    """Keep, on each batch item to be sent again, the retryable error it ended with."""
+    if not retry:
+        return
+    session.execute(
+        sa.text(
+            """
+            UPDATE orchestrator.batch_items bi SET error = v.error::jsonb
+              FROM unnest(CAST(:ids AS text[]), CAST(:errors AS text[])) AS v(custom_id, error)
+             WHERE bi.batch_id = :b AND bi.custom_id = v.custom_id
+            """
+        ),
+        {"b": batch_id, "ids": list(retry), "errors": list(retry.values())},
+    )
+
+
+# -- targets ----------------------------------------------------------------------------------
+
+
+def block_target(
+    session: Session, target: str, *, until: dt.datetime, reason: str, paused: bool
+) -> None:
+    """Nobody calls ``target`` before ``until``. A later deadline always wins."""
+    stmt = pg.insert(TargetState).values(
+        target=target, blocked_until=until, paused=paused, reason=reason
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[TargetState.target],
+        set_={
+            "blocked_until": sa.func.greatest(
+                TargetState.blocked_until, stmt.excluded.blocked_until
+            ),
+            "paused": stmt.excluded.paused,
+            "reason": stmt.excluded.reason,
+            "updated_at": sa.func.now(),
+        },
+    )
+    session.execute(stmt)
+
+
+def clear_pause(session: Session, target: str) -> bool:
+    """A call to the target worked: lift an auth/account pause. True if one was lifted."""
+    result = session.execute(
+        sa.update(TargetState)
+        .where(TargetState.target == target, TargetState.paused.is_(True))
+        .values(paused=False, reason=None, updated_at=sa.func.now())
+    )
+    lifted = bool(result.rowcount)  # type: ignore[attr-defined]
+    if lifted:
+        record(session, "target_resumed", level="warning", target=target)
+    return lifted
+
+
+# -- workers ----------------------------------------------------------------------------------
+
+
+def register_worker(
+    session: Session, *, worker_id: uuid.UUID, hostname: str, pid: int, version: str
+) -> None:
+    session.execute(
+        sa.insert(Worker).values(
+            id=worker_id,
+            hostname=hostname,
+            pid=pid,
+            version=version,
+            started_at=sa.func.now(),
+            heartbeat_at=sa.func.now(),
+        )
+    )
+
+
+def heartbeat_worker(session: Session, worker_id: uuid.UUID) -> None:
+    session.execute(
+        sa.update(Worker).where(Worker.id == worker_id).values(heartbeat_at=sa.func.now())
+    )
+
+
+def stop_worker(session: Session, worker_id: uuid.UUID) -> None:
+    session.execute(
+        sa.update(Worker)
+        .where(Worker.id == worker_id)
+        .values(stopped_at=sa.func.now(), heartbeat_at=sa.func.now())
+    )
