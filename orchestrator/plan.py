@@ -13,11 +13,11 @@ import dataclasses
 import datetime as dt
 
 import orjson
-from sqlalchemy.orm import Session
 
 from orchestrator.config import TargetConfig
 from orchestrator.db import ledger, queries
 from orchestrator.db.models import Job
+from orchestrator.db.session import Session
 from orchestrator.domain import requests as rq
 from orchestrator.domain.packing import Chunk, Packer
 from orchestrator.domain.states import JobStatus
@@ -120,5 +120,7 @@ def plan_job(session: Session, job: Job, target: TargetConfig | None, now: dt.da
 
 
 def fail_job(session: Session, job: Job, now: dt.datetime, message: str) -> str:
-    ledger.end_pending_job(session, job.id, JobStatus.FAILED, now, error=message, stage="validation")
+    ledger.end_pending_job(
+        session, job.id, JobStatus.FAILED, now, error=message, stage="validation"
+    )
     return JobStatus.FAILED

@@ -14,12 +14,11 @@ from array import array
 from pathlib import Path
 from typing import Any
 
-from orchestrator.config import OPENAI_ENDPOINTS
 from orchestrator.emulator.config import EmulatorConfig, Mode
 from orchestrator.emulator.errors import ApiProblem
 from orchestrator.emulator.jsonl import FileIndex, Problem
 from orchestrator.emulator.lifecycle import Plan, Snapshot
-from orchestrator.emulator.lines import SUPPORTED_ENDPOINTS
+from orchestrator.emulator.lines import OPENAI_BATCH_ENDPOINTS, SUPPORTED_ENDPOINTS
 from orchestrator.emulator.marks import LINE_429, LINE_500, BatchFault
 
 COMPLETION_WINDOWS = ("24h",)
@@ -94,7 +93,7 @@ def parse_create(payload: Any, mode: Mode) -> CreateParams:
 def _endpoint(value: object, mode: Mode) -> str:
     if value is None:
         raise _missing("endpoint")
-    allowed = OPENAI_ENDPOINTS if mode == "openai" else SUPPORTED_ENDPOINTS
+    allowed = OPENAI_BATCH_ENDPOINTS if mode == "openai" else SUPPORTED_ENDPOINTS
     if value not in allowed:
         raise ApiProblem(
             400, f"Invalid value for 'endpoint': {value!r}. Supported: {', '.join(allowed)}.",

@@ -22,6 +22,18 @@ from orchestrator.emulator.ids import digest, hex_id, unit_float
 CHAT = "/v1/chat/completions"
 EMBEDDINGS = "/v1/embeddings"
 SUPPORTED_ENDPOINTS: tuple[str, ...] = (CHAT, EMBEDDINGS)
+# The endpoints OpenAI's Batch API accepts at create (spec section 1.2), the emulator's own list:
+# it does not share the product's beliefs, so that it can check them.
+OPENAI_BATCH_ENDPOINTS: tuple[str, ...] = (
+    "/v1/responses",
+    CHAT,
+    EMBEDDINGS,
+    "/v1/completions",
+    "/v1/moderations",
+    "/v1/images/generations",
+    "/v1/images/edits",
+    "/v1/videos",
+)
 
 # OpenAI caches prompt prefixes in 128-token steps once a prompt reaches 1,024 tokens.
 _CACHE_MIN_TOKENS = 1024

@@ -172,3 +172,26 @@ def test_a_state_write_the_table_does_not_allow_is_refused(db_url: str, sessions
         ledger.move(s, b, BatchState.UPLOADED)
     with pytest.raises(LeaseLost), unit_of_work(sessions) as s:
         ledger.move(s, dataclasses.replace(b, token=b.token - 1), BatchState.DONE)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Lease:
+    id: int
+    token: int
+    job_id: int
+
+
+def test_done_to_submitted_is_refused_and_the_row_is_unchanged(db_url: str, sessions) -> None:  # type: ignore[no-untyped-def]
+    _batches(db_url, 1, sessions)
+    with unit_of_work(sessions) as s:
+        s.execute(sa.text("UPDATE orchestrator.batches SET state = 'done', lease_token = 7"))
+        before = s.execute(sa.text("SELECT b::text FROM orchestrator.batches b")).scalar_one()
+        job_id = s.execute(sa.text("SELECT job_id FROM orchestrator.batches")).scalar_one()
+    done = _Lease(1, 7, job_id)
+    with pytest.raises(IllegalTransition, match="done -> submitted"), unit_of_work(sessions) as s:
+        ledger.move(s, done, BatchState.SUBMITTED, remote_batch_id="batch_x")
+    with pytest.raises(IllegalTransition), unit_of_work(sessions) as s:
+        ledger.reschedule(s, done, next_run_at=T0)  # no write at all to a closed batch
+    with unit_of_work(sessions) as s:
+        after = s.execute(sa.text("SELECT b::text FROM orchestrator.batches b")).scalar_one()
+    assert after == before

@@ -9,19 +9,26 @@ pass by luck of timing; the process tests show the same with real processes.
 
 from __future__ import annotations
 
+import logging
 import uuid
 
-from orchestrator import runner
+import pytest
+import structlog
+
+from orchestrator import runner, steps
+from orchestrator.cli import main
 from orchestrator.db import ledger
 from orchestrator.db.queries import Claimed
 from orchestrator.db.session import unit_of_work
 from orchestrator.emulator import EmulatorConfig
+from orchestrator.errors import LeaseLost
 from tests.support import (
     API_KEY,
     Harness,
     assert_results_match_provider,
     count,
     enqueue,
+    events,
     expire_leases,
     harness,
     make_settings,
@@ -44,8 +51,6 @@ def claim(h: Harness) -> Claimed:
 
 def plan(h: Harness, job_id: int) -> None:
     assert runner.plan_one(h.deps, job_id) == "running"
-
-
 
 
 def test_a_step_that_lost_its_lease_to_another_daemon_writes_nothing(db_url: str) -> None:
@@ -113,3 +118,34 @@ def test_an_ingest_that_lost_its_lease_writes_no_result_and_downloads_nothing(
         assert scalar(db_url, "SELECT succeeded_count FROM orchestrator.jobs") == 10
         assert assert_results_match_provider(db_url, h.emulator) == 10
     assert count(db_url, "events", "kind = 'batch_ingested'") == 1
+
+
+def test_an_operators_resolve_takes_the_batch_from_the_worker_that_holds_it(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with harness(db_url) as h:
+        job_id = enqueue(db_url, simple_requests(5))
+        plan(h, job_id)
+        # Given a worker holding a batch whose create intent is committed (its answer pending)
+        a = claim(h)
+        assert steps.upload(h.deps, a)
+        with unit_of_work(h.deps.sessions) as s:
+            ledger.begin_create(s, a, key=uuid.uuid4(), at=h.clock.now())
+        # When an operator decides to create it again
+        monkeypatch.setenv("ORCHESTRATOR_DATABASE_URL", db_url)
+        try:
+            assert main(["resolve", str(a.id), "--recreate"]) == 0
+        finally:
+            logging.getLogger().handlers.clear()
+            structlog.reset_defaults()
+        # Then the worker's next write is refused, and the operator's decision stands
+        with pytest.raises(LeaseLost), unit_of_work(h.deps.sessions) as s:
+            ledger.create_unseen(s, a, error="late answer", worker="a")
+        state, owner, token = query(
+            db_url, "SELECT state, lease_owner, lease_token FROM orchestrator.batches"
+        )[0]
+        assert (state, owner, token) == ("uploaded", None, a.token + 1)
+        assert "batch_resolved" in events(db_url, job_id)
+        # and the batch goes on from there
+        assert h.run_job(job_id) == "completed"
+        assert len(h.emulator.ledger.batches) == 1
