@@ -99,18 +99,18 @@ MUTATIONS: list[Mutation] = [
     Mutation(
         name="fence-no-token",
         promise="a daemon that lost its lease writes nothing (every write checks the lease token)",
-        path="orchestrator/db/repo.py",
-        old="    conditions = [Batch.id == batch_id, Batch.lease_token == token]\n",
-        new="    conditions = [Batch.id == batch_id]\n",
+        path="orchestrator/db/ledger.py",
+        old=".where(Batch.id == lease.id, Batch.lease_token == lease.token, Batch.state.in_(allowed))",
+        new=".where(Batch.id == lease.id, Batch.state.in_(allowed))",
         tests=[FENCING + "test_a_step_that_lost_its_lease_to_another_daemon_writes_nothing",
                CLAIM + "test_a_leased_batch_is_not_claimed_until_its_lease_expires"],
     ),
     Mutation(
         name="fence-ignores-state-table",
         promise="every state write follows the transition table, checked in the same UPDATE",
-        path="orchestrator/db/repo.py",
-        old="    if new_state is not None:\n",
-        new="    if False:\n",
+        path="orchestrator/db/ledger.py",
+        old=".where(Batch.id == lease.id, Batch.lease_token == lease.token, Batch.state.in_(allowed))",
+        new=".where(Batch.id == lease.id, Batch.lease_token == lease.token)",
         tests=[CLAIM + "test_a_state_write_the_table_does_not_allow_is_refused"],
     ),
     Mutation(
@@ -121,8 +121,7 @@ MUTATIONS: list[Mutation] = [
         # lease no longer rolls the rows back. Not `s.commit()`: inside unit_of_work the next
         # statement would then raise InvalidRequestError, a crash rather than this bug; so the
         # psycopg connection under the session is committed behind SQLAlchemy's back.
-        old="        repo.fence(s, b.id, b.token)  # lock first: nobody else writes this batch from"
-            " here\n",
+        old="        ledger.lock(s, b, BatchState.INGESTING)\n",
         new="",
         also=[(
             "            spool_dir=deps.tmp_dir(),\n"
@@ -132,6 +131,47 @@ MUTATIONS: list[Mutation] = [
             "        s.connection().connection.dbapi_connection.commit()\n",
         )],
         tests=[FENCING + "test_an_ingest_that_lost_its_lease_writes_no_result_and_downloads_nothing"],
+    ),
+    Mutation(
+        name="lease-on-daemon-clock",
+        promise="leases are judged by the database's clock, so a daemon whose clock is off takes "
+                "over no live lease",
+        path="orchestrator/db/ledger.py",
+        old="          AND (b.lease_expires_at IS NULL OR b.lease_expires_at < now())\n",
+        new="          AND (b.lease_expires_at IS NULL OR b.lease_expires_at < :now)\n",
+        tests=["tests/e2e/test_clock_skew.py"],
+    ),
+    Mutation(
+        name="lock-order-broken",
+        promise="batches of one job finishing together never deadlock (one lock order)",
+        path="orchestrator/db/ledger.py",
+        # The ingest updates its batch row twice (the second update re-checks the foreign key to
+        # the job with FOR KEY SHARE) and the job row is locked FOR UPDATE: the old code.
+        old="    in the module docstring): LeaseLost unless ``lease`` holds it in ``in_state``.\"\"\"\n",
+        new="    in the module docstring): LeaseLost unless ``lease`` holds it in ``in_state``.\"\"\"\n"
+            "    touch(session, lease, [in_state])\n",
+        also=[(
+            "sa.select(Job).where(Job.id == job_id).with_for_update(key_share=True)",
+            "sa.select(Job).where(Job.id == job_id).with_for_update()",
+        )],
+        tests=["tests/e2e/test_lock_order.py"],
+    ),
+    Mutation(
+        name="resolve-keeps-the-token",
+        promise="an operator's resolve takes the batch from the worker holding it",
+        path="orchestrator/db/ledger.py",
+        old="            lease_token=Batch.lease_token + 1,\n",
+        new="",
+        tests=[FENCING + "test_an_operators_resolve_takes_the_batch_from_the_worker_that_holds_it"],
+    ),
+    Mutation(
+        name="planning-db-blip-fails-job",
+        promise="a passing database error while planning leaves the job pending",
+        path="orchestrator/runner.py",
+        old="        except TRANSIENT_DB_ERRORS as exc:\n",
+        new="        except () as exc:\n",
+        tests=["tests/e2e/test_planning_errors.py::"
+               "test_a_passing_database_error_while_planning_leaves_the_job_pending"],
     ),
     Mutation(
         name="ingest-drops-successes",
@@ -156,7 +196,7 @@ MUTATIONS: list[Mutation] = [
     Mutation(
         name="upsert-replaces-success",
         promise="a success is never replaced by a failure, even from another batch",
-        path="orchestrator/ingest.py",
+        path="orchestrator/db/ledger.py",
         old="        WHERE NOT orchestrator.results.succeeded\n"
             "          AND (EXCLUDED.succeeded",
         new="        WHERE (EXCLUDED.succeeded",
@@ -170,29 +210,14 @@ MUTATIONS: list[Mutation] = [
         # The intent is written only once the create has answered, in the adopting transaction:
         # the happy path still works, but an answer that never comes leaves no trace of the key.
         old="        # The intent, committed before anything is sent.\n"
-            "        repo.fence(\n"
-            "            s,\n"
-            "            b.id,\n"
-            "            b.token,\n"
-            "            state=BatchState.CREATING,\n",
-        new="        repo.fence(\n"
-            "            s,\n"
-            "            b.id,\n"
-            "            b.token,\n",
+            "        ledger.begin_create(s, b, key=key, at=now)\n",
+        new="        pass\n",
         also=[(
             "    with unit_of_work(deps.sessions) as s:\n"
-            "        repo.release(\n"
-            "            s,\n"
-            "            b.id,\n"
-            "            b.token,\n"
-            "            state=BatchState.SUBMITTED,\n",
+            "        ledger.mark_submitted(\n",
             "    with unit_of_work(deps.sessions) as s:\n"
-            "        repo.fence(s, b.id, b.token, state=BatchState.CREATING)\n"
-            "        repo.release(\n"
-            "            s,\n"
-            "            b.id,\n"
-            "            b.token,\n"
-            "            state=BatchState.SUBMITTED,\n",
+            "        ledger.begin_create(s, b, key=b.idempotency_key, at=now)\n"
+            "        ledger.mark_submitted(\n",
         )],
         tests=[OPENAI_CARRIED_OUT],
     ),
@@ -217,7 +242,7 @@ MUTATIONS: list[Mutation] = [
     Mutation(
         name="claim-without-skip-locked",
         promise="several daemons share the work: batches are claimed FOR NO KEY UPDATE SKIP LOCKED",
-        path="orchestrator/db/repo.py",
+        path="orchestrator/db/ledger.py",
         old="        FOR NO KEY UPDATE OF b SKIP LOCKED\n",
         new="        FOR NO KEY UPDATE OF b\n",
         tests=[CLAIM + "test_a_claim_skips_a_batch_locked_by_another_transaction_instead_of"
@@ -264,11 +289,9 @@ MUTATIONS: list[Mutation] = [
     Mutation(
         name="429-not-shared",
         promise="rate limits are respected by everyone: a 429 is written to target_state",
-        path="orchestrator/runner.py",
-        old="            repo.block_target(\n"
-            '                s, b.target, until=until, reason=f"rate limited: {exc.message}",'
-            " paused=False\n"
-            "            )\n",
+        path="orchestrator/db/ledger.py",
+        old='    block_target(session, target, until=until, reason=f"rate limited: {error}",'
+            " paused=False)\n",
         new="",
         tests=[RELIABILITY +
                "test_after_a_429_with_retry_after_30_nobody_calls_the_target_for_30_s"],
@@ -285,7 +308,7 @@ MUTATIONS: list[Mutation] = [
     Mutation(
         name="cost-wrong-price-row",
         promise="cost from the prices table uses the price in force when the batch finished",
-        path="orchestrator/db/repo.py",
+        path="orchestrator/db/queries.py",
         old="Price.model.in_(list(models)), Price.valid_from <= at)",
         new="Price.model.in_(list(models)))",
         tests=["tests/db/test_prices.py",
