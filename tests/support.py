@@ -17,26 +17,24 @@ from typing import Any
 import psycopg
 
 from orchestrator.clock import ManualClock, SystemClock
-from orchestrator.config import DaemonSettings, Secret, Settings, make_target
+from orchestrator.config import FAST_DAEMON, DaemonSettings, Secret, Settings, make_target
 from orchestrator.daemon import Daemon
 from orchestrator.deps import Deps, make_deps
 from orchestrator.emulator import Emulator, EmulatorConfig, EmulatorServer, mock_transport
 
 API_KEY = "sk-test-4f1d2c3b5a6e7d8c9b0a"
 
-FAST = DaemonSettings(
-    workers=4,
-    tick_seconds=0.2,
+# The in-process daemon's pace, on a manual clock shared with the emulator: FAST_DAEMON (the one
+# definition of a fast daemon) with the schedules in virtual seconds the tests step through.
+FAST = dataclasses.replace(
+    FAST_DAEMON,
     lease_seconds=60,
     poll_initial_seconds=5,
-    poll_factor=1.5,
     poll_max_seconds=30,
-    poll_jitter=0.1,
     retry_base_seconds=1,
     retry_max_seconds=20,
     auth_probe_seconds=30,
     shutdown_grace_seconds=5,
-    http_addr=None,
 )
 
 
@@ -235,21 +233,10 @@ class DaemonProcess:
         target: dict[str, Any] | None = None,
         **daemon: Any,
     ) -> None:
-        settings = {
-            "workers": 4,
-            "tick_seconds": 0.2,
-            "lease_seconds": 3.0,
-            "poll_initial_seconds": 0.2,
-            "poll_factor": 1.5,
-            "poll_max_seconds": 1.0,
-            "poll_jitter": 0.1,
-            "retry_base_seconds": 0.1,
-            "retry_max_seconds": 1.0,
-            "auth_probe_seconds": 1.0,
-            "shutdown_grace_seconds": 10.0,
-            "http_addr": "",
-            **daemon,
-        }
+        # FAST_DAEMON as it is (real time against an emulator at x20), with short leases so
+        # that a killed daemon's batches are taken over within seconds
+        fast = {k: v for k, v in dataclasses.asdict(FAST_DAEMON).items() if v is not None}
+        settings = {**fast, "lease_seconds": 3.0, "http_addr": "", **daemon}
         target_settings = {
             "preset": preset,
             "base_url": base_url,

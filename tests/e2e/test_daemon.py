@@ -146,3 +146,28 @@ def test_settings_from_the_environment() -> None:
     assert not fastrouter.can_list and settings.target("openai").can_list
     assert settings.daemon.workers == 7 and settings.daemon.http_addr is None
     assert API_KEY not in repr(settings) and settings.secrets() == [API_KEY]
+
+
+def test_the_steps_metric_counts_each_step_by_its_outcome(db_url: str) -> None:
+    with harness(db_url) as h:
+        h.emulator.faults.add("get_batch", status=503, times=1)
+        job_id = enqueue(db_url, simple_requests(10))
+        assert h.run_job(job_id) == "completed"
+        polls = len(h.emulator.ledger.calls_to("get_batch"))
+        metrics = h.deps.metrics
+
+    def n(step: str, outcome: str) -> float:
+        value = metrics.registry.get_sample_value(
+            "orchestrator_steps_total", {"step": step, "outcome": outcome}
+        )
+        return value or 0.0
+
+    # by hand: one upload that goes straight on to create; one create that hands over to polling;
+    # one poll answered 503; polls that found it running; the last poll goes on to the ingest
+    assert n("upload", "continued") == 1
+    assert n("create", "done") == 1
+    assert n("poll", "api_error") == 1
+    assert n("poll", "continued") == 1
+    assert n("poll", "done") == polls - 2
+    assert n("ingest", "done") == 1
+    assert n("ingest", "crashed") + n("upload", "crashed") == 0
