@@ -21,8 +21,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check orchestrator tests scripts
-	$(BIN)/ruff format --check orchestrator tests scripts
+	$(BIN)/ruff check orchestrator tests scripts migrations
+	$(BIN)/ruff format --check orchestrator tests scripts migrations
 	$(BIN)/mypy
 
 bench: $(STAMP)

@@ -3,6 +3,9 @@
 Revision ID: 0001
 Revises:
 Create Date: 2026-11-26 00:55:09.173701
+
+This revision is closed: views (and any other change) added from now on go in their own
+revision, never into this one, so that a database already at 0001 receives them.
 """
 
 from __future__ import annotations
