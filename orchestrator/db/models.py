@@ -1,4 +1,5 @@
-"""The tables of schema ``orchestrator``. Tables only: behaviour lives in ``repo.py`` and ``domain/``.
+"""The tables of schema ``orchestrator``. Tables only: writes live in ``ledger.py``, reads in
+``queries.py``, rules in ``domain/``.
 
 Requests are immutable once enqueued: the per-attempt state of a request lives in narrow
 ``batch_items`` rows and its outcome in ``results``, so neither planning nor ingest ever rewrites the

@@ -1,4 +1,5 @@
-"""Engines and units of work. Transactions are framed here and in the runner, never in ``repo``."""
+"""Engines and units of work. Transactions are framed here and by the callers, never in ``ledger``
+or ``queries``."""
 
 from __future__ import annotations
 

@@ -74,7 +74,7 @@ BATCH_TRANSITIONS: dict[BatchState, frozenset[BatchState]] = {
 
 
 def sources_of(dst: BatchState) -> frozenset[BatchState]:
-    """The states a batch may move to ``dst`` from (what ``repo.fence`` checks on every write)."""
+    """The states a batch may move to ``dst`` from (what ``db.ledger`` checks on every write)."""
     return frozenset(src for src, targets in BATCH_TRANSITIONS.items() if dst in targets)
 
 
