@@ -81,38 +81,20 @@ def test_after_a_429_with_retry_after_30_nobody_calls_the_target_for_30_s(db_url
     assert count(db_url, "jobs", "status = 'completed'") == 4
 
 
-def test_openai_a_create_that_timed_out_is_found_by_its_key_not_created_twice(
-    db_url: str,
-) -> None:
-    config = EmulatorConfig(mode="openai", api_key=API_KEY)
-
-    def settings(base_url: str):  # type: ignore[no-untyped-def]
-        return make_settings(
-            db_url, base_url, preset="openai", target="openai", timeout_seconds=0.5
-        )
-
-    with harness(db_url, emulator_config=config, settings=settings) as h:
-        # Given a create that is done by the provider but answered after the client gave up
-        h.emulator.faults.add("create_batch", delay_seconds=1.5, times=1)
-        job_id = enqueue(db_url, simple_requests(10), target="openai")
-        assert h.run_job(job_id) == "completed"
-        created = h.emulator.ledger.batches
-    # Then the batch was created once, adopted through the list, and completed
-    assert len(created) == 1
-    kinds = events(db_url, job_id)
-    assert "batch_create_ambiguous" in kinds and "batch_adopted" in kinds
-    assert "batch_created" not in kinds
-    assert count(db_url, "results", "succeeded") == 10
-
-
 @pytest.mark.parametrize(
     "answer",
     [
         {"status": 502, "applied": True},  # a gateway in front lost the answer
         {"status": 503, "applied": True, "delay_seconds": 1.0},  # late, past the client timeout
         {"truncate": 0.5},  # the connection dropped in the middle of the answer
+        {"delay_seconds": 1.5},  # the answer came after the client's timeout
     ],
-    ids=["502-after-creating", "late-503-after-creating", "dropped-connection"],
+    ids=[
+        "502-after-creating",
+        "late-503-after-creating",
+        "dropped-connection",
+        "answered-after-the-timeout",
+    ],
 )
 def test_openai_a_create_the_provider_carried_out_but_never_answered_is_adopted_not_repeated(
     db_url: str, answer: dict[str, object]
