@@ -174,6 +174,14 @@ MUTATIONS: list[Mutation] = [
                "test_a_passing_database_error_while_planning_leaves_the_job_pending"],
     ),
     Mutation(
+        name="log-before-commit",
+        promise="a transition's log line is emitted only once its transaction commits",
+        path="orchestrator/db/ledger.py",
+        old="    session.info.setdefault(_PENDING_LOGS, []).append((level, kind, {**ids, **fields}))\n",
+        new="    getattr(log, level)(kind, **ids, **fields)\n",
+        tests=["tests/db/test_record.py"],
+    ),
+    Mutation(
         name="ingest-drops-successes",
         promise="no result the provider produced is lost",
         path="orchestrator/ingest.py",
