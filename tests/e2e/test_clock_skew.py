@@ -34,8 +34,9 @@ def test_a_daemon_whose_clock_runs_400_s_ahead_takes_over_no_live_lease(db_url: 
         try:
             job_id = enqueue(db_url, simple_requests(10))
             assert runner.plan_one(a.deps, job_id) == "running"
-            # Given A is in the middle of POST /batches (the answer takes 2 s)
-            a.emulator.faults.add("create_batch", delay_seconds=2.0, times=1)
+            # Given A is in the middle of POST /batches (the answer takes 4 s; B's three ticks
+            # take a few tens of milliseconds)
+            a.emulator.faults.add("create_batch", delay_seconds=4.0, times=1)
             busy = threading.Thread(target=a.daemon.tick, kwargs={"wait": True})
             busy.start()
             assert wait_for(lambda: bool(a.emulator.ledger.calls_to("create_batch")), timeout=30)
