@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,10 +41,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: int = args.func(args, settings)
         return result
     except (ConfigError, JobNotFound) as exc:
-        print(f"orchestrator: {exc}", file=sys.stderr)
+        print(f"orchestrator: {shown(exc)}", file=sys.stderr)
         return 2
     except OrchestratorError as exc:
-        print(f"orchestrator: {exc}", file=sys.stderr)
+        print(f"orchestrator: {shown(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -227,16 +228,20 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         for t in queries.target_states(s):
             if t.paused:
                 print(
-                    f"target {t.target}: PAUSED ({t.reason}); jobs wait, next probe "
+                    f"target {shown(t.target)}: PAUSED ({shown(t.reason)}); jobs wait, next probe "
                     f"{t.blocked_until:%H:%M:%S}"
                 )
             elif t.blocked_until and t.blocked_until > now:
-                print(f"target {t.target}: throttled until {t.blocked_until:%H:%M:%S} ({t.reason})")
+                print(
+                    f"target {shown(t.target)}: throttled until {t.blocked_until:%H:%M:%S} "
+                    f"({shown(t.reason)})"
+                )
         workers = queries.running_workers(s)
         print(
             f"daemons running: {len(workers)}"
             + "".join(
-                f"\n  {w.hostname} pid {w.pid}, seen {w.heartbeat_at:%H:%M:%S}" for w in workers
+                f"\n  {shown(w.hostname)} pid {w.pid}, seen {w.heartbeat_at:%H:%M:%S}"
+                for w in workers
             )
         )
     return 0
@@ -246,9 +251,11 @@ def _job_status(s: Any, job_id: int) -> int:
     job = queries.job(s, job_id)
     if job is None:
         raise JobNotFound(f"no job {job_id}")
-    print(f"job {job.id} ({job.name or 'unnamed'}): {job.status}, target {job.target}")
+    print(
+        f"job {job.id} ({shown(job.name or 'unnamed')}): {job.status}, target {shown(job.target)}"
+    )
     if job.error:
-        print(f"error: {job.error}")
+        print(f"error: {shown(job.error)}")
     batches = queries.job_batches(s, job_id)
     _table(
         [
@@ -282,8 +289,18 @@ def _job_status(s: Any, job_id: int) -> int:
     return 0
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def shown(value: object) -> str:
+    """A value from the database, a provider or a user, safe to print: control characters (ANSI
+    escapes, newlines, carriage returns) are shown escaped (``\\x1b``, ``\\n``), so no value can
+    forge a line of output or take over the terminal."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), str(value))
+
+
 def _table(headers: list[str], rows: list[list[Any]]) -> None:
-    cells = [[str(c) for c in row] for row in rows]
+    cells = [[shown(c) for c in row] for row in rows]
     widths = [
         max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)
     ]

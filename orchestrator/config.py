@@ -93,6 +93,10 @@ class TargetConfig:
     timeout_seconds: float = 60.0
     connect_timeout_seconds: float = 10.0
     completion_window: str = "24h"
+    # What the provider accepts, checked before anything is sent: the per-line ``provider``
+    # values (None: any) and the jobs' completion windows (spec 1.1 and 1.2: "24h" only).
+    providers: tuple[str, ...] | None = ("openai", "anthropic")
+    completion_windows: tuple[str, ...] = ("24h",)
 
     @property
     def file_byte_budget(self) -> int:
@@ -117,6 +121,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "can_cancel": True,
         "can_delete_files": True,
         "requires_provider": False,
+        "providers": None,
         "endpoints": OPENAI_ENDPOINTS,
         "ambiguous_create_policy": "recreate",
     },
@@ -134,8 +139,9 @@ def make_target(name: str, preset: str, **overrides: Any) -> TargetConfig:
     if unknown:
         raise ConfigError(f"target {name!r}: unknown setting(s) {sorted(unknown)}")
     values = {**PRESETS[preset], **overrides}
-    if isinstance(values.get("endpoints"), list):
-        values["endpoints"] = tuple(values["endpoints"])
+    for key in ("endpoints", "providers", "completion_windows"):
+        if isinstance(values.get(key), list):
+            values[key] = tuple(values[key])
     return TargetConfig(name=name, **values)
 
 

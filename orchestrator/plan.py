@@ -48,6 +48,9 @@ def rules_for(job: Job, target: TargetConfig) -> rq.Rules:
         requires_provider=target.requires_provider,
         max_custom_id_length=target.max_custom_id_length,
         max_line_bytes=target.file_byte_budget,
+        providers=target.providers,
+        completion_window=job.completion_window,
+        completion_windows=target.completion_windows,
     )
 
 

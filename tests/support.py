@@ -75,13 +75,14 @@ def enqueue(
     target: str = "fastrouter",
     endpoint: str = "/v1/chat/completions",
     max_attempts: int = 3,
+    completion_window: str = "24h",
 ) -> int:
     """Insert a job and its requests in one transaction, with plain SQL as a user would."""
     with psycopg.connect(db_url) as conn:
         job_id = conn.execute(
-            "INSERT INTO orchestrator.jobs (name, target, endpoint, max_attempts) "
-            "VALUES (%s, %s, %s, %s) RETURNING id",
-            (name, target, endpoint, max_attempts),
+            "INSERT INTO orchestrator.jobs (name, target, endpoint, max_attempts, "
+            "completion_window) VALUES (%s, %s, %s, %s, %s) RETURNING id",
+            (name, target, endpoint, max_attempts, completion_window),
         ).fetchone()[0]  # type: ignore[index]
         with conn.cursor() as cur:
             cur.executemany(

@@ -22,6 +22,11 @@ class Rules:
     requires_provider: bool
     max_custom_id_length: int
     max_line_bytes: int
+    # The per-line providers the target accepts (None: any), the job's completion window and the
+    # windows the target accepts.
+    providers: tuple[str, ...] | None = None
+    completion_window: str = "24h"
+    completion_windows: tuple[str, ...] = ("24h",)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -45,10 +50,16 @@ def build_line(row: RequestRow, *, endpoint: str, include_provider: bool) -> byt
 
 
 def endpoint_problem(rules: Rules) -> str | None:
+    """What makes the whole job sure to fail: its endpoint, or its completion window."""
     if rules.endpoint not in rules.supported_endpoints:
         return (
             f"endpoint {rules.endpoint!r} is not supported by this target "
             f"(supported: {', '.join(rules.supported_endpoints)})"
+        )
+    if rules.completion_window not in rules.completion_windows:
+        return (
+            f"completion_window {rules.completion_window!r} is not accepted by this target "
+            f"(accepted: {', '.join(rules.completion_windows)})"
         )
     return None
 
@@ -82,6 +93,11 @@ def _envelope_problem(row: RequestRow, rules: Rules) -> str | None:
         return f"url {url!r} does not match the job's endpoint {rules.endpoint!r}"
     if rules.requires_provider and not (row.provider and row.provider.strip()):
         return "provider is missing; this target needs it on every request (e.g. 'openai')"
+    if rules.requires_provider and rules.providers and row.provider not in rules.providers:
+        return (
+            f"provider {row.provider!r} is not one this target accepts "
+            f"({', '.join(rules.providers)})"
+        )
     return None
 
 

@@ -22,7 +22,7 @@ def batch(db_url: str) -> tuple[int, int]:
     """A job with five requests, all in batch 1 (attempt 1)."""
     with psycopg.connect(db_url) as conn:
         job = conn.execute(
-            "INSERT INTO orchestrator.jobs (name, status) VALUES ('t', 'running') RETURNING id"
+            "INSERT INTO orchestrator.jobs (name) VALUES ('t') RETURNING id"
         ).fetchone()[0]  # type: ignore[index]
         for cid in ("a", "b", "c", "d", ODD_ID):
             conn.execute(
@@ -30,6 +30,7 @@ def batch(db_url: str) -> tuple[int, int]:
                 "VALUES (%s, %s, 'openai', '{}')",
                 (job, cid),
             )
+        conn.execute("UPDATE orchestrator.jobs SET status = 'running' WHERE id = %s", (job,))
         batch_id = conn.execute(
             "INSERT INTO orchestrator.batches (job_id, target, endpoint, request_count, bytes, "
             "next_run_at, state) VALUES (%s, 'fastrouter', '/v1/chat/completions', 5, 0, now(), "

@@ -52,6 +52,10 @@ GOOD = [{"custom_id": f"ok-{i}", "body": chat_body(i)} for i in range(3)]
             "provider is missing",
         ),
         (
+            {"custom_id": "gemini", "provider": "gemini", "body": chat_body(1)},
+            "provider 'gemini' is not one this target accepts (openai, anthropic)",
+        ),
+        (
             {
                 "custom_id": "huge",
                 "body": {
@@ -69,6 +73,7 @@ GOOD = [{"custom_id": f"ok-{i}", "body": chat_body(i)} for i in range(3)]
         "long-custom-id",
         "url-mismatch",
         "no-provider",
+        "unknown-provider",
         "request-too-large",
     ],
 )
@@ -102,6 +107,12 @@ def test_an_endpoint_the_target_does_not_offer_fails(db_url: str) -> None:
         endpoint="/v1/moderations",
     )
     assert status == "failed" and "not supported by this target" in error
+
+
+def test_a_completion_window_the_target_does_not_accept_fails(db_url: str) -> None:
+    status, error = _run_bad(db_url, GOOD, completion_window="48h")
+    assert status == "failed"
+    assert "completion_window '48h' is not accepted by this target (accepted: 24h)" in error
 
 
 def test_an_unknown_target_fails(db_url: str) -> None:

@@ -86,3 +86,26 @@ def test_a_missing_database_url_is_a_clear_error(
         logging.getLogger().handlers.clear()
         structlog.reset_defaults()
     assert "no database configured: set ORCHESTRATOR_DATABASE_URL" in capsys.readouterr().err
+
+
+def test_status_prints_names_and_errors_with_their_control_characters_escaped(
+    db_url: str, cli: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a job whose name and error hold an ANSI escape and a line break that forge a line
+    forged = "\x1b[32mok\nforged: job 99 completed\r"
+    job_id = scalar(db_url, "INSERT INTO orchestrator.jobs (name) VALUES (%s) RETURNING id", forged)
+    query(
+        db_url,
+        "UPDATE orchestrator.jobs SET status = 'failed', error = %s WHERE id = %s RETURNING id",
+        "provider said:\x1b]0;pwned\x07\nforged: all good",
+        job_id,
+    )
+    # When a person reads the status, of all jobs and of that one
+    assert main(["status"]) == 0
+    assert main(["status", str(job_id)]) == 0
+    out = capsys.readouterr().out
+    # Then no control character reaches the terminal and no line was forged
+    assert not any(c in out for c in "\x1b\r\x07")
+    assert not any(line.startswith("forged") for line in out.splitlines())
+    assert "\\x1b[32mok\\nforged: job 99 completed\\r" in out
+    assert "error: provider said:\\x1b]0;pwned\\x07\\nforged: all good" in out
