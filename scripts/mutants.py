@@ -295,6 +295,33 @@ MUTATIONS: list[Mutation] = [
                "test_a_bad_request_fails_the_job_naming_it[long-custom-id]"],
     ),
     Mutation(
+        name="requests-into-planned-job",
+        promise="requests added to a job that is no longer pending are refused at INSERT",
+        path="migrations/versions/0002_enqueue_rules.py",
+        old="        IF FOUND THEN\n",
+        new="        IF FALSE THEN\n",
+        tests=["tests/db/test_enqueue_rules.py"],
+    ),
+    Mutation(
+        name="any-provider-sent",
+        promise="bad input is refused before anything is sent: a provider the target does not "
+                "accept",
+        path="orchestrator/domain/requests.py",
+        old="    if rules.requires_provider and rules.providers and row.provider not in rules.providers:\n",
+        new="    if False:\n",
+        tests=["tests/e2e/test_bad_input.py::"
+               "test_a_bad_request_fails_the_job_naming_it[unknown-provider]"],
+    ),
+    Mutation(
+        name="cli-prints-raw",
+        promise="the CLI prints what it did not write with its control characters escaped",
+        path="orchestrator/cli.py",
+        old="    return _CONTROL.sub(lambda m: m.group().encode(\"unicode_escape\").decode(), str(value))\n",
+        new="    return str(value)\n",
+        tests=["tests/e2e/test_cli.py::"
+               "test_status_prints_names_and_errors_with_their_control_characters_escaped"],
+    ),
+    Mutation(
         name="429-not-shared",
         promise="rate limits are respected by everyone: a 429 is written to target_state",
         path="orchestrator/db/ledger.py",
