@@ -240,7 +240,7 @@ def _fail(deps: Deps, b: Claimed, message: str, code: str | None = None, **value
 def poll(deps: Deps, b: Claimed) -> bool:
     assert b.remote_batch_id is not None
     client = deps.clients(b.target)
-    if b.job_cancel_requested and b.cancel_sent_at is None:
+    if b.job_cancel_requested and b.cancel_sent_at is None and _cancel_due(deps, b):
         _send_cancel(deps, b)
     remote = client.get_batch(b.remote_batch_id)
     now = deps.clock.now()
@@ -279,6 +279,10 @@ def poll(deps: Deps, b: Claimed) -> bool:
     return True
 
 
+def _cancel_due(deps: Deps, b: Claimed) -> bool:
+    return b.cancel_retry_at is None or deps.clock.now() >= b.cancel_retry_at
+
+
 def _send_cancel(deps: Deps, b: Claimed) -> None:
     target = deps.settings.target(b.target)
     detail: dict[str, Any] = {}
@@ -292,6 +296,18 @@ def _send_cancel(deps: Deps, b: Claimed) -> None:
         except (ApiBadRequest, ApiNotFound, ApiClientError) as exc:
             # Typically: already finished. Its results are collected as usual.
             kind, detail = "batch_cancel_refused", {"error": exc.message}
+        except ApiError as exc:
+            if exc.kind is not ErrorKind.TRANSIENT:
+                raise  # a 429 or a bad key: the runner throttles or pauses the target for all
+            # Not now (5xx, timeout, cut connection): try again on the retry backoff, and poll
+            # meanwhile.
+            delay = deps.policy.retry.delay(b.cancel_attempts + 1, deps.rng)
+            retry_at = deps.clock.now() + dt.timedelta(seconds=delay)
+            with unit_of_work(deps.sessions) as s:
+                ledger.cancel_failed(
+                    s, b, retry_at=retry_at, error=exc.message, worker=_worker(deps)
+                )
+            return
     with unit_of_work(deps.sessions) as s:
         ledger.cancel_sent(s, b, at=deps.clock.now(), kind=kind, worker=_worker(deps), **detail)
 

@@ -322,6 +322,17 @@ MUTATIONS: list[Mutation] = [
                "test_status_prints_names_and_errors_with_their_control_characters_escaped"],
     ),
     Mutation(
+        name="cancel-5xx-blocks-polling",
+        promise="a cancel that answers 5xx is retried on backoff and never stops polling",
+        path="orchestrator/steps.py",
+        old="            if exc.kind is not ErrorKind.TRANSIENT:\n"
+            "                raise  # a 429",
+        new="            if True:\n"
+            "                raise  # a 429",
+        tests=["tests/e2e/test_scale.py::"
+               "test_a_cancel_that_answers_5xx_is_retried_on_backoff_and_never_stops_polling"],
+    ),
+    Mutation(
         name="429-not-shared",
         promise="rate limits are respected by everyone: a 429 is written to target_state",
         path="orchestrator/db/ledger.py",

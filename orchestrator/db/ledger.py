@@ -247,6 +247,7 @@ def wake_cancelled_jobs(session: Session, now: dt.datetime) -> int:
                      WHERE j.status = 'running' AND j.cancel_requested_at IS NOT NULL
                        AND b2.state IN ('planned', 'uploaded', 'creating', 'submitted')
                        AND b2.next_run_at > :now AND b2.cancel_sent_at IS NULL
+                       AND b2.cancel_retry_at IS NULL
                        FOR NO KEY UPDATE OF b2 SKIP LOCKED) w
              WHERE b.id = w.id
             """
@@ -640,6 +641,19 @@ def cancel_sent(
 ) -> None:
     touch(session, lease, [_B.SUBMITTED], cancel_sent_at=at)
     _event(session, lease, kind, worker=worker, **fields)
+
+
+def cancel_failed(
+    session: Session, lease: Lease, *, retry_at: dt.datetime, error: str, worker: str
+) -> None:
+    """A remote cancel that did not go through (5xx, timeout): try again at ``retry_at``; the
+    batch goes on being polled meanwhile."""
+    touch(
+        session, lease, [_B.SUBMITTED], cancel_attempts=Batch.cancel_attempts + 1,
+        cancel_retry_at=retry_at,
+    )  # fmt: skip
+    _event(session, lease, "batch_cancel_failed", level="warning", worker=worker, error=error,
+           retry_at=retry_at.isoformat())  # fmt: skip
 
 
 def token_limited(

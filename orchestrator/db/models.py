@@ -135,6 +135,8 @@ class Batch(Base):
     create_attempts: Mapped[int] = mapped_column(server_default="0")
     ambiguous_creates: Mapped[int] = mapped_column(server_default="0")
     cancel_sent_at: Mapped[dt.datetime | None]
+    cancel_attempts: Mapped[int] = mapped_column(server_default="0")  # failed cancels so far
+    cancel_retry_at: Mapped[dt.datetime | None]  # when a failed cancel is tried again
     remote_created_at: Mapped[dt.datetime | None]
     expires_at: Mapped[dt.datetime | None]
     in_progress_at: Mapped[dt.datetime | None]

@@ -31,6 +31,7 @@ class Claimed:
         b.id, b.job_id, b.lease_token AS token, b.state, b.target, b.endpoint, b.round,
         b.remote_batch_id, b.input_file_id, b.idempotency_key, b.step_failures,
         b.unchanged_polls, b.remote_status, b.expires_at, b.cancel_sent_at,
+        b.cancel_attempts, b.cancel_retry_at,
         b.create_attempted_at, b.request_count,
         j.completion_window AS job_completion_window, j.max_attempts AS job_max_attempts,
         (j.cancel_requested_at IS NOT NULL) AS job_cancel_requested
@@ -51,6 +52,8 @@ class Claimed:
     remote_status: str | None
     expires_at: dt.datetime | None
     cancel_sent_at: dt.datetime | None
+    cancel_attempts: int
+    cancel_retry_at: dt.datetime | None
     create_attempted_at: dt.datetime | None
     request_count: int
     job_completion_window: str

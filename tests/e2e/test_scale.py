@@ -275,3 +275,34 @@ def test_a_batch_failed_for_good_fails_the_job_with_the_providers_message(db_url
     error = scalar(db_url, "SELECT error FROM orchestrator.jobs WHERE id = %s", job_id)
     assert "invalid_model" in error and "injected fault" in error
     assert count(db_url, "results", "NOT succeeded") == 3
+
+
+def test_a_cancel_that_answers_5xx_is_retried_on_backoff_and_never_stops_polling(
+    db_url: str,
+) -> None:
+    config = EmulatorConfig(mode="openai", api_key=API_KEY, rows_per_second=1)
+    with harness(db_url, emulator_config=config, settings=_openai(db_url)) as h:
+        job_id = enqueue(db_url, simple_requests(60), target="openai")
+        h.run_until(lambda: count(db_url, "batches", "remote_status = 'in_progress'") == 1)
+        # Given a provider whose cancel endpoint answers 503 every time
+        h.emulator.faults.add("cancel_batch", status=503, times=None)
+        _cancel(db_url, job_id)
+        polls_before = len(h.emulator.ledger.calls_to("get_batch"))
+        # When the daemon ticks every virtual second for two minutes
+        for _ in range(120):
+            h.step(1)
+        cancels = len(h.emulator.ledger.calls_to("cancel_batch"))
+        polls = len(h.emulator.ledger.calls_to("get_batch")) - polls_before
+        # Then the cancel is tried again on the retry backoff (1 s base, 20 s cap here), not on
+        # every tick, and polling goes on all the while
+        assert 3 <= cancels <= 12, cancels
+        assert polls >= cancels
+        assert "batch_cancel_failed" in events(db_url, job_id)
+        # and the batch, finished by the provider, is collected: every result kept
+        h.emulator.faults.clear()
+        assert h.run_job(job_id) == "cancelled"
+    done = count(db_url, "results", "job_id = %s AND succeeded", job_id)
+    cancelled = count(
+        db_url, "results", "job_id = %s AND error->>'code' = 'batch_cancelled'", job_id
+    )
+    assert done >= 1 and done + cancelled == 60
