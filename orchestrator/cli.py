@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import sys
 from collections.abc import Sequence
@@ -16,7 +17,7 @@ from orchestrator import __version__
 from orchestrator.config import Settings
 from orchestrator.db import ledger, queries
 from orchestrator.db import migrate as migrations
-from orchestrator.db.session import libpq_url, unit_of_work
+from orchestrator.db.session import libpq_url, sqlalchemy_url, unit_of_work
 from orchestrator.deps import make_deps
 from orchestrator.errors import ConfigError, JobNotFound, OrchestratorError
 from orchestrator.observability import configure_logging
@@ -95,6 +96,9 @@ def _parser() -> argparse.ArgumentParser:
     group.add_argument("--adopt", metavar="REMOTE_ID", help="the provider's id of the batch")
     group.add_argument("--recreate", action="store_true", help="it was not created: create it")
     p.set_defaults(func=cmd_resolve)
+
+    p = sub.add_parser("config", help="print the effective settings (secrets masked)")
+    p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("emulator", help="serve the built-in Batch API emulator")
     from orchestrator.emulator import server as emulator_server
@@ -177,6 +181,31 @@ def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
                 + b"\n"
             )
     return 0
+
+
+def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
+    """What the daemon would run with: environment over file over preset, secrets masked."""
+    url = settings.database_url
+    print(f"database_url  {shown(masked_url(url)) if url else '(not set)'}")
+    print(f"log           {settings.log_level}, {settings.log_format}")
+    daemon = dataclasses.asdict(settings.daemon)
+    print("daemon        " + ", ".join(f"{k}={v}" for k, v in daemon.items()))
+    for name, t in sorted(settings.targets.items()):
+        key = "set" if t.api_key and t.api_key.reveal() else "NOT SET"
+        print(
+            f"target {shown(name)}: {t.flavor} at {shown(t.base_url)}, key {key}, "
+            f"timeout {t.timeout_seconds:g} s, list {t.can_list}, cancel {t.can_cancel}, "
+            f"unknown creates: {t.ambiguous_create_policy}"
+        )
+    return 0
+
+
+def masked_url(url: str) -> str:
+    """A database URL with its password replaced by ``***``."""
+    try:
+        return sqlalchemy_url(url).set(drivername="postgresql").render_as_string()
+    except ConfigError:
+        return "(not a valid URL)"
 
 
 def cmd_resolve(args: argparse.Namespace, settings: Settings) -> int:

@@ -20,12 +20,15 @@ API keys are held in :class:`Secret`, whose ``repr`` and ``str`` never show the 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+
+import sqlalchemy as sa
 
 from orchestrator.errors import ConfigError
 
@@ -208,8 +211,14 @@ class Settings:
         return self.database_url
 
     def secrets(self) -> list[str]:
-        """Every secret value, for the log redactor."""
-        return [t.api_key.reveal() for t in self.targets.values() if t.api_key]
+        """Every secret value, for the log redactor: the API keys and the database password."""
+        found = [t.api_key.reveal() for t in self.targets.values() if t.api_key]
+        if self.database_url:
+            with contextlib.suppress(ValueError, sa.exc.ArgumentError):
+                password = sa.make_url(self.database_url).password
+                if password:
+                    found.append(str(password))
+        return found
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -248,11 +257,18 @@ def _read_toml(path: str | None) -> dict[str, Any]:
         raise ConfigError(f"{path}: {exc}") from None
 
 
+# The built-in targets: their preset and the environment variables of their key and API root.
+BUILTIN_TARGETS = {
+    "fastrouter": ("fastrouter", "FASTROUTER_API_KEY", "FASTROUTER_BASE_URL"),
+    "openai": ("openai", "OPENAI_API_KEY", "OPENAI_BASE_URL"),
+}
+
+
 def _targets(env: Mapping[str, str], from_file: Mapping[str, Any]) -> dict[str, TargetConfig]:
-    builtin = {
-        "fastrouter": ("fastrouter", "FASTROUTER_API_KEY", "FASTROUTER_BASE_URL"),
-        "openai": ("openai", "OPENAI_API_KEY", "OPENAI_BASE_URL"),
-    }
+    """Each field of a target comes from, in order: the environment (a built-in target's
+    ``*_BASE_URL`` and ``*_API_KEY``, or the variable named by ``api_key_env``), then the TOML
+    file's table for it, then its preset (a built-in target's own, else ``openai``)."""
+    builtin = BUILTIN_TARGETS
     targets: dict[str, TargetConfig] = {}
     for name, (preset, key_var, url_var) in builtin.items():
         overrides: dict[str, Any] = {}
@@ -268,12 +284,14 @@ def _targets(env: Mapping[str, str], from_file: Mapping[str, Any]) -> dict[str, 
                 f"target {name!r}: put the key in an environment variable and name it with "
                 "api_key_env; keys do not belong in files"
             )
-        preset = spec.pop("preset", "openai")
-        key_var = spec.pop("api_key_env", None)
-        if key_var and env.get(key_var):
-            spec["api_key"] = Secret(env[key_var])
-        elif name in targets and targets[name].api_key:
-            spec["api_key"] = targets[name].api_key
+        own: tuple[str, str | None, str | None] = builtin.get(name, ("openai", None, None))
+        own_preset, own_key_var, own_url_var = own
+        preset = spec.pop("preset", own_preset)
+        key_env: str | None = spec.pop("api_key_env", None) or own_key_var
+        if key_env and env.get(key_env):
+            spec["api_key"] = Secret(env[key_env])
+        if own_url_var and env.get(own_url_var):
+            spec["base_url"] = env[own_url_var]  # the environment wins over the file
         targets[name] = make_target(name, preset, **spec)
     return targets
 

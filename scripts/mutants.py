@@ -333,6 +333,14 @@ MUTATIONS: list[Mutation] = [
                "test_a_cancel_that_answers_5xx_is_retried_on_backoff_and_never_stops_polling"],
     ),
     Mutation(
+        name="file-over-environment",
+        promise="the environment wins over the TOML file: a gateway's API root is never dropped",
+        path="orchestrator/config.py",
+        old="            spec[\"base_url\"] = env[own_url_var]  # the environment wins over the file\n",
+        new="            pass\n",
+        tests=["tests/unit/test_config.py"],
+    ),
+    Mutation(
         name="429-not-shared",
         promise="rate limits are respected by everyone: a 429 is written to target_state",
         path="orchestrator/db/ledger.py",
