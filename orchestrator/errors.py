@@ -6,7 +6,8 @@
     ├── ConfigError        bad or missing settings at startup (exit code 2)
     ├── JobNotFound        a CLI command named a job that does not exist
     ├── LeaseLost          a fenced write matched no row: another worker owns the batch now
-    └── IllegalTransition  a write would move a batch along an edge the state table lacks
+    ├── IllegalTransition  a write would move a batch along an edge the state table lacks
+    └── RemoteIdTaken      the provider answered a create with a batch id another batch has
 """
 
 from __future__ import annotations
@@ -31,3 +32,9 @@ class LeaseLost(OrchestratorError):
 class IllegalTransition(OrchestratorError):
     """A fenced write asked for a state move that ``domain.states.BATCH_TRANSITIONS`` does not
     allow from the state the batch is in: a bug, refused by the database write itself."""
+
+
+class RemoteIdTaken(OrchestratorError):
+    """The provider answered a create with a batch id that another local batch already has: it
+    re-issued an id (a provider, or an emulator, that restarted). Never taken for an unknown
+    outcome, which would create again and pay twice."""

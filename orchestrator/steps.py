@@ -32,6 +32,7 @@ from orchestrator.domain import lines as ln
 from orchestrator.domain import requests as rq
 from orchestrator.domain.decide import ErrorKind, Step
 from orchestrator.domain.states import BatchState, RemoteStatus, remote_terminal
+from orchestrator.errors import RemoteIdTaken
 from orchestrator.ingest import IngestStats, ingest_lines
 
 log = structlog.get_logger(__name__)
@@ -151,17 +152,20 @@ def _record_failed_create(deps: Deps, b: Claimed, exc: ApiError) -> None:
 
 def adopt(deps: Deps, b: Claimed, remote: BatchObject, *, how: str) -> None:
     now = deps.clock.now()
-    with unit_of_work(deps.sessions) as s:
-        ledger.mark_submitted(
-            s,
-            b,
-            how=how,
-            remote_batch_id=remote.id,
-            status=remote.status,
-            next_run_at=deps.poll_schedule.next_poll(now=now, unchanged_polls=0, rng=deps.rng),
-            remote=_remote_fields(remote),
-            worker=_worker(deps),
-        )
+    try:
+        with unit_of_work(deps.sessions) as s:
+            ledger.mark_submitted(
+                s,
+                b,
+                how=how,
+                remote_batch_id=remote.id,
+                status=remote.status,
+                next_run_at=deps.poll_schedule.next_poll(now=now, unchanged_polls=0, rng=deps.rng),
+                remote=_remote_fields(remote),
+                worker=_worker(deps),
+            )
+    except RemoteIdTaken as exc:
+        _fail(deps, b, str(exc), "remote_id_taken")
 
 
 def reconcile(deps: Deps, b: Claimed) -> bool:

@@ -341,6 +341,15 @@ MUTATIONS: list[Mutation] = [
         tests=["tests/unit/test_config.py"],
     ),
     Mutation(
+        name="reused-remote-id-taken-for-unknown",
+        promise="a batch id the provider hands out twice fails the batch, never creates again",
+        path="orchestrator/db/ledger.py",
+        old="    if holder is not None:\n        raise RemoteIdTaken(",
+        new="    if False:\n        raise RemoteIdTaken(",
+        tests=[RELIABILITY + "test_a_batch_id_the_provider_hands_out_twice_fails_the_batch_instead"
+                             "_of_paying_again"],
+    ),
+    Mutation(
         name="429-not-shared",
         promise="rate limits are respected by everyone: a 429 is written to target_state",
         path="orchestrator/db/ledger.py",

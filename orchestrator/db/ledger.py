@@ -47,7 +47,7 @@ from orchestrator.db.models import Batch, Event, Job, TargetState, Worker
 from orchestrator.db.queries import OPEN_STATES, Claimed
 from orchestrator.db.session import raw_connection
 from orchestrator.domain.states import BatchState, JobStatus, sources_of
-from orchestrator.errors import IllegalTransition, LeaseLost
+from orchestrator.errors import IllegalTransition, LeaseLost, RemoteIdTaken
 
 log = structlog.get_logger("orchestrator.ledger")
 
@@ -575,7 +575,18 @@ def mark_submitted(
     session: Session, lease: Lease, *, how: str, remote_batch_id: str, status: str,
     next_run_at: dt.datetime, remote: Mapping[str, Any], worker: str,
 ) -> None:  # fmt: skip
-    """creating → submitted: the remote batch is ours (``how``: created, or adopted)."""
+    """creating → submitted: the remote batch is ours (``how``: created, or adopted).
+
+    RemoteIdTaken if another batch already has ``remote_batch_id``."""
+    holder = session.execute(
+        sa.select(Batch.id).where(Batch.remote_batch_id == remote_batch_id, Batch.id != lease.id)
+    ).scalar_one_or_none()
+    if holder is not None:
+        raise RemoteIdTaken(
+            f"the provider answered the create with batch id {remote_batch_id!r}, which batch "
+            f"{holder} already has; ids must never repeat (did the provider or the emulator "
+            "restart and re-issue ids?). This batch fails rather than being created again."
+        )
     move(
         session, lease, _B.SUBMITTED, release=True, remote_batch_id=remote_batch_id,
         step_failures=0, last_error=None, unchanged_polls=0, next_run_at=next_run_at, **remote,

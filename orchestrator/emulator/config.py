@@ -31,6 +31,10 @@ class EmulatorConfig:
     path_prefix: str = "/v1"
     # Seeds ids, fake completions, the failing-line choice and probabilistic faults.
     seed: int = 0
+    # Mixed into the ids of files and batches. Empty (in-process tests): the same seed gives the
+    # same ids. The command line picks a fresh one per run unless told otherwise, so that a
+    # restarted emulator never hands out an id it already gave (a real provider never does).
+    instance: str = ""
     # If set, `Authorization: Bearer <api_key>` must match; if None any non-empty token passes.
     api_key: str | None = None
     # A batch stays `validating` this long after creation.

@@ -45,8 +45,9 @@ def unit_float(*parts: object) -> float:
 class IdGenerator:
     """Counter-based ids: the n-th id of a kind is always the same for a given seed."""
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, instance: str = "") -> None:
         self._seed = seed
+        self._instance = instance
         self._counters: Counter[str] = Counter()
         self._lock = threading.Lock()
 
@@ -54,6 +55,8 @@ class IdGenerator:
         with self._lock:
             self._counters[kind] += 1
             number = self._counters[kind]
+        if self._instance:
+            return prefix + hex_id(self._seed, self._instance, kind, number)
         return prefix + hex_id(self._seed, kind, number)
 
     def derived(self, prefix: str, *parts: object) -> str:

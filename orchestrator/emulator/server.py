@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextvars
 import logging
+import secrets
 import signal
 import socket
 import sys
@@ -179,6 +180,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="virtual seconds per real second (600: one real second is ten minutes)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for ids, texts and faults")
+    parser.add_argument(
+        "--instance",
+        default=None,
+        help="mixed into file and batch ids (default: fresh per run, so a restart never reuses "
+        "an id); give the same value to reproduce a run's ids byte for byte",
+    )
     parser.add_argument("--failure-rate", type=float, default=0.0, help="share of lines failing")
     parser.add_argument("--api-key", default=None, help="require this bearer token")
     parser.add_argument("--validation-seconds", type=float, default=5.0)
@@ -215,6 +222,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         mode=args.mode,
         path_prefix=args.prefix,
         seed=args.seed,
+        instance=args.instance if args.instance is not None else secrets.token_hex(4),
         api_key=args.api_key,
         validation_seconds=args.validation_seconds,
         rows_per_second=args.rows_per_second,

@@ -54,7 +54,7 @@ class State:
         self._files: dict[str, StoredFile] = {}
         self._batches: dict[str, BatchRecord] = {}
         self._order: list[str] = []
-        self._ids = IdGenerator(config.seed)
+        self._ids = IdGenerator(config.seed, config.instance)
         self.blobs = BlobDir(config.storage_dir)
 
     def now(self) -> float:

@@ -264,3 +264,21 @@ def test_token_limit_exceeded_means_later_not_failed(db_url: str) -> None:
     assert len(uploads) == 2 and len(created) == 3  # one file per job; one create again
     assert count(db_url, "results", "succeeded") == 60
     assert count(db_url, "batches", "state = 'failed'") == 0
+
+
+def test_a_batch_id_the_provider_hands_out_twice_fails_the_batch_instead_of_paying_again(
+    db_url: str,
+) -> None:
+    # Given a provider that restarted and hands out ids from the start again (an emulator run
+    # twice with the same seed and no instance), after a first job has used them
+    with harness(db_url) as first:
+        assert first.run_job(enqueue(db_url, simple_requests(3), name="first")) == "completed"
+    with harness(db_url) as h:
+        job_id = enqueue(db_url, simple_requests(3), name="second")
+        # When the second job's create is answered with the id the first batch already has
+        assert h.run_job(job_id) == "failed"
+        # Then it is not taken for an unknown outcome: nothing is created again
+        assert len(h.emulator.ledger.calls_to("create_batch")) == 1
+    error = scalar(db_url, "SELECT error FROM orchestrator.jobs WHERE id = %s", job_id)
+    assert "which batch 1 already has; ids must never repeat" in error
+    assert "batch_create_reconciled" not in events(db_url, job_id)
