@@ -10,6 +10,7 @@ releases the leases still held and exits 0; a second one exits at once.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -22,6 +23,8 @@ from typing import Any
 
 import sqlalchemy as sa
 import structlog
+from apscheduler.jobstores.base import JobLookupError
+from apscheduler.schedulers import SchedulerNotRunningError
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from orchestrator import __version__, runner
@@ -45,8 +48,11 @@ class Daemon:
         self.metrics = deps.metrics
         self._listen_url = listen_url
         self._pool = cf.ThreadPoolExecutor(self.settings.workers, thread_name_prefix="worker")
+        # Planning has a lane of its own: it never takes a worker from batch steps, and batch
+        # steps never keep pending jobs waiting (each job is one short transaction).
+        self._planner = cf.ThreadPoolExecutor(1, thread_name_prefix="planner")
         self._inflight: dict[int, int] = {}  # batch id → lease token
-        self._planning: set[int] = set()
+        self._planning = False
         self._futures: set[cf.Future[Any]] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -65,10 +71,9 @@ class Daemon:
         started: list[cf.Future[Any]] = []
         with unit_of_work(self.deps.sessions) as s:
             ledger.wake_cancelled_jobs(s, now)
-            job_ids = queries.pending_job_ids(s, self.settings.max_plan_jobs_per_tick)
-        for job_id in job_ids:
-            if self._free() > 0 and self._begin_planning(job_id):
-                started.append(self._submit(self._plan, job_id))
+            pending = bool(queries.pending_job_ids(s, 1))
+        if pending and self._begin_planning():
+            started.append(self._submit(self._plan_pending, executor=self._planner))
         free = self._free()
         if free > 0:
             with unit_of_work(self.deps.sessions) as s:
@@ -90,16 +95,18 @@ class Daemon:
 
     def _free(self) -> int:
         with self._lock:
-            return self.settings.workers - len(self._inflight) - len(self._planning)
+            return self.settings.workers - len(self._inflight)
 
-    def _begin_planning(self, job_id: int) -> bool:
+    def _begin_planning(self) -> bool:
         with self._lock:
-            if job_id in self._planning:
+            if self._planning:
                 return False
-            self._planning.add(job_id)
+            self._planning = True
             return True
 
-    def _submit(self, fn: Callable[..., None], *args: Any) -> cf.Future[Any]:
+    def _submit(
+        self, fn: Callable[..., None], *args: Any, executor: cf.Executor | None = None
+    ) -> cf.Future[Any]:
         ctx = structlog.contextvars.get_contextvars()
 
         def call() -> None:
@@ -110,7 +117,7 @@ class Daemon:
                     log.exception("step_crashed", task=getattr(fn, "__name__", "?"))
                     raise
 
-        future = self._pool.submit(call)
+        future = (executor or self._pool).submit(call)
         with self._lock:
             self._futures.add(future)
         future.add_done_callback(self._done)
@@ -120,14 +127,29 @@ class Daemon:
         with self._lock:
             self._futures.discard(future)
 
-    def _plan(self, job_id: int) -> None:
+    def _plan_pending(self) -> None:
+        """Plan pending jobs, oldest of the highest priority first, until none is left (or the
+        daemon stops); each job is one short transaction. A job planned into batches wakes the
+        tick at once, so its batches are claimed without waiting for the next timer."""
         try:
-            status = runner.plan_one(self.deps, job_id)
-            if status:
-                self.metrics.jobs_planned.labels(status).inc()
+            while not self._stop.is_set():
+                with unit_of_work(self.deps.sessions) as s:
+                    job_ids = queries.pending_job_ids(s, self.settings.max_plan_jobs_per_tick)
+                planned = 0
+                for job_id in job_ids:
+                    if self._stop.is_set():
+                        break
+                    status = runner.plan_one(self.deps, job_id)
+                    if status:
+                        planned += 1
+                        self.metrics.jobs_planned.labels(status).inc()
+                if planned:
+                    self.wake()
+                if not planned:  # nothing left, or only jobs another daemon is planning
+                    break
         finally:
             with self._lock:
-                self._planning.discard(job_id)
+                self._planning = False
 
     def _run(self, b: queries.Claimed) -> None:
         self.metrics.in_flight.inc()
@@ -137,6 +159,7 @@ class Daemon:
             self.metrics.in_flight.dec()
             with self._lock:
                 self._inflight.pop(b.id, None)
+            self.wake()  # a worker is free: claim again now, not at the next timer
 
     def heartbeat(self) -> None:
         """Renew the leases of the batches being worked on (long downloads, big ingests)."""
@@ -299,7 +322,8 @@ class Daemon:
     def wake(self) -> None:
         """Tick now (a job was enqueued or cancelled)."""
         if self._scheduler is not None and not self._stop.is_set():
-            self._scheduler.modify_job("tick", next_run_time=wall_now())
+            with contextlib.suppress(JobLookupError, SchedulerNotRunningError):  # stopping
+                self._scheduler.modify_job("tick", next_run_time=wall_now())
 
     def _listen(self) -> None:
         """LISTEN for enqueues; reconnect on failure. Polling (tick_seconds) covers any gap."""
@@ -337,6 +361,7 @@ class Daemon:
             ledger.stop_worker(s, self.deps.worker_id)
         log.info("daemon_stopped", finished=len(done), abandoned=len(not_done))
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._planner.shutdown(wait=False, cancel_futures=True)
         self.deps.clients.close()
         if not_done:
             # Steps still running past the grace period: their leases are released (or will
@@ -348,6 +373,7 @@ class Daemon:
         """For tests: stop the pool without the signal machinery."""
         self._stop.set()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._planner.shutdown(wait=True, cancel_futures=True)
 
 
 def _flush_and_exit(code: int) -> None:

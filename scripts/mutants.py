@@ -350,6 +350,14 @@ MUTATIONS: list[Mutation] = [
                              "_of_paying_again"],
     ),
     Mutation(
+        name="planning-takes-workers",
+        promise="pending jobs never keep batch work waiting (planning has a lane of its own)",
+        path="orchestrator/daemon.py",
+        old="            return self.settings.workers - len(self._inflight)\n",
+        new="            return self.settings.workers - len(self._inflight) - 2 * self._planning\n",
+        tests=["tests/e2e/test_daemon.py::test_pending_jobs_never_keep_batch_work_waiting"],
+    ),
+    Mutation(
         name="429-not-shared",
         promise="rate limits are respected by everyone: a 429 is written to target_state",
         path="orchestrator/db/ledger.py",

@@ -23,6 +23,7 @@ from orchestrator.observability import configure_logging
 from tests.support import (
     API_KEY,
     FAST,
+    count,
     enqueue,
     harness,
     make_settings,
@@ -171,3 +172,24 @@ def test_the_steps_metric_counts_each_step_by_its_outcome(db_url: str) -> None:
     assert n("poll", "done") == polls - 2
     assert n("ingest", "done") == 1
     assert n("ingest", "crashed") + n("upload", "crashed") == 0
+
+
+def test_pending_jobs_never_keep_batch_work_waiting(db_url: str) -> None:
+    def settings(base_url: str) -> Settings:
+        return make_settings(db_url, base_url, daemon=dataclasses.replace(FAST, workers=2))
+
+    with harness(db_url, settings=settings) as h:
+        first = enqueue(db_url, simple_requests(5), name="first")
+        h.run_until(lambda: count(db_url, "batches", "state = 'submitted'") == 1)
+        # Given thirty jobs waiting to be planned, more than the daemon has workers
+        later = [enqueue(db_url, simple_requests(5, prefix=f"j{n}-")) for n in range(30)]
+        polls = len(h.emulator.ledger.calls_to("get_batch"))
+        h.clock.advance(60)
+        # When the daemon ticks once
+        h.daemon.tick(wait=True)
+        # Then the first job's batch was polled in that very tick: planning has a lane of its
+        # own and takes no worker from batch steps
+        assert len(h.emulator.ledger.calls_to("get_batch")) > polls
+        # and every job completes
+        for job_id in [first, *later]:
+            assert h.run_job(job_id) == "completed"
