@@ -221,11 +221,11 @@ MUTATIONS: list[Mutation] = [
             "        ledger.begin_create(s, b, key=key, at=now)\n",
         new="        pass\n",
         also=[(
-            "    with unit_of_work(deps.sessions) as s:\n"
-            "        ledger.mark_submitted(\n",
-            "    with unit_of_work(deps.sessions) as s:\n"
-            "        ledger.begin_create(s, b, key=b.idempotency_key, at=now)\n"
-            "        ledger.mark_submitted(\n",
+            "        with unit_of_work(deps.sessions) as s:\n"
+            "            ledger.mark_submitted(\n",
+            "        with unit_of_work(deps.sessions) as s:\n"
+            "            ledger.begin_create(s, b, key=b.idempotency_key, at=now)\n"
+            "            ledger.mark_submitted(\n",
         )],
         tests=[OPENAI_CARRIED_OUT],
     ),
