@@ -11,7 +11,6 @@ from pathlib import Path
 
 import httpx
 import sqlalchemy as sa
-import structlog
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.api.client import BatchApiClient, make_http_client
@@ -23,8 +22,6 @@ from orchestrator.db.session import make_engine, make_sessionmaker, unit_of_work
 from orchestrator.domain.backoff import PollSchedule, RetrySchedule
 from orchestrator.domain.decide import Policy
 from orchestrator.observability import Metrics
-
-log = structlog.get_logger(__name__)
 
 
 class TargetGate:
@@ -117,7 +114,7 @@ class Deps:
     worker_id: uuid.UUID = dataclasses.field(default_factory=uuid.uuid4)
     rng: random.Random = dataclasses.field(default_factory=random.Random)
     engine: sa.Engine | None = None
-    # What steps, the client and ingest count; served on /metrics by the daemon.
+    # The counters of this process (steps count here today), served on /metrics by the daemon.
     metrics: Metrics = dataclasses.field(default_factory=Metrics)
 
     def close(self) -> None:

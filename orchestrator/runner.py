@@ -16,7 +16,6 @@ from orchestrator.db.queries import Claimed
 from orchestrator.db.session import TRANSIENT_DB_ERRORS, Session, unit_of_work
 from orchestrator.deps import Deps
 from orchestrator.domain import decide as dc
-from orchestrator.domain import lines as ln
 from orchestrator.domain.decide import Step
 from orchestrator.errors import ConfigError, LeaseLost
 
@@ -103,14 +102,12 @@ def _apply_failure(deps: Deps, s: Session, b: Claimed, step: Step, exc: ApiError
                 ledger.split(s, b, now=now)
             else:
                 message = f"the provider refused the file as too large: {exc}"
-                ledger.fail_batch(
-                    s, b, now=now, message=message, error=ln.batch_error(message, None)
-                )
+                ledger.fail_batch(s, b, now=now, message=message)
         case dc.Reupload():
             ledger.reupload(s, b, now=now, error=exc.message, **values)
         case dc.Fail(message=message):
             message = f"{step} failed: {message}"
-            ledger.fail_batch(s, b, now=now, message=message, error=ln.batch_error(message, None))
+            ledger.fail_batch(s, b, now=now, message=message)
 
 
 def _crashed(deps: Deps, s: Session, b: Claimed, exc: Exception) -> None:

@@ -232,10 +232,7 @@ def _note(deps: Deps, b: Claimed, kind: str, **detail: Any) -> None:
 def _fail(deps: Deps, b: Claimed, message: str, code: str | None = None, **values: Any) -> None:
     """The batch failed as a whole, with ``message`` on the job row."""
     with unit_of_work(deps.sessions) as s:
-        ledger.fail_batch(
-            s, b, now=deps.clock.now(), message=message, error=ln.batch_error(message, code),
-            **values,
-        )  # fmt: skip
+        ledger.fail_batch(s, b, now=deps.clock.now(), message=message, code=code, **values)
 
 
 # -- submitted → ingesting ---------------------------------------------------------------
@@ -328,16 +325,7 @@ def _remote_failed(deps: Deps, b: Claimed, remote: BatchObject, fields: dict[str
         if e.line is not None
     }
     message = f"the provider failed batch {remote.id}: {remote.error_summary()}"
-    with unit_of_work(deps.sessions) as s:
-        ledger.fail_batch(
-            s,
-            b,
-            now=deps.clock.now(),
-            message=message,
-            error=ln.batch_error(message, min(codes) if codes else None),
-            by_line=by_line,
-            **fields,
-        )
+    _fail(deps, b, message, min(codes) if codes else None, by_line=by_line, **fields)
     return False
 
 

@@ -59,6 +59,12 @@ def make_settings(
     )
 
 
+def settings_for(db_url: str, **overrides: Any) -> Callable[[str], Settings]:
+    """What ``harness(settings=...)`` takes: the test settings with ``overrides`` (``preset``,
+    ``target``, ``daemon`` or any target field), for the emulator's base URL."""
+    return lambda base_url: make_settings(db_url, base_url, **overrides)
+
+
 def chat_body(n: int | str, *, model: str = "openai/gpt-4.1-nano") -> dict[str, Any]:
     return {
         "model": model,

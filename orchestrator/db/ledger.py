@@ -46,6 +46,7 @@ from sqlalchemy.orm import Session
 from orchestrator.db.models import Batch, Event, Job, TargetState, Worker
 from orchestrator.db.queries import OPEN_STATES, Claimed
 from orchestrator.db.session import raw_connection
+from orchestrator.domain import lines as ln
 from orchestrator.domain.states import BatchState, JobStatus, sources_of
 from orchestrator.errors import IllegalTransition, LeaseLost, RemoteIdTaken
 
@@ -355,6 +356,39 @@ def copy_requests(
             copy.write_row((job_id, *row))
 
 
+class _Routing(Protocol):
+    """Where a batch goes: a job being planned, or the batch a new one replaces."""
+
+    @property
+    def target(self) -> str: ...
+    @property
+    def endpoint(self) -> str: ...
+    @property
+    def priority(self) -> int: ...
+
+
+def _new_batch(
+    session: Session,
+    job_id: int,
+    like: _Routing,
+    *,
+    round_: int,
+    count: int,
+    size: int,
+    now: dt.datetime,
+) -> int:
+    """A ``planned`` batch of ``job_id``, sent where ``like`` goes."""
+    return session.execute(
+        sa.insert(Batch)
+        .values(
+            job_id=job_id, target=like.target, endpoint=like.endpoint, priority=like.priority,
+            round=round_, state=BatchState.PLANNED, request_count=count, bytes=size,
+            next_run_at=now,
+        )
+        .returning(Batch.id)
+    ).scalar_one()  # fmt: skip
+
+
 def insert_planned_batch(
     session: Session,
     job: Job,
@@ -366,14 +400,7 @@ def insert_planned_batch(
     now: dt.datetime,
 ) -> int:
     """A first-round batch of the requests ``first_seq..last_seq`` of a job being planned."""
-    batch_id = session.execute(
-        sa.insert(Batch)
-        .values(
-            job_id=job.id, target=job.target, endpoint=job.endpoint, priority=job.priority,
-            round=1, state=BatchState.PLANNED, request_count=count, bytes=size, next_run_at=now,
-        )
-        .returning(Batch.id)
-    ).scalar_one()  # fmt: skip
+    batch_id = _new_batch(session, job.id, job, round_=1, count=count, size=size, now=now)
     session.execute(
         sa.text(
             "INSERT INTO orchestrator.batch_items (batch_id, custom_id, job_id, seq, attempt) "
@@ -729,17 +756,18 @@ def fail_batch(
     *,
     now: dt.datetime,
     message: str,
-    error: dict[str, Any],
+    code: str | None = None,
     by_line: dict[int, dict[str, Any]] | None = None,
     **values: Any,
 ) -> None:
-    """The batch failed as a whole: its requests get final failure results carrying the
-    provider's message (``error``, or per input line ``by_line``), the job's ``error`` says why,
-    and the job ends ``failed``."""
+    """The batch failed as a whole: its requests get final failure results carrying ``message``
+    (and ``code``; or, per input line, ``by_line``), the job's ``error`` says why, and the job
+    ends ``failed``."""
     move(
         session, lease, BatchState.FAILED, release=True,
         **{**values, "last_error": message, "finished_at": now},
     )  # fmt: skip
+    error = ln.batch_error(message, code)
     written = fail_requests(session, batch_id=lease.id, error=error, by_line=by_line)
     add_to_job(session, lease.job_id, failed=written, error=message)
     record(
@@ -759,20 +787,6 @@ def cancel_locally(session: Session, lease: Lease, *, now: dt.datetime, stage: s
     move(session, lease, BatchState.CANCELLED, release=True, finished_at=now)
     record(session, "batch_cancelled", job_id=lease.job_id, batch_id=lease.id, stage=stage)
     finish_job_if_done(session, lease.job_id, now)
-
-
-def _new_batch(
-    session: Session, source: Batch, *, round_: int, count: int, now: dt.datetime
-) -> int:
-    return session.execute(
-        sa.insert(Batch)
-        .values(
-            job_id=source.job_id, target=source.target, endpoint=source.endpoint,
-            priority=source.priority, round=round_, state=BatchState.PLANNED,
-            request_count=count, bytes=0, next_run_at=now,
-        )
-        .returning(Batch.id)
-    ).scalar_one()  # fmt: skip
 
 
 _NO_RESULT = (
@@ -797,7 +811,9 @@ def resubmit(session: Session, batch_id: int, now: dt.datetime) -> tuple[int, in
     ).scalar_one()
     if not count:
         return None
-    new_id = _new_batch(session, source, round_=source.round + 1, count=count, now=now)
+    new_id = _new_batch(
+        session, source.job_id, source, round_=source.round + 1, count=count, size=0, now=now
+    )
     session.execute(
         sa.text(
             "INSERT INTO orchestrator.batch_items (batch_id, custom_id, job_id, seq, attempt) "
@@ -833,7 +849,9 @@ def split(session: Session, lease: Lease, *, now: dt.datetime, **values: Any) ->
     halves = [(seqs[0], middle - 1, len(seqs) // 2), (middle, seqs[-1], len(seqs) - len(seqs) // 2)]
     new_ids = []
     for first, last, count in halves:
-        new_id = _new_batch(session, source, round_=source.round, count=count, now=now)
+        new_id = _new_batch(
+            session, source.job_id, source, round_=source.round, count=count, size=0, now=now
+        )
         session.execute(
             sa.text(
                 "INSERT INTO orchestrator.batch_items (batch_id, custom_id, job_id, seq, attempt) "

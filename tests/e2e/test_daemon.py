@@ -29,6 +29,7 @@ from tests.support import (
     make_settings,
     query,
     scalar,
+    settings_for,
     simple_requests,
     wait_for,
 )
@@ -175,9 +176,7 @@ def test_the_steps_metric_counts_each_step_by_its_outcome(db_url: str) -> None:
 
 
 def test_pending_jobs_never_keep_batch_work_waiting(db_url: str) -> None:
-    def settings(base_url: str) -> Settings:
-        return make_settings(db_url, base_url, daemon=dataclasses.replace(FAST, workers=2))
-
+    settings = settings_for(db_url, daemon=dataclasses.replace(FAST, workers=2))
     with harness(db_url, settings=settings) as h:
         first = enqueue(db_url, simple_requests(5), name="first")
         h.run_until(lambda: count(db_url, "batches", "state = 'submitted'") == 1)

@@ -21,8 +21,8 @@ from tests.support import (
     count,
     enqueue,
     harness,
-    make_settings,
     scalar,
+    settings_for,
     simple_requests,
 )
 
@@ -41,15 +41,13 @@ def deadlocks(db_url: str) -> int:
 def test_twenty_batches_of_one_job_ingesting_at_once_never_deadlock(db_url: str) -> None:
     config = EmulatorConfig(mode="openai", api_key=API_KEY)
 
-    def settings(base_url: str):  # type: ignore[no-untyped-def]
-        return make_settings(
-            db_url,
-            base_url,
-            preset="openai",
-            target="openai",
-            max_requests_per_file=PER_BATCH,
-            daemon=dataclasses.replace(FAST, workers=BATCHES),
-        )
+    settings = settings_for(
+        db_url,
+        preset="openai",
+        target="openai",
+        max_requests_per_file=PER_BATCH,
+        daemon=dataclasses.replace(FAST, workers=BATCHES),
+    )
 
     with harness(db_url, emulator_config=config, settings=settings) as h:
         job_id = enqueue(db_url, simple_requests(BATCHES * PER_BATCH), target="openai")

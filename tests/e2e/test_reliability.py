@@ -17,9 +17,9 @@ from tests.support import (
     enqueue,
     events,
     harness,
-    make_settings,
     query,
     scalar,
+    settings_for,
     simple_requests,
 )
 
@@ -101,10 +101,7 @@ def test_openai_a_create_the_provider_carried_out_but_never_answered_is_adopted_
 ) -> None:
     config = EmulatorConfig(mode="openai", api_key=API_KEY)
 
-    def settings(base_url: str):  # type: ignore[no-untyped-def]
-        return make_settings(
-            db_url, base_url, preset="openai", target="openai", timeout_seconds=0.5
-        )
+    settings = settings_for(db_url, preset="openai", target="openai", timeout_seconds=0.5)
 
     with harness(db_url, emulator_config=config, settings=settings) as h:
         # Given a provider that creates the batch and then fails to deliver the answer
@@ -125,8 +122,7 @@ def test_openai_a_create_the_provider_carried_out_but_never_answered_is_adopted_
 def test_fastrouter_a_create_carried_out_but_never_answered_costs_at_most_one_extra_batch(
     db_url: str,
 ) -> None:
-    def settings(base_url: str):  # type: ignore[no-untyped-def]
-        return make_settings(db_url, base_url, timeout_seconds=0.5)
+    settings = settings_for(db_url, timeout_seconds=0.5)
 
     with harness(db_url, settings=settings) as h:
         # Given a provider that creates the batch and then answers 502 (and cannot list batches)
@@ -146,8 +142,7 @@ def test_fastrouter_a_create_carried_out_but_never_answered_costs_at_most_one_ex
 def test_openai_a_create_lost_before_it_arrived_is_created_after_checking(db_url: str) -> None:
     config = EmulatorConfig(mode="openai", api_key=API_KEY)
 
-    def settings(base_url: str):  # type: ignore[no-untyped-def]
-        return make_settings(db_url, base_url, preset="openai", target="openai")
+    settings = settings_for(db_url, preset="openai", target="openai")
 
     with harness(db_url, emulator_config=config, settings=settings) as h:
         h.emulator.faults.add("create_batch", status=502, times=1)  # refused: nothing created
@@ -162,8 +157,7 @@ def test_openai_a_create_lost_before_it_arrived_is_created_after_checking(db_url
 def test_fastrouter_an_ambiguous_create_follows_the_recreate_policy_with_an_event(
     db_url: str,
 ) -> None:
-    def settings(base_url: str):  # type: ignore[no-untyped-def]
-        return make_settings(db_url, base_url, timeout_seconds=0.5)
+    settings = settings_for(db_url, timeout_seconds=0.5)
 
     with harness(db_url, settings=settings) as h:
         h.emulator.faults.add("create_batch", delay_seconds=1.5, times=1)
@@ -182,8 +176,7 @@ def test_fastrouter_an_ambiguous_create_follows_the_recreate_policy_with_an_even
 
 
 def test_fastrouter_policy_pause_waits_for_an_operator(db_url: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    def settings(base_url: str):  # type: ignore[no-untyped-def]
-        return make_settings(db_url, base_url, timeout_seconds=0.5, ambiguous_create_policy="pause")
+    settings = settings_for(db_url, timeout_seconds=0.5, ambiguous_create_policy="pause")
 
     with harness(db_url, settings=settings) as h:
         h.emulator.faults.add("create_batch", delay_seconds=1.5, times=1)

@@ -13,9 +13,9 @@ from tests.support import (
     enqueue_generated,
     events,
     harness,
-    make_settings,
     query,
     scalar,
+    settings_for,
     simple_requests,
 )
 
@@ -120,7 +120,7 @@ def test_cancel_an_uploaded_batch_creates_nothing(db_url: str) -> None:
 
 
 def _openai(db_url: str):  # type: ignore[no-untyped-def]
-    return lambda base_url: make_settings(db_url, base_url, preset="openai", target="openai")
+    return settings_for(db_url, preset="openai", target="openai")
 
 
 def test_cancel_in_progress_cancels_remotely_and_keeps_the_partial_results(db_url: str) -> None:
