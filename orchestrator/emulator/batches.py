@@ -143,7 +143,9 @@ def request_counts(record: BatchRecord, snap: Snapshot) -> dict[str, int]:
     return {"total": total, "completed": completed, "failed": failed}
 
 
-def render(record: BatchRecord, snap: Snapshot, config: EmulatorConfig) -> dict[str, Any]:
+def render(
+    record: BatchRecord, snap: Snapshot, config: EmulatorConfig, now: float | None = None
+) -> dict[str, Any]:
     """The batch object: every field of OpenAI's Batch, plus FastRouter's ``batch_id``/cost."""
     ids: dict[str, Any] = {"id": record.id}
     if config.mode == "fastrouter":
@@ -151,8 +153,11 @@ def render(record: BatchRecord, snap: Snapshot, config: EmulatorConfig) -> dict[
     results = record.results
     fault = record.fault
     error_file_id = results.error_file_id if results else None
+    output_file_id = results.output_file_id if results else None
     if error_file_id is None and fault is not None and fault.empty_error_file_id:
         error_file_id = ""  # X12: a clean batch reported "" rather than null
+    if fault is not None and fault.hide_output and _hiding(fault, snap, now):
+        output_file_id = error_file_id = None
     batch = {
         **ids,
         "object": "batch",
@@ -162,7 +167,7 @@ def render(record: BatchRecord, snap: Snapshot, config: EmulatorConfig) -> dict[
         "input_file_id": record.params.input_file_id,
         "completion_window": record.params.completion_window,
         "status": snap.status,
-        "output_file_id": results.output_file_id if results else None,
+        "output_file_id": output_file_id,
         "error_file_id": error_file_id,
         "created_at": record.created_at,
         "in_progress_at": _unix(snap.in_progress_at),
@@ -180,6 +185,13 @@ def render(record: BatchRecord, snap: Snapshot, config: EmulatorConfig) -> dict[
     if fault is not None and fault.no_usage:
         del batch["usage"]
     return batch
+
+
+def _hiding(fault: Any, snap: Snapshot, now: float | None) -> bool:
+    finished = snap.completed_at or snap.expired_at or snap.cancelled_at
+    if finished is None or now is None:
+        return False
+    return bool(now < finished + fault.hide_output)
 
 
 def _errors(record: BatchRecord) -> dict[str, Any]:

@@ -48,6 +48,8 @@ class Emulator:
         self.ledger = Ledger()
         self.faults = FaultInjector(self.config.seed)
         self._state = State(self.config, self.clock, self.ledger)
+        self._later: list[tuple[float, Callable[[], EmuResponse]]] = []  # (due, call)
+        self._later_lock = threading.Lock()
         self._call_numbers = itertools.count(1)
         self._numbers_lock = threading.Lock()
         self._handlers: dict[str, Handler] = {
@@ -64,6 +66,7 @@ class Emulator:
     # -- public API ----------------------------------------------------------------------------
 
     def handle(self, request: EmuRequest) -> EmuResponse:
+        self.run_due()
         if admin.is_admin_path(request.path):
             return admin.handle(self, request)
         matched = routes.match(request.method, request.path, self.config.path_prefix)
@@ -76,6 +79,21 @@ class Emulator:
             )
         )  # fmt: skip
         return response
+
+    def run_due(self) -> int:
+        """Carry out the calls a ``late`` fault deferred whose moment has come (every call to
+        the emulator does this first). Returns how many ran."""
+        now = self._state.now()
+        with self._later_lock:
+            due = [call for at, call in self._later if at <= now]
+            self._later = [(at, call) for at, call in self._later if at > now]
+        for call in due:
+            call().close()
+        return len(due)
+
+    def _defer(self, seconds: float, call: Callable[[], EmuResponse]) -> None:
+        with self._later_lock:
+            self._later.append((self._state.now() + seconds, call))
 
     def revoke_key(self) -> None:
         """From now on every API call gets 401, as with a key revoked at the provider."""
@@ -130,7 +148,7 @@ class Emulator:
         fault = self.faults.take(matched.route) if matched.route != routes.UNKNOWN else None
         if fault is None:
             return self._serve(request, matched), False
-        ctx = FaultContext(self.config.mode, matched.route, request)
+        ctx = FaultContext(self.config.mode, matched.route, request, later=self._defer)
         return fault.apply(ctx, lambda: self._serve(request, matched)), True
 
     def _serve(self, request: EmuRequest, matched: routes.Match) -> EmuResponse:

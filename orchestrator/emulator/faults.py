@@ -42,6 +42,9 @@ class FaultContext:
     mode: Mode
     route: str
     request: EmuRequest
+    # Run a call later, once the emulator's clock has moved on by the given seconds (the next
+    # call to the emulator at or past that moment runs it first).
+    later: Callable[[float, Proceed], None] | None = None
 
 
 Proceed = Callable[[], EmuResponse]
@@ -150,6 +153,10 @@ class TruncatedBody:
 
     kind: ClassVar[str] = "truncate"
     truncate: float = 0.5
+    # The body ends cleanly, short, with a content-length that says so: no HTTP error at all
+    # (a proxy that buffered part of the answer). Only a client that checks what it read
+    # against what the API says it should hold can notice.
+    clean: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.truncate < 1.0:
@@ -158,15 +165,24 @@ class TruncatedBody:
     def apply(self, ctx: FaultContext, proceed: Proceed) -> EmuResponse:
         response = proceed()
         if response.status < 300:
-            response.cut_short(self.truncate)
+            if self.clean:
+                response.end_early(self.truncate)
+            else:
+                response.cut_short(self.truncate)
         return response
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "truncate": self.truncate}
+        data: dict[str, Any] = {"kind": self.kind, "truncate": self.truncate}
+        if self.clean:
+            data["clean"] = True
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> TruncatedBody:
-        return cls(float(data.get("truncate", data.get("fraction", 0.5))))
+        return cls(
+            float(data.get("truncate", data.get("fraction", 0.5))),
+            clean=bool(data.get("clean", False)),
+        )
 
 
 FaultParser = Callable[[Mapping[str, Any]], Fault]
@@ -286,6 +302,7 @@ class FaultInjector:
         shuffle: bool = False,
         no_usage: bool = False,
         fail_with: str = "",
+        hide_output: float = 0.0,
         times: int | None = 1,
         probability: float | None = None,
     ) -> FaultRule:
@@ -296,7 +313,7 @@ class FaultInjector:
         if fault is None:
             fault = BatchFault(
                 stuck_finalizing, empty_error_file_id, line_429, line_500, missing_lines,
-                duplicate_lines, shuffle, no_usage, fail_with,
+                duplicate_lines, shuffle, no_usage, fail_with, hide_output=hide_output,
             )  # fmt: skip
         return self._add_rule(BatchFault.marks_route, fault, times, probability)
 
@@ -452,3 +469,67 @@ class Garbage:
 
 
 register_fault_kind(Garbage.kind, Garbage.from_json)
+
+
+@dataclasses.dataclass(frozen=True)
+class LateApply:
+    """Answer an error now (``status``, a gateway's 502 by default) and carry the call out
+    ``seconds`` later (virtual seconds): a create that a queueing gateway or a slow server applies
+    after the client has given up on it. A client that concludes "not created" too early and
+    creates again gets two batches, both paid."""
+
+    kind: ClassVar[str] = "late"
+    seconds: float
+    status: int = 502
+
+    def __post_init__(self) -> None:
+        if not self.seconds > 0:
+            raise ValueError("seconds must be > 0")
+        if self.status not in SUPPORTED_ERROR_STATUSES:
+            raise ValueError(f"status must be one of {sorted(SUPPORTED_ERROR_STATUSES)}")
+
+    def apply(self, ctx: FaultContext, proceed: Proceed) -> EmuResponse:
+        if ctx.later is None:
+            raise RuntimeError("this emulator cannot defer calls")
+        ctx.request.body = (b"".join(ctx.request.body),)  # kept for when it is carried out
+        ctx.later(self.seconds, proceed)
+        problem = ApiProblem(self.status, "upstream request timeout")
+        return error_response(ctx.mode, problem)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "seconds": self.seconds, "status": self.status}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> LateApply:
+        return cls(float(data["seconds"]), int(data.get("status", 502)))
+
+
+register_fault_kind(LateApply.kind, LateApply.from_json)
+
+
+@dataclasses.dataclass(frozen=True)
+class HtmlPage:
+    """Answer ``200`` with ``Content-Type: text/html`` and a web page (a proxy's error or login
+    page, a CDN's challenge) instead of what the API documents. The call is not carried out: on
+    ``file_content`` the client gets a "file" of HTML lines, none of them a result."""
+
+    kind: ClassVar[str] = "html"
+
+    def apply(self, ctx: FaultContext, proceed: Proceed) -> EmuResponse:
+        ctx.request.drain()
+        body = (
+            b"<!DOCTYPE html>\n<html>\n<head><title>502 Bad Gateway</title></head>\n"
+            b"<body><h1>502 Bad Gateway</h1><p>The upstream server is unavailable.</p></body>\n"
+            b"</html>\n"
+        )
+        return EmuResponse(200, {"content-type": "text/html; charset=utf-8"}, body)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> HtmlPage:
+        return cls()
+
+
+register_fault_kind(HtmlPage.kind, HtmlPage.from_json)

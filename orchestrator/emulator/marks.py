@@ -60,10 +60,16 @@ class BatchFault:
     no_usage: bool = False
     # The batch fails as a whole (validating → failed) with this error code, e.g. "server_error".
     fail_with: str = ""
+    # Virtual seconds after it finished during which the batch reports output_file_id and
+    # error_file_id null although its request_counts say lines were produced (math.inf: for ever),
+    # as a provider whose files lag its status does.
+    hide_output: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.stuck_finalizing >= 0:
             raise ValueError("stuck_finalizing must be >= 0 seconds (or 'forever')")
+        if not self.hide_output >= 0:
+            raise ValueError("hide_output must be >= 0 seconds (or 'forever')")
         for name in ("line_429", "line_500", "missing_lines", "duplicate_lines"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1]")
@@ -111,6 +117,7 @@ class BatchFault:
             shuffle=self.shuffle or other.shuffle,
             no_usage=self.no_usage or other.no_usage,
             fail_with=self.fail_with or other.fail_with,
+            hide_output=max(self.hide_output, other.hide_output),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -134,6 +141,7 @@ class BatchFault:
             shuffle=_flag(data.get("shuffle", False)),
             no_usage=_flag(data.get("no_usage", False)),
             fail_with=str(data.get("fail_with", "")),
+            hide_output=_seconds(data.get("hide_output", 0.0)),
         )
 
 

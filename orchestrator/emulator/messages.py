@@ -108,6 +108,15 @@ class EmuResponse:
         self.body = self.body[:keep] if isinstance(self.body, bytes) else _Prefix(self.body, keep)
         self.drop_connection = True
 
+    def end_early(self, fraction: float) -> None:
+        """Keep ``fraction`` of the body and declare only that: a response that ends cleanly,
+        short, as from a proxy that buffered part of it. The client cannot tell from HTTP."""
+        body = self.body
+        total = len(body) if isinstance(body, bytes) else int(self.headers["content-length"])
+        keep = min(int(total * fraction), max(total - 1, 0))
+        self.headers["content-length"] = str(keep)
+        self.body = self.body[:keep] if isinstance(self.body, bytes) else _Prefix(self.body, keep)
+
     def read(self) -> bytes:
         """The whole body (consumes a streamed one)."""
         if isinstance(self.body, bytes):

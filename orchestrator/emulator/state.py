@@ -226,7 +226,7 @@ class State:
             current = snapshot(record.plan, self.now(), record.cancel_requested)
         if current.status in WITH_RESULTS and record.needs_input():
             self._write_results(record, current)
-        return render(record, current, self._config)
+        return render(record, current, self._config, self.now())
 
     def _write_results(self, record: BatchRecord, current: Snapshot) -> None:
         with record.results_lock:
