@@ -19,6 +19,7 @@ from orchestrator.db import ledger, queries
 from orchestrator.db import migrate as migrations
 from orchestrator.db.session import libpq_url, sqlalchemy_url, unit_of_work
 from orchestrator.deps import make_deps
+from orchestrator.domain.decide import duration
 from orchestrator.errors import ConfigError, JobNotFound, OrchestratorError
 from orchestrator.observability import configure_logging
 
@@ -96,6 +97,13 @@ def _parser() -> argparse.ArgumentParser:
     group.add_argument("--adopt", metavar="REMOTE_ID", help="the provider's id of the batch")
     group.add_argument("--recreate", action="store_true", help="it was not created: create it")
     p.set_defaults(func=cmd_resolve)
+
+    p = sub.add_parser(
+        "reingest",
+        help="collect a failed batch's results again (one given up after its patience)",
+    )
+    p.add_argument("batch", type=int)
+    p.set_defaults(func=cmd_reingest)
 
     p = sub.add_parser("config", help="print the effective settings (secrets masked)")
     p.set_defaults(func=cmd_config)
@@ -216,6 +224,17 @@ def cmd_resolve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_reingest(args: argparse.Namespace, settings: Settings) -> int:
+    deps = make_deps(settings)
+    with unit_of_work(deps.sessions) as s:
+        remote = ledger.reopen_for_reingest(s, args.batch, now=deps.clock.now())
+    print(
+        f"batch {args.batch}: reopened; a running daemon polls {shown(remote)} and ingests what "
+        "the provider produced"
+    )
+    return 0
+
+
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     deps = make_deps(settings)
     with unit_of_work(deps.sessions) as s:
@@ -265,6 +284,16 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
                     f"target {shown(t.target)}: throttled until {t.blocked_until:%H:%M:%S} "
                     f"({shown(t.reason)})"
                 )
+        stuck = queries.stuck_batches(s, now=now, stuck_after=settings.daemon.stuck_after_seconds)
+        for b in stuck:
+            since = b.failing_since or b.expires_at
+            age = duration((now - since).total_seconds()) if since else "?"
+            why = (
+                f"failing for {age}: {shown((b.last_error or '')[:200])}"
+                if b.failing_since
+                else f"still {shown(b.remote_status)} {age} past its expires_at"
+            )
+            print(f"STUCK batch {b.id} (job {b.job_id}, {b.state}): {why}")
         workers = queries.running_workers(s)
         print(
             f"daemons running: {len(workers)}"

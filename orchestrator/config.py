@@ -95,6 +95,10 @@ class TargetConfig:
     ambiguous_create_policy: CreatePolicy = "recreate"
     timeout_seconds: float = 60.0
     connect_timeout_seconds: float = 10.0
+    # A create whose answer was lost may still be carried out by the provider after the client
+    # gave up (a gateway that queued it). Before concluding "not created" from the batch list,
+    # reconcile waits until timeout_seconds + this margin have passed since the create was sent.
+    create_settle_seconds: float = 120.0
     completion_window: str = "24h"
     # What the provider accepts, checked before anything is sent: the per-line ``provider``
     # values (None: any) and the jobs' completion windows (spec 1.1 and 1.2: "24h" only).
@@ -166,6 +170,14 @@ class DaemonSettings:
     http_addr: str | None = "127.0.0.1:9464"
     max_plan_jobs_per_tick: int = 4
     tmp_dir: str | None = None
+    # A batch whose steps keep failing for a passing reason (5xx, timeouts, a file that is "not
+    # found" or shorter than the provider's counts, a batch stuck past its expires_at) is shown as
+    # stuck after stuck_after_seconds, and given up after patience_seconds (the job gets an error
+    # that names the last one; `orchestrator reingest BATCH` collects its results later).
+    stuck_after_seconds: float = 3600.0
+    patience_seconds: float = 72 * 3600.0
+    # How often each target that can list batches is swept for orphans (see README).
+    orphan_sweep_seconds: float = 900.0
 
 
 # A daemon paced for a provider whose clock runs fast (the built-in emulator at a time scale): the

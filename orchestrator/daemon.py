@@ -27,7 +27,7 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers import SchedulerNotRunningError
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from orchestrator import __version__, runner
+from orchestrator import __version__, runner, sweep
 from orchestrator.asgi import ServerThread
 from orchestrator.clock import wall_now
 from orchestrator.db import ledger, queries
@@ -171,6 +171,10 @@ class Daemon:
             )
             ledger.heartbeat_worker(s, self.deps.worker_id)
 
+    def sweep_orphans(self, *, force: bool = False) -> list[sweep.SweepReport]:
+        """Cancel remote batches of ours that no batch adopted (see ``orchestrator/sweep.py``)."""
+        return sweep.sweep_orphans(self.deps, force=force)
+
     def in_flight(self) -> dict[int, int]:
         with self._lock:
             return dict(self._inflight)
@@ -187,6 +191,9 @@ class Daemon:
         try:
             with unit_of_work(self.deps.sessions) as s:
                 states = queries.target_states(s)
+                stuck = queries.stuck_batches(
+                    s, now=now, stuck_after=self.settings.stuck_after_seconds, limit=20
+                )
             body["targets"] = [
                 {
                     "target": t.target,
@@ -206,7 +213,9 @@ class Daemon:
         if stale or self.last_tick_error:
             body.update(status="unhealthy", error=self.last_tick_error or "not ticking")
             return False, body
-        body["status"] = "degraded" if body["targets"] else "ok"
+        # Stuck batches need a person, not a restart: reported, with 200.
+        body["stuck_batches"] = [_stuck(b, now) for b in stuck]
+        body["status"] = "degraded" if body["targets"] or stuck else "ok"
         return True, body
 
     def refresh_metrics(self) -> None:
@@ -214,6 +223,14 @@ class Daemon:
             batches = queries.open_batches_by_state(s)
             jobs = queries.jobs_by_status(s)
             targets = queries.target_states(s)
+            stuck = queries.stuck_batches(
+                s, now=self.deps.clock.now(), stuck_after=self.settings.stuck_after_seconds
+            )
+        self.metrics.stuck_batches.clear()  # a target no longer stuck reads 0, not its old value
+        for target in self.deps.settings.targets:
+            self.metrics.stuck_batches.labels(target).set(
+                sum(1 for b in stuck if b.target == target)
+            )
         self.metrics.open_batches.clear()
         for state, n in batches:
             self.metrics.open_batches.labels(state).set(n)
@@ -301,6 +318,16 @@ class Daemon:
             max_instances=1,
             coalesce=True,
         )
+        scheduler.add_job(
+            self._safe(self.sweep_orphans),
+            "interval",
+            id="orphans",
+            seconds=self.settings.orphan_sweep_seconds,
+            max_instances=1,
+            coalesce=True,
+        )
+        # At start-up, whatever the last sweep: a daemon that was down may have left one behind.
+        scheduler.add_job(self._safe(lambda: self.sweep_orphans(force=True)), id="orphans-at-start")
         scheduler.start()
         return scheduler
 
@@ -374,6 +401,20 @@ class Daemon:
         self._stop.set()
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._planner.shutdown(wait=True, cancel_futures=True)
+
+
+def _stuck(b: queries.StuckBatch, now: dt.datetime) -> dict[str, Any]:
+    since = b.failing_since or b.expires_at
+    return {
+        "batch_id": b.id,
+        "job_id": b.job_id,
+        "target": b.target,
+        "state": b.state,
+        "remote_status": b.remote_status,
+        "since": since.isoformat() if since else None,
+        "for_seconds": round((now - since).total_seconds()) if since else None,
+        "last_error": b.last_error,
+    }
 
 
 def _flush_and_exit(code: int) -> None:

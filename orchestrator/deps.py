@@ -135,6 +135,7 @@ class Deps:
         return Policy(
             retry=RetrySchedule(d.retry_base_seconds, d.retry_max_seconds),
             pause_seconds=d.auth_probe_seconds,
+            patience_seconds=d.patience_seconds,
         )
 
     def tmp_dir(self) -> Path:

@@ -64,6 +64,7 @@ class IngestStats:
     unknown_lines: int = 0
     duplicate_lines: int = 0
     malformed_lines: int = 0
+    members: int = 0  # requests in the batch
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
@@ -88,6 +89,11 @@ class IngestStats:
             tally.prompt_tokens += prompt
             tally.completion_tokens += completion
             tally.cached_tokens += cached
+
+    @property
+    def covered(self) -> int:
+        """Distinct requests of the batch that had a line in either file."""
+        return self.members - self.missing
 
     def summary(self) -> dict[str, int]:
         return {
@@ -352,6 +358,7 @@ class _Pass:
                 )
                 self.stats.failed += 1
         self.stats.retry = len(retry)
+        self.stats.members = len(self.members)
         return retry
 
 

@@ -210,6 +210,19 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.orphans_cancelled = Counter(
+            "orchestrator_orphans_cancelled_total",
+            "Remote batches carrying our key that no batch adopted, cancelled by the orphan sweep",
+            ["target"],
+            registry=self.registry,
+        )
+        self.stuck_batches = Gauge(
+            "orchestrator_stuck_batches",
+            "Open batches failing for longer than stuck_after_seconds, or running past expires_at",
+            ["target"],
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 

@@ -80,8 +80,13 @@ def _apply_failure(deps: Deps, s: Session, b: Claimed, step: Step, exc: ApiError
         now=now,
         policy=deps.policy,
         rng=deps.rng,
+        since=b.failing_since,
     )
-    values: dict[str, Any] = {"step_failures": failures, "last_error": str(exc)[:2000]}
+    values: dict[str, Any] = {
+        "step_failures": failures,
+        "last_error": str(exc)[:2000],
+        "failing_since": b.failing_since or now,
+    }
     log.warning(
         "step_failed",
         step=step,
@@ -105,9 +110,14 @@ def _apply_failure(deps: Deps, s: Session, b: Claimed, step: Step, exc: ApiError
                 ledger.fail_batch(s, b, now=now, message=message)
         case dc.Reupload():
             ledger.reupload(s, b, now=now, error=exc.message, **values)
-        case dc.Fail(message=message):
+        case dc.Fail(message=message, code=code):
             message = f"{step} failed: {message}"
-            ledger.fail_batch(s, b, now=now, message=message)
+            if code == dc.PATIENCE_EXHAUSTED and b.remote_batch_id:
+                message += (
+                    f"; what the provider produced for batch {b.remote_batch_id} can be "
+                    f"collected later with: orchestrator reingest {b.id}"
+                )
+            ledger.fail_batch(s, b, now=now, message=message, code=code)
 
 
 def _crashed(deps: Deps, s: Session, b: Claimed, exc: Exception) -> None:
@@ -117,6 +127,7 @@ def _crashed(deps: Deps, s: Session, b: Claimed, exc: Exception) -> None:
         s,
         b,
         step_failures=failures,
+        failing_since=b.failing_since or deps.clock.now(),
         last_error=f"internal error: {type(exc).__name__}: {exc}"[:2000],
         next_run_at=deps.clock.now() + dt.timedelta(seconds=delay),
     )

@@ -19,7 +19,13 @@ from typing import Any
 import structlog
 
 from orchestrator.api.client import BatchApiClient
-from orchestrator.api.errors import ApiBadRequest, ApiClientError, ApiError, ApiNotFound
+from orchestrator.api.errors import (
+    ApiBadRequest,
+    ApiClientError,
+    ApiError,
+    ApiIncompleteOutput,
+    ApiNotFound,
+)
 from orchestrator.api.schemas import BatchObject
 from orchestrator.clock import from_unix
 from orchestrator.config import TargetConfig
@@ -30,7 +36,7 @@ from orchestrator.deps import Deps
 from orchestrator.domain import cost as costs
 from orchestrator.domain import lines as ln
 from orchestrator.domain import requests as rq
-from orchestrator.domain.decide import ErrorKind, Step
+from orchestrator.domain.decide import PATIENCE_EXHAUSTED, ErrorKind, Step, duration
 from orchestrator.domain.states import BatchState, RemoteStatus, remote_terminal
 from orchestrator.errors import RemoteIdTaken
 from orchestrator.ingest import IngestStats, ingest_lines
@@ -172,6 +178,14 @@ def reconcile(deps: Deps, b: Claimed) -> bool:
     """A batch found in ``creating``: a create may or may not have reached the provider (its
     answer was lost, or the daemon died in between). Find out before creating anything again."""
     target = deps.settings.target(b.target)
+    if target.can_list:
+        settle_at = _settled_at(b, target, deps.clock.now())
+        if deps.clock.now() < settle_at:
+            # The create we lost the answer of may still be carried out: listing now could
+            # miss it and create again (paying twice). Look once it can no longer land.
+            with unit_of_work(deps.sessions) as s:
+                ledger.reschedule(s, b, next_run_at=settle_at)
+            return False
     with unit_of_work(deps.sessions) as s:
         ledger.count_unknown_outcome(s, b)
     if target.can_list:
@@ -201,7 +215,18 @@ def reconcile(deps: Deps, b: Claimed) -> bool:
         )
     if _cancel_if_requested(deps, b, "creating"):
         return False
-    return send_create(deps, b)
+    now = deps.clock.now()
+    with unit_of_work(deps.sessions) as s:
+        ledger.resend_create(s, b, at=now)
+    return send_create(deps, dataclasses.replace(b, create_attempted_at=now))
+
+
+def _settled_at(b: Claimed, target: TargetConfig, now: dt.datetime) -> dt.datetime:
+    """When a create sent at ``b.create_attempted_at`` can no longer be carried out: the client's
+    timeout plus the target's settle margin (bounded, not absolute: the orphan sweep catches a
+    create that lands even later)."""
+    sent = b.create_attempted_at or now
+    return sent + dt.timedelta(seconds=target.timeout_seconds + target.create_settle_seconds)
 
 
 def _find_by_key(deps: Deps, b: Claimed) -> BatchObject | None:
@@ -251,8 +276,7 @@ def poll(deps: Deps, b: Claimed) -> bool:
         _remote_fields(remote),
         poll_count=ledger.POLL_COUNT_PLUS_ONE,
         unchanged_polls=unchanged,
-        step_failures=0,
-        last_error=None,
+        **ledger.RECOVERED,
     )
     if changed:
         log.info(
@@ -262,6 +286,10 @@ def poll(deps: Deps, b: Claimed) -> bool:
             request_counts=dict(remote.request_counts or {}),
         )
     if not remote_terminal(remote.status):
+        overdue = _overdue(deps, b, remote, now)
+        if overdue is not None:
+            _fail(deps, b, overdue, PATIENCE_EXHAUSTED, **fields)
+            return False
         at = deps.poll_schedule.next_poll(
             now=now,
             unchanged_polls=unchanged,
@@ -278,6 +306,22 @@ def poll(deps: Deps, b: Claimed) -> bool:
     with unit_of_work(deps.sessions) as s:
         ledger.mark_ingesting(s, b, next_run_at=now, remote=fields, worker=_worker(deps))
     return True
+
+
+def _overdue(deps: Deps, b: Claimed, remote: BatchObject, now: dt.datetime) -> str | None:
+    """A batch the provider still reports running (typically ``finalizing``) a patience past its
+    ``expires_at``: it is given up, with a message saying so and how to collect it later."""
+    expires = from_unix(remote.expires_at)
+    if expires is None:
+        return None
+    late = (now - expires).total_seconds()
+    if late < deps.policy.patience_seconds:
+        return None
+    return (
+        f"the provider still reports batch {remote.id} {remote.status!r} {duration(late)} after "
+        f"its expires_at ({expires:%Y-%m-%d %H:%M:%S} UTC); given up. What it produces can be "
+        f"collected later with: orchestrator reingest {b.id}"
+    )
 
 
 def _cancel_due(deps: Deps, b: Claimed) -> bool:
@@ -385,24 +429,45 @@ def _remote_fields(remote: BatchObject) -> dict[str, Any]:
 
 
 def ingest(deps: Deps, b: Claimed) -> bool:
+    if b.step_failures and b.remote_batch_id:
+        # The last try could not read the files whole: ask again (an output_file_id that was
+        # null may be there now), then download again.
+        remote = deps.clients(b.target).get_batch(b.remote_batch_id)
+        with unit_of_work(deps.sessions) as s:
+            ledger.ingest_refreshed(s, b, remote=_remote_fields(remote))
     with unit_of_work(deps.sessions) as s:
         batch = queries.batch(s, b.id)
         file_ids = [f for f in (batch.output_file_id, batch.error_file_id) if f]
-        remote = dict(batch.remote or {})
+        remote_obj = dict(batch.remote or {})
+        counts = batch.request_counts
+        failed = batch.remote_status == RemoteStatus.FAILED
         missing = (
             ln.batch_error(batch.last_error or "the provider failed the batch", "batch_failed")
-            if batch.remote_status == RemoteStatus.FAILED
+            if failed
             else None
         )
-    _ingest_transaction(deps, b, _streamed(deps.clients(b.target), file_ids), remote, missing)
+    files = ", ".join(file_ids) if file_ids else "none"
+    _ingest_transaction(
+        deps,
+        b,
+        _streamed(deps.clients(b.target), file_ids),
+        remote_obj,
+        missing,
+        check=None if failed else (counts, files),
+    )
     return False
 
 
 def _streamed(client: BatchApiClient, file_ids: list[str]) -> Iterator[bytes]:
     """The lines of the output file, then of the error file, as they arrive."""
     for file_id in file_ids:
-        with client.open_lines(file_id) as lines:
-            yield from lines
+        try:
+            with client.open_lines(file_id) as lines:
+                yield from lines
+        except ApiError as exc:  # say which file, for the batch's last_error and the job's error
+            exc.message = f"result file {file_id}: {exc.message}"
+            exc.args = (exc.message,)
+            raise
 
 
 def _ingest_transaction(
@@ -411,7 +476,12 @@ def _ingest_transaction(
     lines: Iterator[bytes],
     remote: dict[str, Any],
     missing: dict[str, Any] | None,
+    *,
+    check: tuple[Any, str] | None = None,
 ) -> None:
+    """Read the files into results and close the batch, in one transaction. With ``check``
+    (the provider's request_counts and the file ids read): files that fall far short of the
+    counts roll everything back and raise ApiIncompleteOutput (try again later)."""
     now = deps.clock.now()
     with unit_of_work(deps.sessions) as s:
         # Lock first (no write yet: see the ledger's lock order): nobody else writes this batch
@@ -427,6 +497,17 @@ def _ingest_transaction(
             missing_error=missing,
             spool_dir=deps.tmp_dir(),
         )
+        if check is not None:
+            counts, files = check
+            short = ln.short_read(
+                counts,
+                covered=stats.covered,
+                members=stats.members,
+                malformed=stats.malformed_lines,
+            )
+            if short:
+                # Raised inside the transaction: nothing read is kept, nothing is sent again.
+                raise ApiIncompleteOutput(f"{short} (files read: {files})")
         cost, source = _batch_cost(s, remote, stats, now)
         ledger.finish_ingest(
             s,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import os
 import signal
@@ -188,12 +189,14 @@ def harness(
     http: bool = True,
     settings: Callable[[str], Settings] | None = None,
     seed: int = 1,
+    behind: float = 0.0,
 ) -> Iterator[Harness]:
     """Emulator (over real HTTP by default, else in-process) + daemon, one manual clock.
 
     The clock starts at the real time, so that what a CLI command writes (with the system
-    clock) lines up with what the daemon under test sees."""
-    clock = ManualClock(SystemClock().now())
+    clock) lines up with what the daemon under test sees; or ``behind`` seconds earlier, so that
+    a CLI command run after the test advanced the clock by less than that sees it as past."""
+    clock = ManualClock(SystemClock().now() - dt.timedelta(seconds=behind))
     config = emulator_config or EmulatorConfig(api_key=API_KEY)
     with Emulator(config, clock) as emulator, ExitStack() as stack:
         if http:
@@ -250,6 +253,8 @@ class DaemonProcess:
             "api_key_env": "TEST_KEY",
             "timeout_seconds": 1.0,
             "connect_timeout_seconds": 1.0,
+            # the emulator answers or fails at once: a lost create cannot land seconds later
+            "create_settle_seconds": 1.0,
             **(target or {}),
         }
         self.config = workdir / f"{name}.toml"

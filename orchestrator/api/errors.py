@@ -7,6 +7,7 @@
     │   ├── ApiTimeout                TRANSIENT           yes
     │   └── ApiTruncatedDownload      TRANSIENT           yes   fewer bytes than Content-Length
     ├── ApiDecodeError                TRANSIENT           yes   2xx with a body we cannot read
+    │   └── ApiIncompleteOutput       TRANSIENT           yes   result files short of the counts
     └── ApiStatusError                (by status)               every non-2xx answer
         ├── ApiBadRequest             INVALID             no    400
         ├── ApiAuthError              ACCOUNT             no    401, 403: pause the target
@@ -65,6 +66,11 @@ class ApiDecodeError(ApiError):
     """A 2xx answer whose body is not what the API documents."""
 
     kind = ErrorKind.TRANSIENT
+
+
+class ApiIncompleteOutput(ApiDecodeError):
+    """A finished batch's result files hold far fewer lines than its ``request_counts`` (no
+    output file yet, an HTML page, a body cut short): download again later, send nothing again."""
 
 
 class ApiStatusError(ApiError):

@@ -43,11 +43,20 @@ import structlog
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.orm import Session
 
-from orchestrator.db.models import Batch, Event, Job, TargetState, Worker
+from orchestrator.db.models import (
+    Batch,
+    CreateKey,
+    Event,
+    Job,
+    OrphanBatch,
+    Result,
+    TargetState,
+    Worker,
+)
 from orchestrator.db.queries import OPEN_STATES, Claimed
 from orchestrator.db.session import raw_connection
 from orchestrator.domain import lines as ln
-from orchestrator.domain.states import BatchState, JobStatus, sources_of
+from orchestrator.domain.states import JOB_TERMINAL, BatchState, JobStatus, sources_of
 from orchestrator.errors import IllegalTransition, LeaseLost, RemoteIdTaken
 
 log = structlog.get_logger("orchestrator.ledger")
@@ -305,6 +314,75 @@ def resolve_unknown_create(
     return how
 
 
+def reopen_for_reingest(session: Session, batch_id: int, *, now: dt.datetime) -> str:
+    """An operator asks for a failed batch's results to be collected again (``orchestrator
+    reingest``): typically one given up after its patience, whose output file was missing,
+    unreadable or "not found". Returns its remote batch id.
+
+    The only way out of a terminal state, and only from ``failed``: the failure results written
+    when the batch was given up are removed (they were ours, not the provider's: a failed batch
+    never committed an ingest), the batch goes back to ``submitted`` under a new lease token (so
+    it is polled, then ingested, as usual), and its job is running again until it closes."""
+    batch = session.execute(
+        sa.select(Batch.id, Batch.job_id, Batch.state, Batch.remote_batch_id, Batch.last_error)
+        .where(Batch.id == batch_id)
+        .with_for_update(key_share=True)
+    ).one_or_none()
+    if batch is None:
+        raise IllegalTransition(f"there is no batch {batch_id}")
+    if batch.state != BatchState.FAILED:
+        raise IllegalTransition(
+            f"batch {batch_id} is {batch.state}; only a failed batch can be ingested again"
+        )
+    if batch.remote_batch_id is None:
+        raise IllegalTransition(
+            f"batch {batch_id} never reached the provider (it has no remote batch id): "
+            "there is nothing to ingest"
+        )
+    removed = session.execute(
+        sa.delete(Result).where(Result.batch_id == batch_id, Result.succeeded.is_(False))
+    ).rowcount  # type: ignore[attr-defined]
+    session.execute(
+        sa.update(Batch)
+        .where(Batch.id == batch_id, Batch.state == BatchState.FAILED)
+        .values(
+            state=BatchState.SUBMITTED,
+            next_run_at=now,
+            lease_owner=None,
+            lease_expires_at=None,
+            lease_token=Batch.lease_token + 1,
+            finished_at=None,
+            unchanged_polls=0,
+            updated_at=sa.func.now(),
+            **RECOVERED,
+        )
+    )
+    session.execute(
+        sa.update(Job)
+        .where(Job.id == batch.job_id)
+        .values(
+            status=sa.case(
+                (Job.status.in_([s.value for s in JOB_TERMINAL]), JobStatus.RUNNING.value),
+                else_=Job.status,
+            ),
+            finished_at=None,
+            error=sa.case((Job.error == batch.last_error, None), else_=Job.error),
+            updated_at=sa.func.now(),
+        )
+    )
+    recount_job(session, batch.job_id)
+    record(
+        session,
+        "batch_reingest_requested",
+        level="warning",
+        job_id=batch.job_id,
+        batch_id=batch_id,
+        remote_batch_id=batch.remote_batch_id,
+        failure_results_removed=removed,
+    )
+    return str(batch.remote_batch_id)
+
+
 def request_cancel(session: Session, job_id: int) -> str | None:
     """Ask for the job to be cancelled; returns its status, or None if there is no such job."""
     status: str | None = session.execute(
@@ -559,6 +637,10 @@ _B = BatchState
 POLL_COUNT_PLUS_ONE = Batch.poll_count + 1
 
 
+# A step went through: the batch's run of failures (if any) is over.
+RECOVERED: Mapping[str, Any] = {"step_failures": 0, "last_error": None, "failing_since": None}
+
+
 def _event(
     session: Session, lease: Lease, kind: str, *, level: str = "info", **fields: Any
 ) -> None:
@@ -572,7 +654,7 @@ def mark_uploaded(
     """planned → uploaded: the JSONL is on the provider's side."""
     move(
         session, lease, _B.UPLOADED, input_file_id=file_id, bytes=size, request_count=requests,
-        step_failures=0, last_error=None, next_run_at=next_run_at,
+        next_run_at=next_run_at, **RECOVERED,
     )  # fmt: skip
     _event(session, lease, "batch_uploaded", worker=worker, file_id=file_id, bytes=size,
            requests=requests)  # fmt: skip
@@ -582,6 +664,15 @@ def begin_create(session: Session, lease: Lease, *, key: uuid.UUID, at: dt.datet
     """uploaded → creating: the intent, committed before ``POST /batches`` is sent."""
     move(
         session, lease, _B.CREATING, idempotency_key=key, create_attempted_at=at,
+        create_attempts=Batch.create_attempts + 1,
+    )  # fmt: skip
+    session.execute(sa.insert(CreateKey).values(key=key, batch_id=lease.id))
+
+
+def resend_create(session: Session, lease: Lease, *, at: dt.datetime) -> None:
+    """A create is sent again with the same key (reconcile found no batch carrying it)."""
+    touch(
+        session, lease, [_B.CREATING], create_attempted_at=at,
         create_attempts=Batch.create_attempts + 1,
     )  # fmt: skip
 
@@ -616,7 +707,7 @@ def mark_submitted(
         )
     move(
         session, lease, _B.SUBMITTED, release=True, remote_batch_id=remote_batch_id,
-        step_failures=0, last_error=None, unchanged_polls=0, next_run_at=next_run_at, **remote,
+        unchanged_polls=0, next_run_at=next_run_at, **RECOVERED, **remote,
     )  # fmt: skip
     _event(session, lease, f"batch_{how}", worker=worker, remote_batch_id=remote_batch_id,
            status=status)  # fmt: skip
@@ -672,6 +763,12 @@ def mark_ingesting(
     else:
         _event(session, lease, "batch_status_changed", worker=worker,
                status=remote["remote_status"], request_counts=remote["request_counts"])  # fmt: skip
+
+
+def ingest_refreshed(session: Session, lease: Lease, *, remote: Mapping[str, Any]) -> None:
+    """The batch object, asked for again before another try at reading its files (its file ids
+    may have changed); its run of failures goes on until the files are read."""
+    touch(session, lease, [_B.INGESTING], **remote)
 
 
 def cancel_sent(
@@ -899,8 +996,7 @@ def finish_ingest(
         finished_at=now,
         cost=cost,
         cost_source=cost_source,
-        step_failures=0,
-        last_error=None,
+        **RECOVERED,
         **counts,
     )
     if upserted:
@@ -1081,4 +1177,84 @@ def stop_worker(session: Session, worker_id: uuid.UUID) -> None:
         sa.update(Worker)
         .where(Worker.id == worker_id)
         .values(stopped_at=sa.func.now(), heartbeat_at=sa.func.now())
+    )
+
+
+# -- orphans ----------------------------------------------------------------------------------
+# Remote batches that carry one of our create keys but that no batch adopted. Not a state change
+# of any batch (no lease is involved): a record of its own, and a counter on the batch that sent
+# the key.
+
+
+def begin_orphan_sweep(
+    session: Session, target: str, *, now: dt.datetime, every: float, force: bool = False
+) -> bool:
+    """Take this round of ``target``'s orphan sweep: True unless another daemon swept it less than
+    ``every`` seconds ago (``force``: sweep anyway, as at start-up)."""
+    stmt = pg.insert(TargetState).values(target=target, orphans_swept_at=now)
+    due = sa.or_(
+        TargetState.orphans_swept_at.is_(None),
+        TargetState.orphans_swept_at <= now - dt.timedelta(seconds=every),
+    )
+    upsert = stmt.on_conflict_do_update(
+        index_elements=[TargetState.target],
+        set_={"orphans_swept_at": stmt.excluded.orphans_swept_at},
+        where=None if force else due,
+    ).returning(TargetState.target)
+    return session.execute(upsert).scalar_one_or_none() is not None
+
+
+def orphan_found(
+    session: Session, *, remote_batch_id: str, target: str, batch_id: int, job_id: int,
+    status: str,
+) -> bool:  # fmt: skip
+    """Record an orphan (once; an event the first time). True if it still needs cancelling."""
+    stmt = pg.insert(OrphanBatch).values(
+        remote_batch_id=remote_batch_id, target=target, batch_id=batch_id, remote_status=status
+    )
+    inserted: sa.ColumnElement[bool] = sa.literal_column("xmax = 0", sa.Boolean)
+    upsert = stmt.on_conflict_do_update(
+        index_elements=[OrphanBatch.remote_batch_id],
+        set_={"remote_status": stmt.excluded.remote_status},
+    ).returning(inserted.label("inserted"), OrphanBatch.cancelled_at)
+    row = session.execute(upsert).one()
+    if row.inserted:
+        record(
+            session, "batch_orphan_found", level="warning", job_id=job_id, batch_id=batch_id,
+            remote_batch_id=remote_batch_id, status=status, target=target,
+            hint="a create carried out after we had given up on it; it is cancelled",
+        )  # fmt: skip
+    return row.cancelled_at is None
+
+
+def orphan_cancelled(
+    session: Session, *, remote_batch_id: str, target: str, batch_id: int, job_id: int
+) -> bool:
+    """The orphan's cancel went through: counted once on its batch. False if already counted."""
+    done = session.execute(
+        sa.update(OrphanBatch)
+        .where(OrphanBatch.remote_batch_id == remote_batch_id, OrphanBatch.cancelled_at.is_(None))
+        .values(cancelled_at=sa.func.now(), last_error=None)
+        .returning(OrphanBatch.remote_batch_id)
+    ).scalar_one_or_none()
+    if done is None:
+        return False
+    session.execute(
+        sa.update(Batch)
+        .where(Batch.id == batch_id)
+        .values(orphans_cancelled=Batch.orphans_cancelled + 1, updated_at=sa.func.now())
+    )
+    record(
+        session, "batch_orphan_cancelled", level="warning", job_id=job_id, batch_id=batch_id,
+        remote_batch_id=remote_batch_id, target=target,
+    )  # fmt: skip
+    return True
+
+
+def orphan_cancel_failed(session: Session, *, remote_batch_id: str, error: str) -> None:
+    """The cancel did not go through; the next sweep tries again."""
+    session.execute(
+        sa.update(OrphanBatch)
+        .where(OrphanBatch.remote_batch_id == remote_batch_id)
+        .values(last_error=error[:2000])
     )

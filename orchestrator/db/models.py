@@ -127,6 +127,7 @@ class Batch(Base):
     poll_count: Mapped[int] = mapped_column(server_default="0")
     unchanged_polls: Mapped[int] = mapped_column(server_default="0")
     step_failures: Mapped[int] = mapped_column(server_default="0")
+    failing_since: Mapped[dt.datetime | None]  # when the current run of failed steps began
     lease_owner: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
     lease_token: Mapped[int] = mapped_column(sa.BigInteger, server_default="0")
     lease_expires_at: Mapped[dt.datetime | None]
@@ -137,6 +138,7 @@ class Batch(Base):
     cancel_sent_at: Mapped[dt.datetime | None]
     cancel_attempts: Mapped[int] = mapped_column(server_default="0")  # failed cancels so far
     cancel_retry_at: Mapped[dt.datetime | None]  # when a failed cancel is tried again
+    orphans_cancelled: Mapped[int] = mapped_column(server_default="0")  # see OrphanBatch
     remote_created_at: Mapped[dt.datetime | None]
     expires_at: Mapped[dt.datetime | None]
     in_progress_at: Mapped[dt.datetime | None]
@@ -236,6 +238,37 @@ class TargetState(Base):
     paused: Mapped[bool] = mapped_column(server_default=sa.false())
     reason: Mapped[str | None]
     updated_at: Mapped[dt.datetime] = mapped_column(server_default=NOW)
+    orphans_swept_at: Mapped[dt.datetime | None]  # the last orphan sweep of this target
+
+
+class CreateKey(Base):
+    """Every idempotency key sent with ``POST /batches``, recorded with the intent (before the
+    call): a remote batch whose metadata carries one is ours."""
+
+    __tablename__ = "create_keys"
+
+    key: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    batch_id: Mapped[int] = mapped_column(
+        sa.BigInteger, sa.ForeignKey(f"{SCHEMA}.batches.id", ondelete="CASCADE"), index=True
+    )
+    sent_at: Mapped[dt.datetime] = mapped_column(server_default=NOW)
+
+
+class OrphanBatch(Base):
+    """A remote batch carrying one of our keys that no batch adopted (a create the provider
+    carried out after we had given up on it and created again): cancelled by the orphan sweep."""
+
+    __tablename__ = "orphan_batches"
+
+    remote_batch_id: Mapped[str] = mapped_column(primary_key=True)
+    target: Mapped[str]
+    batch_id: Mapped[int] = mapped_column(
+        sa.BigInteger, sa.ForeignKey(f"{SCHEMA}.batches.id", ondelete="CASCADE"), index=True
+    )
+    remote_status: Mapped[str | None]
+    found_at: Mapped[dt.datetime] = mapped_column(server_default=NOW)
+    cancelled_at: Mapped[dt.datetime | None]
+    last_error: Mapped[str | None]
 
 
 class Price(Base):
@@ -253,8 +286,10 @@ class Price(Base):
 __all__ = [
     "Batch",
     "BatchItem",
+    "CreateKey",
     "Event",
     "Job",
+    "OrphanBatch",
     "Price",
     "Request",
     "Result",

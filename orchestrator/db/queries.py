@@ -7,7 +7,7 @@ import dataclasses
 import datetime as dt
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import distinct_on
@@ -30,7 +30,7 @@ class Claimed:
     COLUMNS: ClassVar[str] = """
         b.id, b.job_id, b.lease_token AS token, b.state, b.target, b.endpoint, b.round,
         b.remote_batch_id, b.input_file_id, b.idempotency_key, b.step_failures,
-        b.unchanged_polls, b.remote_status, b.expires_at, b.cancel_sent_at,
+        b.failing_since, b.unchanged_polls, b.remote_status, b.expires_at, b.cancel_sent_at,
         b.cancel_attempts, b.cancel_retry_at,
         b.create_attempted_at, b.request_count,
         j.completion_window AS job_completion_window, j.max_attempts AS job_max_attempts,
@@ -48,6 +48,7 @@ class Claimed:
     input_file_id: str | None
     idempotency_key: uuid.UUID | None
     step_failures: int
+    failing_since: dt.datetime | None
     unchanged_polls: int
     remote_status: str | None
     expires_at: dt.datetime | None
@@ -242,3 +243,78 @@ def target_states(session: Session) -> Sequence[TargetState]:
 
 def running_workers(session: Session) -> Sequence[Worker]:
     return session.scalars(sa.select(Worker).where(Worker.stopped_at.is_(None))).all()
+
+
+class OrphanOwner(NamedTuple):
+    """The batch that sent a create key, as the orphan sweep needs to judge a remote batch."""
+
+    key: uuid.UUID
+    batch_id: int
+    job_id: int
+    state: str
+    idempotency_key: uuid.UUID | None
+    remote_batch_id: str | None
+
+
+def create_key_owners(session: Session, keys: list[uuid.UUID]) -> dict[uuid.UUID, OrphanOwner]:
+    """For each of ``keys`` that we sent, the batch that sent it."""
+    if not keys:
+        return {}
+    rows = session.execute(
+        sa.text(
+            "SELECT k.key, b.id AS batch_id, b.job_id, b.state, b.idempotency_key, "
+            "b.remote_batch_id FROM orchestrator.create_keys k "
+            "JOIN orchestrator.batches b ON b.id = k.batch_id WHERE k.key = ANY(:keys)"
+        ),
+        {"keys": keys},
+    ).all()
+    return {row.key: OrphanOwner(*row) for row in rows}
+
+
+def adopted_remote_ids(session: Session, remote_ids: list[str]) -> set[str]:
+    """Which of ``remote_ids`` a batch of ours has adopted."""
+    if not remote_ids:
+        return set()
+    return set(
+        session.execute(
+            sa.text(
+                "SELECT remote_batch_id FROM orchestrator.batches WHERE remote_batch_id = ANY(:ids)"
+            ),
+            {"ids": remote_ids},
+        ).scalars()
+    )
+
+
+class StuckBatch(NamedTuple):
+    id: int
+    job_id: int
+    target: str
+    state: str
+    remote_status: str | None
+    failing_since: dt.datetime | None
+    expires_at: dt.datetime | None
+    last_error: str | None
+
+
+def stuck_batches(
+    session: Session, *, now: dt.datetime, stuck_after: float, limit: int = 100
+) -> list[StuckBatch]:
+    """Open batches whose steps have been failing for ``stuck_after`` seconds or more, or that the
+    provider still reports running past their ``expires_at`` (by ``stuck_after`` too)."""
+    rows = session.execute(
+        sa.text(
+            f"""
+            SELECT id, job_id, target, state, remote_status, failing_since, expires_at, last_error
+              FROM orchestrator.batches
+             WHERE state IN ({", ".join(repr(s) for s in OPEN_STATES)})
+               AND (failing_since <= :since
+                    OR (state = 'submitted' AND expires_at <= :since
+                        AND remote_status IN ('validating', 'in_progress', 'finalizing',
+                                              'cancelling')))
+             ORDER BY LEAST(failing_since, expires_at), id
+             LIMIT :n
+            """
+        ),
+        {"since": now - dt.timedelta(seconds=stuck_after), "n": limit},
+    ).all()
+    return [StuckBatch(*row) for row in rows]

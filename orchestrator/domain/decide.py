@@ -72,6 +72,11 @@ class Fail:
     """Give up on this batch with the provider's own message."""
 
     message: str
+    code: str | None = None
+
+
+# The code of a batch given up after its patience ran out (see ``Policy.patience_seconds``).
+PATIENCE_EXHAUSTED = "patience_exhausted"
 
 
 Decision = Retry | Throttle | PauseTarget | Split | Reupload | Fail
@@ -88,6 +93,9 @@ class Policy:
     retry: RetrySchedule
     pause_seconds: float
     default_throttle_seconds: float = 30.0
+    # Passing failures (5xx, timeouts, a download that is "not found" or short) are retried on
+    # the backoff schedule until the batch has been failing this long; then it is given up.
+    patience_seconds: float = 72 * 3600.0
 
 
 def decide(
@@ -100,20 +108,61 @@ def decide(
     now: dt.datetime,
     policy: Policy,
     rng: random.Random,
+    since: dt.datetime | None = None,
 ) -> Decision:
-    """``failures`` counts this failure: 1 on the first one of the step."""
+    """``failures`` counts this failure: 1 on the first one of the step. ``since``: when the
+    batch's current run of failures began (None: with this one).
+
+    Rate limits and account errors never give up (the target waits, for everyone, until the
+    provider or the operator fixes it); passing failures give up once ``since`` is further back
+    than the policy's patience."""
     if kind is ErrorKind.RATE_LIMITED:
         wait = retry_after if retry_after is not None else policy.retry.delay(failures, rng)
         return Throttle(until=now + dt.timedelta(seconds=max(wait, 0.0)))
     if kind is ErrorKind.ACCOUNT:
         return PauseTarget(until=now + dt.timedelta(seconds=policy.pause_seconds), reason=message)
-    if kind is ErrorKind.TRANSIENT:
-        return _retry(now, policy, failures, rng, message)
+    if kind is ErrorKind.TRANSIENT or (kind is ErrorKind.NOT_FOUND and step is Step.INGEST):
+        # An output file "not found" for a while after completion is seen in the wild: it is
+        # as passing as a 5xx, and giving up would abandon results that exist.
+        return _patiently(now, policy, failures, rng, message, since)
     if kind is ErrorKind.TOO_LARGE and step is Step.UPLOAD:
         return Split()
     if kind is ErrorKind.NOT_FOUND or _is_file_not_ready(kind, step, message):
         return _not_found(step, failures, now, policy, rng, message)
     return Fail(message)
+
+
+def _patiently(
+    now: dt.datetime,
+    policy: Policy,
+    failures: int,
+    rng: random.Random,
+    message: str,
+    since: dt.datetime | None,
+) -> Decision:
+    age = (now - since).total_seconds() if since is not None else 0.0
+    if age >= policy.patience_seconds:
+        return Fail(
+            f"gave up after {duration(age)} of failures (since {since:%Y-%m-%d %H:%M:%S} UTC); "
+            f"the last one: {message}",
+            code=PATIENCE_EXHAUSTED,
+        )
+    return _retry(now, policy, failures, rng, message)
+
+
+def duration(seconds: float) -> str:
+    """``3d 4h``, ``2h 5m``, ``7m 30s``, ``12s``: a length of time for people."""
+    s = int(max(seconds, 0.0))
+    days, s = divmod(s, 86400)
+    hours, s = divmod(s, 3600)
+    minutes, s = divmod(s, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    if minutes:
+        return f"{minutes}m {s}s"
+    return f"{s}s"
 
 
 def _retry(
@@ -137,6 +186,6 @@ def _not_found(
         if failures <= CREATE_NOT_FOUND_RETRIES:
             return _retry(now, policy, failures, rng, message)
         return Reupload()
-    if step in (Step.POLL, Step.INGEST, Step.CANCEL, Step.RECONCILE) and failures < GONE_AFTER:
+    if step in (Step.POLL, Step.CANCEL, Step.RECONCILE) and failures < GONE_AFTER:
         return _retry(now, policy, failures, rng, message)
     return Fail(message)

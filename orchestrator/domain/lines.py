@@ -204,3 +204,36 @@ def _other_usage(usage: dict[str, Any]) -> Usage:
     out_details = usage.get("completion_tokens_details") or usage.get("output_tokens_details")
     reasoning = _int(out_details.get("reasoning_tokens")) if isinstance(out_details, dict) else 0
     return Usage(prompt, completion, total, cached, reasoning)
+
+
+# A completed batch whose files cover fewer than this share of the requests the provider counts as
+# done (``completed + failed``) was not read whole: a missing or unreadable file, an HTML page
+# from a proxy, a body cut short. That is a passing problem (download again later), never a reason
+# to send the requests again. A smaller shortfall with every line readable is the provider's own
+# (it does drop lines, spec X8): those requests go into the next round.
+SHORT_READ_SHARE = 0.5
+
+
+def short_read(
+    counts: Mapping[str, Any] | None, *, covered: int, members: int, malformed: int
+) -> str | None:
+    """Why the files read for a finished batch cannot be all it produced, or None if they can.
+
+    ``covered``: distinct requests of the batch with a line in either file; ``members``: the
+    requests in the batch; ``malformed``: lines that were not JSON result lines."""
+    if not isinstance(counts, Mapping):
+        return None
+    try:
+        done = int(counts.get("completed") or 0) + int(counts.get("failed") or 0)
+    except (TypeError, ValueError):
+        return None
+    expected = min(done, members)
+    if covered >= expected:
+        return None
+    if covered >= expected * SHORT_READ_SHARE and not malformed:
+        return None
+    unreadable = f" and {malformed} unreadable line(s)" if malformed else ""
+    return (
+        f"the result files hold lines for {covered} of the {expected} requests the provider "
+        f"counts as done{unreadable}"
+    )

@@ -25,6 +25,8 @@ TABLES = {
     "workers",
     "target_state",
     "prices",
+    "create_keys",
+    "orphan_batches",
     "alembic_version",
 }
 VIEWS = {"job_summary", "request_results", "cost_by_day_model", "batch_cost_by_day"}

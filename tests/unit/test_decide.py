@@ -89,3 +89,52 @@ def test_other_client_errors_fail_with_the_providers_message() -> None:
     assert _decide(ErrorKind.INVALID, step=Step.CREATE, message="bad endpoint") == dc.Fail(
         "bad endpoint"
     )
+
+
+def _since(seconds: float, kind: ErrorKind, step: Step = Step.POLL) -> dc.Decision:
+    return dc.decide(
+        kind,
+        step=step,
+        failures=50,
+        message="HTTP 503: down",
+        retry_after=None,
+        now=NOW,
+        policy=dc.Policy(
+            retry=RetrySchedule(base=2, maximum=60), pause_seconds=120, patience_seconds=3600
+        ),
+        rng=random.Random(1),
+        since=NOW - dt.timedelta(seconds=seconds),
+    )
+
+
+@pytest.mark.parametrize(
+    ("kind", "step"), [(ErrorKind.TRANSIENT, Step.POLL), (ErrorKind.NOT_FOUND, Step.INGEST)]
+)
+def test_passing_failures_are_retried_within_the_patience_then_given_up_saying_why(
+    kind: ErrorKind, step: Step
+) -> None:
+    assert isinstance(_since(3599, kind, step), dc.Retry)
+    decision = _since(3600 + 125, kind, step)
+    assert decision == dc.Fail(
+        "gave up after 1h 2m of failures (since 2025-12-31 22:57:55 UTC); "
+        "the last one: HTTP 503: down",
+        code=dc.PATIENCE_EXHAUSTED,
+    )
+
+
+def test_rate_limits_and_bad_keys_never_run_out_of_patience() -> None:
+    assert isinstance(_since(10**7, ErrorKind.RATE_LIMITED), dc.Throttle)
+    assert isinstance(_since(10**7, ErrorKind.ACCOUNT), dc.PauseTarget)
+
+
+def test_an_output_file_not_found_is_not_gone_after_a_few_tries() -> None:
+    decision = _decide(ErrorKind.NOT_FOUND, step=Step.INGEST, failures=dc.GONE_AFTER * 10)
+    assert isinstance(decision, dc.Retry)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [(0, "0s"), (59.9, "59s"), (90, "1m 30s"), (3600, "1h 0m"), (7260, "2h 1m"), (90000, "1d 1h")],
+)
+def test_durations_read_as_people_say_them(seconds: float, shown: str) -> None:
+    assert dc.duration(seconds) == shown

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+from orchestrator.domain import lines as ln
 from orchestrator.domain.lines import MalformedLine, classify, read_usage
 
 OK = {
@@ -111,3 +112,25 @@ def test_usage_of_responses_api_shape() -> None:
 def test_usage_total_is_derived_when_absent() -> None:
     usage, _ = read_usage({"usage": {"prompt_tokens": 3, "completion_tokens": 4}})
     assert usage.total_tokens == 7
+
+
+@pytest.mark.parametrize(
+    ("counts", "covered", "malformed", "short"),
+    [
+        ({"completed": 4, "failed": 0}, 4, 0, False),  # all there
+        ({"completed": 4, "failed": 0}, 0, 0, True),  # no file (output_file_id null) or 404
+        ({"completed": 3, "failed": 1}, 1, 0, True),  # far fewer than counted
+        ({"completed": 10, "failed": 0}, 8, 0, False),  # a few dropped by the provider (X8)
+        ({"completed": 10, "failed": 0}, 8, 1, True),  # a cut line: the body ended early
+        ({"completed": 0, "failed": 0}, 0, 0, False),  # nothing done (a cancelled batch)
+        (None, 0, 0, False),  # no counts: nothing to compare with
+        ({"completed": "x"}, 0, 0, False),
+    ],
+)
+def test_short_read_compares_what_was_read_with_the_providers_counts(
+    counts: dict[str, object] | None, covered: int, malformed: int, short: bool
+) -> None:
+    found = ln.short_read(counts, covered=covered, members=10, malformed=malformed)
+    assert (found is not None) == short
+    if short:
+        assert f"lines for {covered} of the" in str(found)
