@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench clean mutants
+.PHONY: setup demo test lint bench bench-e2e clean mutants
 
 setup: $(STAMP)
 
@@ -27,6 +27,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python scripts/bench_ingest.py
+
+# Many small jobs end to end against the emulator (a few minutes; figures, no assertions).
+# E.g. make bench-e2e BENCH_E2E_ARGS='--jobs 200 --workers 8'
+bench-e2e: $(STAMP)
+	$(BIN)/python scripts/bench_e2e.py $(BENCH_E2E_ARGS)
 
 # Each mutation of the README's promises must make a test fail (not part of `make test`;
 # several minutes). E.g. make mutants MUTANTS_ARGS='--only fence-no-token --baseline'
