@@ -1,7 +1,8 @@
 """Planning: a pending job becomes validated, packed batches, in one transaction.
 
-The requests are read once, in enqueue order, through a server-side cursor: each is checked
-(``domain/requests.py``) and its JSONL line measured, and the packer cuts contiguous runs of them
+The requests are read once, in enqueue order, through a server-side cursor, without their bodies:
+each is checked (``domain/requests.py``, on the shape of its body that the database builds) and
+its JSONL line measured (from the body's size), and the packer cuts contiguous runs of them
 into chunks. If any request is sure to fail, the job fails at once, naming the requests and what is
 wrong with them, and nothing is planned or sent. Otherwise one ``batches`` row per chunk and one
 narrow ``batch_items`` row per request are written, and the job moves to ``running``.
@@ -11,8 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-
-import orjson
 
 from orchestrator.config import TargetConfig
 from orchestrator.db import ledger, queries
@@ -64,18 +63,19 @@ def validate_and_pack(session: Session, job: Job, target: TargetConfig) -> Valid
         return result
     packer = Packer(max_requests=target.max_requests_per_file, max_bytes=target.file_byte_budget)
     for r in queries.job_requests(session, job.id):
-        row = rq.RequestRow(r.custom_id, r.provider, r.method, r.url, r.body)
-        line = rq.build_line(row, endpoint=job.endpoint, include_provider=target.requires_provider)
+        row = rq.RequestRow(r.custom_id, r.provider, r.method, r.url)
+        head = rq.line_head(row, endpoint=job.endpoint, include_provider=target.requires_provider)
+        size = rq.line_size(head, r.body_bytes)
         result.total += 1
-        problem = rq.request_problem(row, orjson.loads(r.body), len(line), rules)
+        problem = rq.request_problem(row, r.body_shape, size, rules)
         if problem:
             result.invalid += 1
             if len(result.problems) < MAX_LISTED_PROBLEMS:
                 result.problems.append(f"request {r.custom_id!r}: {problem}")
             continue
-        result.bytes += len(line)
+        result.bytes += size
         if not result.invalid:
-            closed = packer.add(r.seq, len(line))
+            closed = packer.add(r.seq, size)
             if closed:
                 result.chunks.append(closed)
     last = packer.finish()

@@ -18,6 +18,7 @@ from typing import Any
 
 import structlog
 
+from orchestrator import memory
 from orchestrator.api.client import BatchApiClient
 from orchestrator.api.errors import (
     ApiBadRequest,
@@ -90,18 +91,32 @@ def upload(deps: Deps, b: Claimed) -> bool:
 
 
 def _write_input_file(deps: Deps, b: Claimed, target: TargetConfig, path: Path) -> tuple[int, int]:
-    """Build the JSONL from a server-side cursor; returns (bytes, lines)."""
+    """Build the JSONL a page of bodies at a time (a page is bounded in bytes, not only in rows),
+    each line written in parts so that no body is copied; returns (bytes, lines)."""
+    written, count = _write_lines(deps, b, target, path)
+    # Pages of up to 32 MB leave freed memory that the allocator keeps; give it back, so that an
+    # idle daemon does not hold it.
+    memory.release()
+    return written, count
+
+
+def _write_lines(deps: Deps, b: Claimed, target: TargetConfig, path: Path) -> tuple[int, int]:
     written = count = 0
     with unit_of_work(deps.sessions) as s, path.open("wb") as fh:
-        for r in queries.batch_requests(s, b.id):
-            line = rq.build_line(
-                rq.RequestRow(r.custom_id, r.provider, r.method, r.url, r.body),
-                endpoint=b.endpoint,
-                include_provider=target.requires_provider,
-            )
-            fh.write(line)
-            written += len(line)
-            count += 1
+        for page in queries.batch_requests(s, b.id):
+            for r in page:
+                row = rq.RequestRow(r.custom_id, r.provider, r.method, r.url)
+                head = rq.line_head(
+                    row, endpoint=b.endpoint, include_provider=target.requires_provider
+                )
+                fh.write(head)
+                if r.body is None:
+                    fh.writelines(queries.body_slices(s, r))
+                else:
+                    fh.write(r.body)
+                fh.write(rq.LINE_END)
+                written += rq.line_size(head, r.body_bytes)
+                count += 1
     return written, count
 
 

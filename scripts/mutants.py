@@ -387,6 +387,19 @@ MUTATIONS: list[Mutation] = [
                "test_an_empty_error_file_id_and_a_batch_without_usage_are_handled"],
     ),
     Mutation(
+        name="upload-pages-by-rows",
+        promise="upload reads bodies at most 32 MB at a time (a larger one alone, in slices), "
+                "whatever the number of rows: peak RSS stays under 300 MB",
+        path="orchestrator/domain/packing.py",
+        # A fixed row count per fetch, as before: 2,000 rows of 1 MB are 2 GB.
+        old="        if count and (size + n > max_bytes or count == max_count):\n",
+        new="        if count == max_count:\n",
+        tests=["tests/db/test_reading_requests.py::"
+               "test_upload_pages_hold_at_most_a_page_of_bytes_whatever_the_row_count",
+               "tests/unit/test_packing.py::"
+               "test_pages_hold_at_most_the_budget_and_a_larger_item_alone"],
+    ),
+    Mutation(
         name="redaction-off",
         promise="the API key stays secret: never in a log line, a row or an exception",
         path="orchestrator/observability.py",

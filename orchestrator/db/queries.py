@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from orchestrator.db.models import Batch, Job, Price, Result, TargetState, Worker
 from orchestrator.db.session import raw_connection
-from orchestrator.domain import cost
+from orchestrator.domain import cost, packing
 from orchestrator.domain.states import BATCH_TERMINAL, JOB_TERMINAL, BatchState, JobStatus
 from orchestrator.errors import LeaseLost
 
@@ -163,29 +163,143 @@ def open_batches_by_state(session: Session) -> list[tuple[str, int]]:
     return [(state, n) for state, n in rows]
 
 
+# Python's whitespace (``str.isspace``): what ``str.strip()`` takes off, for ``btrim`` below.
+WHITESPACE = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
+    "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+# What planning's checks read of a body (``domain/requests.py``: ``_body_problem``), built in SQL
+# so that no body is loaded: its JSON type; "model" if it is a string (one over 1,024 characters
+# cut to that, after the whitespace that strip() takes off); whether "messages" is an empty array,
+# an array whose entries are all objects with a "role", or another array; whether "input" is
+# null, "" or [] (kept) or anything else (1). Constant size, whatever the body's.
+BODY_SHAPE = """
+    CASE jsonb_typeof(r.body)
+    WHEN 'object' THEN jsonb_build_object(
+        'model', CASE WHEN jsonb_typeof(r.body -> 'model') = 'string' THEN
+            CASE WHEN length(r.body ->> 'model') <= 1024 THEN r.body -> 'model'
+            ELSE to_jsonb(left(btrim(r.body ->> 'model', :whitespace), 1024)) END END,
+        'messages', CASE WHEN jsonb_typeof(r.body -> 'messages') = 'array' THEN (
+            SELECT CASE WHEN count(*) = 0 THEN '[]'::jsonb
+                WHEN bool_and(jsonb_typeof(m) = 'object' AND m ? 'role')
+                THEN '[{"role": null}]'::jsonb
+                ELSE '[null]'::jsonb END
+            FROM jsonb_array_elements(r.body -> 'messages') AS m) END,
+        'input', CASE WHEN r.body -> 'input' IN ('null', '""', '[]') THEN r.body -> 'input'
+            WHEN r.body ? 'input' THEN '1'::jsonb END)
+    WHEN 'array' THEN '[]' WHEN 'string' THEN '""' WHEN 'number' THEN '0'
+    WHEN 'boolean' THEN 'false' ELSE 'null' END
+"""
+# A body as its input line carries it: the stored JSON text, in UTF-8.
+BODY_TEXT = "convert_to(r.body::text, 'UTF8')"
+# Upload reads bodies a page at a time: at most this much body text per query (and per slice of a
+# body larger than that), and at most this many rows (for tiny rows, their objects outweigh them).
+PAGE_BYTES = 32 * 1024 * 1024
+PAGE_ROWS = 2000
+# libpq keeps its input buffer as large as the largest row it has received, for the life of the
+# connection: one that read a body larger than this is closed after its transaction, not pooled.
+KEEP_CONNECTION_BYTES = 8 * 1024 * 1024
+
+
 def job_requests(session: Session, job_id: int) -> Any:
-    """The job's requests (custom_id, provider, method, url, body as text, seq) in enqueue order,
-    through a server-side cursor."""
+    """The job's requests in enqueue order, through a server-side cursor: custom_id, provider,
+    method, url, seq, ``body_bytes`` (the body's length as JSONL text) and ``body_shape`` (what
+    validation reads of the body: :data:`BODY_SHAPE`). No body is loaded, so every row is small
+    and a fixed number of them is fetched at a time."""
     return session.execute(
         sa.text(
-            "SELECT custom_id, provider, method, url, body::text AS body, seq "
-            "FROM orchestrator.requests WHERE job_id = :job ORDER BY seq"
+            "SELECT r.custom_id, r.provider, r.method, r.url, r.seq, "
+            f"octet_length({BODY_TEXT}) AS body_bytes, {BODY_SHAPE} AS body_shape "
+            "FROM orchestrator.requests r WHERE r.job_id = :job ORDER BY r.seq"
         ),
-        {"job": job_id},
+        {"job": job_id, "whitespace": WHITESPACE},
     ).yield_per(FETCH_ROWS)
 
 
-def batch_requests(session: Session, batch_id: int) -> Any:
-    """The requests of a batch, as :func:`job_requests`, in the batch's order."""
-    return session.execute(
-        sa.text(
-            "SELECT r.custom_id, r.provider, r.method, r.url, r.body::text AS body, r.seq "
-            "FROM orchestrator.batch_items bi JOIN orchestrator.requests r "
-            "  ON r.job_id = bi.job_id AND r.custom_id = bi.custom_id "
-            "WHERE bi.batch_id = :b ORDER BY bi.seq"
-        ),
-        {"b": batch_id},
-    ).yield_per(FETCH_ROWS)
+@dataclasses.dataclass(frozen=True, slots=True)
+class RequestText:
+    """A request of a batch as its input line needs it."""
+
+    seq: int
+    job_id: int
+    custom_id: str
+    provider: str | None
+    method: str | None
+    url: str | None
+    body_bytes: int
+    # The body's text in UTF-8; None for a body larger than a page (read it with body_slices).
+    body: bytes | None
+
+
+_BATCH_ITEMS = (
+    "FROM orchestrator.batch_items bi JOIN orchestrator.requests r "
+    "ON r.job_id = bi.job_id AND r.custom_id = bi.custom_id WHERE bi.batch_id = %s"
+)
+
+
+def batch_requests(
+    session: Session, batch_id: int, *, page_bytes: int | None = None
+) -> Iterator[list[RequestText]]:
+    """The requests of a batch in the batch's order, a page at a time: a page holds at most
+    ``page_bytes`` (default :data:`PAGE_BYTES`) of body text, at most :data:`PAGE_ROWS` requests
+    and at least one, so a body larger than a page comes alone and without its text
+    (:func:`body_slices` reads it). Pages are cut from the bodies' sizes, read first; the
+    transaction is made one snapshot (this must be its first statement), so that they stay the
+    sizes of the bodies read. Each page is emptied when the next one is asked for. A connection
+    that read a body over :data:`KEEP_CONNECTION_BYTES` is closed at the end of the transaction."""
+    page_bytes = page_bytes or PAGE_BYTES
+    session.execute(sa.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
+    job_id = session.get_one(Batch, batch_id).job_id
+    conn = raw_connection(session)
+    with conn.cursor() as cur:
+        cur.execute(
+            f"SELECT bi.seq, octet_length({BODY_TEXT}) {_BATCH_ITEMS} ORDER BY bi.seq", (batch_id,)
+        )
+        sizes: list[tuple[int, int]] = cur.fetchall()
+    if any(size > KEEP_CONNECTION_BYTES for _, size in sizes):
+        session.connection().detach()
+    for page in packing.pages(sizes, max_bytes=page_bytes, max_count=PAGE_ROWS):
+        alone = page.count == 1 and page.bytes > page_bytes  # read in slices, not here
+        with conn.cursor(binary=True) as cur:
+            cur.execute(
+                "SELECT bi.seq, bi.job_id, r.custom_id, r.provider, r.method, r.url, "
+                f"{'NULL::bytea' if alone else BODY_TEXT} {_BATCH_ITEMS} "
+                "AND r.job_id = %s AND r.seq BETWEEN %s AND %s ORDER BY bi.seq",
+                (batch_id, job_id, page.first_seq, page.last_seq),
+            )
+            rows = [
+                RequestText(
+                    seq, job, cid, provider, method, url,
+                    page.bytes if body is None else len(body), body,
+                )
+                for seq, job, cid, provider, method, url, body in cur
+            ]  # fmt: skip
+        if len(rows) != page.count:
+            raise RuntimeError(f"batch {batch_id}: {len(rows)} requests where {page.count} were")
+        yield rows
+        rows.clear()
+
+
+def body_slices(
+    session: Session, request: RequestText, *, slice_bytes: int | None = None
+) -> Iterator[bytes]:
+    """The body of a request that came without it, ``slice_bytes`` (default :data:`PAGE_BYTES`)
+    at a time. Each slice renders the body again on the server: slow for hundreds of MB, but this
+    process never holds more than a slice (write them with ``writelines``, which lets each go)."""
+    slice_bytes = slice_bytes or PAGE_BYTES
+    conn = raw_connection(session)
+    for start in range(0, request.body_bytes, slice_bytes):
+        with conn.cursor(binary=True) as cur:
+            cur.execute(
+                f"SELECT substring({BODY_TEXT} FROM %s FOR %s) FROM orchestrator.requests r "
+                "WHERE r.job_id = %s AND r.custom_id = %s",
+                (start + 1, slice_bytes, request.job_id, request.custom_id),
+            )
+            piece: bytes | None = (cur.fetchone() or (None,))[0]
+        if piece is None or len(piece) != min(slice_bytes, request.body_bytes - start):
+            raise RuntimeError(f"request {request.custom_id!r}: its body changed while read")
+        yield piece
+        del piece  # not held while the next slice is read
 
 
 def batch_members(session: Session, batch_id: int) -> dict[str, int]:

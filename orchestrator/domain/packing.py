@@ -68,3 +68,22 @@ def pack(items: Iterable[tuple[int, int]], *, max_requests: int, max_bytes: int)
     last = packer.finish()
     if last:
         yield last
+
+
+def pages(items: Iterable[tuple[int, int]], *, max_bytes: int, max_count: int) -> Iterator[Chunk]:
+    """Contiguous runs of ``(seq, size)`` to read at once: each holds at most ``max_bytes`` and
+    ``max_count`` items and at least one item, so an item larger than ``max_bytes`` comes alone."""
+    if max_bytes < 1 or max_count < 1:
+        raise ValueError("limits must be positive")
+    first = last = count = size = 0
+    for seq, n in items:
+        if count and (size + n > max_bytes or count == max_count):
+            yield Chunk(first, last, count, size)
+            count = size = 0
+        if not count:
+            first = seq
+        last = seq
+        count += 1
+        size += n
+    if count:
+        yield Chunk(first, last, count, size)

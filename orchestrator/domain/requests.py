@@ -31,22 +31,33 @@ class Rules:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class RequestRow:
+    """A request's envelope: everything of its JSONL line but the body."""
+
     custom_id: str
     provider: str | None
     method: str | None
     url: str | None
-    body_json: str  # the body exactly as the database renders it
 
 
-def build_line(row: RequestRow, *, endpoint: str, include_provider: bool) -> bytes:
-    """The JSONL line for one request. Its ``body`` is the stored text, byte for byte."""
+LINE_END = b"}\n"
+
+
+def line_head(row: RequestRow, *, endpoint: str, include_provider: bool) -> bytes:
+    """The start of the request's JSONL line, up to its body: ``{"custom_id": …, "body":``.
+
+    The line is this head, then the body's stored text byte for byte, then :data:`LINE_END`. It is
+    written in these three parts, so that a body of 190 MB is never copied to build a line."""
     head: dict[str, Any] = {"custom_id": row.custom_id}
     if include_provider and row.provider:
         head["provider"] = row.provider
     head["method"] = row.method or "POST"
     head["url"] = row.url or endpoint
-    prefix = orjson.dumps(head)[:-1]  # drop the closing brace and append the body
-    return b'%s,"body":%s}\n' % (prefix, row.body_json.encode())
+    return orjson.dumps(head)[:-1] + b',"body":'  # the closing brace comes after the body
+
+
+def line_size(head: bytes, body_bytes: int) -> int:
+    """The bytes of a line whose head is ``head`` and whose body is ``body_bytes`` long."""
+    return len(head) + body_bytes + len(LINE_END)
 
 
 def endpoint_problem(rules: Rules) -> str | None:
@@ -65,7 +76,8 @@ def endpoint_problem(rules: Rules) -> str | None:
 
 
 def request_problem(row: RequestRow, body: Any, line_bytes: int, rules: Rules) -> str | None:
-    """Why this request is sure to fail, or None. ``body`` is the parsed body."""
+    """Why this request is sure to fail, or None. ``body`` is the parsed body, or its shape: what
+    :func:`_body_problem` reads of it and nothing more (planning never loads bodies)."""
     return (
         _custom_id_problem(row.custom_id, rules)
         or _envelope_problem(row, rules)
@@ -102,6 +114,10 @@ def _envelope_problem(row: RequestRow, rules: Rules) -> str | None:
 
 
 def _body_problem(body: Any, endpoint: str) -> str | None:
+    # Reads the body's JSON type, whether "model" is a string with more than whitespace, whether
+    # "messages" is a non-empty array of objects that all have a "role", and whether "input" is
+    # null, "" or []: nothing else. Planning passes the body's shape instead of the body, built in
+    # SQL (``queries.BODY_SHAPE``) to keep exactly these; a check that reads more must add it there.
     if not isinstance(body, Mapping):
         return f"body must be a JSON object, not {_json_type(body)}"
     model = body.get("model")

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orchestrator.domain.packing import Packer, pack
+from orchestrator.domain.packing import Packer, pack, pages
 
 
 def test_chunks_respect_the_request_count() -> None:
@@ -44,3 +44,17 @@ def test_packing_covers_every_request_once_in_order_within_limits(
     # greedy: no two neighbours could have been one chunk
     for a, b in itertools.pairwise(chunks):
         assert a.count + b.count > max_requests or a.bytes + b.bytes > max_bytes
+
+
+@given(st.lists(st.integers(min_value=1, max_value=300), max_size=200))
+def test_pages_hold_at_most_the_budget_and_a_larger_item_alone(sizes: list[int]) -> None:
+    got = list(pages(enumerate(sizes), max_bytes=100, max_count=7))
+    assert [seq for p in got for seq in range(p.first_seq, p.last_seq + 1)] == list(
+        range(len(sizes))
+    )
+    for p in got:
+        assert p.count == p.last_seq - p.first_seq + 1 <= 7
+        assert p.bytes == sum(sizes[p.first_seq : p.last_seq + 1])
+        assert p.bytes <= 100 or p.count == 1
+    for p, after in itertools.pairwise(got):
+        assert p.count == 7 or p.bytes + sizes[after.first_seq] > 100  # as full as allowed

@@ -4,10 +4,12 @@ import orjson
 import pytest
 
 from orchestrator.domain.requests import (
+    LINE_END,
     RequestRow,
     Rules,
-    build_line,
     endpoint_problem,
+    line_head,
+    line_size,
     request_problem,
 )
 
@@ -21,25 +23,30 @@ RULES = Rules(
 BODY = '{"model": "openai/gpt-4.1-nano", "messages": [{"role": "user", "content": "hi"}]}'
 
 
-def _row(**kw: object) -> RequestRow:
-    base = {
-        "custom_id": "r1",
-        "provider": "openai",
-        "method": "POST",
-        "url": None,
-        "body_json": BODY,
-    }
+def _row(**kw: object) -> tuple[RequestRow, str]:
+    """A request's envelope and its body's JSON text."""
+    base = {"custom_id": "r1", "provider": "openai", "method": "POST", "url": None}
+    body = str(kw.pop("body_json", BODY))
     base.update(kw)
-    return RequestRow(**base)  # type: ignore[arg-type]
+    return RequestRow(**base), body  # type: ignore[arg-type]
 
 
-def _problem(row: RequestRow, rules: Rules = RULES) -> str | None:
-    line = build_line(row, endpoint=rules.endpoint, include_provider=rules.requires_provider)
-    return request_problem(row, orjson.loads(row.body_json), len(line), rules)
+def _line(request: tuple[RequestRow, str], *, endpoint: str, include_provider: bool) -> bytes:
+    row, body = request
+    head = line_head(row, endpoint=endpoint, include_provider=include_provider)
+    line = head + body.encode() + LINE_END
+    assert len(line) == line_size(head, len(body.encode()))
+    return line
+
+
+def _problem(request: tuple[RequestRow, str], rules: Rules = RULES) -> str | None:
+    row, body = request
+    line = _line(request, endpoint=rules.endpoint, include_provider=rules.requires_provider)
+    return request_problem(row, orjson.loads(body), len(line), rules)
 
 
 def test_the_line_carries_the_stored_body_byte_for_byte() -> None:
-    line = build_line(_row(), endpoint="/v1/chat/completions", include_provider=True)
+    line = _line(_row(), endpoint="/v1/chat/completions", include_provider=True)
     assert line.endswith(b"\n") and line.count(b"\n") == 1
     parsed = orjson.loads(line)
     assert parsed == {
@@ -53,7 +60,7 @@ def test_the_line_carries_the_stored_body_byte_for_byte() -> None:
 
 
 def test_provider_is_left_out_for_targets_that_do_not_take_it() -> None:
-    line = build_line(_row(), endpoint="/v1/chat/completions", include_provider=False)
+    line = _line(_row(), endpoint="/v1/chat/completions", include_provider=False)
     assert "provider" not in orjson.loads(line)
 
 
@@ -84,7 +91,7 @@ def test_a_valid_request_has_no_problem() -> None:
         ),
     ],
 )
-def test_requests_sure_to_fail_are_named(row: RequestRow, fragment: str) -> None:
+def test_requests_sure_to_fail_are_named(row: tuple[RequestRow, str], fragment: str) -> None:
     problem = _problem(row)
     assert problem is not None and fragment in problem
 
