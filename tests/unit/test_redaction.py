@@ -88,7 +88,7 @@ def test_a_library_record_carrying_the_key_is_redacted(
 ) -> None:
     out = configure(fmt)
     library = logging.getLogger(name)
-    library.warning("sending %s", f"Authorization: Bearer {API_KEY}")
+    library.error("sending %s", f"Authorization: Bearer {API_KEY}")
     try:
         answer_with_the_key_in_hand()
     except ValueError:
