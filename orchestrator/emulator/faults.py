@@ -22,6 +22,7 @@ import itertools
 import math
 import random
 import threading
+import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Protocol
 
@@ -452,3 +453,36 @@ class Garbage:
 
 
 register_fault_kind(Garbage.kind, Garbage.from_json)
+
+
+@dataclasses.dataclass(frozen=True)
+class Redirect:
+    """Answer a redirect (``307`` keeps the method and the body) to the very URL that was
+    called, as a site that bounces a call between two addresses does: each rule firing is one
+    hop, so with ``times=None`` a client that follows redirects goes round until it gives up
+    (a redirect loop), and with ``times=1`` it is sent back once and then answered. The call is
+    not carried out by the hop that redirects."""
+
+    kind: ClassVar[str] = "redirect"
+    status: int = 307
+
+    def __post_init__(self) -> None:
+        if self.status not in (301, 302, 303, 307, 308):
+            raise ValueError("status must be a redirect: 301, 302, 303, 307 or 308")
+
+    def apply(self, ctx: FaultContext, proceed: Proceed) -> EmuResponse:
+        ctx.request.drain()
+        location = ctx.request.path
+        if ctx.request.query:
+            location += "?" + urllib.parse.urlencode(dict(ctx.request.query))
+        return EmuResponse(self.status, {"location": location, "content-length": "0"}, b"")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "status": self.status}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Redirect:
+        return cls(status=int(data.get("status", 307)))
+
+
+register_fault_kind(Redirect.kind, Redirect.from_json)

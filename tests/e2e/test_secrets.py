@@ -8,12 +8,14 @@ clock, so this runs in real time: the emulator serves over HTTP from this proces
 waiting for the provider.
 
 The provider is made to hand the key back in every way it can: error messages that quote the
-``Authorization`` header (as proxies do) on the upload, the create and the poll; a poll answered
-with a "gzip" body that is plain text quoting the key, which makes the step crash inside httpx with
-that body in its frames' local variables (httpx.DecodingError is not wrapped by the client today:
-if it ever is, this test needs another way to crash a step); and a revoked key, so the 401 path
-(pause, probe, resume) runs too. Then every line of every process's output and every row of every
-table is searched for any 8 characters of the key's distinctive part.
+``Authorization`` header (as proxies do) on the upload, the create and the poll; polls answered
+with a "gzip" body that is plain text quoting the key, which httpx fails to decode with that body
+in hand (an API error since the client maps ``httpx.DecodingError``); and a revoked key, so the
+401 path (pause, probe, resume) runs too. A step also crashes, twice: the database refuses the
+poll's write (a trigger raising, as a bug or a broken schema would), and the runner's outer guard
+logs the traceback and writes ``internal error: ...`` (SQLAlchemy's message, with the statement's
+parameters: the provider's batch object) on the batch. Then every line of every process's output
+and every row of every table is searched for any 8 characters of the key's distinctive part.
 """
 
 from __future__ import annotations
@@ -81,6 +83,27 @@ def table_dump(db_url: str) -> dict[str, list[str]]:
         }
 
 
+def refuse_two_poll_writes(db_url: str) -> None:
+    """The next two writes of a poll's outcome (they bump ``poll_count``) fail in the database."""
+    with psycopg.connect(db_url) as conn:
+        conn.execute("CREATE SEQUENCE public.refused_polls")
+        conn.execute(
+            """
+            CREATE FUNCTION public.refuse_poll() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+              IF NEW.poll_count > OLD.poll_count AND nextval('public.refused_polls') <= 2 THEN
+                RAISE EXCEPTION 'refused for the test: this poll''s write';
+              END IF;
+              RETURN NEW;
+            END $$
+            """
+        )
+        conn.execute(
+            "CREATE TRIGGER refuse_poll BEFORE UPDATE ON orchestrator.batches "
+            "FOR EACH ROW EXECUTE FUNCTION public.refuse_poll()"
+        )
+
+
 def job_status(db_url: str, job_id: int) -> str:
     return str(scalar(db_url, "SELECT status FROM orchestrator.jobs WHERE id = %s", job_id))
 
@@ -113,7 +136,9 @@ def test_the_key_never_reaches_a_log_line_a_command_output_or_a_row(
             )
             assert wait_for(lambda: scalar(db_url, polled) > 0, timeout=60), daemon.logs()[-3000:]
             outputs["status of the job while polls fail"] = cli(daemon.env, "status", str(job_id))
-            # 3. Two polls crash the step with the key in httpx's hands, then all is well.
+            # 3. Two polls get a body httpx cannot decode (the key in it), then the database
+            # refuses the next two poll writes (two crashes), then all is well.
+            refuse_two_poll_writes(db_url)
             faults.clear()
             garbage = faults.add("get_batch", Garbage(gzip=True), times=2)
             assert wait_for(lambda: job_status(db_url, job_id) == "completed", timeout=120), (
@@ -152,10 +177,12 @@ def test_the_key_never_reaches_a_log_line_a_command_output_or_a_row(
         "create",
         "poll",
     }
+    undecodable = [line for line in failed if "could not be decoded" in line["error"]]
+    assert len(undecodable) == 2 and {line["kind"] for line in undecodable} == {"transient"}
     assert any(REDACTED in row for row in dump["events"])  # batch_create_ambiguous, its error
     # The crash's traceback was logged (twice), without the frames' local variables.
     crashes = [line for line in lines if line["event"] == "step_crashed"]
-    assert len(crashes) == 2
+    assert len(crashes) == 2 and all(crash["step"] == "poll" for crash in crashes)
     for crash in crashes:
         frames = [frame for exc in crash["exception"] for frame in exc["frames"]]
         assert frames and not any("locals" in frame for frame in frames), frames
