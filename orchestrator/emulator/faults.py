@@ -287,6 +287,7 @@ class FaultInjector:
         shuffle: bool = False,
         no_usage: bool = False,
         fail_with: str = "",
+        echo_auth: bool = False,
         times: int | None = 1,
         probability: float | None = None,
     ) -> FaultRule:
@@ -297,7 +298,7 @@ class FaultInjector:
         if fault is None:
             fault = BatchFault(
                 stuck_finalizing, empty_error_file_id, line_429, line_500, missing_lines,
-                duplicate_lines, shuffle, no_usage, fail_with,
+                duplicate_lines, shuffle, no_usage, fail_with, echo_auth,
             )  # fmt: skip
         return self._add_rule(BatchFault.marks_route, fault, times, probability)
 

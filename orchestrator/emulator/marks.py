@@ -3,7 +3,8 @@
 A rule holding a :class:`BatchFault` fires on the ``create_batch`` calls that do create a batch,
 and shapes that batch for its whole life (spec §8): stuck in ``finalizing`` (X5),
 ``error_file_id: ""`` (X12), per-line 429/500 responses in the results, lines missing from both
-files, duplicated lines, shuffled output, no ``usage``, or a failure of the whole batch. A rule
+files, duplicated lines, shuffled output, no ``usage``, a failure of the whole batch, or error
+messages that quote the API key. A rule
 holding :class:`FileNotReady` fires on ``upload_file`` and hides the new file for a while, as
 OpenAI does at scale (X6).
 
@@ -60,6 +61,10 @@ class BatchFault:
     no_usage: bool = False
     # The batch fails as a whole (validating → failed) with this error code, e.g. "server_error".
     fail_with: str = ""
+    # Every error message the batch produces (its failed lines, in the error file, and the
+    # `errors` of a batch that fails as a whole) quotes the create call's `Authorization` header,
+    # as a provider that echoes the key it was given does.
+    echo_auth: bool = False
 
     def __post_init__(self) -> None:
         if not self.stuck_finalizing >= 0:
@@ -111,6 +116,7 @@ class BatchFault:
             shuffle=self.shuffle or other.shuffle,
             no_usage=self.no_usage or other.no_usage,
             fail_with=self.fail_with or other.fail_with,
+            echo_auth=self.echo_auth or other.echo_auth,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -134,6 +140,7 @@ class BatchFault:
             shuffle=_flag(data.get("shuffle", False)),
             no_usage=_flag(data.get("no_usage", False)),
             fail_with=str(data.get("fail_with", "")),
+            echo_auth=_flag(data.get("echo_auth", False)),
         )
 
 
