@@ -426,6 +426,7 @@ def _ingest_transaction(
             resubmit=not b.job_cancel_requested,
             missing_error=missing,
             spool_dir=deps.tmp_dir(),
+            scrub=deps.clients(b.target).scrub,
         )
         cost, source = _batch_cost(s, remote, stats, now)
         ledger.finish_ingest(

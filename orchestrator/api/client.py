@@ -84,6 +84,12 @@ class BatchApiClient:
         self._after_success = after_success
         self._scrub = Scrubber(sent_credentials(http.headers))
 
+    @property
+    def scrub(self) -> Scrubber:
+        """What takes this client's credentials out of a text: for the lines of a downloaded
+        file, which the client hands over as they arrive (ingest scrubs them)."""
+        return self._scrub
+
     # -- files ---------------------------------------------------------------------------
 
     def upload_file(self, path: Path, *, filename: str, purpose: str = "batch") -> FileObject:
