@@ -95,6 +95,10 @@ OPENAI_CARRIED_OUT = (
     RELIABILITY + "test_openai_a_create_the_provider_carried_out_but_never_answered_is_adopted"
     "_not_repeated"
 )
+ECHOED = (
+    "tests/e2e/test_secrets.py::"
+    "test_a_key_the_provider_echoes_in_failed_lines_or_a_failed_batch_is_stored_and_shown_nowhere"
+)
 MUTATIONS: list[Mutation] = [
     Mutation(
         name="fence-no-token",
@@ -403,6 +407,24 @@ MUTATIONS: list[Mutation] = [
         new="ExceptionDictTransformer(show_locals=True)",
         tests=["tests/e2e/test_secrets.py::"
                "test_the_key_never_reaches_a_log_line_a_command_output_or_a_row"],
+    ),
+    Mutation(
+        name="ingest-errors-not-scrubbed",
+        promise="the API key stays secret: a key a provider quotes in a failed line is scrubbed "
+                "before the line is stored (results, the errors kept for a resubmission)",
+        path="orchestrator/ingest.py",
+        old="outcome = ln.classify(self._scrubbed(line))",
+        new="outcome = ln.classify(line)",
+        tests=[ECHOED, INGEST + "test_a_key_quoted_in_a_line_is_stored_nowhere_whole_or_cut_short"],
+    ),
+    Mutation(
+        name="batch-errors-not-scrubbed",
+        promise="the API key stays secret: a key a provider quotes in a failed batch's errors is "
+                "scrubbed at the client, before the job's error, the batch row or the CLI see it",
+        path="orchestrator/api/client.py",
+        old="        return self._scrub.deep(data)\n",
+        new="        return data\n",
+        tests=[ECHOED],
     ),
 ]
 # fmt: on
