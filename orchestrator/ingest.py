@@ -22,8 +22,9 @@ A provider may quote the API key back (a proxy echoing the ``Authorization`` hea
 message). What the lines say is scrubbed before it is stored, at a cost the fast path can carry: a
 success on the fast path is checked for the whole key only (one ``bytes in`` per secret on the raw
 line; a line that holds it takes the full path), while every other line (failures, the rare
-unusual success) is scrubbed in full, any run of ``MIN_FRAGMENT`` characters of a secret, before it
-is classified: error messages are where a key, or a key cut short, gets quoted.
+unusual success) is searched for any run of ``MIN_FRAGMENT`` characters of a secret (one regular
+expression over the raw line) and, if one is there, scrubbed in full before it is classified:
+error messages are where a key, or a key cut short, gets quoted.
 
 The fast path COPYs into ``results`` itself: the rows cannot exist yet, since a request only gets
 into a batch while it has no final result. If any does exist (an operator re-ingesting a batch), the
@@ -246,11 +247,11 @@ class _Pass:
             return
         fast = ln.success(line)
         if fast is None:
-            self._feed_other(line)
+            self._feed_other(line, raw)
             return
         for secret in self.whole:
             if secret in raw:  # a success that quotes a secret: the full path, which scrubs
-                self._feed_other(line)
+                self._feed_other(line, raw)
                 return
         custom_id, status, body, usage, model = fast
         attempt = self.members.get(custom_id)
@@ -279,12 +280,11 @@ class _Pass:
         self.stats.succeeded += 1
         self.stats.count(usage, model)
 
-    def _scrubbed(self, line: Any) -> Any:
-        return self.scrub.deep(line) if self.scrub is not None else line
-
-    def _feed_other(self, line: Any) -> None:
+    def _feed_other(self, line: Any, raw: bytes) -> None:
+        if self.scrub is not None and self.scrub.found_in_json(raw):
+            line = self.scrub.deep(line)
         try:
-            outcome = ln.classify(self._scrubbed(line))
+            outcome = ln.classify(line)
         except ln.MalformedLine:
             self.stats.malformed_lines += 1
             return

@@ -413,8 +413,8 @@ MUTATIONS: list[Mutation] = [
         promise="the API key stays secret: a key a provider quotes in a failed line is scrubbed "
                 "before the line is stored (results, the errors kept for a resubmission)",
         path="orchestrator/ingest.py",
-        old="outcome = ln.classify(self._scrubbed(line))",
-        new="outcome = ln.classify(line)",
+        old="line = self.scrub.deep(line)",
+        new="line = line",
         tests=[ECHOED, INGEST + "test_a_key_quoted_in_a_line_is_stored_nowhere_whole_or_cut_short"],
     ),
     Mutation(
