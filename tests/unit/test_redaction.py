@@ -176,3 +176,18 @@ def test_a_secret_json_must_escape_is_found_as_json_spells_it() -> None:
     assert Scrubber([secret]).found_in_json(raw)
     assert not Scrubber([secret]).found_in_json(raw.replace(b"ab", b"xy"))
     assert Scrubber([secret]).found_in(f"the password is {secret}")
+
+
+@pytest.mark.parametrize("secret", [API_KEY, "pw:9f8e/7d6c@", "short", 'ab"cd\\ef"gh\\ij'])
+def test_every_piece_of_a_secret_is_found_and_nothing_shorter(secret: str) -> None:
+    scrub = Scrubber([secret])
+    n = min(8, len(secret))
+    for size in range(1, len(secret) + 1):
+        for at in range(len(secret) - size + 1):
+            piece = secret[at : at + size]
+            text = f"<<{piece}>>"
+            raw = json.dumps({"message": text}, ensure_ascii=False).encode()
+            whole = piece == secret
+            clean = not any(c in piece for c in '"\\')
+            assert scrub.found_in(text) is (whole or (size >= n and clean)), piece
+            assert scrub.found_in_json(raw) is (whole or (size >= n and clean)), piece
