@@ -22,9 +22,9 @@ A provider may quote the API key back (a proxy echoing the ``Authorization`` hea
 message). What the lines say is scrubbed before it is stored, at a cost the fast path can carry: a
 success on the fast path is checked for the whole key only (one ``bytes in`` per secret on the raw
 line; a line that holds it takes the full path), while every other line (failures, the rare
-unusual success) is searched for any run of ``MIN_FRAGMENT`` characters of a secret (one regular
-expression over the raw line) and, if one is there, scrubbed in full before it is classified:
-error messages are where a key, or a key cut short, gets quoted.
+unusual success) is searched for any run of ``MIN_FRAGMENT`` characters of a secret (a few
+searches of the raw line: ``Scrubber.found_in_json``) and, if one is there, scrubbed in full
+before it is classified: error messages are where a key, or a key cut short, gets quoted.
 
 The fast path COPYs into ``results`` itself: the rows cannot exist yet, since a request only gets
 into a batch while it has no final result. If any does exist (an operator re-ingesting a batch), the
