@@ -128,9 +128,9 @@ MUTATIONS: list[Mutation] = [
         old="        ledger.lock(s, b, BatchState.INGESTING)\n",
         new="",
         also=[(
-            "            spool_dir=deps.tmp_dir(),\n"
+            "            scrub=deps.clients(b.target).scrub,\n"
             "        )\n",
-            "            spool_dir=deps.tmp_dir(),\n"
+            "            scrub=deps.clients(b.target).scrub,\n"
             "        )\n"
             "        s.connection().connection.dbapi_connection.commit()\n",
         )],
