@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import os
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -223,13 +224,16 @@ class Settings:
         return self.database_url
 
     def secrets(self) -> list[str]:
-        """Every secret value, for the log redactor: the API keys and the database password."""
+        """Every secret value, for the log redactor: the API keys and the database password,
+        as it is and as a URL spells it (percent-encoded, as written and as rendered)."""
         found = [t.api_key.reveal() for t in self.targets.values() if t.api_key]
         if self.database_url:
             with contextlib.suppress(ValueError, sa.exc.ArgumentError):
                 password = sa.make_url(self.database_url).password
                 if password:
-                    found.append(str(password))
+                    written = urllib.parse.urlsplit(self.database_url).password or ""
+                    forms = (str(password), written, urllib.parse.quote(str(password), safe=""))
+                    found += [form for form in dict.fromkeys(forms) if form]
         return found
 
     @classmethod

@@ -18,6 +18,14 @@ while the provider works on the batch.
 Memory holds the batch's member ids and a small index of its failures, bounded by the request limit
 of one batch (50,000), never by the size of the files.
 
+A provider may quote the API key back (a proxy echoing the ``Authorization`` header in an error
+message). What the lines say is scrubbed before it is stored, at a cost the fast path can carry: a
+success on the fast path is checked for the whole key only (one ``bytes in`` per secret on the raw
+line; a line that holds it takes the full path), while every other line (failures, the rare
+unusual success) is searched for any run of ``MIN_FRAGMENT`` characters of a secret (a few
+searches of the raw line: ``Scrubber.found_in_json``) and, if one is there, scrubbed in full
+before it is classified: error messages are where a key, or a key cut short, gets quoted.
+
 The fast path COPYs into ``results`` itself: the rows cannot exist yet, since a request only gets
 into a batch while it has no final result. If any does exist (an operator re-ingesting a batch), the
 same rows go to a temporary staging table and are upserted instead, so re-ingesting a file changes
@@ -43,6 +51,7 @@ from orchestrator.db import ledger, queries
 from orchestrator.db.session import raw_connection
 from orchestrator.domain import lines as ln
 from orchestrator.domain.cost import TokenTally
+from orchestrator.observability import Scrubber
 
 log = structlog.get_logger(__name__)
 
@@ -219,8 +228,11 @@ class _Pass:
 
     def __init__(
         self, *, job_id: int, batch_id: int, members: dict[str, int], copy: ResultCopy,
-        spool: IO[bytes], max_attempts: int, resubmit: bool,
+        spool: IO[bytes], max_attempts: int, resubmit: bool, scrub: Scrubber | None = None,
     ) -> None:  # fmt: skip
+        self.scrub = scrub if scrub else None
+        # The secrets whole, as bytes: the fast path's only check.
+        self.whole = tuple(s.encode() for s in scrub.secrets) if scrub else ()
         self.job = b"%d" % job_id
         self.batch = b"%d" % batch_id
         self.members = members
@@ -241,8 +253,12 @@ class _Pass:
             return
         fast = ln.success(line)
         if fast is None:
-            self._feed_other(line)
+            self._feed_other(line, raw)
             return
+        for secret in self.whole:
+            if secret in raw:  # a success that quotes a secret: the full path, which scrubs
+                self._feed_other(line, raw)
+                return
         custom_id, status, body, usage, model = fast
         attempt = self.members.get(custom_id)
         if attempt is None:
@@ -270,7 +286,9 @@ class _Pass:
         self.stats.succeeded += 1
         self.stats.count(usage, model)
 
-    def _feed_other(self, line: Any) -> None:
+    def _feed_other(self, line: Any, raw: bytes) -> None:
+        if self.scrub is not None and self.scrub.found_in_json(raw):
+            line = self.scrub.deep(line)
         try:
             outcome = ln.classify(line)
         except ln.MalformedLine:
@@ -372,8 +390,10 @@ def ingest_lines(
     resubmit: bool,
     missing_error: dict[str, Any] | None = None,
     spool_dir: Path | None = None,
+    scrub: Scrubber | None = None,
 ) -> IngestStats:
-    """Read result lines into ``results`` (inside the caller's fenced transaction)."""
+    """Read result lines into ``results`` (inside the caller's fenced transaction); ``scrub``
+    takes the secrets (the API key the lines were fetched with) out of what is stored."""
     members = queries.batch_members(session, batch_id)
     upsert = queries.results_exist(session, batch_id)
     table = ledger.create_result_staging(session) if upsert else "orchestrator.results"
@@ -387,6 +407,7 @@ def ingest_lines(
             spool=spool,
             max_attempts=max_attempts,
             resubmit=resubmit,
+            scrub=scrub,
         )
         for raw in lines:
             reading.feed(raw)

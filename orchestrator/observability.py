@@ -15,8 +15,9 @@ import logging
 import re
 import sys
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
-from typing import Any
+from typing import Any, AnyStr
 
+import orjson
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from starlette.applications import Starlette
@@ -42,17 +43,41 @@ class Scrubber:
     def __init__(self, secrets: Iterable[str], *, min_fragment: int = MIN_FRAGMENT) -> None:
         self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
         pieces: set[str] = set(self.secrets)
+        # Every piece holds one of these: its secret cut in blocks of half a piece (a piece of n
+        # characters always spans a whole block of n // 2). A text with no block in it holds no
+        # piece: a few searches tell, not one per piece (a piece of a 28-character key: 21).
+        blocks: set[str] = set()
         for secret in self.secrets:
             n = min(min_fragment, len(secret))
             pieces.update(secret[i : i + n] for i in range(len(secret) - n + 1))
+            k = max(n // 2, 1)
+            blocks.update(secret[j : j + k] for j in range(0, len(secret) - k + 1, k))
         self._pieces = sorted(p for p in pieces if p in self.secrets or not _ESCAPED.search(p))
+        self._blocks = sorted(blocks)
+        # The same in JSON, as bytes, each as a JSON string spells it. A secret JSON must escape
+        # counts whole only, and blocks of it may be escaped: it is a block of its own.
+        self._json_pieces = [_json_spelling(p) for p in self._pieces]
+        self._json_blocks = sorted(
+            {_json_spelling(b) for b in blocks if not _ESCAPED.search(b)}
+            | {_json_spelling(s) for s in self.secrets if _ESCAPED.search(s)}
+        )
 
     def __bool__(self) -> bool:
         return bool(self.secrets)
 
     def found_in(self, text: str) -> bool:
         """Whether any secret, or any piece of one, occurs in ``text``."""
-        return any(p in text for p in self._pieces)
+        return _holds_any(text, self._blocks, self._pieces)
+
+    def found_in_json(self, raw: bytes) -> bool:
+        """Whether a JSON text, as bytes (a line of a result file), may hold a secret or a piece
+        of one, without parsing it: exact for pieces written as plain characters, and True for
+        any text that escapes characters with ``\\u`` or ``\\/`` (a piece could hide behind one)."""
+        if not self._json_pieces:
+            return False
+        if b"\\" in raw and (b"\\u" in raw or b"\\/" in raw):
+            return True
+        return _holds_any(raw, self._json_blocks, self._json_pieces)
 
     def __call__(self, text: str) -> str:
         if not self._pieces or not self.found_in(text):
@@ -93,6 +118,18 @@ class Scrubber:
         if isinstance(value, list):
             return [self.deep(v) for v in value]
         return value
+
+
+def _holds_any(text: AnyStr, blocks: list[AnyStr], pieces: list[AnyStr]) -> bool:
+    for block in blocks:
+        if block in text:
+            return any(piece in text for piece in pieces)
+    return False
+
+
+def _json_spelling(text: str) -> bytes:
+    """``text`` as it stands between the quotes of a JSON string (UTF-8, the usual escapes)."""
+    return orjson.dumps(text)[1:-1]
 
 
 class Redactor:

@@ -511,6 +511,7 @@ def _ingest_transaction(
             resubmit=not b.job_cancel_requested,
             missing_error=missing,
             spool_dir=deps.tmp_dir(),
+            scrub=deps.clients(b.target).scrub,
         )
         if check is not None:
             counts, files = check

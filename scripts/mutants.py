@@ -95,6 +95,10 @@ OPENAI_CARRIED_OUT = (
     RELIABILITY + "test_openai_a_create_the_provider_carried_out_but_never_answered_is_adopted"
     "_not_repeated"
 )
+ECHOED = (
+    "tests/e2e/test_secrets.py::"
+    "test_a_key_the_provider_echoes_in_failed_lines_or_a_failed_batch_is_stored_and_shown_nowhere"
+)
 MUTATIONS: list[Mutation] = [
     Mutation(
         name="fence-no-token",
@@ -124,9 +128,9 @@ MUTATIONS: list[Mutation] = [
         old="        ledger.lock(s, b, BatchState.INGESTING)\n",
         new="",
         also=[(
-            "            spool_dir=deps.tmp_dir(),\n"
+            "            scrub=deps.clients(b.target).scrub,\n"
             "        )\n",
-            "            spool_dir=deps.tmp_dir(),\n"
+            "            scrub=deps.clients(b.target).scrub,\n"
             "        )\n"
             "        s.connection().connection.dbapi_connection.commit()\n",
         )],
@@ -499,6 +503,33 @@ MUTATIONS: list[Mutation] = [
         new="sa.delete(Result).where(sa.false())",
         tests=["tests/e2e/test_field_faults.py::"
                "test_files_that_stay_unreadable_past_the_patience_fail_the_batch_clearly_and_reingest_collects"],
+    ),
+    Mutation(
+        name="ingest-errors-not-scrubbed",
+        promise="the API key stays secret: a key a provider quotes in a failed line is scrubbed "
+                "before the line is stored (results, the errors kept for a resubmission)",
+        path="orchestrator/ingest.py",
+        old="line = self.scrub.deep(line)",
+        new="line = line",
+        tests=[ECHOED, INGEST + "test_a_key_quoted_in_a_line_is_stored_nowhere_whole_or_cut_short"],
+    ),
+    Mutation(
+        name="batch-errors-not-scrubbed",
+        promise="the API key stays secret: a key a provider quotes in a failed batch's errors is "
+                "scrubbed at the client, before the job's error, the batch row or the CLI see it",
+        path="orchestrator/api/client.py",
+        old="        return self._scrub.deep(data)\n",
+        new="        return data\n",
+        tests=[ECHOED],
+    ),
+    Mutation(
+        name="gzip-download-read-raw",
+        promise="a result file sent gzip-encoded is decoded, not read as garbage",
+        path="orchestrator/api/client.py",
+        old="            self.response.iter_bytes(DOWNLOAD_CHUNK)\n            if decoded",
+        new="            self.response.iter_raw(DOWNLOAD_CHUNK)\n            if decoded",
+        tests=["tests/e2e/test_field_faults.py::"
+               "test_a_completed_batch_whose_files_are_not_readable_yet_is_read_later_never_resubmitted"],
     ),
 ]
 # fmt: on

@@ -1,8 +1,10 @@
 """The Batch API client: one method per operation over an injected ``httpx.Client``.
 
-Every httpx error and every non-2xx status becomes an :mod:`orchestrator.api.errors` exception
-here and nowhere else. The client never retries by itself: whether and when to try again is the
-runner's decision (``domain/decide.py``), so no thread sleeps and no lease is held while waiting.
+Every httpx error (every ``httpx.HTTPError``: a timeout, a cut connection, a body that cannot be
+decoded, a redirect loop) and every non-2xx status becomes an :mod:`orchestrator.api.errors`
+exception here and nowhere else. The client never retries by itself: whether and when to try again
+is the runner's decision (``domain/decide.py``), so no thread sleeps and no lease is held while
+waiting.
 
 What the server sends back is scrubbed of the credentials the client sends before it becomes an
 exception or a parsed object: proxies and gateways do quote the ``Authorization`` header in their
@@ -24,6 +26,7 @@ import structlog
 from orchestrator.api.errors import (
     ApiDecodeError,
     ApiError,
+    ApiRedirectLoop,
     ApiTimeout,
     ApiTransportError,
     ApiTruncatedDownload,
@@ -81,6 +84,12 @@ class BatchApiClient:
         self._after_success = after_success
         self._scrub = Scrubber(sent_credentials(http.headers))
 
+    @property
+    def scrub(self) -> Scrubber:
+        """What takes this client's credentials out of a text: for the lines of a downloaded
+        file, which the client hands over as they arrive (ingest scrubs them)."""
+        return self._scrub
+
     # -- files ---------------------------------------------------------------------------
 
     def upload_file(self, path: Path, *, filename: str, purpose: str = "batch") -> FileObject:
@@ -121,12 +130,8 @@ class BatchApiClient:
                 )
                 yield counted.chunks()
                 counted.check_complete()
-        except httpx.TimeoutException as exc:
-            self._log_failure("GET", path, None, "timeout", started)
-            raise ApiTimeout(f"GET {path}: no answer in time ({type(exc).__name__})") from exc
-        except httpx.TransportError as exc:
-            self._log_failure("GET", path, None, type(exc).__name__, started)
-            raise ApiTransportError(f"GET {path}: {type(exc).__name__}") from exc
+        except httpx.HTTPError as exc:
+            raise self._http_failure("GET", path, exc, started) from exc
         log.debug(
             "api_request_sent",
             method="GET",
@@ -197,12 +202,8 @@ class BatchApiClient:
         started = time.monotonic()
         try:
             response = self._http.request(method, path, **kwargs)
-        except httpx.TimeoutException as exc:
-            self._log_failure(method, path, None, "timeout", started)
-            raise ApiTimeout(f"{method} {path}: no answer in time ({type(exc).__name__})") from exc
-        except httpx.TransportError as exc:
-            self._log_failure(method, path, None, type(exc).__name__, started)
-            raise ApiTransportError(f"{method} {path}: {type(exc).__name__}") from exc
+        except httpx.HTTPError as exc:
+            raise self._http_failure(method, path, exc, started) from exc
         if response.status_code >= 400:
             raise self._status_error(response, method, path, started)
         log.debug(
@@ -214,6 +215,31 @@ class BatchApiClient:
         )
         self._succeeded()
         return response
+
+    def _http_failure(
+        self, method: str, path: str, exc: httpx.HTTPError, started: float
+    ) -> ApiError:
+        """The ApiError for anything httpx raised: every ``httpx.HTTPError`` maps to one, so
+        none escapes as a crash. The message names the call and what went wrong, never httpx's
+        own text (which may quote a URL or a body), and is scrubbed all the same."""
+        what = type(exc).__name__
+        cls: type[ApiError]
+        if isinstance(exc, httpx.TimeoutException):
+            cls, message = ApiTimeout, f"no answer in time ({what})"
+        elif isinstance(exc, httpx.TooManyRedirects):
+            cls = ApiRedirectLoop
+            message = (
+                f"redirected more than {self._http.max_redirects} times, in a loop; check the "
+                "target's base_url (its scheme, host and path prefix)"
+            )
+        elif isinstance(exc, httpx.DecodingError):
+            # A body that does not match its Content-Encoding (a proxy mangling gzip): the call
+            # may have been carried out, and trying again later is expected to work.
+            cls, message = ApiDecodeError, f"the answer's body could not be decoded ({what})"
+        else:  # TransportError, and any other RequestError
+            cls, message = ApiTransportError, what
+        self._log_failure(method, path, None, "timeout" if cls is ApiTimeout else what, started)
+        return cls(self._scrub(f"{method} {path}: {message}"))
 
     def _status_error(
         self, response: httpx.Response, method: str, path: str, started: float | None = None
@@ -292,13 +318,23 @@ class _Counted:
         self.received = 0
 
     def chunks(self) -> Iterator[bytes]:
+        # A provider (or a proxy) may compress the file (httpx asks for gzip): decode it then;
+        # Content-Length counts the bytes on the wire either way.
+        encoding = self.response.headers.get("content-encoding", "").strip().lower()
+        decoded = encoding not in ("", "identity")
+        body = (
+            self.response.iter_bytes(DOWNLOAD_CHUNK)
+            if decoded
+            else self.response.iter_raw(DOWNLOAD_CHUNK)
+        )
         try:
-            for chunk in self.response.iter_raw(DOWNLOAD_CHUNK):
-                self.received += len(chunk)
+            for chunk in body:
+                self.received = self.response.num_bytes_downloaded
                 yield chunk
+            self.received = self.response.num_bytes_downloaded
         except httpx.TimeoutException as exc:
             raise self._cut(f"timed out after {self.received} bytes") from exc
-        except httpx.TransportError as exc:
+        except httpx.HTTPError as exc:
             raise self._cut(f"{type(exc).__name__} after {self.received} bytes") from exc
 
     def check_complete(self) -> None:

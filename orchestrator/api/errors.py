@@ -3,11 +3,14 @@
 ::
 
     ApiError                          kind                retryable
-    ├── ApiTransportError             TRANSIENT           yes   connection refused/reset, bad framing
+    ├── ApiTransportError             TRANSIENT           yes   connection refused/reset, bad framing,
+    │   │                                                       any other httpx error
     │   ├── ApiTimeout                TRANSIENT           yes
     │   └── ApiTruncatedDownload      TRANSIENT           yes   fewer bytes than Content-Length
-    ├── ApiDecodeError                TRANSIENT           yes   2xx with a body we cannot read
+    ├── ApiDecodeError                TRANSIENT           yes   a body we cannot read (not JSON, a
+    │   │                                                       broken gzip)
     │   └── ApiIncompleteOutput       TRANSIENT           yes   result files short of the counts
+    ├── ApiRedirectLoop               ACCOUNT             no    redirected too often: pause the target
     └── ApiStatusError                (by status)               every non-2xx answer
         ├── ApiBadRequest             INVALID             no    400
         ├── ApiAuthError              ACCOUNT             no    401, 403: pause the target
@@ -19,7 +22,9 @@
         ├── ApiServerError            TRANSIENT           yes   5xx, 408, 409
         └── ApiClientError            INVALID             no    any other 4xx
 
-Messages are the provider's own (``error.message`` of either envelope). Nothing here ever holds a
+Every ``httpx.HTTPError`` the client meets becomes one of these: nothing else escapes it, so the
+runner never takes a bad answer for a crash. Messages are the provider's own (``error.message`` of
+either envelope), or say what happened without quoting the answer. Nothing here ever holds a
 request header, and the client scrubs its credentials out of the answer before building one of
 these (a proxy may quote the ``Authorization`` header in its message), so the API key cannot leak
 through an exception.
@@ -63,7 +68,8 @@ class ApiTruncatedDownload(ApiTransportError):
 
 
 class ApiDecodeError(ApiError):
-    """A 2xx answer whose body is not what the API documents."""
+    """An answer whose body is not what the API documents, or that cannot be decoded at all (a
+    ``Content-Encoding`` that does not match the bytes, as a proxy that mangles encodings sends)."""
 
     kind = ErrorKind.TRANSIENT
 
@@ -71,6 +77,20 @@ class ApiDecodeError(ApiError):
 class ApiIncompleteOutput(ApiDecodeError):
     """A finished batch's result files hold far fewer lines than its ``request_counts`` (no
     output file yet, an HTML page, a body cut short): download again later, send nothing again."""
+
+
+class ApiRedirectLoop(ApiError):
+    """The call was redirected more often than the client follows (a loop).
+
+    No provider redirects its API calls in a loop: this is the address, a ``base_url`` that points
+    at a site or proxy that bounces the call between two places (``http`` ↔ ``https``, a login
+    page, a missing path prefix), and every call to the target will meet it. So it pauses the
+    target, as a bad key does (jobs wait, ``status`` and ``/healthz`` say why, a probe every
+    ``pause`` interval), instead of failing batches, or retrying each one on its own as if it were
+    a passing fault. A redirect answers instead of handling the call, so a create redirected in a
+    loop created nothing."""
+
+    kind = ErrorKind.ACCOUNT
 
 
 class ApiStatusError(ApiError):

@@ -290,19 +290,7 @@ def resolve_unknown_create(
     else:
         how, to = "recreate", BatchState.UPLOADED
         values = {"idempotency_key": None}
-    session.execute(
-        sa.update(Batch)
-        .where(Batch.id == batch_id, Batch.state.in_(sorted(sources_of(to))))
-        .values(
-            state=to,
-            next_run_at=now,
-            lease_owner=None,
-            lease_expires_at=None,
-            lease_token=Batch.lease_token + 1,
-            updated_at=sa.func.now(),
-            **values,
-        )
-    )
+    _operator_move(session, batch_id, sources_of(to), to, now=now, **values)
     record(
         session,
         "batch_resolved",
@@ -342,21 +330,10 @@ def reopen_for_reingest(session: Session, batch_id: int, *, now: dt.datetime) ->
     removed = session.execute(
         sa.delete(Result).where(Result.batch_id == batch_id, Result.succeeded.is_(False))
     ).rowcount  # type: ignore[attr-defined]
-    session.execute(
-        sa.update(Batch)
-        .where(Batch.id == batch_id, Batch.state == BatchState.FAILED)
-        .values(
-            state=BatchState.SUBMITTED,
-            next_run_at=now,
-            lease_owner=None,
-            lease_expires_at=None,
-            lease_token=Batch.lease_token + 1,
-            finished_at=None,
-            unchanged_polls=0,
-            updated_at=sa.func.now(),
-            **RECOVERED,
-        )
-    )
+    _operator_move(
+        session, batch_id, [BatchState.FAILED], BatchState.SUBMITTED, now=now,
+        finished_at=None, unchanged_polls=0, **RECOVERED,
+    )  # fmt: skip
     session.execute(
         sa.update(Job)
         .where(Job.id == batch.job_id)
@@ -381,6 +358,32 @@ def reopen_for_reingest(session: Session, batch_id: int, *, now: dt.datetime) ->
         failure_results_removed=removed,
     )
     return str(batch.remote_batch_id)
+
+
+def _operator_move(
+    session: Session,
+    batch_id: int,
+    sources: Iterable[str],
+    to: BatchState,
+    *,
+    now: dt.datetime,
+    **values: Any,
+) -> None:
+    """An operator's move of a batch, due now: the lease token is bumped, so a worker still
+    holding the batch writes nothing after the operator."""
+    session.execute(
+        sa.update(Batch)
+        .where(Batch.id == batch_id, Batch.state.in_(sorted(str(s) for s in sources)))
+        .values(
+            state=to,
+            next_run_at=now,
+            lease_owner=None,
+            lease_expires_at=None,
+            lease_token=Batch.lease_token + 1,
+            updated_at=sa.func.now(),
+            **values,
+        )
+    )
 
 
 def request_cancel(session: Session, job_id: int) -> str | None:

@@ -18,7 +18,9 @@ from orchestrator.domain.backoff import RetrySchedule
 class ErrorKind(enum.StrEnum):
     TRANSIENT = "transient"  # 5xx, 408, 409, timeouts, dropped connections, truncated downloads
     RATE_LIMITED = "rate_limited"  # 429
-    ACCOUNT = "account"  # 401, 402, 403: the key or the account, not the request
+    ACCOUNT = (
+        "account"  # 401, 402, 403, a redirect loop: the key, account or address, not the request
+    )
     TOO_LARGE = "too_large"  # 413
     NOT_FOUND = "not_found"  # 404
     INVALID = "invalid"  # any other 4xx

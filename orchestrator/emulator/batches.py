@@ -58,6 +58,8 @@ class BatchRecord:
     line_faults: dict[int, int] = dataclasses.field(default_factory=dict)
     cancel_requested: float | None = None
     results: ResultFiles | None = None
+    # What the batch's error messages quote (an echo_auth fault), "" for nothing.
+    echo: str = ""
     # Held while the result files are written, so two readers do not both write them.
     results_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     # Sorted rows that end in the error file after running (config failures, per-line 429/500).

@@ -285,7 +285,9 @@ class Emulator:
             message = f"The input file must have purpose 'batch', not {exc}."
             raise ApiProblem(400, message, param="input_file_id") from None
         # Marks are drawn only for a create that goes ahead, so a refused call spends none.
-        record = self._state.create_batch(params, self._batch_fault()) if found else None
+        fault = self._batch_fault() if found else None
+        echo = request.headers.get("authorization", "") if fault and fault.echo_auth else ""
+        record = self._state.create_batch(params, fault, echo) if found else None
         if record is not None:
             return json_response(200, self._state.view(record))
         if self.config.is_openai:

@@ -18,10 +18,12 @@ Two families share the rule list:
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import itertools
 import math
 import random
 import threading
+import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Protocol
 
@@ -303,6 +305,7 @@ class FaultInjector:
         no_usage: bool = False,
         fail_with: str = "",
         hide_output: float = 0.0,
+        echo_auth: bool = False,
         times: int | None = 1,
         probability: float | None = None,
     ) -> FaultRule:
@@ -314,6 +317,7 @@ class FaultInjector:
             fault = BatchFault(
                 stuck_finalizing, empty_error_file_id, line_429, line_500, missing_lines,
                 duplicate_lines, shuffle, no_usage, fail_with, hide_output=hide_output,
+                echo_auth=echo_auth,
             )  # fmt: skip
         return self._add_rule(BatchFault.marks_route, fault, times, probability)
 
@@ -533,3 +537,63 @@ class HtmlPage:
 
 
 register_fault_kind(HtmlPage.kind, HtmlPage.from_json)
+
+
+@dataclasses.dataclass(frozen=True)
+class Gzipped:
+    """Answer normally, with the body compressed (``Content-Encoding: gzip``, ``Content-Length``
+    of the compressed bytes), as a provider or CDN that compresses large downloads does."""
+
+    kind: ClassVar[str] = "gzip"
+
+    def apply(self, ctx: FaultContext, proceed: Proceed) -> EmuResponse:
+        response = proceed()
+        if response.status < 300:
+            body = gzip.compress(response.read())
+            response.body = body
+            response.headers["content-encoding"] = "gzip"
+            response.headers["content-length"] = str(len(body))
+        return response
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Gzipped:
+        return cls()
+
+
+register_fault_kind(Gzipped.kind, Gzipped.from_json)
+
+
+@dataclasses.dataclass(frozen=True)
+class Redirect:
+    """Answer a redirect (``307`` keeps the method and the body) to the very URL that was
+    called, as a site that bounces a call between two addresses does: each rule firing is one
+    hop, so with ``times=None`` a client that follows redirects goes round until it gives up
+    (a redirect loop), and with ``times=1`` it is sent back once and then answered. The call is
+    not carried out by the hop that redirects."""
+
+    kind: ClassVar[str] = "redirect"
+    status: int = 307
+
+    def __post_init__(self) -> None:
+        if self.status not in (301, 302, 303, 307, 308):
+            raise ValueError("status must be a redirect: 301, 302, 303, 307 or 308")
+
+    def apply(self, ctx: FaultContext, proceed: Proceed) -> EmuResponse:
+        ctx.request.drain()
+        location = ctx.request.path
+        if ctx.request.query:
+            location += "?" + urllib.parse.urlencode(dict(ctx.request.query))
+        return EmuResponse(self.status, {"location": location, "content-length": "0"}, b"")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "status": self.status}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Redirect:
+        return cls(status=int(data.get("status", 307)))
+
+
+register_fault_kind(Redirect.kind, Redirect.from_json)

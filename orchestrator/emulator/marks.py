@@ -3,7 +3,8 @@
 A rule holding a :class:`BatchFault` fires on the ``create_batch`` calls that do create a batch,
 and shapes that batch for its whole life (spec §8): stuck in ``finalizing`` (X5),
 ``error_file_id: ""`` (X12), per-line 429/500 responses in the results, lines missing from both
-files, duplicated lines, shuffled output, no ``usage``, or a failure of the whole batch. A rule
+files, duplicated lines, shuffled output, no ``usage``, a failure of the whole batch, or error
+messages that quote the API key. A rule
 holding :class:`FileNotReady` fires on ``upload_file`` and hides the new file for a while, as
 OpenAI does at scale (X6).
 
@@ -64,6 +65,10 @@ class BatchFault:
     # error_file_id null although its request_counts say lines were produced (math.inf: for ever),
     # as a provider whose files lag its status does.
     hide_output: float = 0.0
+    # Every error message the batch produces (its failed lines, in the error file, and the
+    # `errors` of a batch that fails as a whole) quotes the create call's `Authorization` header,
+    # as a provider that echoes the key it was given does.
+    echo_auth: bool = False
 
     def __post_init__(self) -> None:
         if not self.stuck_finalizing >= 0:
@@ -118,6 +123,7 @@ class BatchFault:
             no_usage=self.no_usage or other.no_usage,
             fail_with=self.fail_with or other.fail_with,
             hide_output=max(self.hide_output, other.hide_output),
+            echo_auth=self.echo_auth or other.echo_auth,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -142,6 +148,7 @@ class BatchFault:
             no_usage=_flag(data.get("no_usage", False)),
             fail_with=str(data.get("fail_with", "")),
             hide_output=_seconds(data.get("hide_output", 0.0)),
+            echo_auth=_flag(data.get("echo_auth", False)),
         )
 
 

@@ -91,6 +91,8 @@ class ResultJob:
     # Row -> marks.LINE_* from the batch's faults; rows absent are untouched.
     line_faults: dict[int, int] = dataclasses.field(default_factory=dict)
     shuffled: bool = False
+    # Quoted by every error message (an echo_auth batch fault), "" for nothing.
+    echo: str = ""
 
 
 @dataclasses.dataclass
@@ -139,11 +141,13 @@ def _result_line(
     ctx = LineContext(job.config, job.batch_id, job.endpoint, row, processed_at)
     if row >= job.processed:
         code, message = NOT_RUN[job.outcome]
-        return not_run_line(ctx, line, code, message), False
+        return not_run_line(ctx, line, code, echoing(message, job.echo)), False
     failure = failure_of(job.config, line.get("custom_id"), line.get("body"))
     if failure is None:
         failure = _LINE_FAILURES.get(job.line_faults.get(row, 0))
     if failure is not None:
+        if job.echo:
+            failure = dataclasses.replace(failure, message=echoing(failure.message, job.echo))
         return http_error_line(ctx, line, failure), False
     result, line_usage = success_line(ctx, line)
     usage.add(line_usage)
@@ -151,6 +155,12 @@ def _result_line(
 
 
 _LINE_FAILURES = {LINE_429: RATE_LIMITED, LINE_500: SERVER_ERROR}
+
+
+def echoing(message: str, echo: str) -> str:
+    """``message`` quoting ``echo`` (the Authorization header), as a provider that echoes the key
+    in its error messages writes it; unchanged when there is nothing to quote."""
+    return f"{message} (received Authorization: {echo})" if echo else message
 
 
 def _row_order(job: ResultJob) -> Iterable[int]:

@@ -18,7 +18,7 @@ from orchestrator.emulator.jsonl import FileIndex, Problem, batch_problems
 from orchestrator.emulator.ledger import BatchEntry, FileEntry, Ledger
 from orchestrator.emulator.lifecycle import WITH_RESULTS, Plan, Snapshot, cancellable, snapshot
 from orchestrator.emulator.marks import BatchFault
-from orchestrator.emulator.results import ResultJob, Results, Written, write_results
+from orchestrator.emulator.results import ResultJob, Results, Written, echoing, write_results
 from orchestrator.emulator.uploads import Upload
 
 # OpenAI keeps batch input and output files for 30 days by default.
@@ -117,9 +117,11 @@ class State:
         return source
 
     def create_batch(
-        self, params: CreateParams, fault: BatchFault | None = None
+        self, params: CreateParams, fault: BatchFault | None = None, echo: str = ""
     ) -> BatchRecord | None:
-        """The new batch, or None when the input file does not exist (or is not visible yet)."""
+        """The new batch, or None when the input file does not exist (or is not visible yet).
+        ``echo``: what its error messages quote (an ``echo_auth`` fault: the Authorization
+        header of the create call)."""
         now = self.now()
         source = self.input_file(params.input_file_id)
         if source is None or source.index is None:
@@ -135,11 +137,12 @@ class State:
         with self._lock:
             if self._files.get(params.input_file_id) is not source:
                 return None  # deleted meanwhile
-            problems = problems or self._token_problems(index, now) or _forced(fault)
+            problems = problems or self._token_problems(index, now) or _forced(fault, echo)
             plan = Plan.make(self._config, now, index.num_rows, not problems, stuck)
             record = BatchRecord(
-                batch_id, params, int(now), plan, index, source.path, problems, fault, line_faults
-            )
+                batch_id, params, int(now), plan, index, source.path, problems, fault,
+                line_faults, echo=echo,
+            )  # fmt: skip
             self._batches[record.id] = record
             self._order.append(record.id)
         self._ledger.record_batch(
@@ -236,6 +239,7 @@ class State:
                 self._config, record.id, record.params.endpoint, record.input_path,
                 record.index, record.plan, current.status, current.processed,
                 record.line_faults, record.fault is not None and record.fault.shuffle,
+                record.echo,
             )  # fmt: skip
             written = write_results(job, self.blobs)
             finished = current.completed_at or current.cancelled_at or current.expired_at
@@ -273,8 +277,9 @@ class State:
         self.blobs.close()
 
 
-def _forced(fault: BatchFault | None) -> list[Problem]:
+def _forced(fault: BatchFault | None, echo: str = "") -> list[Problem]:
     """A batch fault's whole-batch failure (e.g. ``server_error``), if it asks for one."""
     if fault is None or not fault.fail_with:
         return []
-    return [Problem(fault.fail_with, f"The batch failed: {fault.fail_with} (injected fault).")]
+    message = f"The batch failed: {fault.fail_with} (injected fault)."
+    return [Problem(fault.fail_with, echoing(message, echo))]

@@ -213,3 +213,68 @@ def test_an_unreadable_error_body_is_cut_after_the_key_is_taken_out() -> None:
         BatchApiClient(http).get_batch("fr_batch-x")
     assert caught.value.message.startswith("<html><body>...")
     assert _key_windows(str(caught.value) + repr(caught.value)) == [], caught.value.message
+
+
+@pytest.mark.parametrize("route", ["get_batch", "create_batch", "upload_file"])
+def test_a_body_that_cannot_be_decoded_is_a_passing_error_that_quotes_nothing(  # type: ignore[no-untyped-def]
+    env, route
+) -> None:
+    from orchestrator.emulator.faults import Garbage  # (appended test; the imports are shared)
+
+    emulator, client, _, path = env
+    # a proxy labels a plain-text page quoting the Authorization header "gzip": httpx fails
+    # while decoding it (httpx.DecodingError), with the body in hand
+    rule = emulator.faults.add(route, Garbage(gzip=True))
+    calls = {
+        "upload_file": lambda: client.upload_file(path, filename="in.jsonl"),
+        "create_batch": lambda: client.create_batch(
+            input_file_id="file-x", endpoint="/v1/chat/completions"
+        ),
+        "get_batch": lambda: client.get_batch("fr_batch-x"),
+    }
+    with pytest.raises(e.ApiDecodeError) as caught:
+        calls[route]()
+    assert rule.fired == 1
+    exc = caught.value
+    assert exc.kind is ErrorKind.TRANSIENT and exc.retryable
+    assert "could not be decoded" in exc.message
+    assert _key_windows(" ".join([str(exc), repr(exc), repr(exc.args)])) == []
+
+
+@pytest.mark.parametrize("route", ["get_batch", "create_batch", "file_content"])
+def test_a_redirect_loop_is_an_error_that_pauses_the_target_and_names_the_base_url(  # type: ignore[no-untyped-def]
+    env, route
+) -> None:
+    from orchestrator.emulator.faults import Redirect
+
+    emulator, client, clock, path = env
+    uploaded = client.upload_file(path, filename="in.jsonl")
+    batch = client.create_batch(input_file_id=uploaded.id, endpoint="/v1/chat/completions")
+    clock.advance(3600)
+    output = client.get_batch(batch.id).output_file_id
+    assert output is not None
+    calls = {
+        "create_batch": lambda: client.create_batch(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions"
+        ),
+        "get_batch": lambda: client.get_batch(batch.id),
+        "file_content": lambda: client.download_file(output, io.BytesIO()),
+    }
+    before = len(emulator.ledger.batches)
+    # Given a server that sends every call back to where it came from
+    rule = emulator.faults.add(route, Redirect(), times=None)
+    # When the client calls it
+    with pytest.raises(e.ApiRedirectLoop) as caught:
+        calls[route]()
+    # Then it gives up after httpx's 20 redirects, with an error that pauses the target (as a bad
+    # key does) and says where to look
+    assert rule.fired == 21
+    exc = caught.value
+    assert exc.kind is ErrorKind.ACCOUNT and not exc.retryable
+    assert "redirected more than 20 times" in exc.message and "base_url" in exc.message
+    assert len(emulator.ledger.batches) == before  # a create sent round in a loop created nothing
+    # and one redirect on its own is simply followed
+    emulator.faults.clear()
+    emulator.faults.add(route, Redirect(), times=1)
+    calls[route]()
+    assert emulator.faults.rules() == []

@@ -255,3 +255,46 @@ def test_the_last_attempt_makes_a_retryable_failure_final(
     assert stats.retry == 0 and stats.failed == 5  # a's 429 and four missing, all final
     rows = results(db_url)
     assert rows["a"][:2] == (False, 429) and rows["b"][3]["code"] == "missing_result"
+
+
+def test_a_key_quoted_in_a_line_is_stored_nowhere_whole_or_cut_short(
+    db_url: str, batch: tuple[int, int], tmp_path: Path
+) -> None:
+    from orchestrator.observability import REDACTED, Scrubber  # (appended test; shared imports)
+    from tests.support import API_KEY
+
+    job, batch_id = batch
+    cut = API_KEY[:-3]  # a message cut short mid-key: no whole key for a quick check to find
+    output = write(
+        tmp_path / "out.jsonl",
+        [
+            ok("a", f"the key you sent is {API_KEY}"),  # a success quoting it whole
+            ok("b", "nothing to hide here"),
+            failed("c", 400, f"bad request (received Authorization: Bearer {API_KEY})"),
+            failed("d", 401, f"invalid key {cut}..."),
+            failed(ODD_ID, 500, f"upstream said {cut}"),  # retryable: kept on its batch item
+        ],
+    )
+    engine = make_engine(db_url)
+    try:
+        with unit_of_work(make_sessionmaker(engine)) as s:
+            stats = ingest_lines(
+                s, job_id=job, batch_id=batch_id, lines=read_files([output]), max_attempts=3,
+                resubmit=True, scrub=Scrubber([API_KEY]),
+            )  # fmt: skip
+    finally:
+        engine.dispose()
+    assert (stats.succeeded, stats.failed, stats.retry) == (2, 2, 1)
+    stored = results(db_url)
+    assert stored["a"][2]["choices"][0]["message"]["content"] == f"the key you sent is {REDACTED}"
+    assert stored["b"][2]["choices"][0]["message"]["content"] == "nothing to hide here"
+    assert stored["c"][3]["message"] == f"bad request (received Authorization: Bearer {REDACTED})"
+    assert stored["d"][3]["message"] == f"invalid key {REDACTED}..."
+    assert stored["d"][2]["error"]["message"] == f"invalid key {REDACTED}..."  # the body too
+    kept = query(db_url, "SELECT error FROM orchestrator.batch_items WHERE error IS NOT NULL")
+    assert [row[0]["message"] for row in kept] == [f"upstream said {REDACTED}"]
+    distinct = API_KEY.removeprefix("sk-test-")
+    everything = json.dumps([stored, kept], default=str)
+    assert not [
+        distinct[i : i + 8] for i in range(len(distinct) - 7) if distinct[i : i + 8] in everything
+    ]

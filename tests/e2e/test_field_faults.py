@@ -17,7 +17,7 @@ import structlog
 
 from orchestrator.cli import main
 from orchestrator.emulator import EmulatorConfig
-from orchestrator.emulator.faults import HtmlPage, LateApply, TruncatedBody
+from orchestrator.emulator.faults import Gzipped, HtmlPage, LateApply, TruncatedBody
 from tests.support import (
     API_KEY,
     FAST,
@@ -156,6 +156,7 @@ def test_the_sweep_leaves_alone_a_create_in_flight_and_batches_of_other_installa
             id="body-ends-cleanly-short",
         ),
         pytest.param({"status": ("file_content", 404, 14)}, id="404-for-over-a-minute"),
+        pytest.param({"rule": ("file_content", Gzipped(), None)}, id="files-sent-gzip-encoded"),
     ],
 )
 def test_a_completed_batch_whose_files_are_not_readable_yet_is_read_later_never_resubmitted(

@@ -383,3 +383,39 @@ def test_fail_with_fails_the_whole_batch_with_that_code() -> None:
         ).json()
     assert batch["status"] == "failed"
     assert batch["errors"]["data"][0]["code"] == "server_error"
+
+
+def test_echo_auth_quotes_the_key_in_failed_lines_and_in_a_failed_batchs_errors(
+    make_api: MakeApi,
+) -> None:
+    from orchestrator.emulator.fault_specs import parse_fault_spec
+
+    api = make_api(token="sk-test-echoed", fail_custom_ids={"r0"})
+    api.emulator.faults.add_json(parse_fault_spec("batch:echo_auth,line_500=0.5,times=1"))
+    lines = api.submit(api.chat_file(20))
+    plain = api.submit(api.chat_file(20))  # times=1: only the first batch echoes
+    api.emulator.faults.add_batch_fault(fail_with="invalid_request", echo_auth=True)
+    failed = api.submit(api.chat_file(3))
+
+    output, errors = files_of(api, api.finish(lines["id"]))
+    _, plain_errors = files_of(api, api.finish(plain["id"]))
+    failed = api.finish(failed["id"])
+
+    quoted = " (received Authorization: Bearer sk-test-echoed)"
+    statuses = Counter(e["response"]["status_code"] for e in errors)
+    assert statuses[400] == 1 and statuses[500] > 0 and len(output) + len(errors) == 20
+    for error in errors:  # the config's 400 and the fault's 500s alike
+        assert error["response"]["body"]["error"]["message"].endswith(quoted), error
+    assert "sk-test-echoed" not in str(output)
+    assert [e["response"]["body"]["error"]["message"] for e in plain_errors] == [
+        "Emulated failure: custom_id 'r0' is in fail_custom_ids."
+    ]
+    assert failed["status"] == "failed"
+    assert failed["errors"]["data"] == [
+        {
+            "code": "invalid_request",
+            "message": "The batch failed: invalid_request (injected fault)." + quoted,
+            "param": None,
+            "line": None,
+        }
+    ]

@@ -208,3 +208,24 @@ def test_garbage_fault_labelled_gzip_fails_a_client_while_decoding(
     with pytest.raises(httpx.DecodingError):
         api.http.get("/batches/anything")
     assert api.http.get("/batches/anything").status_code == 404  # it fired once
+
+
+def test_redirect_fault_sends_the_call_back_to_itself_and_a_loop_never_ends(
+    make_api: MakeApi, adapter: str
+) -> None:
+    from orchestrator.emulator.fault_specs import parse_fault_spec
+
+    api = make_api(adapter)
+    rule = api.emulator.faults.add_json(parse_fault_spec("get_batch:kind=redirect,times=2"))
+    assert rule.to_json() == {
+        "id": rule.id, "route": "get_batch", "times": 2, "probability": None, "fired": 0,
+        "kind": "redirect", "status": 307,
+    }  # fmt: skip
+
+    hop = api.http.get("/batches/anything?x=1", follow_redirects=False)
+    assert hop.status_code == 307 and hop.headers["location"].endswith("/batches/anything?x=1")
+    # followed: one more hop, then the real answer (the rule fired twice)
+    assert api.http.get("/batches/anything", follow_redirects=True).status_code == 404
+    api.emulator.faults.add_json(parse_fault_spec("get_batch:kind=redirect"))  # times: unlimited
+    with pytest.raises(httpx.TooManyRedirects):
+        api.http.get("/batches/anything", follow_redirects=True)

@@ -54,6 +54,18 @@ def test_the_database_password_is_a_secret_for_the_redactor(tmp_path: Path) -> N
     assert "pw-9f8e7d6c" in settings.secrets()
 
 
+def test_a_database_password_is_a_secret_as_it_is_and_as_the_url_spells_it(
+    tmp_path: Path,
+) -> None:
+    # A URL percent-encodes what it cannot hold; whatever prints the URL prints that form
+    url = "postgresql://app:pw%3A9f8e%2F7d6c%40@db:5432/batches"
+    secrets = _settings(tmp_path, "", ORCHESTRATOR_DATABASE_URL=url).secrets()
+    assert secrets == ["pw:9f8e/7d6c@", "pw%3A9f8e%2F7d6c%40"]
+    lowered = url.replace("%2F", "%2f")  # as written, when it differs from the usual spelling
+    secrets = _settings(tmp_path, "", ORCHESTRATOR_DATABASE_URL=lowered).secrets()
+    assert secrets == ["pw:9f8e/7d6c@", "pw%3A9f8e%2f7d6c%40", "pw%3A9f8e%2F7d6c%40"]
+
+
 def test_config_prints_the_effective_settings_with_secrets_masked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -148,3 +148,46 @@ def test_the_scrubber_keeps_json_valid_around_escapes() -> None:
         cleaned = scrub(line)
         assert "abcdefgh" not in cleaned
         assert REDACTED in json.loads(cleaned)["v"]
+
+
+@pytest.mark.parametrize(
+    ("value", "found"),
+    [
+        (f"Bearer {API_KEY}", True),
+        (f"cut short: {API_KEY[:-4]}", True),
+        (f"the tail: {API_KEY[-8:]}", True),
+        (f"7 mean nothing: {API_KEY[-7:]}", False),
+        ("nothing to see", False),
+        # a piece written with escapes is not searched for, so the line counts as suspect
+        ("".join(f"\\u{ord(c):04x}" for c in API_KEY), True),
+        ("an escaped slash \\/ and nothing else", True),
+    ],
+)
+def test_a_json_line_is_searched_for_the_key_without_parsing_it(value: str, found: bool) -> None:
+    raw = b'{"error": {"message": "' + value.encode() + b'"}}'
+    assert Scrubber([API_KEY]).found_in_json(raw) is found
+    assert Scrubber([]).found_in_json(raw) is False
+
+
+def test_a_secret_json_must_escape_is_found_as_json_spells_it() -> None:
+    secret = 'ab"cd\\ef"gh\\ij'  # every 8 characters hold a quote or a backslash: whole only
+    raw = json.dumps({"message": f"the password is {secret}"}, ensure_ascii=False).encode()
+    assert b'ab\\"cd\\\\ef' in raw
+    assert Scrubber([secret]).found_in_json(raw)
+    assert not Scrubber([secret]).found_in_json(raw.replace(b"ab", b"xy"))
+    assert Scrubber([secret]).found_in(f"the password is {secret}")
+
+
+@pytest.mark.parametrize("secret", [API_KEY, "pw:9f8e/7d6c@", "short", 'ab"cd\\ef"gh\\ij'])
+def test_every_piece_of_a_secret_is_found_and_nothing_shorter(secret: str) -> None:
+    scrub = Scrubber([secret])
+    n = min(8, len(secret))
+    for size in range(1, len(secret) + 1):
+        for at in range(len(secret) - size + 1):
+            piece = secret[at : at + size]
+            text = f"<<{piece}>>"
+            raw = json.dumps({"message": text}, ensure_ascii=False).encode()
+            whole = piece == secret
+            clean = not any(c in piece for c in '"\\')
+            assert scrub.found_in(text) is (whole or (size >= n and clean)), piece
+            assert scrub.found_in_json(raw) is (whole or (size >= n and clean)), piece

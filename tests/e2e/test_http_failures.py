@@ -1,0 +1,57 @@
+"""What the daemon does with answers httpx itself cannot take: a body that does not match its
+``Content-Encoding`` (``httpx.DecodingError``) and a redirect loop (``httpx.TooManyRedirects``).
+Both used to escape the API client as crashes; they are API errors like any other now."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.emulator.faults import Garbage, Redirect
+from tests.support import count, enqueue, harness, query, simple_requests
+
+pytestmark = pytest.mark.e2e
+
+
+def test_a_poll_answered_with_a_broken_gzip_body_is_retried_not_crashed(db_url: str) -> None:
+    with harness(db_url) as h:
+        job_id = enqueue(db_url, simple_requests(10))
+        h.run_until(lambda: count(db_url, "batches", "state = 'submitted'") == 1)
+        # Given a proxy that answers two polls with a "gzip" body that is plain text
+        garbage = h.emulator.faults.add("get_batch", Garbage(gzip=True), times=2)
+        h.step()
+        # Then the poll failed as a passing error (not a crash), with a message that says so
+        last_error = query(db_url, "SELECT last_error FROM orchestrator.batches")[0][0]
+        assert garbage.fired >= 1
+        assert "could not be decoded" in last_error and "internal error" not in last_error
+        # and the job completes once the answers are readable again
+        assert h.run_job(job_id) == "completed"
+        steps = h.deps.metrics.steps
+    assert garbage.fired == 2
+    assert steps.labels("poll", "api_error")._value.get() == 2
+    assert steps.labels("poll", "crashed")._value.get() == 0
+    assert count(db_url, "results", "succeeded") == 10
+
+
+def test_a_redirect_loop_pauses_the_target_until_it_is_gone(db_url: str) -> None:
+    with harness(db_url) as h:
+        job_id = enqueue(db_url, simple_requests(10))
+        h.run_until(lambda: count(db_url, "batches", "state = 'submitted'") == 1)
+        # Given a target whose address now sends every poll round in a loop
+        loop = h.emulator.faults.add("get_batch", Redirect(), times=None)
+        # When the daemon works for five virtual minutes
+        for _ in range(30):
+            h.step(10)
+        # Then the job waits (nothing failed, nothing crashed), the target is paused and says
+        # where to look, and it is probed about once per probe interval (30 s), not hammered
+        assert h.job_status(job_id) == "running"
+        assert count(db_url, "batches", "state = 'failed'") == 0
+        paused = query(db_url, "SELECT paused, reason FROM orchestrator.target_state")
+        assert paused[0][0] is True and "redirected more than 20 times" in paused[0][1]
+        assert "base_url" in paused[0][1]
+        assert 8 <= loop.fired // 21 <= 12
+        assert h.deps.metrics.steps.labels("poll", "crashed")._value.get() == 0
+        # When the address is fixed, the job completes by itself
+        h.emulator.faults.clear()
+        assert h.run_job(job_id) == "completed"
+    assert count(db_url, "results", "succeeded") == 10
+    assert query(db_url, "SELECT paused FROM orchestrator.target_state") == [(False,)]
