@@ -55,10 +55,10 @@ FUNCTIONS = [
     CREATE FUNCTION orchestrator.token_cost(
         p orchestrator.prices, prompt bigint, cached bigint, completion bigint
     ) RETURNS numeric LANGUAGE sql IMMUTABLE AS $$
-        SELECT ((prompt - cached) * p.input_per_mtok
-                + cached * COALESCE(p.cached_input_per_mtok, p.input_per_mtok)
-                + completion * p.output_per_mtok)
-               * (1 - p.batch_discount) / 1000000
+        SELECT trim_scale(((prompt - cached) * p.input_per_mtok
+                           + cached * COALESCE(p.cached_input_per_mtok, p.input_per_mtok)
+                           + completion * p.output_per_mtok)
+                          * (1 - p.batch_discount) / 1000000)
     $$
     """,
     """
@@ -152,10 +152,10 @@ VIEWS = [
            sum(m.prompt_tokens) AS prompt_tokens, sum(m.completion_tokens) AS completion_tokens,
            sum(m.cached_tokens) AS cached_tokens, sum(m.reasoning_tokens) AS reasoning_tokens,
            sum(m.total_tokens) AS total_tokens,
-           sum(m.cost) AS computed_cost,
-           sum(CASE WHEN b.cost_source = 'provider' THEN
+           trim_scale(sum(m.cost)) AS computed_cost,
+           trim_scale(sum(CASE WHEN b.cost_source = 'provider' THEN
                     CASE WHEN t.tokens > 0 THEN b.cost * m.total_tokens / t.tokens
-                         ELSE b.cost / t.models END END) AS provider_cost,
+                         ELSE b.cost / t.models END END)) AS provider_cost,
            round(sum(m.cost), 2) AS computed_cost_usd,
            round(sum(CASE WHEN b.cost_source = 'provider' THEN
                      CASE WHEN t.tokens > 0 THEN b.cost * m.total_tokens / t.tokens
