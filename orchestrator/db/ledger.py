@@ -56,6 +56,7 @@ from orchestrator.db.models import (
 from orchestrator.db.queries import OPEN_STATES, Claimed
 from orchestrator.db.session import raw_connection
 from orchestrator.domain import lines as ln
+from orchestrator.domain.cost import as_stored
 from orchestrator.domain.states import JOB_TERMINAL, BatchState, JobStatus, sources_of
 from orchestrator.errors import IllegalTransition, LeaseLost, RemoteIdTaken
 
@@ -91,12 +92,28 @@ def record(
     batch_id: int | None = None,
     **fields: Any,
 ) -> None:
-    """The event row now, and the log line with the same fields once the transaction commits."""
+    """The event row now, and the log line with the same fields once the transaction commits.
+
+    Money is never a float: a Decimal field (a cost) is written as its exact decimal string
+    ("0.00026000"), in the row and in the line alike, and None is JSON null."""
+    fields = {key: _plain(value) for key, value in fields.items()}
     session.execute(
         sa.insert(Event).values(kind=kind, job_id=job_id, batch_id=batch_id, detail=fields)
     )
     ids = {k: v for k, v in (("job_id", job_id), ("batch_id", batch_id)) if v is not None}
     session.info.setdefault(_PENDING_LOGS, []).append((level, kind, {**ids, **fields}))
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as an event shows it: every Decimal in it as its exact decimal string, without
+    an exponent (``format(d, "f")``: "0.00000001", never "1E-8"); anything else as it is."""
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, Mapping):
+        return {key: _plain(v) for key, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 @sa.event.listens_for(Session, "after_commit")
@@ -625,7 +642,7 @@ def finish_job_if_done(session: Session, job_id: int, now: dt.datetime) -> str |
         succeeded=job.succeeded_count,
         failed=job.failed_count,
         total_tokens=job.total_tokens,
-        cost=None if job.cost is None else str(job.cost),
+        cost=job.cost,
         error=job.error,
     )
     return status
@@ -991,6 +1008,7 @@ def finish_ingest(
     """Close an ingested batch (``ingesting → done``) in the transaction that wrote its results:
     its counters, the job's, the event, the next round for what is to be sent again, and the job's
     end if this was its last open batch. Returns the resubmitted ``(batch id, requests)``."""
+    cost = as_stored(cost)
     move(
         session,
         lease,
@@ -1016,7 +1034,7 @@ def finish_ingest(
             total_tokens=counts["total_tokens"],
             cost=cost,
         )
-    detail: dict[str, Any] = {"worker": worker, "cost": str(cost), **summary}
+    detail: dict[str, Any] = {"worker": worker, "cost": cost, **summary}
     record(session, "batch_ingested", job_id=lease.job_id, batch_id=lease.id, **detail)
     again = resubmit(session, lease.id, now) if retry else None
     finish_job_if_done(session, lease.job_id, now)
