@@ -538,11 +538,14 @@ def end_pending_job(
     stage: str,
 ) -> None:
     """A job that ends before any batch: failed validation, cancelled while pending."""
-    session.execute(
+    ended = session.execute(
         sa.update(Job)
         .where(Job.id == job_id, Job.status == JobStatus.PENDING)
         .values(status=status, error=error, finished_at=now, updated_at=sa.func.now())
-    )
+        .returning(Job.id)
+    ).scalar_one_or_none()
+    if ended is not None:
+        _notify_job_finished(session, job_id, status)
     detail: dict[str, Any] = {"stage": stage}
     if error is not None:
         detail["error"] = error
@@ -634,6 +637,7 @@ def finish_job_if_done(session: Session, job_id: int, now: dt.datetime) -> str |
         .where(Job.id == job_id)
         .values(status=status, finished_at=now, updated_at=sa.func.now())
     )
+    _notify_job_finished(session, job_id, status)
     record(
         session,
         f"job_{status}",
@@ -646,6 +650,19 @@ def finish_job_if_done(session: Session, job_id: int, now: dt.datetime) -> str |
         error=job.error,
     )
     return status
+
+
+JOB_FINISHED = "orchestrator_job_finished"
+
+
+def _notify_job_finished(session: Session, job_id: int, status: str) -> None:
+    """``NOTIFY orchestrator_job_finished``: the job has just become terminal. Sent in the
+    transaction that ends it, so a listener hears it when that commits, once, and never for one
+    that rolls back. The payload holds no text a user wrote (a NOTIFY payload must stay under
+    8000 bytes, and one too long would fail the transaction that ends the job), only
+    ``{"job_id": 12, "status": "completed"}``."""
+    payload = orjson.dumps({"job_id": job_id, "status": str(status)}).decode()
+    session.execute(sa.select(sa.func.pg_notify(JOB_FINISHED, payload)))
 
 
 # -- batches: the steps' transitions ---------------------------------------------------------
