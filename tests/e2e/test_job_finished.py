@@ -4,14 +4,18 @@ the job's id and final status, however it ended."""
 from __future__ import annotations
 
 import json
+import re
+import threading
+from pathlib import Path
 from typing import Any
 
 import psycopg
 
-from tests.support import all_terminal, enqueue, harness, scalar, simple_requests
+from tests.support import all_terminal, enqueue, harness, scalar, simple_requests, wait_for
 
 CHANNEL = "orchestrator_job_finished"
 END = "end of the test"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def listen(db_url: str) -> psycopg.Connection[Any]:
@@ -80,3 +84,38 @@ def test_a_listener_hears_each_job_end_once_with_its_id_and_status(db_url: str) 
     for p in payloads:
         status = scalar(db_url, "SELECT status FROM orchestrator.jobs WHERE id = %s", p["job_id"])
         assert p["status"] == status
+
+
+def readme_wait_for_job() -> Any:
+    """The README's Python example, as written there."""
+    section = README.read_text().split("### When a job finishes", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)  # type: ignore[union-attr]
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    return namespace["wait_for_job"]
+
+
+def test_the_readme_python_example_waits_for_a_job_and_returns_its_status(db_url: str) -> None:
+    wait_for_job = readme_wait_for_job()
+    with harness(db_url) as h:
+        # Given a client waiting for a pending job with the README's example
+        job_id = enqueue(db_url, simple_requests(3))
+        answer: list[str] = []
+        waiter = threading.Thread(
+            target=lambda: answer.append(wait_for_job(db_url, job_id)), daemon=True
+        )
+        waiter.start()
+        # (bounded wait for our own client to be listening, past its look at the table)
+        waiting = (
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND state = 'idle' AND query LIKE 'SELECT status FROM orchestrator.jobs%%'"
+        )
+        assert wait_for(lambda: scalar(db_url, waiting) == 1, timeout=30)
+        # When the daemon runs the job
+        status = h.run_job(job_id)
+        waiter.join(timeout=30)
+    # Then the client was woken with the job's final status
+    assert status == "completed"
+    assert not waiter.is_alive() and answer == ["completed"]
+    # and a client that comes after the end gets it too, from the table
+    assert wait_for_job(db_url, job_id) == "completed"
