@@ -74,9 +74,7 @@ def sample_sql(index: int, requests: int) -> str:
     return template.format(name=name, prefix=prefix, prompt=prompt, n=int(requests))
 
 
-def run_demo(
-    settings: Settings, *, jobs: int = 3, requests: int = 40, keep: bool = False
-) -> int:
+def run_demo(settings: Settings, *, jobs: int = 3, requests: int = 40, keep: bool = False) -> int:
     started = time.monotonic()
     configure_logging(level="error", fmt=settings.log_format, stream=None)
     print("batch-orchestrator demo: embedded PostgreSQL + built-in emulator + daemon\n")

@@ -541,6 +541,47 @@ MUTATIONS: list[Mutation] = [
         tests=["tests/e2e/test_budget.py::"
                "test_a_job_over_its_max_cost_fails_before_anything_is_uploaded"],
     ),
+    Mutation(
+        name="job-finished-not-notified",
+        promise="a client that LISTENs on orchestrator_job_finished hears every job end once, "
+                "with the job's id and status",
+        path="orchestrator/db/ledger.py",
+        old="    _notify_job_finished(session, job_id, status)\n    record(",
+        new="    record(",
+        tests=["tests/e2e/test_job_finished.py::"
+               "test_a_listener_hears_each_job_end_once_with_its_id_and_status",
+               "tests/e2e/test_job_finished.py::"
+               "test_the_readme_python_example_waits_for_a_job_and_returns_its_status"],
+    ),
+    Mutation(
+        name="event-cost-none-string",
+        promise="money in events and logs is its exact decimal string, or null when unknown: "
+                "never a float, never \"None\"",
+        path="orchestrator/db/ledger.py",
+        old='{"worker": worker, "cost": cost, **summary}',
+        new='{"worker": worker, "cost": str(cost), **summary}',
+        tests=["tests/e2e/test_cost_events.py::"
+               "test_a_cost_in_events_and_logs_is_an_exact_decimal_string_or_null"],
+    ),
+    Mutation(
+        name="cost-not-rounded-once",
+        promise="a cost is rounded once to the 8 places it is kept to, so the batch row, the "
+                "job's sum and the events agree to the digit",
+        path="orchestrator/db/ledger.py",
+        old="    cost = as_stored(cost)\n",
+        new="",
+        tests=["tests/e2e/test_cost_events.py::"
+               "test_a_cost_in_events_and_logs_is_an_exact_decimal_string_or_null"],
+    ),
+    Mutation(
+        name="provider-cost-via-float",
+        promise="a cost the provider sends as a JSON number is the decimal it spells, not a float",
+        path="orchestrator/domain/cost.py",
+        old="cost = Decimal(repr(value))",
+        new="cost = Decimal(value)",
+        tests=["tests/unit/test_cost.py::"
+               "test_a_cost_sent_as_a_json_number_is_read_as_the_decimal_it_spells_not_as_a_float"],
+    ),
 ]
 # fmt: on
 

@@ -56,6 +56,7 @@ from orchestrator.db.models import (
 from orchestrator.db.queries import OPEN_STATES, Claimed
 from orchestrator.db.session import raw_connection
 from orchestrator.domain import lines as ln
+from orchestrator.domain.cost import as_stored
 from orchestrator.domain.states import JOB_TERMINAL, BatchState, JobStatus, sources_of
 from orchestrator.errors import IllegalTransition, LeaseLost, RemoteIdTaken
 
@@ -91,12 +92,28 @@ def record(
     batch_id: int | None = None,
     **fields: Any,
 ) -> None:
-    """The event row now, and the log line with the same fields once the transaction commits."""
+    """The event row now, and the log line with the same fields once the transaction commits.
+
+    Money is never a float: a Decimal field (a cost) is written as its exact decimal string
+    ("0.00026000"), in the row and in the line alike, and None is JSON null."""
+    fields = {key: _plain(value) for key, value in fields.items()}
     session.execute(
         sa.insert(Event).values(kind=kind, job_id=job_id, batch_id=batch_id, detail=fields)
     )
     ids = {k: v for k, v in (("job_id", job_id), ("batch_id", batch_id)) if v is not None}
     session.info.setdefault(_PENDING_LOGS, []).append((level, kind, {**ids, **fields}))
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as an event shows it: every Decimal in it as its exact decimal string, without
+    an exponent (``format(d, "f")``: "0.00000001", never "1E-8"); anything else as it is."""
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, Mapping):
+        return {key: _plain(v) for key, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 @sa.event.listens_for(Session, "after_commit")
@@ -537,11 +554,14 @@ def end_pending_job(
     stage: str,
 ) -> None:
     """A job that ends before any batch: failed validation, cancelled while pending."""
-    session.execute(
+    ended = session.execute(
         sa.update(Job)
         .where(Job.id == job_id, Job.status == JobStatus.PENDING)
         .values(status=status, error=error, finished_at=now, updated_at=sa.func.now())
-    )
+        .returning(Job.id)
+    ).scalar_one_or_none()
+    if ended is not None:
+        _notify_job_finished(session, job_id, status)
     detail: dict[str, Any] = {"stage": stage}
     if error is not None:
         detail["error"] = error
@@ -643,6 +663,7 @@ def finish_job_if_done(session: Session, job_id: int, now: dt.datetime) -> str |
         .where(Job.id == job_id)
         .values(status=status, finished_at=now, cost_source=cost_source, updated_at=sa.func.now())
     )
+    _notify_job_finished(session, job_id, status)
     record(
         session,
         f"job_{status}",
@@ -651,10 +672,23 @@ def finish_job_if_done(session: Session, job_id: int, now: dt.datetime) -> str |
         succeeded=job.succeeded_count,
         failed=job.failed_count,
         total_tokens=job.total_tokens,
-        cost=None if job.cost is None else str(job.cost),
+        cost=job.cost,
         error=job.error,
     )
     return status
+
+
+JOB_FINISHED = "orchestrator_job_finished"
+
+
+def _notify_job_finished(session: Session, job_id: int, status: str) -> None:
+    """``NOTIFY orchestrator_job_finished``: the job has just become terminal. Sent in the
+    transaction that ends it, so a listener hears it when that commits, once, and never for one
+    that rolls back. The payload holds no text a user wrote (a NOTIFY payload must stay under
+    8000 bytes, and one too long would fail the transaction that ends the job), only
+    ``{"job_id": 12, "status": "completed"}``."""
+    payload = orjson.dumps({"job_id": job_id, "status": str(status)}).decode()
+    session.execute(sa.select(sa.func.pg_notify(JOB_FINISHED, payload)))
 
 
 # -- batches: the steps' transitions ---------------------------------------------------------
@@ -1017,6 +1051,7 @@ def finish_ingest(
     """Close an ingested batch (``ingesting → done``) in the transaction that wrote its results:
     its counters, the job's, the event, the next round for what is to be sent again, and the job's
     end if this was its last open batch. Returns the resubmitted ``(batch id, requests)``."""
+    cost = as_stored(cost)
     move(
         session,
         lease,
@@ -1042,7 +1077,7 @@ def finish_ingest(
             total_tokens=counts["total_tokens"],
             cost=cost,
         )
-    detail: dict[str, Any] = {"worker": worker, "cost": str(cost), **summary}
+    detail: dict[str, Any] = {"worker": worker, "cost": cost, **summary}
     record(session, "batch_ingested", job_id=lease.job_id, batch_id=lease.id, **detail)
     again = resubmit(session, lease.id, now) if retry else None
     finish_job_if_done(session, lease.job_id, now)
