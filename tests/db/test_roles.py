@@ -161,7 +161,10 @@ def _add_result(url: str, job_id: int, custom_id: str, content: str) -> None:
 
 
 def test_the_reporting_role_reads_every_table_and_view_and_may_not_write_any(
-    roles_db: str, logins: Login
+    roles_db: str,
+    logins: Login,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     # Given a job of the README's, enqueued by someone else, and a reporting user
     with psycopg.connect(roles_db, autocommit=True) as conn:
@@ -203,10 +206,18 @@ def test_the_reporting_role_reads_every_table_and_view_and_may_not_write_any(
             "SELECT * FROM orchestrator.jobs FOR UPDATE",
         )
     assert scalar(roles_db, "SELECT count(*) FROM orchestrator.requests") == 3
+    # and `orchestrator status` works as that user
+    assert _cli(monkeypatch, as_user(roles_db, user), "status") == 0
+    assert _cli(monkeypatch, as_user(roles_db, user), "status", str(job_id)) == 0
+    assert "capitals" in capsys.readouterr().out
 
 
 def test_the_enqueue_role_runs_the_readme_sql_reads_the_results_and_may_only_cancel(
-    roles_db: str, logins: Login, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    roles_db: str,
+    logins: Login,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     url = as_user(roles_db, logins("orchestrator_enqueue"))
     # When an enqueue user pastes the README's example into psql
@@ -253,7 +264,9 @@ def test_the_enqueue_role_runs_the_readme_sql_reads_the_results_and_may_only_can
             "CREATE TABLE orchestrator.mine (id int)",
         )
     assert scalar(roles_db, "SELECT count(*) FROM orchestrator.jobs") == 1
-    # The CLI's enqueue and cancel work as that user too
+    # The CLI's results, enqueue and cancel work as that user too
+    assert _cli(monkeypatch, url, "results", str(job_id)) == 0
+    assert '"custom_id":"france"' in capsys.readouterr().out
     source = tmp_path / "more.jsonl"
     source.write_text('{"custom_id": "a", "provider": "openai", "body": {"model": "m"}}\n')
     assert _cli(monkeypatch, url, "enqueue", str(source)) == 0
