@@ -108,6 +108,12 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="print the effective settings (secrets masked)")
     p.set_defaults(func=cmd_config)
 
+    p = sub.add_parser(
+        "roles",
+        help="create the database roles (migrator, daemon, enqueue, reporting) and their grants",
+    )
+    p.set_defaults(func=cmd_roles)
+
     p = sub.add_parser("emulator", help="serve the built-in Batch API emulator")
     from orchestrator.emulator import server as emulator_server
 
@@ -208,6 +214,16 @@ def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
             f"timeout {t.timeout_seconds:g} s, list {t.can_list}, cancel {t.can_cancel}, "
             f"unknown creates: {t.ambiguous_create_policy}"
         )
+    return 0
+
+
+def cmd_roles(args: argparse.Namespace, settings: Settings) -> int:
+    """The database roles of ``deploy/roles.sql``, applied as the configured user (a superuser)."""
+    from orchestrator import roles
+
+    for notice in roles.apply(settings.require_database_url()):
+        print(shown(notice))
+    print("\n".join(roles.summary()))
     return 0
 
 

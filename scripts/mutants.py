@@ -582,6 +582,26 @@ MUTATIONS: list[Mutation] = [
         tests=["tests/unit/test_cost.py::"
                "test_a_cost_sent_as_a_json_number_is_read_as_the_decimal_it_spells_not_as_a_float"],
     ),
+    Mutation(
+        name="reporting-role-writes",
+        promise="the reporting role reads every table and view and writes nothing",
+        path="orchestrator/db/roles.sql",
+        old="GRANT SELECT ON ALL TABLES IN SCHEMA orchestrator TO orchestrator_reporting;",
+        new="GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA orchestrator\n"
+            "    TO orchestrator_reporting;",
+        tests=["tests/db/test_roles.py::"
+               "test_the_reporting_role_reads_every_table_and_view_and_may_not_write_any"],
+    ),
+    Mutation(
+        name="daemon-role-ddl",
+        promise="the daemon's role runs a job end to end but may not change the schema",
+        path="orchestrator/db/roles.sql",
+        old="REVOKE CREATE ON SCHEMA orchestrator\n"
+            "    FROM orchestrator_daemon, orchestrator_enqueue, orchestrator_reporting;",
+        new="GRANT CREATE ON SCHEMA orchestrator TO orchestrator_daemon;",
+        tests=["tests/db/test_roles.py::"
+               "test_the_daemon_role_runs_a_job_end_to_end_and_may_not_change_the_schema"],
+    ),
 ]
 # fmt: on
 

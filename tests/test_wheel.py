@@ -18,7 +18,8 @@ by ``pyproject.toml``; only a real wheel shows that the mapping holds. How the t
   regular install would come later on ``sys.path`` than the wheel. Either way the test asserts
   that the ``orchestrator`` that runs is the wheel's.
 * **Run.** ``<venv>/bin/orchestrator migrate`` runs with a working directory outside the
-  repository and a reduced environment (no ``PYTHONPATH``), against a database without the schema.
+  repository and a reduced environment (no ``PYTHONPATH``), against a database without the schema;
+  then ``orchestrator roles``, whose SQL is package data (``orchestrator/db/roles.sql``).
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def _packaged_files(source: Path) -> set[str]:
     files = {
         p.relative_to(source).as_posix()
         for p in (source / "orchestrator").rglob("*")
-        if p.suffix == ".py" or p.name == "py.typed"
+        if p.suffix in (".py", ".sql") or p.name == "py.typed"
     }
     files |= {
         "orchestrator/migrations/" + p.relative_to(source / "migrations").as_posix()
@@ -113,6 +114,11 @@ def test_a_wheel_installed_in_a_fresh_venv_migrates_an_empty_database(
 
     out = _run(venv / "bin" / "orchestrator", "migrate", cwd=outside, env=env)
     assert "up to date" in out
+    # the roles script is package data: the wheel's command finds and runs it
+    out = _run(venv / "bin" / "orchestrator", "roles", cwd=outside, env=env)
+    assert "IN ROLE orchestrator_reporting" in out
+    owner = "SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'orchestrator'"
+    assert scalar(empty_db_url, owner) == "orchestrator_migrator"
 
     head = ScriptDirectory.from_config(alembic_config(empty_db_url)).get_current_head()
     assert scalar(empty_db_url, "SELECT version_num FROM orchestrator.alembic_version") == head
