@@ -21,7 +21,7 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 import structlog
-from psycopg.errors import InsufficientPrivilege
+from psycopg.errors import InsufficientPrivilege, ObjectNotInPrerequisiteState
 
 from orchestrator import roles
 from orchestrator.cli import main
@@ -79,6 +79,10 @@ def _drop_login(server: str, name: str) -> None:
         ]
     for database in [*databases, _database(server)]:
         with psycopg.connect(server, dbname=database, autocommit=True) as conn:
+            # what it created in a schema it does not own (a migration run without SET ROLE) goes
+            # to the superuser first: DROP OWNED alone would drop a trigger function that a
+            # table of the migrator's depends on
+            conn.execute(f'REASSIGN OWNED BY "{name}" TO CURRENT_USER')
             conn.execute(f'DROP OWNED BY "{name}"')
     with psycopg.connect(server, autocommit=True) as conn:
         conn.execute(f'DROP ROLE "{name}"')
@@ -134,8 +138,10 @@ def _relations(url: str, kinds: str) -> list[str]:
 
 
 def _refused(conn: psycopg.Connection[Any], *statements: str) -> None:
+    """Each statement is refused: for want of the privilege, or (a view over a join, which no
+    role can write through) because the view cannot be written at all."""
     for statement in statements:
-        with pytest.raises(InsufficientPrivilege):
+        with pytest.raises((InsufficientPrivilege, ObjectNotInPrerequisiteState)):
             conn.execute(statement)
 
 
@@ -171,9 +177,7 @@ def test_the_reporting_role_reads_every_table_and_view_and_may_not_write_any(
         job_id = conn.execute(readme_enqueue_sql()).fetchall()[0][0]
     tables, views = _relations(roles_db, "rp"), _relations(roles_db, "vm")
     assert {"jobs", "requests", "results", "batches", "events", "alembic_version"} <= set(tables)
-    assert {"job_summary", "request_results", "cost_by_day_model", "batch_cost_by_day"} <= set(
-        views
-    )
+    assert {"job_summary", "request_results", "cost_by_day", "batches_by_state"} <= set(views)
     user = logins("orchestrator_reporting")
     with psycopg.connect(as_user(roles_db, user), autocommit=True) as conn:
         # Then it reads every table and view
@@ -230,7 +234,7 @@ def test_the_enqueue_role_runs_the_readme_sql_reads_the_results_and_may_only_can
     with psycopg.connect(url, autocommit=True) as conn:
         # Then it reads its job, its requests, the results and the views
         assert conn.execute(
-            "SELECT custom_id, status, content FROM orchestrator.request_results "
+            "SELECT custom_id, status, answer FROM orchestrator.request_results "
             "WHERE job_id = %s ORDER BY seq",
             (job_id,),
         ).fetchall() == [
