@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import re
 import sys
 from collections.abc import Sequence
+from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 import structlog
@@ -86,9 +88,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("job", type=int)
     p.set_defaults(func=cmd_cancel)
 
-    p = sub.add_parser("results", help="print a job's results as JSONL")
+    p = sub.add_parser(
+        "results", help="a job's requests with their answers, in the order they were inserted"
+    )
     p.add_argument("job", type=int)
-    p.add_argument("--failed", action="store_true", help="only the failed requests")
+    p.add_argument(
+        "--format",
+        choices=("jsonl", "csv"),
+        default="jsonl",
+        help="jsonl (default: one JSON object a line, exact) or csv (a header row; control "
+        "characters other than tab and line breaks shown escaped)",
+    )
+    p.add_argument(
+        "--failed", action="store_true", help="only the requests that failed or did not run"
+    )
+    p.add_argument("--output", type=Path, metavar="FILE", help="write to FILE, not stdout")
     p.set_defaults(func=cmd_results)
 
     p = sub.add_parser("resolve", help="settle a batch whose create outcome is unknown")
@@ -169,26 +183,57 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
+    """One row per request (``queries.RESULT_COLUMNS``), streamed from the database."""
     deps = make_deps(settings)
     with unit_of_work(deps.sessions) as s:
         if queries.job(s, args.job) is None:
             raise JobNotFound(f"no job {args.job}")
-        out = sys.stdout.buffer
-        for r in queries.results(s, args.job, failed_only=args.failed):
-            out.write(
-                orjson.dumps(
-                    {
-                        "custom_id": r.custom_id,
-                        "succeeded": r.succeeded,
-                        "status_code": r.status_code,
-                        "response": r.response,
-                        "error": r.error,
-                        "total_tokens": r.total_tokens,
-                    }
-                )
-                + b"\n"
-            )
+        if args.output is None:
+            rows = queries.request_results(s, args.job, failed_only=args.failed)
+            _write_results(rows, sys.stdout, args.format)
+            return 0
+        try:
+            out = args.output.open("w", encoding="utf-8", newline="")
+        except OSError as exc:
+            print(f"orchestrator: cannot write {_os_error(args.output, exc)}", file=sys.stderr)
+            return 2
+        try:
+            with out:
+                rows = queries.request_results(s, args.job, failed_only=args.failed)
+                _write_results(rows, out, args.format)
+        except OSError as exc:
+            print(f"orchestrator: writing {_os_error(args.output, exc)}", file=sys.stderr)
+            return 1
     return 0
+
+
+def _os_error(path: Path, exc: OSError) -> str:
+    return f"{shown(path)}: {shown(exc.strerror or exc)}"
+
+
+def _write_results(rows: Any, out: TextIO, fmt: str) -> None:
+    columns = list(rows.keys())
+    if fmt == "csv":
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow([_csv_cell(value) for value in row])
+    else:
+        for row in rows:
+            out.write(json_text(dict(zip(columns, row, strict=True))) + "\n")
+
+
+# What a CSV cell shows escaped: the control characters but tab and line breaks, which the csv
+# module quotes (an answer is often several lines long).
+_CSV_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def _csv_cell(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    return _CSV_CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), str(value))
 
 
 def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
@@ -345,6 +390,23 @@ def _job_status(s: Any, job_id: int) -> int:
         ],
     )
     return 0
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, Decimal):
+        return format(value, "f")  # exact, never in exponent form
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+_C1 = re.compile(r"[\x7f-\x9f]")
+
+
+def json_text(value: Any, *, indent: bool = False) -> str:
+    """``value`` as JSON: decimals as exact decimal strings, times as ISO 8601, and every control
+    character escaped (JSON escapes those below 0x20; these escape DEL and the C1 range too)."""
+    option = orjson.OPT_INDENT_2 if indent else 0
+    text = orjson.dumps(value, default=_json_default, option=option).decode()
+    return _C1.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")

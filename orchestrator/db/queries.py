@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.orm import Session
 
-from orchestrator.db.models import Batch, Job, Price, Result, TargetState, Worker
+from orchestrator.db.models import Batch, Job, Price, TargetState, Worker
 from orchestrator.db.session import raw_connection
 from orchestrator.domain import cost, packing
 from orchestrator.domain.states import BATCH_TERMINAL, JOB_TERMINAL, BatchState, JobStatus
@@ -140,11 +140,28 @@ def job_batches(session: Session, job_id: int) -> list[Batch]:
     )
 
 
-def results(session: Session, job_id: int, *, failed_only: bool = False) -> Iterator[Result]:
-    query = sa.select(Result).where(Result.job_id == job_id).order_by(Result.custom_id)
-    if failed_only:
-        query = query.where(Result.succeeded.is_(False))
-    yield from session.scalars(query.execution_options(yield_per=1000))
+# What ``orchestrator results`` prints of each request, in this order and under these names: columns
+# of the view ``orchestrator.request_results`` (one row per request). The one place to change them.
+RESULT_COLUMNS = (
+    "custom_id, status, status_code, content AS answer, error_message AS error, model, "
+    "prompt_tokens, completion_tokens, total_tokens, attempt, batch_id"
+)
+# The statuses ``results --failed`` keeps: every request whose outcome is final and not a success.
+NOT_SUCCEEDED = ("failed", "not_run", "cancelled")
+
+
+def request_results(session: Session, job_id: int, *, failed_only: bool = False) -> Any:
+    """The job's requests with their outcomes (:data:`RESULT_COLUMNS`), in the order they were
+    inserted (``seq``), through a server-side cursor: :data:`FETCH_ROWS` rows in memory at a time,
+    whatever the size of the job. Only those failed, not run or cancelled if ``failed_only``."""
+    only = " AND status = ANY(:statuses)" if failed_only else ""
+    return session.execute(
+        sa.text(
+            f"SELECT {RESULT_COLUMNS} FROM orchestrator.request_results "
+            f"WHERE job_id = :job{only} ORDER BY seq"
+        ).execution_options(yield_per=FETCH_ROWS),
+        {"job": job_id, "statuses": list(NOT_SUCCEEDED)},
+    )
 
 
 # -- batches ---------------------------------------------------------------------------------

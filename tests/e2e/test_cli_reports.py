@@ -1,0 +1,197 @@
+"""What a person reads: ``orchestrator results`` (JSONL, CSV, the failures, to a file) and
+``orchestrator status`` (text and ``--json``), of a job run against the emulator."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+from orchestrator.cli import main
+from orchestrator.db import queries
+from orchestrator.emulator import EmulatorConfig
+from tests.support import API_KEY, chat_body, enqueue, enqueue_generated, harness, query
+
+# Inserted in this order, which is not the order of their names.
+CUSTOM_IDS = ["zulu", "alpha", "mike", "bravo", "yankee", "charlie", "golf"]
+FAILING = "mike"
+COLUMNS = [
+    "custom_id",
+    "status",
+    "status_code",
+    "answer",
+    "error",
+    "model",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "attempt",
+    "batch_id",
+]
+
+
+@pytest.fixture
+def cli(db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("ORCHESTRATOR_DATABASE_URL", db_url)
+    yield
+    logging.getLogger().handlers.clear()
+    structlog.reset_defaults()
+
+
+@pytest.fixture
+def finished_job(db_url: str) -> int:
+    """A completed job of :data:`CUSTOM_IDS`, one of which (:data:`FAILING`) failed for good."""
+    config = EmulatorConfig(api_key=API_KEY, fail_custom_ids={FAILING})
+    with harness(db_url, emulator_config=config) as h:
+        job_id = enqueue(
+            db_url,
+            [{"custom_id": c, "body": chat_body(c)} for c in CUSTOM_IDS],
+            name="reports",
+            max_attempts=1,
+        )
+        assert h.run_job(job_id) == "completed"
+    return job_id
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def stored(db_url: str, job_id: int) -> dict[str, dict[str, Any]]:
+    """The results as stored, by custom_id: what the outputs must say."""
+    rows = query(
+        db_url,
+        "SELECT custom_id, succeeded, status_code, response #>> '{choices,0,message,content}', "
+        "error ->> 'message', model, prompt_tokens, completion_tokens, total_tokens, batch_id "
+        "FROM orchestrator.results WHERE job_id = %s",
+        job_id,
+    )
+    keys = ["succeeded", "status_code", "answer", "error", "model", "prompt_tokens"]
+    keys += ["completion_tokens", "total_tokens", "batch_id"]
+    return {r[0]: dict(zip(keys, r[1:], strict=True)) for r in rows}
+
+
+def test_results_as_csv_and_jsonl_in_insertion_order_the_failures_and_to_a_file(
+    db_url: str, cli: None, finished_job: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    results = stored(db_url, finished_job)
+    assert not results[FAILING]["succeeded"] and results[FAILING]["error"]
+    assert sum(r["succeeded"] for r in results.values()) == len(CUSTOM_IDS) - 1
+
+    # CSV: a header row, then one row per request in the order they were inserted
+    code, out, err = run(capsys, "results", str(finished_job), "--format", "csv")
+    assert (code, err) == (0, "")
+    rows = list(csv.reader(io.StringIO(out)))
+    assert rows[0] == COLUMNS
+    table = [dict(zip(COLUMNS, row, strict=True)) for row in rows[1:]]
+    assert [r["custom_id"] for r in table] == CUSTOM_IDS
+    for r in table:
+        want = results[r["custom_id"]]
+        assert r["status"] == ("succeeded" if want["succeeded"] else "failed")
+        assert r["answer"] == (want["answer"] or "")
+        assert r["error"] == (want["error"] or "")
+        assert r["status_code"] == str(want["status_code"])
+        assert r["total_tokens"] == str(want["total_tokens"])
+        assert r["batch_id"] == str(want["batch_id"])
+    assert all(r["answer"] for r in table if r["custom_id"] != FAILING)
+
+    # JSONL (the default): the same rows, typed
+    code, out, err = run(capsys, "results", str(finished_job))
+    assert (code, err) == (0, "")
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [r["custom_id"] for r in lines] == CUSTOM_IDS
+    for r in lines:
+        assert list(r) == COLUMNS
+        want = results[r["custom_id"]]
+        assert r["status"] == ("succeeded" if want["succeeded"] else "failed")
+        for key in ("answer", "error", "model", "status_code", "batch_id"):
+            assert r[key] == want[key], key
+        for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
+            assert r[key] == want[key] and isinstance(r[key], int), key
+    assert next(r for r in lines if r["custom_id"] == FAILING)["answer"] is None
+
+    # --failed: only the request that failed, in both formats
+    code, out, _ = run(capsys, "results", str(finished_job), "--failed")
+    assert code == 0
+    assert [json.loads(line)["custom_id"] for line in out.splitlines()] == [FAILING]
+    code, out, _ = run(capsys, "results", str(finished_job), "--failed", "--format", "csv")
+    assert code == 0
+    assert [row[0] for row in csv.reader(io.StringIO(out))] == ["custom_id", FAILING]
+
+    # --output FILE: the same text, in the file (made anew over what it held), none on stdout
+    code, csv_out, _ = run(capsys, "results", str(finished_job), "--format", "csv")
+    target = tmp_path / "results.csv"
+    target.write_text("an older, longer file\n" * 100)
+    code, out, err = run(
+        capsys, "results", str(finished_job), "--format", "csv", "--output", str(target)
+    )
+    assert (code, out, err) == (0, "", "")
+    assert target.read_text(encoding="utf-8") == csv_out
+    jsonl = tmp_path / "results.jsonl"
+    assert run(capsys, "results", str(finished_job), "--output", str(jsonl))[0] == 0
+    assert [json.loads(line)["custom_id"] for line in jsonl.read_text().splitlines()] == CUSTOM_IDS
+
+    # A directory that does not exist, or a job that does not: one line, exit 2, no file
+    missing = tmp_path / "no such dir" / "out.csv"
+    code, out, err = run(capsys, "results", str(finished_job), "--output", str(missing))
+    assert code == 2 and out == ""
+    assert err.splitlines() == [f"orchestrator: cannot write {missing}: No such file or directory"]
+    code, out, err = run(capsys, "results", "999", "--output", str(tmp_path / "none.csv"))
+    assert (code, out, err) == (2, "", "orchestrator: no job 999\n")
+    assert not (tmp_path / "none.csv").exists()
+
+
+def test_results_of_a_job_not_run_yet_and_answers_with_control_characters(
+    db_url: str, cli: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a job not planned yet, and an answer whose text holds an escape and line breaks
+    job_id = enqueue(db_url, [{"custom_id": c, "body": chat_body(c)} for c in ("b", "a")])
+    answer = "line one\n\x1b[31mred\x1b[0m\tand\r\nmore \x9b2J"
+    response = {"choices": [{"message": {"role": "assistant", "content": answer}}]}
+    query(
+        db_url,
+        "INSERT INTO orchestrator.results (job_id, custom_id, batch_id, succeeded, status_code, "
+        "response) VALUES (%s, 'a', 0, true, 200, %s::jsonb) RETURNING job_id",
+        job_id,
+        json.dumps(response),
+    )
+    # Then JSONL says it exactly, with every control character escaped
+    code, out, _ = run(capsys, "results", str(job_id))
+    assert code == 0
+    assert not any(c in out for c in "\x1b\r\x9b\t")
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [(r["custom_id"], r["status"]) for r in lines] == [("b", "pending"), ("a", "succeeded")]
+    assert lines[1]["answer"] == answer
+    # and CSV keeps its line breaks and tabs (quoted) but shows the escapes escaped
+    code, out, _ = run(capsys, "results", str(job_id), "--format", "csv")
+    assert not any(c in out for c in "\x1b\x9b")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert rows[1]["answer"] == answer.replace("\x1b", "\\x1b").replace("\x9b", "\\x9b")
+    # and --failed lists nothing: nothing has failed or been given up yet
+    assert run(capsys, "results", str(job_id), "--failed") == (0, "", "")
+
+
+def test_results_are_read_through_a_server_side_cursor(db_url: str) -> None:
+    from orchestrator.db.session import make_engine, make_sessionmaker, unit_of_work
+
+    job_id = enqueue_generated(db_url, 3 * queries.FETCH_ROWS + 5)
+    engine = make_engine(db_url)
+    try:
+        with unit_of_work(make_sessionmaker(engine)) as s:
+            rows = queries.request_results(s, job_id)
+            first = next(iter(rows))
+            open_cursors = s.execute(queries.sa.text("SELECT count(*) FROM pg_cursors")).scalar()
+            seen = 1 + sum(1 for _ in rows)
+        assert first.custom_id == "r000001" and seen == 3 * queries.FETCH_ROWS + 5
+        assert open_cursors == 1
+    finally:
+        engine.dispose()
