@@ -164,6 +164,50 @@ def request_results(session: Session, job_id: int, *, failed_only: bool = False)
     )
 
 
+def _counted(key: str) -> str:
+    """A count of a batch's provider ``request_counts``: 0 unless it is a non-negative number."""
+    return (
+        f"CASE WHEN jsonb_typeof(b.request_counts -> '{key}') = 'number' "
+        f"THEN GREATEST(floor((b.request_counts ->> '{key}')::numeric), 0) ELSE 0 END"
+    )
+
+
+# Each batch's progress as the provider counts it: ``total`` (its request_counts' total, else the
+# requests we put in it) and ``done`` (completed + failed, at most the total; all of them once the
+# batch is done, whatever the provider counted).
+BATCH_PROGRESS = f"""
+    SELECT b.id, b.job_id, b.state,
+           CASE WHEN b.state = 'done' THEN t.total ELSE LEAST(t.done, t.total) END AS done, t.total
+      FROM orchestrator.batches b,
+           LATERAL (SELECT COALESCE(NULLIF({_counted("total")}, 0), b.request_count) AS total,
+                           {_counted("completed")} + {_counted("failed")} AS done) t
+"""
+# The batches whose requests a job's progress counts: the open ones and the done ones.
+PROGRESS_STATES = (*OPEN_STATES, BatchState.DONE.value)
+
+
+def job_progress(session: Session, job_ids: Iterable[int]) -> dict[int, tuple[int, int]]:
+    """job id → (done, total): :data:`BATCH_PROGRESS` summed over the job's open and done batches
+    (none for a job without such batches)."""
+    rows = session.execute(
+        sa.text(
+            f"SELECT p.job_id, sum(p.done), sum(p.total) FROM ({BATCH_PROGRESS}) p "
+            "WHERE p.job_id = ANY(:jobs) AND p.state = ANY(:states) GROUP BY p.job_id"
+        ),
+        {"jobs": list(job_ids), "states": list(PROGRESS_STATES)},
+    ).all()
+    return {job_id: (int(done), int(total)) for job_id, done, total in rows}
+
+
+def batch_progress(session: Session, job_id: int) -> dict[int, tuple[int, int]]:
+    """batch id → (done, total) (:data:`BATCH_PROGRESS`) for every batch of the job."""
+    rows = session.execute(
+        sa.text(f"SELECT p.id, p.done, p.total FROM ({BATCH_PROGRESS}) p WHERE p.job_id = :job"),
+        {"job": job_id},
+    ).all()
+    return {batch_id: (int(done), int(total)) for batch_id, done, total in rows}
+
+
 # -- batches ---------------------------------------------------------------------------------
 
 

@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import json
 import logging
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ import structlog
 from orchestrator.cli import main
 from orchestrator.db import queries
 from orchestrator.emulator import EmulatorConfig
-from tests.support import API_KEY, chat_body, enqueue, enqueue_generated, harness, query
+from tests.support import API_KEY, chat_body, enqueue, enqueue_generated, harness, query, scalar
 
 # Inserted in this order, which is not the order of their names.
 CUSTOM_IDS = ["zulu", "alpha", "mike", "bravo", "yankee", "charlie", "golf"]
@@ -195,3 +197,132 @@ def test_results_are_read_through_a_server_side_cursor(db_url: str) -> None:
         assert open_cursors == 1
     finally:
         engine.dispose()
+
+
+def money_text(cost: Decimal) -> str:
+    """Dollars as status shows them: six decimals, or all of them if there are more."""
+    six = f"${cost:.6f}"
+    return six if Decimal(six[1:]) == cost else f"${cost.normalize():f}"
+
+
+def _cost(db_url: str, job_id: int) -> Decimal:
+    value = scalar(db_url, "SELECT cost FROM orchestrator.jobs WHERE id = %s", job_id)
+    assert isinstance(value, Decimal) and value > 0
+    return value
+
+
+def test_status_shows_progress_age_duration_tokens_and_cost_and_says_it_as_json(
+    db_url: str, cli: None, finished_job: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pending = enqueue(db_url, [{"custom_id": "x", "body": chat_body("x")}], name="waiting")
+    cost = _cost(db_url, finished_job)
+    tokens = scalar(
+        db_url, "SELECT total_tokens FROM orchestrator.jobs WHERE id = %s", finished_job
+    )
+
+    # The text: a table of jobs, newest first, then open batches, targets and daemons
+    code, out, err = run(capsys, "status")
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[0].split() == [
+        "job", "name", "status", "progress", "requests", "ok", "failed", "batches", "age",
+        "duration", "tokens", "cost", "error",
+    ]  # fmt: skip
+    # (a job counts its requests when it is planned)
+    assert lines[1].split()[:8] == [str(pending), "waiting", "pending", "0%", "0", "0", "0", "0"]
+    assert lines[1].split()[-3:] == ["-", "0", "-"]  # no duration, tokens or cost yet
+    done = lines[2].split()
+    assert done[:8] == [str(finished_job), "reports", "completed", "100%", "7", "6", "1", "1"]
+    assert done[-2:] == [f"{tokens:,}", money_text(cost)]
+    assert "open batches: none" in out and "daemons running: 0" in out
+
+    # --json: the same, machine-readable; cost an exact decimal string, times ISO 8601
+    code, out, err = run(capsys, "status", "--json")
+    assert (code, err) == (0, "")
+    report = json.loads(out)
+    assert set(report) == {"now", "jobs", "open_batches", "targets", "stuck_batches", "daemons"}
+    assert [j["id"] for j in report["jobs"]] == [pending, finished_job]
+    waiting, job = report["jobs"]
+    assert job["status"] == "completed" and job["name"] == "reports"
+    assert job["progress"] == {"done": 7, "total": 7, "percent": 100.0}
+    counts = ("request_count", "succeeded_count", "failed_count", "batch_count")
+    assert [job[k] for k in counts] == [7, 6, 1, 1]
+    assert job["cost"] == format(cost, "f") and Decimal(job["cost"]) == cost
+    assert job["total_tokens"] == tokens
+    assert job["prompt_tokens"] + job["completion_tokens"] == tokens
+    now = dt.datetime.fromisoformat(report["now"])
+    created = dt.datetime.fromisoformat(job["created_at"])
+    started = dt.datetime.fromisoformat(job["started_at"])
+    finished = dt.datetime.fromisoformat(job["finished_at"])
+    # (the harness's clock started a moment before the job was inserted: no order with created)
+    assert created.tzinfo is not None and started < finished
+    assert isinstance(job["age_seconds"], float) and job["age_seconds"] >= 0
+    assert job["age_seconds"] == pytest.approx(max((now - created).total_seconds(), 0), abs=0.01)
+    assert job["duration_seconds"] == pytest.approx((finished - started).total_seconds(), abs=0.01)
+    assert waiting["progress"] == {"done": 0, "total": 0, "percent": 0.0}
+    assert (waiting["status"], waiting["cost"], waiting["started_at"]) == ("pending", None, None)
+    assert waiting["duration_seconds"] is None
+    assert (report["open_batches"], report["stuck_batches"], report["daemons"]) == ({}, [], [])
+    assert isinstance(report["targets"], list)
+
+    # One job: the same, and its batches
+    code, out, err = run(capsys, "status", str(finished_job), "--json")
+    assert (code, err) == (0, "")
+    one = json.loads(out)
+    assert {k: v for k, v in one.items() if k not in ("batches", "age_seconds")} == {
+        k: v for k, v in job.items() if k != "age_seconds"
+    }
+    (batch,) = one["batches"]
+    assert batch["state"] == "done" and batch["progress"] == {"done": 7, "total": 7}
+    assert [batch[k] for k in counts[:3]] == [7, 6, 1]
+    assert batch["cost"] == format(cost, "f")
+    assert batch["remote_batch_id"] and batch["id"] == one["batches"][0]["id"]
+    code, out, _ = run(capsys, "status", str(finished_job))
+    assert code == 0
+    assert f"job {finished_job} (reports): completed, target fastrouter" in out
+    assert "progress 100% (7 of 7 requests in its batches), 6 succeeded, 1 failed of 7" in out
+    assert f"tokens {tokens:,} (" in out and f"cost {money_text(cost)}\n" in out
+    assert run(capsys, "status", "999", "--json") == (2, "", "orchestrator: no job 999\n")
+
+
+def test_status_of_a_running_job_counts_what_the_provider_says_is_done(
+    db_url: str, cli: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a running job of 100 requests in three batches: one done, one the provider is
+    # running (35 of 40 done, as it counts them), one planned; and a failed batch, not counted
+    job_id = enqueue_generated(db_url, 100)
+    query(
+        db_url, "UPDATE orchestrator.jobs SET status = 'running' WHERE id = %s RETURNING id", job_id
+    )
+    batches = [
+        ("done", 30, {"total": 30, "completed": 29, "failed": 1}),
+        ("submitted", 40, {"total": 40, "completed": 33, "failed": 2}),
+        ("planned", 30, None),
+        ("failed", 30, {"total": 30, "completed": 0, "failed": 30}),
+    ]
+    for state, n, counts in batches:
+        query(
+            db_url,
+            "INSERT INTO orchestrator.batches (job_id, target, endpoint, request_count, bytes, "
+            "next_run_at, state, request_counts) VALUES (%s, 'fastrouter', "
+            "'/v1/chat/completions', %s, 0, now(), %s, %s::jsonb) RETURNING id",
+            job_id,
+            n,
+            state,
+            json.dumps(counts) if counts else None,
+        )
+    code, out, _ = run(capsys, "status", "--json")
+    assert code == 0
+    (job,) = json.loads(out)["jobs"]
+    assert job["progress"] == {"done": 65, "total": 100, "percent": 65.0}
+    assert json.loads(out)["open_batches"] == {"planned": 1, "submitted": 1}
+    code, out, _ = run(capsys, "status")
+    assert out.splitlines()[1].split()[3] == "65%"
+    assert "open batches: " in out
+    code, out, _ = run(capsys, "status", str(job_id), "--json")
+    assert [b["progress"] for b in json.loads(out)["batches"]] == [
+        {"done": 30, "total": 30},
+        {"done": 35, "total": 40},
+        {"done": 0, "total": 30},
+        {"done": 30, "total": 30},
+    ]
