@@ -6,6 +6,7 @@ import argparse
 import csv
 import dataclasses
 import datetime as dt
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -44,7 +45,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             stream=sys.stderr,
         )
         result: int = args.func(args, settings)
+        sys.stdout.flush()  # here, so that a reader gone away is noticed below
         return result
+    except BrokenPipeError:
+        # The reader stopped reading (``status | head -1``): it has what it wanted.
+        _stdout_to_devnull()
+        return 0
     except (ConfigError, JobNotFound) as exc:
         print(f"orchestrator: {shown(exc)}", file=sys.stderr)
         return 2
@@ -53,6 +59,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _stdout_to_devnull() -> None:
+    """Send what is left in stdout's buffer to /dev/null, so that the interpreter's last flush at
+    exit does not fail on the closed pipe again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass  # stdout is not a file (in tests): nothing will flush to a pipe
 
 
 def _parser() -> argparse.ArgumentParser:

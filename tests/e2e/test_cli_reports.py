@@ -8,6 +8,8 @@ import datetime as dt
 import io
 import json
 import logging
+import subprocess
+import sys
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -326,3 +328,31 @@ def test_status_of_a_running_job_counts_what_the_provider_says_is_done(
         {"done": 0, "total": 30},
         {"done": 30, "total": 30},
     ]
+
+
+def test_status_and_results_piped_into_head_stop_quietly(db_url: str) -> None:
+    # Given more jobs, and more results, than a pipe holds
+    query(
+        db_url,
+        "INSERT INTO orchestrator.jobs (name) SELECT 'job ' || n FROM generate_series(1, 2000) n "
+        "RETURNING id",
+    )
+    job_id = enqueue_generated(db_url, 5000)
+    env = {"PATH": "/usr/bin:/bin", "ORCHESTRATOR_DATABASE_URL": db_url}
+    for command, first in (
+        ("status --limit 2000", "job"),
+        (f"results {job_id}", '{"custom_id":"r000001"'),
+        (f"results {job_id} --format csv", "custom_id,status"),
+    ):
+        # When a reader takes the first line and goes away
+        pipeline = f"set -o pipefail; {sys.executable} -m orchestrator {command} | head -1"
+        done = subprocess.run(
+            ["bash", "-c", pipeline],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        # Then the command stops without a word: no traceback, exit 0
+        assert (done.returncode, done.stderr) == (0, ""), command
+        assert done.stdout.startswith(first) and done.stdout.count("\n") == 1, command
