@@ -184,10 +184,10 @@ def _summary(deps: Deps, job_ids: list[int]) -> int:
     print("\nRead the results with SQL (psql, Metabase, Grafana), for example:")
     print(
         _indent(
-            f"SELECT custom_id, status, content, error_message\n"
+            f"SELECT custom_id, status, answer, error_message, total_tokens, cost\n"
             f"  FROM orchestrator.request_results WHERE job_id = {job_ids[0]} ORDER BY seq;\n"
             "SELECT * FROM orchestrator.job_summary;\n"
-            "SELECT * FROM orchestrator.batch_cost_by_day;"
+            "SELECT * FROM orchestrator.cost_by_day;"
         )
     )
     ok = all(j.status == "completed" for j in jobs)

@@ -50,7 +50,6 @@ from sqlalchemy.orm import Session
 from orchestrator.db import ledger, queries
 from orchestrator.db.session import raw_connection
 from orchestrator.domain import lines as ln
-from orchestrator.domain.cost import TokenTally
 from orchestrator.observability import Scrubber
 
 log = structlog.get_logger(__name__)
@@ -79,10 +78,10 @@ class IngestStats:
     total_tokens: int = 0
     cached_tokens: int = 0
     reasoning_tokens: int = 0
-    by_model: dict[str, TokenTally] = dataclasses.field(default_factory=dict)
     upserted: bool = False
 
-    def count(self, usage: ln.Usage, model: str | None) -> None:
+    def count(self, usage: ln.Usage) -> None:
+        """Tokens per model are summed from the results in SQL (``ledger.record_model_costs``)."""
         prompt, completion, total, cached, reasoning = usage
         if not total:
             return
@@ -91,13 +90,6 @@ class IngestStats:
         self.total_tokens += total
         self.cached_tokens += cached
         self.reasoning_tokens += reasoning
-        if model:
-            tally = self.by_model.get(model)
-            if tally is None:
-                tally = self.by_model[model] = TokenTally()
-            tally.prompt_tokens += prompt
-            tally.completion_tokens += completion
-            tally.cached_tokens += cached
 
     @property
     def covered(self) -> int:
@@ -284,7 +276,7 @@ class _Pass:
             _row(self.job, self.batch, custom_id, attempt, True, status, body, None, usage, model)
         )
         self.stats.succeeded += 1
-        self.stats.count(usage, model)
+        self.stats.count(usage)
 
     def _feed_other(self, line: Any, raw: bytes) -> None:
         if self.scrub is not None and self.scrub.found_in_json(raw):
@@ -347,7 +339,7 @@ class _Pass:
                 self.spool.seek(failure.offset)
                 self.copy.write(self.spool.read(failure.length))
                 self.stats.failed += 1
-                self.stats.count(failure.usage, failure.model)
+                self.stats.count(failure.usage)
             else:
                 retry[cid] = failure.error
         missing_json = orjson.dumps(missing_error).decode()

@@ -13,6 +13,7 @@ import datetime as dt
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ from orchestrator.domain import requests as rq
 from orchestrator.domain.decide import PATIENCE_EXHAUSTED, ErrorKind, Step, duration
 from orchestrator.domain.states import BatchState, RemoteStatus, remote_terminal
 from orchestrator.errors import RemoteIdTaken
-from orchestrator.ingest import IngestStats, ingest_lines
+from orchestrator.ingest import ingest_lines
 
 log = structlog.get_logger(__name__)
 
@@ -524,7 +525,7 @@ def _ingest_transaction(
             if short:
                 # Raised inside the transaction: nothing read is kept, nothing is sent again.
                 raise ApiIncompleteOutput(f"{short} (files read: {files})")
-        cost, source = _batch_cost(s, remote, stats, now)
+        cost, source = _batch_cost(s, b, remote, now)
         ledger.finish_ingest(
             s,
             b,
@@ -549,17 +550,14 @@ def _ingest_transaction(
 
 
 def _batch_cost(
-    session: Session, remote: dict[str, Any], stats: IngestStats, at: dt.datetime
-) -> tuple[Any, str | None]:
-    """The provider's figure when it reports one, else our prices in force at ``at``."""
-    reported = costs.provider_cost(remote)
-    if reported is not None:
-        return reported, "provider"
-    if not stats.by_model:
-        return None, None
-    prices = queries.prices_in_force(session, stats.by_model, at)
-    computed = costs.price_cost(stats.by_model, prices)
-    return (computed, "prices") if computed is not None else (None, None)
+    session: Session, b: Claimed, remote: dict[str, Any], at: dt.datetime
+) -> tuple[Decimal | None, str]:
+    """Our prices, per model, are always recorded (``batch_model_costs``); the provider's figure,
+    when it reports one, is the batch's cost."""
+    computed = ledger.record_model_costs(session, batch_id=b.id, target=b.target, at=at)
+    if computed.unpriced:
+        log.warning("batch_models_unpriced", models=computed.unpriced)
+    return costs.batch_cost(costs.provider_cost(remote), computed.cost)
 
 
 # The one step table: what runs a batch in each open state, and its name for decisions and logs.

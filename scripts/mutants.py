@@ -382,13 +382,14 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         name="cost-wrong-price-row",
-        promise="cost from the prices table uses the price in force when the batch finished",
-        path="orchestrator/db/queries.py",
-        old="Price.model.in_(list(models)), Price.valid_from <= at)",
-        new="Price.model.in_(list(models)))",
-        tests=["tests/db/test_prices.py",
-               "tests/e2e/test_scale.py::"
-               "test_an_empty_error_file_id_and_a_batch_without_usage_are_handled"],
+        promise="cost from the prices table uses the price in force when the batch finished "
+                "(one SQL rule for the daemon and the views)",
+        path="migrations/versions/0005_money.py",
+        old="AND target IN (p_target, '*') AND valid_from <= p_at",
+        new="AND target IN (p_target, '*')",
+        tests=["tests/db/test_costs.py::test_costs_are_exact_per_result_batch_model_and_day",
+               "tests/db/test_costs.py::"
+               "test_the_price_in_force_prefers_the_targets_own_row_then_the_latest_started"],
     ),
     Mutation(
         name="upload-pages-by-rows",

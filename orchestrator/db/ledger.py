@@ -35,7 +35,7 @@ import datetime as dt
 import uuid
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 import sqlalchemy as sa
@@ -612,10 +612,20 @@ def finish_job_if_done(session: Session, job_id: int, now: dt.datetime) -> str |
         status = JobStatus.FAILED
     else:
         status = JobStatus.COMPLETED
+    sources = set(
+        session.execute(
+            sa.select(Batch.cost_source)
+            .where(Batch.job_id == job_id, Batch.state == BatchState.DONE)
+            .distinct()
+        ).scalars()
+    )
+    cost_source = (
+        (sources.pop() or "none") if len(sources) == 1 else ("mixed" if sources else "none")
+    )
     session.execute(
         sa.update(Job)
         .where(Job.id == job_id)
-        .values(status=status, finished_at=now, updated_at=sa.func.now())
+        .values(status=status, finished_at=now, cost_source=cost_source, updated_at=sa.func.now())
     )
     record(
         session,
@@ -1023,6 +1033,67 @@ def finish_ingest(
     return again
 
 
+# -- costs ------------------------------------------------------------------------------------
+
+
+class ModelCosts(NamedTuple):
+    """A batch's cost at our prices: None unless every model with tokens has a price in force."""
+
+    cost: Decimal | None
+    unpriced: list[str]
+
+
+def record_model_costs(
+    session: Session, *, batch_id: int, target: str, at: dt.datetime
+) -> ModelCosts:
+    """Per model of the batch's results: tokens, the price in force at ``at`` (when the batch
+    finished) and the cost at that price, in ``batch_model_costs``. Results without a model (a
+    failure the provider did not attribute) take the model their request asked for."""
+    session.execute(
+        sa.text(
+            """
+            UPDATE orchestrator.results r SET model = q.body ->> 'model'
+              FROM orchestrator.requests q
+             WHERE r.batch_id = :b AND r.model IS NULL
+               AND q.job_id = r.job_id AND q.custom_id = r.custom_id
+            """
+        ),
+        {"b": batch_id},
+    )
+    rows = session.execute(
+        sa.text(
+            """
+            INSERT INTO orchestrator.batch_model_costs AS m
+                   (batch_id, model, price_id, results, prompt_tokens, completion_tokens,
+                    cached_tokens, reasoning_tokens, total_tokens, cost)
+            SELECT :b, t.model, p.id, t.results, t.prompt, t.completion, t.cached, t.reasoning,
+                   t.total, orchestrator.token_cost(p, t.prompt, t.cached, t.completion)
+              FROM (SELECT COALESCE(r.model, '') AS model, count(*) AS results,
+                           sum(r.prompt_tokens) AS prompt, sum(r.completion_tokens) AS completion,
+                           sum(r.cached_tokens) AS cached, sum(r.reasoning_tokens) AS reasoning,
+                           sum(r.total_tokens) AS total
+                      FROM orchestrator.results r WHERE r.batch_id = :b
+                     GROUP BY 1) t
+              LEFT JOIN LATERAL orchestrator.price_in_force(:target, t.model, :at) p ON true
+            ON CONFLICT (batch_id, model) DO UPDATE SET
+                price_id = EXCLUDED.price_id, results = EXCLUDED.results,
+                prompt_tokens = EXCLUDED.prompt_tokens,
+                completion_tokens = EXCLUDED.completion_tokens,
+                cached_tokens = EXCLUDED.cached_tokens,
+                reasoning_tokens = EXCLUDED.reasoning_tokens,
+                total_tokens = EXCLUDED.total_tokens, cost = EXCLUDED.cost
+            RETURNING m.model, m.cost, m.total_tokens
+            """
+        ),
+        {"b": batch_id, "target": target, "at": at},
+    ).all()
+    unpriced = sorted(row.model for row in rows if row.cost is None and row.total_tokens)
+    priced = [row.cost for row in rows if row.cost is not None]
+    if unpriced or not priced:
+        return ModelCosts(None, unpriced)
+    return ModelCosts(sum(priced, Decimal(0)), [])
+
+
 # -- results ----------------------------------------------------------------------------------
 
 
@@ -1043,7 +1114,10 @@ def fail_requests(
             f"""
             INSERT INTO orchestrator.results ({RESULT_COLUMNS})
             SELECT bi.job_id, bi.custom_id, bi.batch_id, bi.attempt, false, NULL, NULL,
-                   COALESCE(v.error::jsonb, CAST(:error AS jsonb)), NULL, 0, 0, 0, 0, 0
+                   COALESCE(v.error::jsonb, CAST(:error AS jsonb)),
+                   (SELECT q.body ->> 'model' FROM orchestrator.requests q
+                     WHERE q.job_id = bi.job_id AND q.custom_id = bi.custom_id),
+                   0, 0, 0, 0, 0
               FROM (SELECT *, row_number() OVER (ORDER BY seq) AS line
                       FROM orchestrator.batch_items WHERE batch_id = :b) bi
               LEFT JOIN unnest(CAST(:lines AS int[]), CAST(:errors AS text[])) AS v(line, error)

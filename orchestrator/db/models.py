@@ -55,6 +55,7 @@ class Job(Base):
     total_tokens: Mapped[int] = mapped_column(sa.BigInteger, server_default="0")
     # The sum of the costs the batches report (or our prices give); NULL while none is known.
     cost: Mapped[Decimal | None]
+    cost_source: Mapped[str | None]  # provider, prices, none; mixed when its batches differ
     created_at: Mapped[dt.datetime] = mapped_column(server_default=NOW)
     started_at: Mapped[dt.datetime | None]
     finished_at: Mapped[dt.datetime | None]
@@ -90,6 +91,10 @@ class Batch(Base):
             postgresql_where=sa.text("state NOT IN ('done', 'failed', 'cancelled', 'superseded')"),
         ),
         sa.Index(None, "job_id"),
+        # the day views: done batches by when they finished
+        sa.Index(
+            "ix_batches_finished_at_done", "finished_at", postgresql_where=sa.text("state = 'done'")
+        ),
     )
 
     id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
@@ -272,20 +277,54 @@ class OrphanBatch(Base):
 
 
 class Price(Base):
-    """USD per million tokens at batch rates, by model, versioned by ``valid_from``."""
+    """USD per million tokens, by target (``'*'``: any) and model, versioned by ``valid_from``;
+    ``batch_discount`` is the fraction taken off (0.5 for list prices at OpenAI's batch rate, 0
+    for a row that holds batch prices). ``orchestrator.price_in_force()`` picks the row in force
+    and ``orchestrator.token_cost()`` does the arithmetic (migration 0005): one rule for the
+    daemon and the views."""
 
     __tablename__ = "prices"
+    __table_args__ = (
+        sa.UniqueConstraint("target", "model", "valid_from"),
+        sa.CheckConstraint("batch_discount >= 0 AND batch_discount < 1", name="batch_discount"),
+    )
 
-    model: Mapped[str] = mapped_column(primary_key=True)
-    valid_from: Mapped[dt.datetime] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(always=False), primary_key=True)
+    target: Mapped[str] = mapped_column(server_default="*")
+    model: Mapped[str]
+    valid_from: Mapped[dt.datetime]
     input_per_mtok: Mapped[Decimal]
     output_per_mtok: Mapped[Decimal]
     cached_input_per_mtok: Mapped[Decimal | None]
+    batch_discount: Mapped[Decimal] = mapped_column(sa.Numeric(6, 5), server_default="0")
+
+
+class BatchModelCost(Base):
+    """Per batch and model: its results, their tokens, the price row in force when the batch
+    finished, and the cost at that price (kept where the provider reports a cost too)."""
+
+    __tablename__ = "batch_model_costs"
+
+    batch_id: Mapped[int] = mapped_column(
+        sa.BigInteger, sa.ForeignKey(f"{SCHEMA}.batches.id", ondelete="CASCADE"), primary_key=True
+    )
+    model: Mapped[str] = mapped_column(primary_key=True)
+    price_id: Mapped[int | None] = mapped_column(
+        sa.BigInteger, sa.ForeignKey(f"{SCHEMA}.prices.id")
+    )
+    results: Mapped[int]
+    prompt_tokens: Mapped[int] = mapped_column(sa.BigInteger)
+    completion_tokens: Mapped[int] = mapped_column(sa.BigInteger)
+    cached_tokens: Mapped[int] = mapped_column(sa.BigInteger)
+    reasoning_tokens: Mapped[int] = mapped_column(sa.BigInteger)
+    total_tokens: Mapped[int] = mapped_column(sa.BigInteger)
+    cost: Mapped[Decimal | None] = mapped_column(sa.Numeric(24, 12))
 
 
 __all__ = [
     "Batch",
     "BatchItem",
+    "BatchModelCost",
     "CreateKey",
     "Event",
     "Job",

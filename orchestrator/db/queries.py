@@ -7,15 +7,15 @@ import dataclasses
 import datetime as dt
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
+from decimal import Decimal
 from typing import Any, ClassVar, NamedTuple
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.orm import Session
 
-from orchestrator.db.models import Batch, Job, Price, TargetState, Worker
+from orchestrator.db.models import Batch, Job, TargetState, Worker
 from orchestrator.db.session import raw_connection
-from orchestrator.domain import cost, packing
+from orchestrator.domain import packing
 from orchestrator.domain.states import BATCH_TERMINAL, JOB_TERMINAL, BatchState, JobStatus
 from orchestrator.errors import LeaseLost
 
@@ -388,21 +388,30 @@ def results_exist(session: Session, batch_id: int) -> bool:
 # -- prices ------------------------------------------------------------------------------
 
 
-def prices_in_force(
-    session: Session, models: Iterable[str], at: dt.datetime
-) -> dict[str, cost.Price]:
-    """Each model's price row in force at ``at``: the latest ``valid_from`` not after it (the
-    rule of the ``cost_by_day_model`` view). A price valid only from a later date is not used."""
-    rows = session.execute(
-        sa.select(Price)
-        .where(Price.model.in_(list(models)), Price.valid_from <= at)
-        .order_by(Price.model, Price.valid_from.desc())
-        .ext(distinct_on(Price.model))
-    ).scalars()
-    return {
-        p.model: cost.Price(p.input_per_mtok, p.output_per_mtok, p.cached_input_per_mtok)
-        for p in rows
-    }
+class PriceRow(NamedTuple):
+    id: int
+    target: str
+    model: str
+    valid_from: dt.datetime
+    input_per_mtok: Decimal
+    output_per_mtok: Decimal
+    cached_input_per_mtok: Decimal | None
+    batch_discount: Decimal
+
+
+def price_in_force(session: Session, target: str, model: str, at: dt.datetime) -> PriceRow | None:
+    """The price row in force for ``model`` on ``target`` at ``at``, by the one rule the views use
+    too (``orchestrator.price_in_force``, migration 0005): the target's own row before a ``'*'``
+    row, then the latest ``valid_from`` not after ``at``."""
+    row = session.execute(
+        sa.text(
+            "SELECT id, target, model, valid_from, input_per_mtok, output_per_mtok, "
+            "cached_input_per_mtok, batch_discount "
+            "FROM orchestrator.price_in_force(:target, :model, :at)"
+        ),
+        {"target": target, "model": model, "at": at},
+    ).one_or_none()
+    return None if row is None else PriceRow(*row)
 
 
 # -- targets and workers ---------------------------------------------------------------------

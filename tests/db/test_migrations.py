@@ -27,9 +27,10 @@ TABLES = {
     "prices",
     "create_keys",
     "orphan_batches",
+    "batch_model_costs",
     "alembic_version",
 }
-VIEWS = {"job_summary", "request_results", "cost_by_day_model", "batch_cost_by_day"}
+VIEWS = {"job_summary", "request_results", "cost_by_day", "batches_by_state"}
 
 
 def _tables(url: str) -> set[str]:

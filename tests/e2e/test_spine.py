@@ -63,15 +63,16 @@ def test_job_of_100_with_10_failing_lands_100_results(db_url: str, mode: str) ->
     if mode == "fastrouter":  # FastRouter reports cost on the batch; OpenAI does not
         assert cost is not None and cost > Decimal(0) and source == "provider"
     else:
-        assert cost is None and source is None
+        assert cost is None and source == "none"  # no prices entered: unknown, and said so
     assert counts == {"total": 100, "completed": 90, "failed": 10}
     job = query(
         db_url,
-        "SELECT succeeded_count, failed_count, total_tokens, cost, finished_at "
+        "SELECT succeeded_count, failed_count, total_tokens, cost, finished_at, cost_source "
         "FROM orchestrator.jobs WHERE id = %s",
         job_id,
     )[0]
     assert job[:2] == (90, 10) and job[2] == tokens and job[3] == cost and job[4] is not None
+    assert job[5] == source  # the job's cost has the source of its one batch
 
     # And every transition left an event
     kinds = events(db_url, job_id)

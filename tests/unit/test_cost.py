@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from orchestrator.domain.cost import Price, TokenTally, price_cost, provider_cost
+from orchestrator.domain.cost import batch_cost, provider_cost
 
 
 def test_provider_cost_is_read_from_usage_or_the_top_level() -> None:
@@ -13,15 +13,8 @@ def test_provider_cost_is_read_from_usage_or_the_top_level() -> None:
     assert provider_cost({"usage": {"cost": True}}) is None
 
 
-def test_price_table_cost_counts_cached_tokens_at_their_rate() -> None:
-    prices = {"m": Price(Decimal("1"), Decimal("2"), Decimal("0.5"))}
-    tally = {
-        "m": TokenTally(prompt_tokens=1_000_000, completion_tokens=500_000, cached_tokens=200_000)
-    }
-    # 800k × $1 + 200k × $0.5 + 500k × $2 per million
-    assert price_cost(tally, prices) == Decimal("1.9")
-
-
-def test_price_table_cost_is_unknown_when_a_model_has_no_price() -> None:
-    tally = {"m": TokenTally(prompt_tokens=1), "other": TokenTally(prompt_tokens=1)}
-    assert price_cost(tally, {"m": Price(Decimal(1), Decimal(1))}) is None
+def test_the_providers_cost_wins_then_our_prices_then_none() -> None:
+    assert batch_cost(Decimal("0.01"), Decimal("0.02")) == (Decimal("0.01"), "provider")
+    assert batch_cost(None, Decimal("0.02")) == (Decimal("0.02"), "prices")
+    assert batch_cost(None, None) == (None, "none")
+    assert batch_cost(Decimal(0), None) == (Decimal(0), "provider")
