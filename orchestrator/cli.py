@@ -251,7 +251,7 @@ def _csv_cell(value: object) -> str:
     if value is None:
         return ""
     if isinstance(value, Decimal):
-        return format(value, "f")
+        return decimal_text(value)
     return _CSV_CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), str(value))
 
 
@@ -558,19 +558,25 @@ def _target_json(t: Any, now: dt.datetime) -> dict[str, Any]:
     }
 
 
+def decimal_text(value: Decimal) -> str:
+    """``0.0000216``: a decimal exactly, in plain notation (never ``2.16E-5``), without the
+    trailing zeros of its scale."""
+    text = format(value, "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
 def money(value: Decimal | None) -> str:
-    """``$0.000260``: an amount of US dollars, exact (at least six decimals, more if it has them);
-    ``-`` when unknown."""
+    """``$0.000260``: an amount of US dollars, exact (six decimals, more if it has them); ``-``
+    when unknown."""
     if value is None:
         return "-"
-    exponent = value.normalize().as_tuple().exponent
-    places = max(6, -exponent) if isinstance(exponent, int) else 6
-    return f"${value:.{places}f}"
+    whole, _, decimals = decimal_text(value).partition(".")
+    return f"${whole}.{decimals.ljust(6, '0')}"
 
 
 def _json_default(value: object) -> object:
     if isinstance(value, Decimal):
-        return format(value, "f")  # exact, never in exponent form
+        return decimal_text(value)
     raise TypeError(f"{type(value).__name__} is not JSON")
 
 

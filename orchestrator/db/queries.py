@@ -143,8 +143,9 @@ def job_batches(session: Session, job_id: int) -> list[Batch]:
 # What ``orchestrator results`` prints of each request, in this order and under these names: columns
 # of the view ``orchestrator.request_results`` (one row per request). The one place to change them.
 RESULT_COLUMNS = (
-    "custom_id, status, status_code, content AS answer, error_message AS error, model, "
-    "prompt_tokens, completion_tokens, total_tokens, attempt, batch_id"
+    "custom_id, status, status_code, answer, error_message AS error, finish_reason, model, "
+    "prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, total_tokens, cost, "
+    "attempt, batch_id"
 )
 # The statuses ``results --failed`` keeps: every request whose outcome is final and not a success.
 NOT_SUCCEEDED = ("failed", "not_run", "cancelled")

@@ -32,13 +32,20 @@ COLUMNS = [
     "status_code",
     "answer",
     "error",
+    "finish_reason",
     "model",
     "prompt_tokens",
     "completion_tokens",
+    "cached_tokens",
+    "reasoning_tokens",
     "total_tokens",
+    "cost",
     "attempt",
     "batch_id",
 ]
+MODEL = "openai/gpt-4.1-nano"
+# USD per million tokens, in and out: the price the results are costed at.
+PRICE_IN, PRICE_OUT = Decimal("0.1"), Decimal("0.4")
 
 
 @pytest.fixture
@@ -53,6 +60,14 @@ def cli(db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def finished_job(db_url: str) -> int:
     """A completed job of :data:`CUSTOM_IDS`, one of which (:data:`FAILING`) failed for good."""
     config = EmulatorConfig(api_key=API_KEY, fail_custom_ids={FAILING})
+    query(
+        db_url,
+        "INSERT INTO orchestrator.prices (model, valid_from, input_per_mtok, output_per_mtok) "
+        "VALUES (%s, '2020-01-01', %s, %s) RETURNING id",
+        MODEL,
+        PRICE_IN,
+        PRICE_OUT,
+    )
     with harness(db_url, emulator_config=config) as h:
         job_id = enqueue(
             db_url,
@@ -62,6 +77,12 @@ def finished_job(db_url: str) -> int:
         )
         assert h.run_job(job_id) == "completed"
     return job_id
+
+
+def plain(value: Decimal) -> str:
+    """A decimal in plain notation, without trailing zeros."""
+    text = f"{value:f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -75,13 +96,17 @@ def stored(db_url: str, job_id: int) -> dict[str, dict[str, Any]]:
     rows = query(
         db_url,
         "SELECT custom_id, succeeded, status_code, response #>> '{choices,0,message,content}', "
-        "error ->> 'message', model, prompt_tokens, completion_tokens, total_tokens, batch_id "
+        "error ->> 'message', response #>> '{choices,0,finish_reason}', prompt_tokens, "
+        "completion_tokens, cached_tokens, reasoning_tokens, total_tokens, batch_id "
         "FROM orchestrator.results WHERE job_id = %s",
         job_id,
     )
-    keys = ["succeeded", "status_code", "answer", "error", "model", "prompt_tokens"]
-    keys += ["completion_tokens", "total_tokens", "batch_id"]
-    return {r[0]: dict(zip(keys, r[1:], strict=True)) for r in rows}
+    keys = ["succeeded", "status_code", "answer", "error", "finish_reason", "prompt_tokens"]
+    keys += ["completion_tokens", "cached_tokens", "reasoning_tokens", "total_tokens", "batch_id"]
+    results = {r[0]: dict(zip(keys, r[1:], strict=True)) for r in rows}
+    for r in results.values():
+        r["cost"] = (r["prompt_tokens"] * PRICE_IN + r["completion_tokens"] * PRICE_OUT) / 10**6
+    return results
 
 
 def test_results_as_csv_and_jsonl_in_insertion_order_the_failures_and_to_a_file(
@@ -106,6 +131,8 @@ def test_results_as_csv_and_jsonl_in_insertion_order_the_failures_and_to_a_file(
         assert r["status_code"] == str(want["status_code"])
         assert r["total_tokens"] == str(want["total_tokens"])
         assert r["batch_id"] == str(want["batch_id"])
+        assert r["model"] == MODEL  # a failure's too: its request's
+        assert r["cost"] == plain(want["cost"])
     assert all(r["answer"] for r in table if r["custom_id"] != FAILING)
 
     # JSONL (the default): the same rows, typed
@@ -117,10 +144,16 @@ def test_results_as_csv_and_jsonl_in_insertion_order_the_failures_and_to_a_file(
         assert list(r) == COLUMNS
         want = results[r["custom_id"]]
         assert r["status"] == ("succeeded" if want["succeeded"] else "failed")
-        for key in ("answer", "error", "model", "status_code", "batch_id"):
+        for key in ("answer", "error", "finish_reason", "status_code", "batch_id"):
             assert r[key] == want[key], key
-        for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
+        for key in ("prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens"):
             assert r[key] == want[key] and isinstance(r[key], int), key
+        assert r["total_tokens"] == want["total_tokens"] and r["model"] == MODEL
+        # the cost: an exact decimal string, at the price in force
+        assert isinstance(r["cost"], str) and Decimal(r["cost"]) == want["cost"]
+        assert r["cost"] == plain(want["cost"])
+    succeeded = [r for r in lines if r["status"] == "succeeded"]
+    assert all(r["finish_reason"] and r["total_tokens"] and r["cost"] != "0" for r in succeeded)
     assert next(r for r in lines if r["custom_id"] == FAILING)["answer"] is None
 
     # --failed: only the request that failed, in both formats
@@ -249,7 +282,7 @@ def test_status_shows_progress_age_duration_tokens_and_cost_and_says_it_as_json(
     assert job["progress"] == {"done": 7, "total": 7, "percent": 100.0}
     counts = ("request_count", "succeeded_count", "failed_count", "batch_count")
     assert [job[k] for k in counts] == [7, 6, 1, 1]
-    assert job["cost"] == format(cost, "f") and Decimal(job["cost"]) == cost
+    assert job["cost"] == plain(cost) and Decimal(job["cost"]) == cost
     assert job["total_tokens"] == tokens
     assert job["prompt_tokens"] + job["completion_tokens"] == tokens
     now = dt.datetime.fromisoformat(report["now"])
@@ -277,7 +310,7 @@ def test_status_shows_progress_age_duration_tokens_and_cost_and_says_it_as_json(
     (batch,) = one["batches"]
     assert batch["state"] == "done" and batch["progress"] == {"done": 7, "total": 7}
     assert [batch[k] for k in counts[:3]] == [7, 6, 1]
-    assert batch["cost"] == format(cost, "f")
+    assert batch["cost"] == plain(cost)
     assert batch["remote_batch_id"] and batch["id"] == one["batches"][0]["id"]
     code, out, _ = run(capsys, "status", str(finished_job))
     assert code == 0
