@@ -606,9 +606,9 @@ def _table(headers: list[str], rows: list[list[Any]]) -> None:
     widths = [
         max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)
     ]
-    print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
     for row in cells:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
