@@ -8,6 +8,7 @@ import datetime as dt
 import io
 import json
 import logging
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -389,3 +390,45 @@ def test_status_and_results_piped_into_head_stop_quietly(db_url: str) -> None:
         # Then the command stops without a word: no traceback, exit 0
         assert (done.returncode, done.stderr) == (0, ""), command
         assert done.stdout.startswith(first) and done.stdout.count("\n") == 1, command
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_output(command: str) -> str:
+    """What the README shows ``command`` printing (its block after ``$ command``)."""
+    text = README.read_text()
+    start = text.index(f"```\n$ {command}\n") + len(f"```\n$ {command}\n")
+    return text[start : text.index("```", start)]
+
+
+def test_the_readme_shows_status_and_results_as_they_are_printed(
+    db_url: str, cli: None, finished_job: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The table's header and the lines after it
+    shown = readme_output("orchestrator status").splitlines()
+    code, out, _ = run(capsys, "status")
+    assert code == 0
+    assert out.splitlines()[0].split() == shown[0].split()
+    cells = [len(re.split(r"\s{2,}", line)) for line in (shown[1], out.splitlines()[1])]
+    assert cells[0] == cells[1] == len(shown[0].split()) - 1  # all but an error
+    assert {"open batches: none", "daemons running: 1"} <= set(shown)
+    # the JSON's fields, at every level
+    documented = json.loads(
+        readme_output("orchestrator status --json").replace(",\n    ...\n", "\n")
+    )
+    code, out, _ = run(capsys, "status", "--json")
+    printed = json.loads(out)
+    assert set(documented) == set(printed)
+    assert set(documented["jobs"][0]) == set(printed["jobs"][0])
+    assert set(documented["jobs"][0]["progress"]) == set(printed["jobs"][0]["progress"])
+    assert set(documented["daemons"][0]) == {
+        "hostname", "pid", "version", "started_at", "heartbeat_at",
+    }  # fmt: skip
+    # the CSV's header, and rows as wide
+    rows = list(
+        csv.reader(io.StringIO(readme_output("orchestrator results 1 --format csv | head -4")))
+    )
+    code, out, _ = run(capsys, "results", str(finished_job), "--format", "csv")
+    assert rows[0] == next(csv.reader(io.StringIO(out))) == COLUMNS
+    assert len(rows) == 4 and all(len(row) == len(COLUMNS) for row in rows)
