@@ -532,6 +532,26 @@ MUTATIONS: list[Mutation] = [
         tests=["tests/e2e/test_field_faults.py::"
                "test_a_completed_batch_whose_files_are_not_readable_yet_is_read_later_never_resubmitted"],
     ),
+    Mutation(
+        name="results-not-in-insertion-order",
+        promise="orchestrator results prints the requests in the order they were inserted",
+        path="orchestrator/db/queries.py",
+        old='f"WHERE job_id = :job{only} ORDER BY seq"',
+        new='f"WHERE job_id = :job{only} ORDER BY custom_id"',
+        tests=["tests/e2e/test_cli_reports.py::"
+               "test_results_as_csv_and_jsonl_in_insertion_order_the_failures_and_to_a_file"],
+    ),
+    Mutation(
+        name="cli-money-as-float",
+        promise="the CLI's money is exact: a cost in JSON is a decimal string, never a float",
+        path="orchestrator/cli.py",
+        old="    if isinstance(value, Decimal):\n        return decimal_text(value)\n    raise",
+        new="    if isinstance(value, Decimal):\n        return float(value)\n    raise",
+        tests=["tests/e2e/test_cli_reports.py::"
+               "test_status_shows_progress_age_duration_tokens_and_cost_and_says_it_as_json",
+               "tests/e2e/test_cli_reports.py::"
+               "test_results_as_csv_and_jsonl_in_insertion_order_the_failures_and_to_a_file"],
+    ),
 ]
 # fmt: on
 
