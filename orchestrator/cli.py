@@ -150,6 +150,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="embedded PostgreSQL + emulator + daemon, end to end")
     p.add_argument("--jobs", type=int, default=3)
     p.add_argument("--requests", type=int, default=40, help="requests per job")
+    p.add_argument(
+        "--keep", action="store_true", help="keep the database up afterwards (until Ctrl-C)"
+    )
     p.set_defaults(func=cmd_demo)
     return parser
 
@@ -614,4 +617,4 @@ def _table(headers: list[str], rows: list[list[Any]]) -> None:
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from orchestrator.demo import run_demo
 
-    return run_demo(settings, jobs=args.jobs, requests=args.requests)
+    return run_demo(settings, jobs=args.jobs, requests=args.requests, keep=args.keep)

@@ -54,6 +54,13 @@ SELECT job.id, '{prefix}' || n, 'openai',
                           'input', '{prompt}' || n)
 FROM job, generate_series(1, {n}) AS n;"""
 
+# List prices per million tokens, half off at the batch rate: the emulator reports its own cost
+# (as FastRouter does), which wins; ours is kept beside it (cost_by_day, request_results).
+PRICES_SQL = """\
+INSERT INTO orchestrator.prices (model, valid_from, input_per_mtok, output_per_mtok, batch_discount)
+VALUES ('openai/gpt-4.1-nano', '2025-04-14', 0.10, 0.40, 0.5),
+       ('openai/text-embedding-3-small', '2024-01-25', 0.02, 0, 0.5);"""
+
 SAMPLES = [
     (ENQUEUE_CHAT, "demo: product blurbs", "product-", "Write a one-line blurb for product #"),
     (ENQUEUE_CHAT, "demo: ticket triage", "ticket-", "Classify the urgency of support ticket #"),
@@ -67,7 +74,9 @@ def sample_sql(index: int, requests: int) -> str:
     return template.format(name=name, prefix=prefix, prompt=prompt, n=int(requests))
 
 
-def run_demo(settings: Settings, *, jobs: int = 3, requests: int = 40) -> int:
+def run_demo(
+    settings: Settings, *, jobs: int = 3, requests: int = 40, keep: bool = False
+) -> int:
     started = time.monotonic()
     configure_logging(level="error", fmt=settings.log_format, stream=None)
     print("batch-orchestrator demo: embedded PostgreSQL + built-in emulator + daemon\n")
@@ -86,7 +95,10 @@ def run_demo(settings: Settings, *, jobs: int = 3, requests: int = 40) -> int:
                 f"  Batch API   built-in emulator, FastRouter-shaped, at {server.base_url} "
                 f"(1 s = {TIME_SCALE:.0f} s)"
             )
-            return _run(settings, pg.url, server.base_url, key, jobs, requests, started)
+            code = _run(settings, pg.url, server.base_url, key, jobs, requests, started)
+            if keep:
+                _keep(pg.url)
+            return code
 
 
 def _run(
@@ -126,8 +138,27 @@ def _run(
     return code
 
 
+def _keep(url: str) -> None:
+    """Leave the database up for the user to explore until Ctrl-C."""
+    print(
+        "\nThe database stays up until you press Ctrl-C. In another terminal:\n"
+        + _indent(
+            f"export ORCHESTRATOR_DATABASE_URL='{url}'\n"
+            "orchestrator status\n"
+            'psql "$ORCHESTRATOR_DATABASE_URL" -c "SELECT * FROM orchestrator.job_summary"'
+        ),
+        flush=True,
+    )
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        print()
+
+
 def _enqueue(deps: Deps, jobs: int, requests: int) -> list[int]:
     """Each sample job as a user would enqueue it: one SQL statement, its own transaction."""
+    with unit_of_work(deps.sessions) as s:
+        ledger.run_user_sql(s, PRICES_SQL)
     for n in range(jobs):
         with unit_of_work(deps.sessions) as s:
             ledger.run_user_sql(s, sample_sql(n, requests))

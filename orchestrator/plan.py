@@ -17,6 +17,7 @@ from orchestrator.config import TargetConfig
 from orchestrator.db import ledger, queries
 from orchestrator.db.models import Job
 from orchestrator.db.session import Session
+from orchestrator.domain import budget
 from orchestrator.domain import requests as rq
 from orchestrator.domain.packing import Chunk, Packer
 from orchestrator.domain.states import JobStatus
@@ -101,6 +102,9 @@ def plan_job(session: Session, job: Job, target: TargetConfig | None, now: dt.da
             now,
             "the job has no requests; insert them in the same transaction as the job",
         )
+    over_budget = _estimate(session, job, target, now)
+    if over_budget:
+        return fail_job(session, job, now, over_budget)
     for chunk in validation.chunks:
         ledger.insert_planned_batch(
             session,
@@ -120,6 +124,23 @@ def plan_job(session: Session, job: Job, target: TargetConfig | None, now: dt.da
         now=now,
     )
     return JobStatus.RUNNING
+
+
+def _estimate(session: Session, job: Job, target: TargetConfig, now: dt.datetime) -> str | None:
+    """Store the job's estimate; with a ``max_cost``, say why the job cannot be run within it
+    (its upper bound is over it, or cannot be known), or None if it can."""
+    models = queries.job_estimate(
+        session, job_id=job.id, target=target.name, endpoint=job.endpoint, at=now
+    )
+    verdict = budget.judge(models, job.max_cost)
+    ledger.estimate_job(
+        session,
+        job.id,
+        prompt_tokens=verdict.prompt_tokens,
+        max_output_tokens=verdict.max_output_tokens,
+        max_cost=verdict.max_cost,
+    )
+    return verdict.problem
 
 
 def fail_job(session: Session, job: Job, now: dt.datetime, message: str) -> str:

@@ -533,6 +533,15 @@ MUTATIONS: list[Mutation] = [
                "test_a_completed_batch_whose_files_are_not_readable_yet_is_read_later_never_resubmitted"],
     ),
     Mutation(
+        name="budget-not-checked",
+        promise="a job over its max_cost fails before anything is uploaded",
+        path="orchestrator/plan.py",
+        old="    if over_budget:",
+        new="    if False:",
+        tests=["tests/e2e/test_budget.py::"
+               "test_a_job_over_its_max_cost_fails_before_anything_is_uploaded"],
+    ),
+    Mutation(
         name="results-not-in-insertion-order",
         promise="orchestrator results prints the requests in the order they were inserted",
         path="orchestrator/db/queries.py",

@@ -15,6 +15,8 @@ Create Date: 2026-11-30 08:40:00
 * ``batch_model_costs``: per batch and model, the results, their tokens, the price row used and
   the cost at our prices (kept even where the provider reports a cost, for comparison).
 * ``jobs.cost_source`` next to ``batches.cost_source``: ``provider``, ``prices`` or ``none``.
+* ``jobs.max_cost`` (optional budget) and the estimate made when the job is planned:
+  ``estimated_prompt_tokens``, ``estimated_max_output_tokens``, ``estimated_max_cost``.
 * Deleting a job deletes its results and events. Not a foreign key on ``results`` (a per-row
   check on the ingest's COPY, the hot path): one statement-level trigger does it.
 * Views: ``job_summary``, ``request_results`` (the flat view: the answer text, tokens of every
@@ -53,10 +55,10 @@ FUNCTIONS = [
     CREATE FUNCTION orchestrator.token_cost(
         p orchestrator.prices, prompt bigint, cached bigint, completion bigint
     ) RETURNS numeric LANGUAGE sql IMMUTABLE AS $$
-        SELECT ((prompt - cached) * p.input_per_mtok
-                + cached * COALESCE(p.cached_input_per_mtok, p.input_per_mtok)
-                + completion * p.output_per_mtok)
-               * (1 - p.batch_discount) / 1000000
+        SELECT trim_scale(((prompt - cached) * p.input_per_mtok
+                           + cached * COALESCE(p.cached_input_per_mtok, p.input_per_mtok)
+                           + completion * p.output_per_mtok)
+                          * (1 - p.batch_discount) / 1000000)
     $$
     """,
     """
@@ -150,10 +152,10 @@ VIEWS = [
            sum(m.prompt_tokens) AS prompt_tokens, sum(m.completion_tokens) AS completion_tokens,
            sum(m.cached_tokens) AS cached_tokens, sum(m.reasoning_tokens) AS reasoning_tokens,
            sum(m.total_tokens) AS total_tokens,
-           sum(m.cost) AS computed_cost,
-           sum(CASE WHEN b.cost_source = 'provider' THEN
+           trim_scale(sum(m.cost)) AS computed_cost,
+           trim_scale(sum(CASE WHEN b.cost_source = 'provider' THEN
                     CASE WHEN t.tokens > 0 THEN b.cost * m.total_tokens / t.tokens
-                         ELSE b.cost / t.models END END) AS provider_cost,
+                         ELSE b.cost / t.models END END)) AS provider_cost,
            round(sum(m.cost), 2) AS computed_cost_usd,
            round(sum(CASE WHEN b.cost_source = 'provider' THEN
                      CASE WHEN t.tokens > 0 THEN b.cost * m.total_tokens / t.tokens
@@ -207,6 +209,10 @@ def upgrade() -> None:
         schema=S,
     )
     op.add_column("jobs", sa.Column("cost_source", sa.Text()), schema=S)
+    op.add_column("jobs", sa.Column("max_cost", sa.Numeric(20, 8)), schema=S)
+    op.add_column("jobs", sa.Column("estimated_prompt_tokens", sa.BigInteger()), schema=S)
+    op.add_column("jobs", sa.Column("estimated_max_output_tokens", sa.BigInteger()), schema=S)
+    op.add_column("jobs", sa.Column("estimated_max_cost", sa.Numeric(24, 12)), schema=S)
     op.create_table(
         "batch_model_costs",
         sa.Column(
@@ -246,7 +252,11 @@ def downgrade() -> None:
     op.execute(f"DROP FUNCTION IF EXISTS {S}.price_in_force(text, text, timestamptz)")
     op.drop_index("ix_batches_finished_at_done", table_name="batches", schema=S)
     op.drop_table("batch_model_costs", schema=S)
-    op.drop_column("jobs", "cost_source", schema=S)
+    for column in (
+        "estimated_max_cost", "estimated_max_output_tokens", "estimated_prompt_tokens",
+        "max_cost", "cost_source",
+    ):  # fmt: skip
+        op.drop_column("jobs", column, schema=S)
     op.drop_constraint(op.f("ck_prices_batch_discount"), "prices", schema=S)
     op.drop_constraint("uq_prices_target_model_valid_from", "prices", schema=S)
     op.drop_constraint("pk_prices", "prices", schema=S)

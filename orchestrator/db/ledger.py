@@ -494,6 +494,22 @@ def insert_planned_batch(
     return batch_id
 
 
+def estimate_job(
+    session: Session, job_id: int, *, prompt_tokens: int, max_output_tokens: int | None,
+    max_cost: Decimal | None,
+) -> None:  # fmt: skip
+    """What the job is expected to use, at most (see ``queries.job_estimate``)."""
+    session.execute(
+        sa.update(Job)
+        .where(Job.id == job_id)
+        .values(
+            estimated_prompt_tokens=prompt_tokens,
+            estimated_max_output_tokens=max_output_tokens,
+            estimated_max_cost=max_cost,
+        )
+    )
+
+
 def start_job(
     session: Session, job_id: int, *, requests: int, batches: int, size: int, now: dt.datetime
 ) -> None:

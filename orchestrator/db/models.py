@@ -56,6 +56,10 @@ class Job(Base):
     # The sum of the costs the batches report (or our prices give); NULL while none is known.
     cost: Mapped[Decimal | None]
     cost_source: Mapped[str | None]  # provider, prices, none; mixed when its batches differ
+    max_cost: Mapped[Decimal | None]  # a budget: over it, the job fails before any upload
+    estimated_prompt_tokens: Mapped[int | None] = mapped_column(sa.BigInteger)
+    estimated_max_output_tokens: Mapped[int | None] = mapped_column(sa.BigInteger)
+    estimated_max_cost: Mapped[Decimal | None] = mapped_column(sa.Numeric(24, 12))
     created_at: Mapped[dt.datetime] = mapped_column(server_default=NOW)
     started_at: Mapped[dt.datetime | None]
     finished_at: Mapped[dt.datetime | None]

@@ -503,3 +503,57 @@ def stuck_batches(
         {"since": now - dt.timedelta(seconds=stuck_after), "n": limit},
     ).all()
     return [StuckBatch(*row) for row in rows]
+
+
+class ModelEstimate(NamedTuple):
+    """A job's requests for one model, before anything is sent: how many, their estimated prompt
+    tokens, how many have no output bound, the sum of the bounds, and the cost at most."""
+
+    model: str
+    requests: int
+    prompt_tokens: int
+    unbounded: int
+    max_output_tokens: int
+    priced: bool
+    max_cost: Decimal | None
+
+
+# A request's estimated prompt tokens: its body's length in bytes over 4 (about 4 bytes of English
+# text per token; the JSON around the text counts too, so the estimate leans high). Its output at
+# most: max_completion_tokens, max_tokens or max_output_tokens, the first a number (embeddings: 0).
+_ESTIMATE = """
+    SELECT t.model, t.requests, t.prompt, t.unbounded, t.max_output, p.id IS NOT NULL AS priced,
+           orchestrator.token_cost(p, t.prompt, 0, t.max_output) AS max_cost
+      FROM (SELECT COALESCE(r.body ->> 'model', '') AS model, count(*) AS requests,
+                   sum(ceil(octet_length(r.body::text) / 4.0))::bigint AS prompt,
+                   count(*) FILTER (WHERE b.bound IS NULL) AS unbounded,
+                   COALESCE(sum(b.bound), 0)::bigint AS max_output
+              FROM orchestrator.requests r
+              CROSS JOIN LATERAL (SELECT CASE WHEN :embeddings THEN 0 ELSE COALESCE(
+                  CASE WHEN jsonb_typeof(r.body -> 'max_completion_tokens') = 'number'
+                       THEN (r.body ->> 'max_completion_tokens')::numeric END,
+                  CASE WHEN jsonb_typeof(r.body -> 'max_tokens') = 'number'
+                       THEN (r.body ->> 'max_tokens')::numeric END,
+                  CASE WHEN jsonb_typeof(r.body -> 'max_output_tokens') = 'number'
+                       THEN (r.body ->> 'max_output_tokens')::numeric END) END AS bound) b
+             WHERE r.job_id = :job
+             GROUP BY 1) t
+      LEFT JOIN LATERAL orchestrator.price_in_force(:target, t.model, :at) p ON true
+     ORDER BY t.model
+"""
+
+
+def job_estimate(
+    session: Session, *, job_id: int, target: str, endpoint: str, at: dt.datetime
+) -> list[ModelEstimate]:
+    """The job's estimate per model, at the prices in force at ``at`` (the one price rule)."""
+    rows = session.execute(
+        sa.text(_ESTIMATE),
+        {
+            "job": job_id,
+            "target": target,
+            "at": at,
+            "embeddings": endpoint.endswith("/embeddings"),
+        },
+    ).all()
+    return [ModelEstimate(*row) for row in rows]
