@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
+import datetime as dt
+import os
 import re
 import sys
 from collections.abc import Sequence
+from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 import structlog
@@ -41,7 +45,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             stream=sys.stderr,
         )
         result: int = args.func(args, settings)
+        sys.stdout.flush()  # here, so that a reader gone away is noticed below
         return result
+    except BrokenPipeError:
+        # The reader stopped reading (``status | head -1``): it has what it wanted.
+        _stdout_to_devnull()
+        return 0
     except (ConfigError, JobNotFound) as exc:
         print(f"orchestrator: {shown(exc)}", file=sys.stderr)
         return 2
@@ -50,6 +59,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _stdout_to_devnull() -> None:
+    """Send what is left in stdout's buffer to /dev/null, so that the interpreter's last flush at
+    exit does not fail on the closed pipe again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass  # stdout is not a file (in tests): nothing will flush to a pipe
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -79,16 +99,29 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="jobs, open batches, paused targets and daemons")
     p.add_argument("job", nargs="?", type=int, help="one job in detail")
-    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--limit", type=int, default=20, help="how many of the newest jobs (20)")
+    p.add_argument("--json", action="store_true", help="the same as one JSON object")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("cancel", help="cancel a job (same as setting cancel_requested_at)")
     p.add_argument("job", type=int)
     p.set_defaults(func=cmd_cancel)
 
-    p = sub.add_parser("results", help="print a job's results as JSONL")
+    p = sub.add_parser(
+        "results", help="a job's requests with their answers, in the order they were inserted"
+    )
     p.add_argument("job", type=int)
-    p.add_argument("--failed", action="store_true", help="only the failed requests")
+    p.add_argument(
+        "--format",
+        choices=("jsonl", "csv"),
+        default="jsonl",
+        help="jsonl (default: one JSON object a line, exact) or csv (a header row; control "
+        "characters other than tab and line breaks shown escaped)",
+    )
+    p.add_argument(
+        "--failed", action="store_true", help="only the requests that failed or did not run"
+    )
+    p.add_argument("--output", type=Path, metavar="FILE", help="write to FILE, not stdout")
     p.set_defaults(func=cmd_results)
 
     p = sub.add_parser("resolve", help="settle a batch whose create outcome is unknown")
@@ -178,26 +211,57 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
+    """One row per request (``queries.RESULT_COLUMNS``), streamed from the database."""
     deps = make_deps(settings)
     with unit_of_work(deps.sessions) as s:
         if queries.job(s, args.job) is None:
             raise JobNotFound(f"no job {args.job}")
-        out = sys.stdout.buffer
-        for r in queries.results(s, args.job, failed_only=args.failed):
-            out.write(
-                orjson.dumps(
-                    {
-                        "custom_id": r.custom_id,
-                        "succeeded": r.succeeded,
-                        "status_code": r.status_code,
-                        "response": r.response,
-                        "error": r.error,
-                        "total_tokens": r.total_tokens,
-                    }
-                )
-                + b"\n"
-            )
+        if args.output is None:
+            rows = queries.request_results(s, args.job, failed_only=args.failed)
+            _write_results(rows, sys.stdout, args.format)
+            return 0
+        try:
+            out = args.output.open("w", encoding="utf-8", newline="")
+        except OSError as exc:
+            print(f"orchestrator: cannot write {_os_error(args.output, exc)}", file=sys.stderr)
+            return 2
+        try:
+            with out:
+                rows = queries.request_results(s, args.job, failed_only=args.failed)
+                _write_results(rows, out, args.format)
+        except OSError as exc:
+            print(f"orchestrator: writing {_os_error(args.output, exc)}", file=sys.stderr)
+            return 1
     return 0
+
+
+def _os_error(path: Path, exc: OSError) -> str:
+    return f"{shown(path)}: {shown(exc.strerror or exc)}"
+
+
+def _write_results(rows: Any, out: TextIO, fmt: str) -> None:
+    columns = list(rows.keys())
+    if fmt == "csv":
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow([_csv_cell(value) for value in row])
+    else:
+        for row in rows:
+            out.write(json_text(dict(zip(columns, row, strict=True))) + "\n")
+
+
+# What a CSV cell shows escaped: the control characters but tab and line breaks, which the csv
+# module quotes (an answer is often several lines long).
+_CSV_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def _csv_cell(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, Decimal):
+        return decimal_text(value)
+    return _CSV_CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), str(value))
 
 
 def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
@@ -256,84 +320,136 @@ def cmd_reingest(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     deps = make_deps(settings)
+    now = deps.clock.now()
     with unit_of_work(deps.sessions) as s:
         if args.job is not None:
-            return _job_status(s, args.job)
+            return _job_status(s, args.job, now=now, as_json=args.json)
         jobs = queries.jobs(s, limit=args.limit)
-        _table(
-            [
-                "job",
-                "name",
-                "status",
-                "requests",
-                "ok",
-                "failed",
-                "batches",
-                "tokens",
-                "cost",
-                "error",
-            ],
-            [
-                [
-                    j.id,
-                    j.name or "",
-                    j.status,
-                    j.request_count or 0,
-                    j.succeeded_count,
-                    j.failed_count,
-                    j.batch_count,
-                    j.total_tokens,
-                    "" if j.cost is None else f"{j.cost:.6f}",
-                    (j.error or "")[:60],
-                ]
-                for j in jobs
-            ],
-        )
+        progress = queries.job_progress(s, [j.id for j in jobs])
         open_batches = queries.open_batches_by_state(s)
-        print("\nopen batches: " + (", ".join(f"{st} {n}" for st, n in open_batches) or "none"))
-        now = deps.clock.now()
-        for t in queries.target_states(s):
-            if t.paused:
-                print(
-                    f"target {shown(t.target)}: PAUSED ({shown(t.reason)}); jobs wait, next probe "
-                    f"{t.blocked_until:%H:%M:%S}"
-                )
-            elif t.blocked_until and t.blocked_until > now:
-                print(
-                    f"target {shown(t.target)}: throttled until {t.blocked_until:%H:%M:%S} "
-                    f"({shown(t.reason)})"
-                )
+        targets = queries.target_states(s)
         stuck = queries.stuck_batches(s, now=now, stuck_after=settings.daemon.stuck_after_seconds)
-        for b in stuck:
-            since = b.failing_since or b.expires_at
-            age = duration((now - since).total_seconds()) if since else "?"
-            why = (
-                f"failing for {age}: {shown((b.last_error or '')[:200])}"
-                if b.failing_since
-                else f"still {shown(b.remote_status)} {age} past its expires_at"
-            )
-            print(f"STUCK batch {b.id} (job {b.job_id}, {b.state}): {why}")
         workers = queries.running_workers(s)
-        print(
-            f"daemons running: {len(workers)}"
-            + "".join(
-                f"\n  {shown(w.hostname)} pid {w.pid}, seen {w.heartbeat_at:%H:%M:%S}"
+    if args.json:
+        report = {
+            "now": now,
+            "jobs": [_job_json(j, progress.get(j.id), now) for j in jobs],
+            "open_batches": dict(sorted(open_batches)),
+            "targets": [_target_json(t, now) for t in targets],
+            "stuck_batches": [
+                {**b._asdict(), "stuck_seconds": _seconds(b.failing_since or b.expires_at, now)}
+                for b in stuck
+            ],
+            "daemons": [
+                {
+                    "hostname": w.hostname,
+                    "pid": w.pid,
+                    "version": w.version,
+                    "started_at": w.started_at,
+                    "heartbeat_at": w.heartbeat_at,
+                }
                 for w in workers
+            ],
+        }
+        print(json_text(report, indent=True))
+        return 0
+    _table(
+        [
+            "job",
+            "name",
+            "status",
+            "progress",
+            "requests",
+            "ok",
+            "failed",
+            "batches",
+            "age",
+            "duration",
+            "tokens",
+            "cost",
+            "error",
+        ],
+        [
+            [
+                j.id,
+                j.name or "",
+                j.status,
+                _percent_text(_progress(j, progress.get(j.id))),
+                j.request_count or 0,
+                j.succeeded_count,
+                j.failed_count,
+                j.batch_count,
+                duration(_seconds(j.created_at, now) or 0.0),
+                _duration_text(_job_duration(j, now)),
+                f"{j.total_tokens:,}",
+                money(j.cost),
+                (j.error or "")[:60],
+            ]
+            for j in jobs
+        ],
+    )
+    print("\nopen batches: " + (", ".join(f"{st} {n}" for st, n in open_batches) or "none"))
+    for t in targets:
+        if t.paused:
+            print(
+                f"target {shown(t.target)}: PAUSED ({shown(t.reason)}); jobs wait, next probe "
+                f"{t.blocked_until:%H:%M:%S}"
             )
+        elif t.blocked_until and t.blocked_until > now:
+            print(
+                f"target {shown(t.target)}: throttled until {t.blocked_until:%H:%M:%S} "
+                f"({shown(t.reason)})"
+            )
+    for b in stuck:
+        since = b.failing_since or b.expires_at
+        age = duration((now - since).total_seconds()) if since else "?"
+        why = (
+            f"failing for {age}: {shown((b.last_error or '')[:200])}"
+            if b.failing_since
+            else f"still {shown(b.remote_status)} {age} past its expires_at"
         )
+        print(f"STUCK batch {b.id} (job {b.job_id}, {b.state}): {why}")
+    print(
+        f"daemons running: {len(workers)}"
+        + "".join(
+            f"\n  {shown(w.hostname)} pid {w.pid}, seen {w.heartbeat_at:%H:%M:%S}" for w in workers
+        )
+    )
     return 0
 
 
-def _job_status(s: Any, job_id: int) -> int:
+def _job_status(s: Any, job_id: int, *, now: dt.datetime, as_json: bool) -> int:
     job = queries.job(s, job_id)
     if job is None:
         raise JobNotFound(f"no job {job_id}")
+    progress = queries.job_progress(s, [job_id]).get(job_id)
+    batches = queries.job_batches(s, job_id)
+    batch_progress = queries.batch_progress(s, job_id)
+    if as_json:
+        report = _job_json(job, progress, now) | {
+            "batches": [_batch_json(b, batch_progress.get(b.id)) for b in batches]
+        }
+        print(json_text(report, indent=True))
+        return 0
     print(
         f"job {job.id} ({shown(job.name or 'unnamed')}): {job.status}, target {shown(job.target)}"
     )
+    done, total, percent = _progress(job, progress)
+    print(
+        f"progress {_percent_text((done, total, percent))} ({done:,} of {total:,} requests in "
+        f"its batches), {job.succeeded_count:,} succeeded, {job.failed_count:,} failed of "
+        f"{job.request_count or 0:,}"
+    )
+    print(
+        f"created {job.created_at:%Y-%m-%d %H:%M:%S} ({duration(_seconds(job.created_at, now) or 0)}"
+        f" ago), running time {_duration_text(_job_duration(job, now))}"
+    )
+    print(
+        f"tokens {job.total_tokens:,} ({job.prompt_tokens:,} prompt, "
+        f"{job.completion_tokens:,} completion), cost {money(job.cost)}"
+    )
     if job.error:
         print(f"error: {shown(job.error)}")
-    batches = queries.job_batches(s, job_id)
     _table(
         [
             "batch",
@@ -342,8 +458,10 @@ def _job_status(s: Any, job_id: int) -> int:
             "remote",
             "remote id",
             "requests",
+            "progress",
             "ok",
             "failed",
+            "tokens",
             "cost",
             "last error",
         ],
@@ -355,15 +473,141 @@ def _job_status(s: Any, job_id: int) -> int:
                 b.remote_status or "",
                 b.remote_batch_id or "",
                 b.request_count,
+                "{}/{}".format(*batch_progress.get(b.id, (0, b.request_count))),
                 b.succeeded_count,
                 b.failed_count,
-                "" if b.cost is None else f"{b.cost:.6f}",
+                f"{b.total_tokens:,}",
+                money(b.cost),
                 (b.last_error or "")[:50],
             ]
             for b in batches
         ],
     )
     return 0
+
+
+def _seconds(since: dt.datetime | None, until: dt.datetime) -> float | None:
+    """Seconds from ``since`` to ``until`` (never below 0), to the millisecond."""
+    return None if since is None else round(max((until - since).total_seconds(), 0.0), 3)
+
+
+def _job_duration(job: Any, now: dt.datetime) -> float | None:
+    """How long the job has been running: started → finished, or now; None before it starts."""
+    return _seconds(job.started_at, job.finished_at or now)
+
+
+def _duration_text(seconds: float | None) -> str:
+    return "-" if seconds is None else duration(seconds)
+
+
+def _progress(job: Any, counted: tuple[int, int] | None) -> tuple[int, int, float | None]:
+    """(done, total, percent) of a job's requests in its open and done batches. The percent is
+    rounded down to a tenth (100 only when all are done); with no request counted yet, 0 for a job
+    not finished, 100 for a completed one and None (unknown) for one failed or cancelled."""
+    done, total = counted or (0, 0)
+    if total > 0:
+        return done, total, done * 1000 // total / 10
+    if job.status == "completed":
+        return done, total, 100.0
+    return done, total, None if job.status in ("failed", "cancelled") else 0.0
+
+
+def _percent_text(progress: tuple[int, int, float | None]) -> str:
+    percent = progress[2]
+    return "-" if percent is None else f"{int(percent)}%"
+
+
+def _job_json(job: Any, counted: tuple[int, int] | None, now: dt.datetime) -> dict[str, Any]:
+    done, total, percent = _progress(job, counted)
+    return {
+        "id": job.id,
+        "name": job.name,
+        "status": job.status,
+        "target": job.target,
+        "endpoint": job.endpoint,
+        "request_count": job.request_count,
+        "succeeded_count": job.succeeded_count,
+        "failed_count": job.failed_count,
+        "batch_count": job.batch_count,
+        "progress": {"done": done, "total": total, "percent": percent},
+        "prompt_tokens": job.prompt_tokens,
+        "completion_tokens": job.completion_tokens,
+        "total_tokens": job.total_tokens,
+        "cost": job.cost,
+        "error": job.error,
+        "cancel_requested_at": job.cancel_requested_at,
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+        "age_seconds": _seconds(job.created_at, now),
+        "duration_seconds": _job_duration(job, now),
+    }
+
+
+def _batch_json(b: Any, counted: tuple[int, int] | None) -> dict[str, Any]:
+    done, total = counted or (0, b.request_count)
+    return {
+        "id": b.id,
+        "round": b.round,
+        "state": b.state,
+        "remote_status": b.remote_status,
+        "remote_batch_id": b.remote_batch_id,
+        "request_count": b.request_count,
+        "progress": {"done": done, "total": total},
+        "succeeded_count": b.succeeded_count,
+        "failed_count": b.failed_count,
+        "prompt_tokens": b.prompt_tokens,
+        "completion_tokens": b.completion_tokens,
+        "total_tokens": b.total_tokens,
+        "cost": b.cost,
+        "cost_source": b.cost_source,
+        "created_at": b.created_at,
+        "finished_at": b.finished_at,
+        "last_error": b.last_error,
+    }
+
+
+def _target_json(t: Any, now: dt.datetime) -> dict[str, Any]:
+    throttled = t.blocked_until is not None and t.blocked_until > now
+    return {
+        "target": t.target,
+        "state": "paused" if t.paused else "throttled" if throttled else "ok",
+        "blocked_until": t.blocked_until,
+        "reason": t.reason,
+    }
+
+
+def decimal_text(value: Decimal) -> str:
+    """``0.0000216``: a decimal exactly, in plain notation (never ``2.16E-5``), without the
+    trailing zeros of its scale."""
+    text = format(value, "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def money(value: Decimal | None) -> str:
+    """``$0.000260``: an amount of US dollars, exact (six decimals, more if it has them); ``-``
+    when unknown."""
+    if value is None:
+        return "-"
+    whole, _, decimals = decimal_text(value).partition(".")
+    return f"${whole}.{decimals.ljust(6, '0')}"
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, Decimal):
+        return decimal_text(value)
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+_C1 = re.compile(r"[\x7f-\x9f]")
+
+
+def json_text(value: Any, *, indent: bool = False) -> str:
+    """``value`` as JSON: decimals as exact decimal strings, times as ISO 8601, and every control
+    character escaped (JSON escapes those below 0x20; these escape DEL and the C1 range too)."""
+    option = orjson.OPT_INDENT_2 if indent else 0
+    text = orjson.dumps(value, default=_json_default, option=option).decode()
+    return _C1.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -381,9 +625,9 @@ def _table(headers: list[str], rows: list[list[Any]]) -> None:
     widths = [
         max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)
     ]
-    print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
     for row in cells:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:

@@ -602,6 +602,26 @@ MUTATIONS: list[Mutation] = [
         tests=["tests/db/test_roles.py::"
                "test_the_daemon_role_runs_a_job_end_to_end_and_may_not_change_the_schema"],
     ),
+    Mutation(
+        name="results-not-in-insertion-order",
+        promise="orchestrator results prints the requests in the order they were inserted",
+        path="orchestrator/db/queries.py",
+        old='f"WHERE job_id = :job{only} ORDER BY seq"',
+        new='f"WHERE job_id = :job{only} ORDER BY custom_id"',
+        tests=["tests/e2e/test_cli_reports.py::"
+               "test_results_as_csv_and_jsonl_in_insertion_order_the_failures_and_to_a_file"],
+    ),
+    Mutation(
+        name="cli-money-as-float",
+        promise="the CLI's money is exact: a cost in JSON is a decimal string, never a float",
+        path="orchestrator/cli.py",
+        old="    if isinstance(value, Decimal):\n        return decimal_text(value)\n    raise",
+        new="    if isinstance(value, Decimal):\n        return float(value)\n    raise",
+        tests=["tests/e2e/test_cli_reports.py::"
+               "test_status_shows_progress_age_duration_tokens_and_cost_and_says_it_as_json",
+               "tests/e2e/test_cli_reports.py::"
+               "test_results_as_csv_and_jsonl_in_insertion_order_the_failures_and_to_a_file"],
+    ),
 ]
 # fmt: on
 

@@ -13,7 +13,7 @@ from typing import Any, ClassVar, NamedTuple
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from orchestrator.db.models import Batch, Job, Result, TargetState, Worker
+from orchestrator.db.models import Batch, Job, TargetState, Worker
 from orchestrator.db.session import raw_connection
 from orchestrator.domain import packing
 from orchestrator.domain.states import BATCH_TERMINAL, JOB_TERMINAL, BatchState, JobStatus
@@ -140,11 +140,73 @@ def job_batches(session: Session, job_id: int) -> list[Batch]:
     )
 
 
-def results(session: Session, job_id: int, *, failed_only: bool = False) -> Iterator[Result]:
-    query = sa.select(Result).where(Result.job_id == job_id).order_by(Result.custom_id)
-    if failed_only:
-        query = query.where(Result.succeeded.is_(False))
-    yield from session.scalars(query.execution_options(yield_per=1000))
+# What ``orchestrator results`` prints of each request, in this order and under these names: columns
+# of the view ``orchestrator.request_results`` (one row per request). The one place to change them.
+RESULT_COLUMNS = (
+    "custom_id, status, status_code, answer, error_message AS error, finish_reason, model, "
+    "prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, total_tokens, cost, "
+    "attempt, batch_id"
+)
+# The statuses ``results --failed`` keeps: every request whose outcome is final and not a success.
+NOT_SUCCEEDED = ("failed", "not_run", "cancelled")
+
+
+def request_results(session: Session, job_id: int, *, failed_only: bool = False) -> Any:
+    """The job's requests with their outcomes (:data:`RESULT_COLUMNS`), in the order they were
+    inserted (``seq``), through a server-side cursor: :data:`FETCH_ROWS` rows in memory at a time,
+    whatever the size of the job. Only those failed, not run or cancelled if ``failed_only``."""
+    only = " AND status = ANY(:statuses)" if failed_only else ""
+    return session.execute(
+        sa.text(
+            f"SELECT {RESULT_COLUMNS} FROM orchestrator.request_results "
+            f"WHERE job_id = :job{only} ORDER BY seq"
+        ).execution_options(yield_per=FETCH_ROWS),
+        {"job": job_id, "statuses": list(NOT_SUCCEEDED)},
+    )
+
+
+def _counted(key: str) -> str:
+    """A count of a batch's provider ``request_counts``: 0 unless it is a non-negative number."""
+    return (
+        f"CASE WHEN jsonb_typeof(b.request_counts -> '{key}') = 'number' "
+        f"THEN GREATEST(floor((b.request_counts ->> '{key}')::numeric), 0) ELSE 0 END"
+    )
+
+
+# Each batch's progress as the provider counts it: ``total`` (its request_counts' total, else the
+# requests we put in it) and ``done`` (completed + failed, at most the total; all of them once the
+# batch is done, whatever the provider counted).
+BATCH_PROGRESS = f"""
+    SELECT b.id, b.job_id, b.state,
+           CASE WHEN b.state = 'done' THEN t.total ELSE LEAST(t.done, t.total) END AS done, t.total
+      FROM orchestrator.batches b,
+           LATERAL (SELECT COALESCE(NULLIF({_counted("total")}, 0), b.request_count) AS total,
+                           {_counted("completed")} + {_counted("failed")} AS done) t
+"""
+# The batches whose requests a job's progress counts: the open ones and the done ones.
+PROGRESS_STATES = (*OPEN_STATES, BatchState.DONE.value)
+
+
+def job_progress(session: Session, job_ids: Iterable[int]) -> dict[int, tuple[int, int]]:
+    """job id → (done, total): :data:`BATCH_PROGRESS` summed over the job's open and done batches
+    (none for a job without such batches)."""
+    rows = session.execute(
+        sa.text(
+            f"SELECT p.job_id, sum(p.done), sum(p.total) FROM ({BATCH_PROGRESS}) p "
+            "WHERE p.job_id = ANY(:jobs) AND p.state = ANY(:states) GROUP BY p.job_id"
+        ),
+        {"jobs": list(job_ids), "states": list(PROGRESS_STATES)},
+    ).all()
+    return {job_id: (int(done), int(total)) for job_id, done, total in rows}
+
+
+def batch_progress(session: Session, job_id: int) -> dict[int, tuple[int, int]]:
+    """batch id → (done, total) (:data:`BATCH_PROGRESS`) for every batch of the job."""
+    rows = session.execute(
+        sa.text(f"SELECT p.id, p.done, p.total FROM ({BATCH_PROGRESS}) p WHERE p.job_id = :job"),
+        {"job": job_id},
+    ).all()
+    return {batch_id: (int(done), int(total)) for batch_id, done, total in rows}
 
 
 # -- batches ---------------------------------------------------------------------------------
@@ -213,7 +275,9 @@ def job_requests(session: Session, job_id: int) -> Any:
             "FROM orchestrator.requests r WHERE r.job_id = :job ORDER BY r.seq"
         ),
         {"job": job_id, "whitespace": WHITESPACE},
-    ).yield_per(FETCH_ROWS)
+        # a server-side cursor: Result.yield_per alone would still fetch every row at once
+        execution_options={"yield_per": FETCH_ROWS},
+    )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -51,8 +51,8 @@ def test_enqueue_a_jsonl_file_run_it_and_print_the_results(
         assert h.run_job(job_id) == "completed"
     assert main(["results", str(job_id)]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert sorted(r["custom_id"] for r in lines) == [f"q{i}" for i in range(7)]
-    assert all(r["succeeded"] and r["response"]["choices"] for r in lines)
+    assert [r["custom_id"] for r in lines] == [f"q{i}" for i in range(7)]
+    assert all(r["status"] == "succeeded" and r["answer"] for r in lines)
     assert main(["status", str(job_id)]) == 0
     assert "completed" in capsys.readouterr().out
 
