@@ -61,6 +61,22 @@ FUNCTIONS = [
                           * (1 - p.batch_discount) / 1000000)
     $$
     """,
+    # The Responses API's answer: its output_text parts, in order. A function, not a subquery in
+    # the view: the planner costs a subquery there for every row (so every job's query went over
+    # jit_above_cost: 661 of 718 ms for a job of 9,214 requests was JIT compilation).
+    """
+    CREATE FUNCTION orchestrator.output_text(response jsonb) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+        SELECT string_agg(c ->> 'text', '' ORDER BY o.n, k.m)
+          FROM jsonb_array_elements(CASE WHEN jsonb_typeof(response -> 'output') = 'array'
+                                         THEN response -> 'output' ELSE '[]' END)
+                   WITH ORDINALITY AS o(item, n),
+               jsonb_array_elements(CASE WHEN jsonb_typeof(o.item -> 'content') = 'array'
+                                         THEN o.item -> 'content' ELSE '[]' END)
+                   WITH ORDINALITY AS k(c, m)
+         WHERE c ->> 'type' = 'output_text'
+    $$
+    """,
     """
     CREATE FUNCTION orchestrator.delete_job_rows() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
@@ -114,16 +130,7 @@ VIEWS = [
            r.status_code,
            COALESCE(r.response #>> '{choices,0,message,content}',
                     r.response #>> '{choices,0,text}',
-                    (SELECT string_agg(c ->> 'text', '' ORDER BY o.n, k.m)
-                       FROM jsonb_array_elements(
-                                CASE WHEN jsonb_typeof(r.response -> 'output') = 'array'
-                                     THEN r.response -> 'output' ELSE '[]' END)
-                                WITH ORDINALITY AS o(item, n),
-                            jsonb_array_elements(
-                                CASE WHEN jsonb_typeof(o.item -> 'content') = 'array'
-                                     THEN o.item -> 'content' ELSE '[]' END)
-                                WITH ORDINALITY AS k(c, m)
-                      WHERE c ->> 'type' = 'output_text')) AS answer,
+                    orchestrator.output_text(r.response)) AS answer,
            CASE WHEN jsonb_typeof(r.response #> '{data,0,embedding}') = 'array'
                 THEN jsonb_array_length(r.response #> '{data,0,embedding}') END
                AS embedding_dimensions,
@@ -232,6 +239,9 @@ def upgrade() -> None:
         sa.Column("cost", sa.Numeric(24, 12)),
         schema=S,
     )
+    # record_model_costs sums a batch's results at every ingest: without this it scanned all of
+    # results (1.4 s at 5 million rows; 1 ms with it).
+    op.create_index(op.f("ix_results_batch_id"), "results", ["batch_id"], schema=S)
     op.create_index(
         "ix_batches_finished_at_done",
         "batches",
@@ -248,9 +258,11 @@ def downgrade() -> None:
         op.execute(f"DROP VIEW IF EXISTS {S}.{view}")
     op.execute(f"DROP TRIGGER IF EXISTS jobs_delete_rows ON {S}.jobs")
     op.execute(f"DROP FUNCTION IF EXISTS {S}.delete_job_rows()")
+    op.execute(f"DROP FUNCTION IF EXISTS {S}.output_text(jsonb)")
     op.execute(f"DROP FUNCTION IF EXISTS {S}.token_cost({S}.prices, bigint, bigint, bigint)")
     op.execute(f"DROP FUNCTION IF EXISTS {S}.price_in_force(text, text, timestamptz)")
     op.drop_index("ix_batches_finished_at_done", table_name="batches", schema=S)
+    op.drop_index(op.f("ix_results_batch_id"), table_name="results", schema=S)
     op.drop_table("batch_model_costs", schema=S)
     for column in (
         "estimated_max_cost", "estimated_max_output_tokens", "estimated_prompt_tokens",

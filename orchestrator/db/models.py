@@ -190,6 +190,8 @@ class Result(Base):
     """
 
     __tablename__ = "results"
+    # a batch's results (its costs per model at ingest, a reingest's clean-up)
+    __table_args__ = (sa.Index(None, "batch_id"),)
 
     job_id: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True)
     custom_id: Mapped[str] = mapped_column(primary_key=True)

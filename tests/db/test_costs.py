@@ -228,3 +228,21 @@ def test_deleting_a_job_deletes_its_results_events_and_costs(conn: Any, db_url: 
     for table in ("results", "events", "batches", "batch_model_costs", "requests"):
         assert scalar(db_url, f"SELECT count(*) FROM orchestrator.{table}") == 0, table
     assert query(db_url, "SELECT * FROM orchestrator.cost_by_day") == []
+
+
+def test_the_answer_of_the_responses_api_and_the_size_of_an_embedding(db_url: str) -> None:
+    responses = {
+        "output": [
+            {"type": "reasoning", "content": [{"type": "reasoning_text", "text": "hm"}]},
+            {"content": [{"type": "output_text", "text": "Hello, "}, {"type": "refusal"}]},
+            {"content": [{"type": "output_text", "text": "world"}]},
+        ],
+        "status": "completed",
+    }
+    assert (
+        scalar(
+            db_url, "SELECT orchestrator.output_text(%s::jsonb)", orjson.dumps(responses).decode()
+        )
+        == "Hello, world"
+    )
+    assert scalar(db_url, "SELECT orchestrator.output_text('{\"output\": 3}'::jsonb)") is None
