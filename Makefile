@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench bench-e2e clean mutants
+.PHONY: setup demo test lint bench bench-e2e bench-reports clean mutants
 
 setup: $(STAMP)
 
@@ -32,6 +32,11 @@ bench: $(STAMP)
 # E.g. make bench-e2e BENCH_E2E_ARGS='--jobs 200 --workers 8'
 bench-e2e: $(STAMP)
 	$(BIN)/python scripts/bench_e2e.py $(BENCH_E2E_ARGS)
+
+# The reporting views on 5 million results over 90 days (a few minutes; figures, no assertions).
+# E.g. make bench-reports BENCH_REPORTS_ARGS='--results 500000'
+bench-reports: $(STAMP)
+	$(BIN)/python scripts/bench_reports.py $(BENCH_REPORTS_ARGS)
 
 # Each mutation of the README's promises must make a test fail (not part of `make test`;
 # several minutes). E.g. make mutants MUTANTS_ARGS='--only fence-no-token --baseline'
