@@ -124,7 +124,7 @@ def test_sigkill_at_random_moments_loses_nothing_and_pays_once(
             for n in range(kills):
                 # the jobs arrive while the daemon is being killed, so there is always work
                 enqueue(db_url, simple_requests(size, prefix=f"j{n}-"), target=mode)
-                time.sleep(rng.uniform(0.4, 2.0))
+                time.sleep(rng.uniform(0.3, 1.4))
                 if n % 4 == 0:  # a burst of 429s
                     faults.add("*", status=429, retry_after=1, times=5)
                 mid_step += (
