@@ -327,7 +327,7 @@ def test_a_heartbeat_keeps_a_long_upload_from_being_taken_over(db_url: str, tmp_
 def test_sigkill_in_the_middle_of_an_ingest_then_restart_gives_one_row_each(
     db_url: str, tmp_path: Path
 ) -> None:
-    size = 50_000
+    size = 20_000
     with served("fastrouter", scale=50, rows_per_second=100_000, completion_chars=1500) as server:
         job_id = enqueue_generated(db_url, size)
         daemon = DaemonProcess(
