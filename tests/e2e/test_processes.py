@@ -108,7 +108,7 @@ def assert_created_within_policy(db_url: str, server: EmulatorServer, mode: str)
 def test_sigkill_at_random_moments_loses_nothing_and_pays_once(
     db_url: str, tmp_path: Path, mode: str
 ) -> None:
-    jobs, size, kills = 20, 200, 20
+    jobs, size, kills = 14, 200, 14
     rng = random.Random(2026)
     with served(mode) as server:
         faults = server.emulator.faults
