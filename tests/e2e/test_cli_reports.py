@@ -218,14 +218,17 @@ def test_results_of_a_job_not_run_yet_and_answers_with_control_characters(
     assert run(capsys, "results", str(job_id), "--failed") == (0, "", "")
 
 
-def test_results_are_read_through_a_server_side_cursor(db_url: str) -> None:
+@pytest.mark.parametrize("read", ["request_results", "job_requests"])
+def test_a_jobs_rows_are_read_through_a_server_side_cursor(db_url: str, read: str) -> None:
+    """``results`` (request_results) and planning (job_requests) hold one page at a time, not
+    the whole job (planning fetched every row at once before)."""
     from orchestrator.db.session import make_engine, make_sessionmaker, unit_of_work
 
     job_id = enqueue_generated(db_url, 3 * queries.FETCH_ROWS + 5)
     engine = make_engine(db_url)
     try:
         with unit_of_work(make_sessionmaker(engine)) as s:
-            rows = queries.request_results(s, job_id)
+            rows = getattr(queries, read)(s, job_id)
             first = next(iter(rows))
             open_cursors = s.execute(queries.sa.text("SELECT count(*) FROM pg_cursors")).scalar()
             seen = 1 + sum(1 for _ in rows)
@@ -430,21 +433,3 @@ def test_the_readme_shows_status_and_results_as_they_are_printed(
     code, out, _ = run(capsys, "results", str(finished_job), "--format", "csv")
     assert rows[0] == next(csv.reader(io.StringIO(out))) == COLUMNS
     assert len(rows) == 4 and all(len(row) == len(COLUMNS) for row in rows)
-
-
-def test_planning_reads_a_jobs_requests_through_a_server_side_cursor(db_url: str) -> None:
-    from orchestrator.db.session import make_engine, make_sessionmaker, unit_of_work
-
-    job_id = enqueue_generated(db_url, 3 * queries.FETCH_ROWS + 5)
-    engine = make_engine(db_url)
-    try:
-        with unit_of_work(make_sessionmaker(engine)) as s:
-            rows = queries.job_requests(s, job_id)
-            first = next(iter(rows))
-            open_cursors = s.execute(queries.sa.text("SELECT count(*) FROM pg_cursors")).scalar()
-            seen = 1 + sum(1 for _ in rows)
-        # one page in memory at a time, not the whole job (before: every row fetched at once)
-        assert first.custom_id == "r000001" and seen == 3 * queries.FETCH_ROWS + 5
-        assert open_cursors == 1
-    finally:
-        engine.dispose()
