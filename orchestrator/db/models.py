@@ -33,6 +33,13 @@ class Job(Base):
         sa.CheckConstraint(_in("status", JobStatus), name="status"),
         sa.CheckConstraint("max_attempts >= 1", name="max_attempts"),
         sa.Index(None, "status", "priority", "id", postgresql_where=sa.text("status = 'pending'")),
+        # the gauges: open jobs by status and age, whatever the history beside them
+        sa.Index(
+            "ix_jobs_open",
+            "status",
+            "created_at",
+            postgresql_where=sa.text("status IN ('pending', 'running')"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
@@ -214,7 +221,7 @@ class Event(Base):
     """Append-only audit trail, written in the transaction of the transition it records."""
 
     __tablename__ = "events"
-    __table_args__ = (sa.Index(None, "job_id", "id"),)
+    __table_args__ = (sa.Index(None, "job_id", "id"), sa.Index("ix_events_at", "at"))
 
     id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
     at: Mapped[dt.datetime] = mapped_column(server_default=NOW)

@@ -1,0 +1,41 @@
+"""operations: indexes that keep the daemon's gauges and the retention sweep O(open work)
+
+Revision ID: 0006
+Revises: 0005
+Create Date: 2026-11-30 10:50:00
+
+* ``ix_jobs_open``: the jobs not yet finished (pending or running), by status and age. The
+  metrics count jobs by status and read the oldest pending one from it, at a cost that follows the
+  open work, not the years of finished jobs beside it.
+* ``ix_events_at``: events by time, so that ``orchestrator cleanup`` and the daemon's retention
+  timer find the old ones in small batches without reading the table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from alembic import op
+
+revision: str = "0006"
+down_revision: str | None = "0005"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+S = "orchestrator"
+
+
+def upgrade() -> None:
+    op.create_index(
+        "ix_jobs_open",
+        "jobs",
+        ["status", "created_at"],
+        schema=S,
+        postgresql_where="status IN ('pending', 'running')",
+    )
+    op.create_index("ix_events_at", "events", ["at"], schema=S)
+
+
+def downgrade() -> None:
+    op.drop_index("ix_events_at", table_name="events", schema=S)
+    op.drop_index("ix_jobs_open", table_name="jobs", schema=S)
