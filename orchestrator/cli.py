@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import orjson
 import structlog
@@ -25,6 +25,9 @@ from orchestrator.deps import make_deps
 from orchestrator.domain.decide import duration
 from orchestrator.errors import ConfigError, JobNotFound, OrchestratorError
 from orchestrator.observability import configure_logging
+
+if TYPE_CHECKING:
+    from orchestrator import retention
 
 log = structlog.get_logger(__name__)
 
@@ -145,6 +148,34 @@ def _parser() -> argparse.ArgumentParser:
         help="create the database roles (migrator, daemon, enqueue, reporting) and their grants",
     )
     p.set_defaults(func=cmd_roles)
+
+    p = sub.add_parser(
+        "cleanup",
+        help="delete old events and workers rows (and, if asked, finished jobs) in small batches",
+        description="Delete what is past its age, at most --batch-size rows per statement, each "
+        "in a transaction of its own. Without --jobs-older-than, no job, request, batch or result "
+        "is ever deleted. Defaults come from the [daemon] settings (events_retention_days, "
+        "workers_retention_days, cleanup_batch_size).",
+    )
+    p.add_argument(
+        "--events-older-than", type=_days, metavar="DAYS", help="events (0: keep them all)"
+    )
+    p.add_argument(
+        "--workers-older-than",
+        type=_days,
+        metavar="DAYS",
+        help="rows of daemons not heard from for DAYS (stopped or dead; 0: keep them all)",
+    )
+    p.add_argument(
+        "--jobs-older-than",
+        type=_days,
+        metavar="DAYS",
+        help="also finished jobs (completed, failed, cancelled) older than DAYS, with their "
+        "requests, results, batches and events; never an open job",
+    )
+    p.add_argument("--batch-size", type=_positive_int, metavar="N", help="rows per statement")
+    p.add_argument("--dry-run", action="store_true", help="count, delete nothing")
+    p.set_defaults(func=cmd_cleanup)
 
     p = sub.add_parser("emulator", help="serve the built-in Batch API emulator")
     from orchestrator.emulator import server as emulator_server
@@ -318,6 +349,95 @@ def cmd_reingest(args: argparse.Namespace, settings: Settings) -> int:
         "the provider produced"
     )
     return 0
+
+
+def _days(text: str) -> float:
+    try:
+        days = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days") from None
+    if not days >= 0 or days == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: days must be 0 or more")
+    return days
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
+    return n
+
+
+def cmd_cleanup(args: argparse.Namespace, settings: Settings) -> int:
+    """Retention by hand (the daemon's timer does events and workers on its own)."""
+    from orchestrator import retention
+
+    d = settings.daemon
+    policy = retention.Policy(
+        events_days=d.events_retention_days
+        if args.events_older_than is None
+        else args.events_older_than,
+        workers_days=d.workers_retention_days
+        if args.workers_older_than is None
+        else args.workers_older_than,
+        jobs_days=args.jobs_older_than,
+        batch_size=args.batch_size or d.cleanup_batch_size,
+    )
+    deps = make_deps(settings)
+    try:
+        report = retention.sweep(deps.sessions, policy, dry_run=args.dry_run)
+    finally:
+        deps.close()
+    for line in _cleanup_lines(report):
+        print(line)
+    return 0
+
+
+def _cleanup_lines(report: retention.Report) -> list[str]:
+    """What ``cleanup`` did (or would do): one row per table it deletes from."""
+    policy = report.policy
+    which = {
+        "events": f"older than {policy.events_days:g} days" if policy.events_days else "",
+        "workers": f"not heard from for {policy.workers_days:g} days"
+        if policy.workers_days
+        else "",
+    }
+    tables = ["events", "workers"]
+    if policy.jobs_days:
+        which["events"] += (", and " if which["events"] else "") + "those of the jobs below"
+        which["jobs"] = f"finished more than {policy.jobs_days:g} days ago"
+        tables += ["jobs", "batches", "batch_items", "requests", "results"]
+    which = {table: text or "kept (retention off)" for table, text in which.items()}
+    verb = "would delete (dry run: nothing deleted)" if report.dry_run else "deleted"
+    lines = [f"{verb}, at most {policy.batch_size:,} rows per statement:"]
+    rows = [
+        [
+            table,
+            f"{report.tables[table].rows:,}",
+            "-" if report.dry_run else f"{report.tables[table].statements:,}",
+            which.get(table, "of those jobs"),
+        ]
+        for table in tables
+    ]
+    headers = ["table", "rows", "statements", "which"]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    right = (False, True, True, False)
+    for cells in [headers, *rows]:
+        lines.append(
+            "  ".join(
+                c.rjust(w) if r else c.ljust(w)
+                for c, w, r in zip(cells, widths, right, strict=True)
+            ).rstrip()
+        )
+    if not policy.jobs_days:
+        lines.append(
+            "no job, request, batch or result was touched (--jobs-older-than DAYS deletes "
+            "finished jobs with theirs)"
+        )
+    return lines
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:

@@ -105,6 +105,10 @@ class TargetConfig:
     # values (None: any) and the jobs' completion windows (spec 1.1 and 1.2: "24h" only).
     providers: tuple[str, ...] | None = ("openai", "anthropic")
     completion_windows: tuple[str, ...] = ("24h",)
+    # Delete the batch's input, output and error files at the provider once its results are
+    # committed (retention.delete_provider_files). Only where the target can delete files (the
+    # openai preset); elsewhere ignored, with one info line at start-up.
+    delete_files_after_ingest: bool = False
 
     @property
     def file_byte_budget(self) -> int:
@@ -179,6 +183,15 @@ class DaemonSettings:
     patience_seconds: float = 72 * 3600.0
     # How often each target that can list batches is swept for orphans (see README).
     orphan_sweep_seconds: float = 900.0
+    # Retention (orchestrator/retention.py, `orchestrator cleanup`): events older than this many
+    # days, and worker rows not heard from for this many days (stopped or dead daemons), are
+    # deleted every cleanup_seconds, at most cleanup_batch_size rows per statement. 0 or None
+    # keeps them all; cleanup_seconds = 0 turns the daemon's timer off. Jobs, requests, batches
+    # and results are never deleted by the timer (only by `cleanup --jobs-older-than DAYS`).
+    events_retention_days: float | None = 90.0
+    workers_retention_days: float | None = 7.0
+    cleanup_seconds: float = 3600.0
+    cleanup_batch_size: int = 5000
 
 
 # A daemon paced for a provider whose clock runs fast (the built-in emulator at a time scale): the

@@ -27,7 +27,7 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers import SchedulerNotRunningError
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from orchestrator import __version__, runner, sweep
+from orchestrator import __version__, retention, runner, sweep
 from orchestrator.asgi import ServerThread
 from orchestrator.clock import wall_now
 from orchestrator.db import ledger, queries
@@ -174,6 +174,10 @@ class Daemon:
     def sweep_orphans(self, *, force: bool = False) -> list[sweep.SweepReport]:
         """Cancel remote batches of ours that no batch adopted (see ``orchestrator/sweep.py``)."""
         return sweep.sweep_orphans(self.deps, force=force)
+
+    def sweep_retention(self) -> retention.Report:
+        """Delete old events and workers rows (the ``retention`` timer; see retention.py)."""
+        return retention.sweep_for_daemon(self.deps)
 
     def in_flight(self) -> dict[int, int]:
         with self._lock:
@@ -328,6 +332,7 @@ class Daemon:
         )
         # At start-up, whatever the last sweep: a daemon that was down may have left one behind.
         scheduler.add_job(self._safe(lambda: self.sweep_orphans(force=True)), id="orphans-at-start")
+        retention.schedule(scheduler, self._safe(self.sweep_retention), self.deps.settings)
         scheduler.start()
         return scheduler
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import structlog
 
-from orchestrator import memory
+from orchestrator import memory, retention
 from orchestrator.api.client import BatchApiClient
 from orchestrator.api.errors import (
     ApiBadRequest,
@@ -471,6 +471,8 @@ def ingest(deps: Deps, b: Claimed) -> bool:
         missing,
         check=None if failed else (counts, files),
     )
+    # Committed: the results are safe. Only now may the provider's copies go (where asked).
+    retention.delete_provider_files(deps, b, file_ids)
     return False
 
 

@@ -1386,3 +1386,141 @@ def orphan_cancel_failed(session: Session, *, remote_batch_id: str, error: str) 
         .where(OrphanBatch.remote_batch_id == remote_batch_id)
         .values(last_error=error[:2000])
     )
+
+
+# -- retention --------------------------------------------------------------------------------
+# The deletes of history (orchestrator/retention.py frames them). Each statement removes at most
+# ``limit`` rows, and the caller commits each in a transaction of its own, so no delete holds
+# locks for long or makes a giant transaction. Events and workers are chosen with FOR UPDATE SKIP
+# LOCKED: daemons sweeping at the same moment share the rows out and never wait for each other.
+# A finished job goes only with ``cleanup --jobs-older-than``, and every statement that deletes
+# its rows checks again that it is finished, older than the cutoff and has no open batch.
+
+_OPEN_BATCH_STATES = ", ".join(f"'{s}'" for s in OPEN_STATES)
+_JOB_TERMINAL_STATES = ", ".join(f"'{s.value}'" for s in sorted(JOB_TERMINAL))
+# The job :job may go: finished before :before, with no batch still open.
+_JOB_MAY_GO = f"""
+    EXISTS (SELECT 1 FROM orchestrator.jobs j
+             WHERE j.id = :job AND j.status IN ({_JOB_TERMINAL_STATES})
+               AND j.finished_at < :before
+               AND NOT EXISTS (SELECT 1 FROM orchestrator.batches ob
+                                WHERE ob.job_id = j.id AND ob.state IN ({_OPEN_BATCH_STATES})))
+"""
+# One chunk of a finished job's rows, per table, in the order retention deletes them: results
+# (the bulk), the batch items, the requests (whose foreign keys then find no batch item left to
+# cascade to), the events.
+#
+# Every bounded delete here is ``key = ANY(ARRAY(SELECT key ... LIMIT n))``: the array is
+# computed once and the rows are then fetched by their index. The plainer ``key IN (SELECT ...
+# LIMIT n)`` is planned as a hash semi-join over a sequential scan of the whole table (measured:
+# 389 ms for 5,000 of a million events, against 26 ms), on every statement of the sweep.
+_JOB_CHUNK_SQL = {
+    "results": f"""
+        DELETE FROM orchestrator.results WHERE job_id = :job AND custom_id = ANY(ARRAY(
+            SELECT custom_id FROM orchestrator.results
+             WHERE job_id = :job AND {_JOB_MAY_GO} LIMIT :limit))
+    """,
+    "batch_items": f"""
+        DELETE FROM orchestrator.batch_items WHERE ctid = ANY(ARRAY(
+            SELECT bi.ctid FROM orchestrator.batch_items bi
+             WHERE bi.batch_id IN (SELECT id FROM orchestrator.batches WHERE job_id = :job)
+               AND {_JOB_MAY_GO} LIMIT :limit))
+    """,
+    "requests": f"""
+        DELETE FROM orchestrator.requests WHERE job_id = :job AND custom_id = ANY(ARRAY(
+            SELECT custom_id FROM orchestrator.requests
+             WHERE job_id = :job AND {_JOB_MAY_GO} LIMIT :limit))
+    """,
+    "events": f"""
+        DELETE FROM orchestrator.events WHERE id = ANY(ARRAY(
+            SELECT id FROM orchestrator.events
+             WHERE job_id = :job AND {_JOB_MAY_GO} ORDER BY id LIMIT :limit))
+    """,
+}
+JOB_CHUNK_TABLES = tuple(_JOB_CHUNK_SQL)
+
+
+def _deleted(session: Session, sql: str, **params: Any) -> int:
+    result = session.execute(sa.text(sql), params)
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def delete_old_events(session: Session, *, before: dt.datetime, limit: int) -> int:
+    """Up to ``limit`` of the oldest events from before ``before`` (found by ``ix_events_at``),
+    whatever their job: the events are the audit trail, nothing decides anything from them."""
+    return _deleted(
+        session,
+        """
+        DELETE FROM orchestrator.events WHERE id = ANY(ARRAY(
+            SELECT id FROM orchestrator.events WHERE at < :before
+             ORDER BY at LIMIT :limit FOR UPDATE SKIP LOCKED))
+        """,
+        before=before,
+        limit=limit,
+    )
+
+
+def delete_old_workers(session: Session, *, before: dt.datetime, limit: int) -> int:
+    """Up to ``limit`` worker rows not heard from since ``before``: daemons that stopped (their
+    last heartbeat is their stop) or died. A live daemon heartbeats every third of a lease."""
+    return _deleted(
+        session,
+        """
+        DELETE FROM orchestrator.workers WHERE id = ANY(ARRAY(
+            SELECT id FROM orchestrator.workers WHERE heartbeat_at < :before
+             ORDER BY heartbeat_at LIMIT :limit FOR UPDATE SKIP LOCKED))
+        """,
+        before=before,
+        limit=limit,
+    )
+
+
+def delete_job_chunk(
+    session: Session, table: str, job_id: int, *, before: dt.datetime, limit: int
+) -> int:
+    """Up to ``limit`` rows of ``table`` (one of :data:`JOB_CHUNK_TABLES`) of a job finished
+    before ``before`` with no open batch; none if the job is not (or no longer) such a job."""
+    return _deleted(session, _JOB_CHUNK_SQL[table], job=job_id, before=before, limit=limit)
+
+
+def delete_finished_job(session: Session, job_id: int, *, before: dt.datetime) -> tuple[int, int]:
+    """The job's batches (their create keys, orphans and costs per model go with them), then the
+    job: ``(batches, jobs)`` deleted, ``(0, 0)`` unless it is finished before ``before`` with no
+    open batch. Its bulk (results, batch items, requests, events) is gone first, in chunks
+    (:func:`delete_job_chunk`): what is left here is a few rows, and the ``jobs_delete_rows``
+    trigger (migration 0005) finds no results or events left to take with it."""
+    batches = _deleted(
+        session,
+        f"DELETE FROM orchestrator.batches WHERE job_id = :job AND {_JOB_MAY_GO}",
+        job=job_id,
+        before=before,
+    )
+    jobs = _deleted(
+        session,
+        f"DELETE FROM orchestrator.jobs WHERE id = :job AND {_JOB_MAY_GO}",
+        job=job_id,
+        before=before,
+    )
+    return batches, jobs
+
+
+def provider_files_deleted(
+    session: Session,
+    *,
+    job_id: int,
+    batch_id: int,
+    target: str,
+    file_ids: list[str],
+    already_gone: list[str],
+) -> None:
+    """The batch's files were deleted at the provider after its ingest (retention): ``file_ids``
+    by us now, ``already_gone`` found deleted (404) before we asked."""
+    record(
+        session,
+        "provider_files_deleted",
+        job_id=job_id,
+        batch_id=batch_id,
+        target=target,
+        file_ids=file_ids,
+        already_gone=already_gone,
+    )

@@ -559,3 +559,79 @@ def job_estimate(
         },
     ).all()
     return [ModelEstimate(*row) for row in rows]
+
+
+# -- retention ------------------------------------------------------------------------------------
+
+
+def database_now(session: Session) -> dt.datetime:
+    """The database's clock: retention's cutoffs are taken from it, as leases are."""
+    return session.execute(sa.text("SELECT now()")).scalar_one()  # type: ignore[no-any-return]
+
+
+def old_event_count(session: Session, *, before: dt.datetime) -> int:
+    return int(
+        session.execute(
+            sa.text("SELECT count(*) FROM orchestrator.events WHERE at < :before"),
+            {"before": before},
+        ).scalar_one()
+    )
+
+
+def old_worker_count(session: Session, *, before: dt.datetime) -> int:
+    return int(
+        session.execute(
+            sa.text("SELECT count(*) FROM orchestrator.workers WHERE heartbeat_at < :before"),
+            {"before": before},
+        ).scalar_one()
+    )
+
+
+_TERMINAL_JOB_STATES = ", ".join(f"'{s.value}'" for s in sorted(JOB_TERMINAL))
+_OPEN_STATE_LIST = ", ".join(f"'{s}'" for s in OPEN_STATES)
+
+
+def finished_jobs_before(
+    session: Session, *, before: dt.datetime, after_id: int, limit: int
+) -> list[int]:
+    """Ids above ``after_id``, in order, of jobs finished (completed, failed, cancelled) before
+    ``before`` with no batch still open: those ``cleanup --jobs-older-than`` may delete."""
+    rows = session.execute(
+        sa.text(
+            f"""
+            SELECT j.id FROM orchestrator.jobs j
+             WHERE j.status IN ({_TERMINAL_JOB_STATES}) AND j.finished_at < :before
+               AND j.id > :after
+               AND NOT EXISTS (SELECT 1 FROM orchestrator.batches b
+                                WHERE b.job_id = j.id AND b.state IN ({_OPEN_STATE_LIST}))
+             ORDER BY j.id LIMIT :limit
+            """
+        ),
+        {"before": before, "after": after_id, "limit": limit},
+    )
+    return list(rows.scalars())
+
+
+def job_row_counts(
+    session: Session, job_ids: list[int], *, events_before: dt.datetime | None
+) -> dict[str, int]:
+    """What deleting ``job_ids`` would delete, per table (``cleanup --dry-run``); their events
+    older than ``events_before`` are left out (the events sweep counts them)."""
+    row = session.execute(
+        sa.text(
+            """
+            SELECT
+              (SELECT count(*) FROM orchestrator.results WHERE job_id = ANY(:jobs)) AS results,
+              (SELECT count(*) FROM orchestrator.batch_items bi
+                 JOIN orchestrator.batches b ON b.id = bi.batch_id
+                WHERE b.job_id = ANY(:jobs)) AS batch_items,
+              (SELECT count(*) FROM orchestrator.requests WHERE job_id = ANY(:jobs)) AS requests,
+              (SELECT count(*) FROM orchestrator.events WHERE job_id = ANY(:jobs)
+                  AND (CAST(:events_before AS timestamptz) IS NULL
+                       OR at >= CAST(:events_before AS timestamptz))) AS events,
+              (SELECT count(*) FROM orchestrator.batches WHERE job_id = ANY(:jobs)) AS batches
+            """
+        ),
+        {"jobs": job_ids, "events_before": events_before},
+    ).one()
+    return {**row._asdict(), "jobs": len(job_ids)}
