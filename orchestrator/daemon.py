@@ -177,7 +177,7 @@ class Daemon:
 
     def sweep_retention(self) -> retention.Report:
         """Delete old events and workers rows (the ``retention`` timer; see retention.py)."""
-        return retention.sweep_for_daemon(self.deps)
+        return retention.sweep_for_daemon(self.deps, stopping=self._stop.is_set)
 
     def in_flight(self) -> dict[int, int]:
         with self._lock:

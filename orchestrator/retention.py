@@ -128,8 +128,16 @@ def _cutoff(now: dt.datetime, days: float | None) -> dt.datetime | None:
     return now - dt.timedelta(days=days) if days is not None and days > 0 else None
 
 
-def sweep(sessions: sessionmaker[Session], policy: Policy, *, dry_run: bool = False) -> Report:
-    """Delete (or, with ``dry_run``, count) what ``policy`` says is past its age."""
+def sweep(
+    sessions: sessionmaker[Session],
+    policy: Policy,
+    *,
+    dry_run: bool = False,
+    stopping: Callable[[], bool] = lambda: False,
+) -> Report:
+    """Delete (or, with ``dry_run``, count) what ``policy`` says is past its age. ``stopping`` is
+    asked between statements: a daemon told to stop does not wait for a long sweep to end (what
+    is left goes at the next run)."""
     if policy.batch_size < 1:
         raise ValueError("the batch size must be at least 1")
     started = time.monotonic()
@@ -145,21 +153,25 @@ def sweep(sessions: sessionmaker[Session], policy: Policy, *, dry_run: bool = Fa
         size = policy.batch_size
         if events_before is not None:
             delete = functools.partial(ledger.delete_old_events, before=events_before, limit=size)
-            _drain(sessions, delete, report.tables["events"], size)
+            _drain(sessions, delete, report.tables["events"], size, stopping)
         if workers_before is not None:
             delete = functools.partial(ledger.delete_old_workers, before=workers_before, limit=size)
-            _drain(sessions, delete, report.tables["workers"], size)
+            _drain(sessions, delete, report.tables["workers"], size, stopping)
         if jobs_before is not None:
-            _delete_jobs(sessions, report, before=jobs_before, size=size)
+            _delete_jobs(sessions, report, before=jobs_before, size=size, stopping=stopping)
     report.seconds = round(time.monotonic() - started, 3)
     return report
 
 
 def _drain(
-    sessions: sessionmaker[Session], delete: Callable[[Session], int], tally: Tally, size: int
+    sessions: sessionmaker[Session],
+    delete: Callable[[Session], int],
+    tally: Tally,
+    size: int,
+    stopping: Callable[[], bool],
 ) -> None:
     """Run ``delete`` (one bounded statement), one transaction each, until it comes back short."""
-    while True:
+    while not stopping():
         with unit_of_work(sessions) as s:
             deleted = delete(s)
         tally.add(deleted)
@@ -168,10 +180,15 @@ def _drain(
 
 
 def _delete_jobs(
-    sessions: sessionmaker[Session], report: Report, *, before: dt.datetime, size: int
+    sessions: sessionmaker[Session],
+    report: Report,
+    *,
+    before: dt.datetime,
+    size: int,
+    stopping: Callable[[], bool],
 ) -> None:
     after = 0
-    while True:
+    while not stopping():
         with unit_of_work(sessions) as s:
             job_ids = queries.finished_jobs_before(s, before=before, after_id=after, limit=JOB_PAGE)
         if not job_ids:
@@ -181,7 +198,9 @@ def _delete_jobs(
                 delete = functools.partial(
                     ledger.delete_job_chunk, table=table, job_id=job_id, before=before, limit=size
                 )
-                _drain(sessions, delete, report.tables[table], size)
+                _drain(sessions, delete, report.tables[table], size, stopping)
+            if stopping():
+                return  # the job's last rows go at the next run
             with unit_of_work(sessions) as s:
                 batches, jobs = ledger.delete_finished_job(s, job_id, before=before)
             report.tables["batches"].add(batches)
@@ -217,10 +236,10 @@ def _count(
 # -- the daemon's timer ----------------------------------------------------------------------
 
 
-def sweep_for_daemon(deps: Deps) -> Report:
+def sweep_for_daemon(deps: Deps, *, stopping: Callable[[], bool] = lambda: False) -> Report:
     """What the daemon's ``retention`` timer runs: old events and workers (never a job), and one
     log line."""
-    report = sweep(deps.sessions, Policy.of(deps.settings.daemon))
+    report = sweep(deps.sessions, Policy.of(deps.settings.daemon), stopping=stopping)
     log.info(
         "retention_swept",
         **{table: n for table, n in report.counts().items() if n},

@@ -622,6 +622,57 @@ MUTATIONS: list[Mutation] = [
                "tests/e2e/test_cli_reports.py::"
                "test_results_as_csv_and_jsonl_in_insertion_order_the_failures_and_to_a_file"],
     ),
+    Mutation(
+        name="cleanup-unbounded",
+        promise="cleanup deletes old events in statements of bounded size, each its own "
+                "transaction, while a daemon runs",
+        path="orchestrator/db/ledger.py",
+        old="\n             ORDER BY at LIMIT :limit FOR UPDATE SKIP LOCKED))",
+        new="))",
+        tests=["tests/e2e/test_retention.py::"
+               "test_cleanup_deletes_old_events_in_batches_of_bounded_size_while_a_daemon_runs"],
+    ),
+    Mutation(
+        name="cleanup-deletes-results",
+        promise="cleanup never deletes a job, a request or a result unless --jobs-older-than "
+                "is given",
+        path="orchestrator/cli.py",
+        old="jobs_days=args.jobs_older_than,",
+        new="jobs_days=args.jobs_older_than or d.events_retention_days,",
+        tests=["tests/e2e/test_retention.py::"
+               "test_jobs_older_than_deletes_only_finished_old_jobs_in_chunks_and_dry_run_deletes_nothing"],
+    ),
+    Mutation(
+        name="retention-timer-deletes-jobs",
+        promise="the daemon's retention timer deletes old events and workers, never a job's "
+                "results",
+        path="orchestrator/retention.py",
+        old="            batch_size=daemon.cleanup_batch_size,\n        )",
+        new="            batch_size=daemon.cleanup_batch_size,\n"
+            "            jobs_days=daemon.events_retention_days,\n        )",
+        tests=["tests/e2e/test_retention.py::"
+               "test_the_daemon_timer_sweeps_events_and_workers_and_never_a_jobs_results"],
+    ),
+    Mutation(
+        name="files-deleted-unasked",
+        promise="the provider's files are deleted after ingest only where "
+                "delete_files_after_ingest is on",
+        path="orchestrator/retention.py",
+        old="if not (target.can_delete_files and target.delete_files_after_ingest):",
+        new="if not target.can_delete_files:",
+        tests=["tests/e2e/test_retention.py::"
+               "test_provider_files_are_deleted_after_a_committed_ingest_when_asked"],
+    ),
+    Mutation(
+        name="files-deleted-before-ingest",
+        promise="the provider's files are deleted only after the batch's results are committed",
+        path="orchestrator/steps.py",
+        old='    files = ", ".join(file_ids) if file_ids else "none"\n',
+        new='    files = ", ".join(file_ids) if file_ids else "none"\n'
+            "    retention.delete_provider_files(deps, b, file_ids)\n",
+        tests=["tests/e2e/test_retention.py::"
+               "test_provider_files_are_deleted_after_a_committed_ingest_when_asked"],
+    ),
 ]
 # fmt: on
 
