@@ -300,6 +300,8 @@ def delete_provider_files(deps: Deps, b: Claimed, result_files: list[str]) -> li
             gone.append(file_id)
         except ApiError as exc:
             failed[file_id] = exc.message
+        except TRANSIENT_DB_ERRORS as exc:  # the target's gate reads the database first
+            failed[file_id] = f"database: {type(exc).__name__}"
     if failed:
         log.warning(
             "provider_files_delete_failed",
