@@ -171,7 +171,7 @@ def _parser() -> argparse.ArgumentParser:
         type=_days,
         metavar="DAYS",
         help="also finished jobs (completed, failed, cancelled) older than DAYS, with their "
-        "requests, results, batches and events; never an open job",
+        "requests, results, batches and events; never an open job (0: none)",
     )
     p.add_argument("--batch-size", type=_positive_int, metavar="N", help="rows per statement")
     p.add_argument("--dry-run", action="store_true", help="count, delete nothing")
