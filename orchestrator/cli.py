@@ -158,7 +158,10 @@ def _parser() -> argparse.ArgumentParser:
         "workers_retention_days, cleanup_batch_size).",
     )
     p.add_argument(
-        "--events-older-than", type=_days, metavar="DAYS", help="events (0: keep them all)"
+        "--events-older-than",
+        type=_days,
+        metavar="DAYS",
+        help="events older than DAYS (0: keep them all)",
     )
     p.add_argument(
         "--workers-older-than",
