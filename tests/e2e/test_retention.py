@@ -314,7 +314,7 @@ def test_the_daemon_timer_sweeps_events_and_workers_and_never_a_jobs_results(
     daemon = dataclasses.replace(FAST, cleanup_batch_size=4000)
     settings = settings_for(db_url, daemon=daemon, delete_files_after_ingest=True)
     capture = structlog.testing.capture_logs()
-    with capture as lines, harness(db_url, settings=settings) as h:
+    with capture as lines, harness(db_url, http=False, settings=settings) as h:
         job_id = enqueue(db_url, simple_requests(6))
         assert h.run_job(job_id) == "completed"
         assert "provider_files_deleted" not in events(db_url, job_id)
