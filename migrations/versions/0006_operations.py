@@ -9,6 +9,10 @@ Create Date: 2026-11-30 10:50:00
   open work, not the years of finished jobs beside it.
 * ``ix_events_at``: events by time, so that ``orchestrator cleanup`` and the daemon's retention
   timer find the old ones in small batches without reading the table.
+* ``ix_batch_items_request``: the index of the foreign key from ``batch_items`` to ``requests``.
+  Without it each deleted request (``cleanup --jobs-older-than``, or any job deleted by hand) read
+  every batch item to find its own: 84 ms a request at 500,000 items, 200 requests in 16.8 s;
+  with it 5,000 requests go in 0.21 s.
 """
 
 from __future__ import annotations
@@ -34,8 +38,10 @@ def upgrade() -> None:
         postgresql_where="status IN ('pending', 'running')",
     )
     op.create_index("ix_events_at", "events", ["at"], schema=S)
+    op.create_index("ix_batch_items_request", "batch_items", ["job_id", "custom_id"], schema=S)
 
 
 def downgrade() -> None:
+    op.drop_index("ix_batch_items_request", table_name="batch_items", schema=S)
     op.drop_index("ix_events_at", table_name="events", schema=S)
     op.drop_index("ix_jobs_open", table_name="jobs", schema=S)
