@@ -209,9 +209,10 @@ def test_the_rules_and_the_dashboard_name_only_metrics_a_running_daemon_serves(
 
     # Then every name the rules and the dashboard use is there, with the labels they select on
     scrape = Scrape(text.decode())
-    assert scrape.missing(named) == [], "named by deploy/ but not served by the daemon"
-    matchers = [m for e in exprs for m in label_matchers(e)]
-    assert scrape.wrong_matchers(matchers) == []
+    missing = scrape.missing(named)
+    assert not missing, f"named by deploy/ but not served by the daemon: {missing}"
+    wrong = scrape.wrong_matchers([m for e in exprs for m in label_matchers(e)])
+    assert not wrong, f"selected on by deploy/ but not in the scrape: {wrong}"
 
 
 def test_the_guard_refuses_writable_executable_memory() -> None:
