@@ -673,6 +673,63 @@ MUTATIONS: list[Mutation] = [
         tests=["tests/e2e/test_retention.py::"
                "test_provider_files_are_deleted_after_a_committed_ingest_when_asked"],
     ),
+    Mutation(
+        name="daemon-unit-without-basic-hardening",
+        promise="systemd-analyze security rates the daemon's unit 4.0 or better",
+        path="deploy/orchestrator.service",
+        old="NoNewPrivileges=yes\nCapabilityBoundingSet=\nAmbientCapabilities=\n"
+            "ProtectSystem=strict\nProtectHome=yes\nPrivateTmp=yes\nPrivateDevices=yes\n",
+        new="",
+        tests=["tests/deploy/test_systemd.py::"
+               "test_security_exposure_is_at_most_4[orchestrator.service]"],
+    ),
+    Mutation(
+        name="daemon-unit-migrates-on-start",
+        promise="migrations run in their own one-shot unit as the migration role, not on every "
+                "start of the daemon",
+        path="deploy/orchestrator.service",
+        old="ExecStart=/opt/batch-orchestrator/current/bin/orchestrator run\n",
+        new="ExecStartPre=/opt/batch-orchestrator/current/bin/orchestrator migrate\n"
+            "ExecStart=/opt/batch-orchestrator/current/bin/orchestrator run\n",
+        tests=["tests/deploy/test_systemd.py::"
+               "test_migration_is_a_separate_one_shot_by_the_migration_role"],
+    ),
+    Mutation(
+        name="tick-late-alert-never-resolves",
+        promise="the tick-late alert pages while the daemon does not tick, and stops once it does",
+        path="deploy/prometheus/alerts.yml",
+        old="expr: time() - orchestrator_last_tick_timestamp_seconds > 60",
+        new="expr: max_over_time((time() - orchestrator_last_tick_timestamp_seconds)[1h:1m]) > 60",
+        tests=["tests/deploy/test_monitoring.py::"
+               "test_alerts_fire_while_the_problem_lasts_and_resolve_after"],
+    ),
+    Mutation(
+        name="paused-alert-per-daemon",
+        promise="a paused target pages once, however many daemons report it",
+        path="deploy/prometheus/alerts.yml",
+        old="expr: max by (target) (orchestrator_target_paused) == 1",
+        new="expr: orchestrator_target_paused == 1",
+        tests=["tests/deploy/test_monitoring.py::"
+               "test_alerts_fire_while_the_problem_lasts_and_resolve_after"],
+    ),
+    Mutation(
+        name="dashboard-names-unserved-metric",
+        promise="every metric the dashboard and the alert rules name is in a real /metrics scrape",
+        path="deploy/grafana/dashboard.json",
+        old="orchestrator_lease_takeovers_total",
+        new="orchestrator_lease_takeover_total",
+        tests=["tests/deploy/test_metric_names.py::"
+               "test_the_rules_and_the_dashboard_name_only_metrics_a_running_daemon_serves"],
+    ),
+    Mutation(
+        name="compose-daemon-before-migration",
+        promise="in docker-compose.yml the daemon starts only after the migration succeeded",
+        path="docker-compose.yml",
+        old="condition: service_completed_successfully",
+        new="condition: service_started",
+        tests=["tests/deploy/test_docker.py::"
+               "test_compose_runs_postgres_then_migrate_then_the_daemon_and_the_emulator_on_demand"],
+    ),
 ]
 # fmt: on
 
