@@ -5,6 +5,10 @@ cancelled, plan pending jobs, claim runnable batches up to the free workers, han
 ``Daemon.serve()`` runs ticks from APScheduler timers and from ``LISTEN orchestrator`` until a
 signal: the first SIGTERM/SIGINT stops claiming, lets running steps finish within the grace period,
 releases the leases still held and exits 0; a second one exits at once.
+
+``/healthz`` and the gauges of ``/metrics`` read the database through a small engine of their own
+(short connect and statement timeouts, and a bound on the wait however the database fails), so
+that neither hangs nor waits behind the workers when the database is away or slow.
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 import structlog
@@ -32,13 +37,23 @@ from orchestrator.asgi import ServerThread
 from orchestrator.clock import wall_now
 from orchestrator.db import ledger, queries
 from orchestrator.db.notify import listen
-from orchestrator.db.session import unit_of_work
+from orchestrator.db.session import Session, make_probe_engine, make_sessionmaker, unit_of_work
 from orchestrator.deps import Deps
-from orchestrator.observability import health_app
+from orchestrator.observability import FRESH_SECONDS, Scrubber, health_app
 
 log = structlog.get_logger(__name__)
 
 CHANNEL = "orchestrator"
+# /healthz and the gauges give the database this long to answer (connect, then each statement).
+PROBE_SECONDS = 3.0
+# The gauges are also refreshed by a timer, for a daemon nobody scrapes (logs of a failure).
+METRICS_SECONDS = 15.0
+T = TypeVar("T")
+
+
+class DatabaseUnreachable(Exception):
+    """The health check or the gauges could not read the database; the message says why (no
+    password: the URL is never part of it)."""
 
 
 class Daemon:
@@ -58,8 +73,19 @@ class Daemon:
         self._stop = threading.Event()
         self._signals = 0
         self._scheduler: BackgroundScheduler | None = None
+        self.started_at = deps.clock.now()
         self.last_tick_at: dt.datetime | None = None
         self.last_tick_error: str | None = None
+        # /healthz and the gauges: their own small pool, their own threads (a bounded wait)
+        probe_url = deps.engine.url if deps.engine is not None else deps.settings.database_url
+        self._probe_engine = make_probe_engine(probe_url or "", timeout=PROBE_SECONDS)
+        self._probe_sessions = make_sessionmaker(self._probe_engine)
+        self._probe_pool = cf.ThreadPoolExecutor(2, thread_name_prefix="probe")
+        self._scrub = Scrubber(deps.settings.secrets())
+        self._refresh_lock = threading.Lock()
+        self._refreshed_at: float | None = None  # time.monotonic() of the last good refresh
+        self.metrics.for_targets(deps.settings.targets)
+        self.metrics.before_scrape(self.refresh_if_stale)
 
     # -- one pass ------------------------------------------------------------------------
 
@@ -85,10 +111,13 @@ class Daemon:
                     limit=free,
                 )
             for b in claimed:
+                if b.taken_over:
+                    self.metrics.lease_takeovers.inc()
                 with self._lock:
                     self._inflight[b.id] = b.token
                 started.append(self._submit(self._run, b))
         self.last_tick_at = self.deps.clock.now()
+        self.metrics.last_tick.set(self.last_tick_at.timestamp())
         if wait:
             cf.wait(started)
         return len(started)
@@ -152,11 +181,11 @@ class Daemon:
                 self._planning = False
 
     def _run(self, b: queries.Claimed) -> None:
-        self.metrics.in_flight.inc()
+        self.metrics.steps_in_flight.inc()
         try:
             runner.run_batch(self.deps, b)
         finally:
-            self.metrics.in_flight.dec()
+            self.metrics.steps_in_flight.dec()
             with self._lock:
                 self._inflight.pop(b.id, None)
             self.wake()  # a worker is free: claim again now, not at the next timer
@@ -179,67 +208,114 @@ class Daemon:
         with self._lock:
             return dict(self._inflight)
 
-    # -- health ----------------------------------------------------------------------------
+    # -- health and the gauges -------------------------------------------------------------
 
     def health(self) -> tuple[bool, dict[str, Any]]:
+        """(healthy, what ``/healthz`` answers). Unhealthy (503) when the database cannot be
+        read, or when no tick has succeeded for ``max(30 s, 10 ticks)``; paused targets and
+        stuck batches need a person, not a restart: they are reported, with 200."""
         now = self.deps.clock.now()
+        since = self.last_tick_at or self.started_at
+        age = max((now - since).total_seconds(), 0.0)
         body: dict[str, Any] = {
+            "status": "ok",
             "worker_id": str(self.deps.worker_id),
             "version": __version__,
             "in_flight": len(self.in_flight()),
+            "last_tick_age_seconds": round(age, 3) if self.last_tick_at else None,
+            "last_tick_error": self.last_tick_error,
         }
+        stuck_after = self.settings.stuck_after_seconds
         try:
-            with unit_of_work(self.deps.sessions) as s:
-                states = queries.target_states(s)
-                stuck = queries.stuck_batches(
-                    s, now=now, stuck_after=self.settings.stuck_after_seconds, limit=20
+            states, stuck = self._read(
+                lambda s: (
+                    queries.target_states(s),
+                    queries.stuck_batches(s, now=now, stuck_after=stuck_after, limit=20),
                 )
-            body["targets"] = [
-                {
-                    "target": t.target,
-                    "paused": t.paused,
-                    "reason": t.reason,
-                    "blocked_until": t.blocked_until.isoformat() if t.blocked_until else None,
-                }
-                for t in states
-                if t.paused or (t.blocked_until and t.blocked_until > now)
-            ]
-        except sa.exc.SQLAlchemyError as exc:
-            body.update(status="unhealthy", error=f"database: {type(exc).__name__}")
+            )
+        except DatabaseUnreachable as exc:
+            body.update(status="unhealthy", error=f"database unreachable: {exc}")
             return False, body
-        stale = self.last_tick_at is None or (now - self.last_tick_at).total_seconds() > max(
-            30.0, 10 * self.settings.tick_seconds
-        )
-        if stale or self.last_tick_error:
-            body.update(status="unhealthy", error=self.last_tick_error or "not ticking")
-            return False, body
-        # Stuck batches need a person, not a restart: reported, with 200.
+        blocked = [t for t in states if t.paused or (t.blocked_until and t.blocked_until > now)]
+        body["targets"] = [
+            {
+                "target": t.target,
+                "paused": t.paused,
+                "reason": t.reason,
+                "blocked_until": t.blocked_until.isoformat() if t.blocked_until else None,
+            }
+            for t in blocked
+        ]
+        body["paused_targets"] = [t.target for t in blocked if t.paused]
         body["stuck_batches"] = [_stuck(b, now) for b in stuck]
-        body["status"] = "degraded" if body["targets"] or stuck else "ok"
+        late = max(30.0, 10 * self.settings.tick_seconds)
+        if age > late:
+            what = "the last successful tick" if self.last_tick_at else "no successful tick since"
+            body.update(
+                status="unhealthy",
+                error=f"tick late: {what} {age:.0f} s ago (more than {late:.0f} s)",
+            )
+            return False, body
+        if blocked or stuck:
+            body["status"] = "degraded"
         return True, body
 
     def refresh_metrics(self) -> None:
-        with unit_of_work(self.deps.sessions) as s:
-            batches = queries.open_batches_by_state(s)
-            jobs = queries.jobs_by_status(s)
-            targets = queries.target_states(s)
-            stuck = queries.stuck_batches(
-                s, now=self.deps.clock.now(), stuck_after=self.settings.stuck_after_seconds
-            )
-        self.metrics.stuck_batches.clear()  # a target no longer stuck reads 0, not its old value
-        for target in self.deps.settings.targets:
-            self.metrics.stuck_batches.labels(target).set(
-                sum(1 for b in stuck if b.target == target)
-            )
-        self.metrics.open_batches.clear()
-        for state, n in batches:
-            self.metrics.open_batches.labels(state).set(n)
-        for status, n in jobs:
-            self.metrics.jobs.labels(status).set(n)
+        """Read the gauges from the database (the timer's call): on failure, the last values stay,
+        ``orchestrator_database_up`` reads 0 and the error is raised (the timer logs it)."""
+        with self._refresh_lock:
+            self._refresh()
+
+    def refresh_if_stale(self) -> None:
+        """Before a scrape: refresh the gauges unless that was done less than FRESH_SECONDS ago.
+        A scrape never fails on the database: it shows the last values, and database_up 0."""
+        with self._refresh_lock:
+            if self._refreshed_at is not None and (
+                time.monotonic() - self._refreshed_at < FRESH_SECONDS
+            ):
+                return
+            try:
+                self._refresh()
+            except DatabaseUnreachable as exc:
+                log.warning("metrics_refresh_failed", error=str(exc))
+
+    def _refresh(self) -> None:
         now = self.deps.clock.now()
-        for t in targets:
-            blocked = t.paused or bool(t.blocked_until and t.blocked_until > now)
-            self.metrics.target_blocked.labels(t.target, str(t.paused).lower()).set(int(blocked))
+        stuck_after = self.settings.stuck_after_seconds
+        try:
+            values = self._read(lambda s: queries.gauges(s, now=now, stuck_after=stuck_after))
+        except DatabaseUnreachable:
+            self.metrics.database_up.set(0)
+            raise
+        self.metrics.show(values, open_states=queries.OPEN_STATES)
+        self.metrics.database_up.set(1)
+        self._refreshed_at = time.monotonic()
+
+    def _read(self, read: Callable[[Session], T]) -> T:
+        """``read`` in a short transaction of the probe engine, given PROBE_SECONDS (and a
+        second) to answer whatever the database does; DatabaseUnreachable if it does not."""
+
+        def run() -> T:
+            with unit_of_work(self._probe_sessions) as s:
+                return read(s)
+
+        try:
+            future = self._probe_pool.submit(run)
+        except RuntimeError as exc:  # shutting down
+            raise DatabaseUnreachable(str(exc)) from None
+        try:
+            return future.result(timeout=PROBE_SECONDS + 1)
+        except cf.TimeoutError:
+            raise DatabaseUnreachable(f"no answer within {PROBE_SECONDS + 1:.0f} s") from None
+        except sa.exc.SQLAlchemyError as exc:
+            raise DatabaseUnreachable(self._describe(exc)) from None
+
+    def _describe(self, exc: sa.exc.SQLAlchemyError) -> str:
+        """The driver's first line (``connection … failed: Connection refused``), without the
+        statement and parameters SQLAlchemy adds, scrubbed of any secret all the same."""
+        cause = getattr(exc, "orig", None) or exc
+        lines = str(cause).strip().splitlines() or [""]
+        return self._scrub(f"{type(cause).__name__}: {lines[0]}"[:300])
 
     # -- the process -----------------------------------------------------------------------
 
@@ -314,7 +390,7 @@ class Daemon:
             self._safe(self.refresh_metrics),
             "interval",
             id="metrics",
-            seconds=15,
+            seconds=METRICS_SECONDS,
             max_instances=1,
             coalesce=True,
         )
@@ -389,6 +465,7 @@ class Daemon:
         log.info("daemon_stopped", finished=len(done), abandoned=len(not_done))
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._planner.shutdown(wait=False, cancel_futures=True)
+        self._close_probe()
         self.deps.clients.close()
         if not_done:
             # Steps still running past the grace period: their leases are released (or will
@@ -401,6 +478,12 @@ class Daemon:
         self._stop.set()
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._planner.shutdown(wait=True, cancel_futures=True)
+        self._close_probe()
+
+    def _close_probe(self) -> None:
+        self.metrics.before_scrape(None)
+        self._probe_pool.shutdown(wait=False, cancel_futures=True)
+        self._probe_engine.dispose()
 
 
 def _stuck(b: queries.StuckBatch, now: dt.datetime) -> dict[str, Any]:

@@ -3,6 +3,7 @@ or ``queries``."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -19,7 +20,7 @@ from orchestrator.errors import ConfigError
 TRANSIENT_DB_ERRORS: tuple[type[Exception], ...] = (sa.exc.OperationalError, sa.exc.InterfaceError)
 
 
-def sqlalchemy_url(url: str) -> sa.URL:
+def sqlalchemy_url(url: str | sa.URL) -> sa.URL:
     """Accept ``postgresql://``, ``postgres://`` and ``postgresql+psycopg://`` alike."""
     try:
         parsed = sa.make_url(url)
@@ -43,6 +44,23 @@ def make_engine(url: str, *, pool_size: int = 5, **kwargs: Any) -> sa.Engine:
         pool_pre_ping=True,
         connect_args={"application_name": "batch-orchestrator"},
         **kwargs,
+    )
+
+
+def make_probe_engine(url: str | sa.URL, *, timeout: float) -> sa.Engine:
+    """A small engine for health checks and gauges: a connection that cannot be made within
+    ``timeout`` seconds, or a statement that runs longer, fails instead of waiting."""
+    return sa.create_engine(
+        sqlalchemy_url(url),
+        pool_size=1,
+        max_overflow=1,
+        pool_timeout=timeout,
+        pool_pre_ping=True,
+        connect_args={
+            "application_name": "batch-orchestrator",
+            "connect_timeout": max(math.ceil(timeout), 2),  # libpq: whole seconds, at least 2
+            "options": f"-c statement_timeout={int(timeout * 1000)}",
+        },
     )
 
 
