@@ -45,7 +45,7 @@ log = structlog.get_logger(__name__)
 
 CHANNEL = "orchestrator"
 # /healthz and the gauges give the database this long to answer (connect, then each statement).
-PROBE_SECONDS = 3.0
+PROBE_SECONDS = 2.0
 # The gauges are also refreshed by a timer, for a daemon nobody scrapes (logs of a failure).
 METRICS_SECONDS = 15.0
 T = TypeVar("T")
@@ -84,6 +84,7 @@ class Daemon:
         self._scrub = Scrubber(deps.settings.secrets())
         self._refresh_lock = threading.Lock()
         self._refreshed_at: float | None = None  # time.monotonic() of the last good refresh
+        self.metrics_fresh_seconds = FRESH_SECONDS
         self.metrics.for_targets(deps.settings.targets)
         self.metrics.before_scrape(self.refresh_if_stale)
 
@@ -267,11 +268,16 @@ class Daemon:
             self._refresh()
 
     def refresh_if_stale(self) -> None:
-        """Before a scrape: refresh the gauges unless that was done less than FRESH_SECONDS ago.
-        A scrape never fails on the database: it shows the last values, and database_up 0."""
+        """Before a scrape: refresh the gauges, unless that was done less than
+        ``metrics_fresh_seconds`` ago (several scrapers, one query) and this daemon has changed
+        nothing since (its own changes show at once, other daemons' within that time). A scrape
+        never fails on the database: it shows the last values, and database_up 0."""
         with self._refresh_lock:
-            if self._refreshed_at is not None and (
-                time.monotonic() - self._refreshed_at < FRESH_SECONDS
+            last = self._refreshed_at
+            if (
+                last is not None
+                and time.monotonic() - last < self.metrics_fresh_seconds
+                and self.metrics.changed_at < last
             ):
                 return
             try:
@@ -280,6 +286,7 @@ class Daemon:
                 log.warning("metrics_refresh_failed", error=str(exc))
 
     def _refresh(self) -> None:
+        started = time.monotonic()  # what was committed before this is in what it reads
         now = self.deps.clock.now()
         stuck_after = self.settings.stuck_after_seconds
         try:
@@ -289,11 +296,11 @@ class Daemon:
             raise
         self.metrics.show(values, open_states=queries.OPEN_STATES)
         self.metrics.database_up.set(1)
-        self._refreshed_at = time.monotonic()
+        self._refreshed_at = started
 
     def _read(self, read: Callable[[Session], T]) -> T:
-        """``read`` in a short transaction of the probe engine, given PROBE_SECONDS (and a
-        second) to answer whatever the database does; DatabaseUnreachable if it does not."""
+        """``read`` in a short transaction of the probe engine, given PROBE_SECONDS to answer
+        whatever the database does (down, hung, slow); DatabaseUnreachable if it does not."""
 
         def run() -> T:
             with unit_of_work(self._probe_sessions) as s:
@@ -304,9 +311,9 @@ class Daemon:
         except RuntimeError as exc:  # shutting down
             raise DatabaseUnreachable(str(exc)) from None
         try:
-            return future.result(timeout=PROBE_SECONDS + 1)
+            return future.result(timeout=PROBE_SECONDS)
         except cf.TimeoutError:
-            raise DatabaseUnreachable(f"no answer within {PROBE_SECONDS + 1:.0f} s") from None
+            raise DatabaseUnreachable(f"no answer within {PROBE_SECONDS:.0f} s") from None
         except sa.exc.SQLAlchemyError as exc:
             raise DatabaseUnreachable(self._describe(exc)) from None
 

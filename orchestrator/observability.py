@@ -15,6 +15,7 @@ import logging
 import platform
 import re
 import sys
+import time
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from decimal import Decimal
 from typing import Any, AnyStr, Protocol
@@ -398,6 +399,8 @@ class Metrics:
             registry=r,
         )
         self._targets: tuple[str, ...] = ()
+        # time.monotonic() of the last committed event of this process (observe_event)
+        self.changed_at = 0.0
         self._shown: dict[str, set[str]] = {}
         self._before_scrape: Callable[[], None] | None = None
 
@@ -425,7 +428,9 @@ class Metrics:
         self.step_duration.labels(step, outcome).observe(seconds)
 
     def observe_event(self, kind: str, fields: Mapping[str, Any]) -> None:
-        """A committed ledger event (``ledger.record``): the ones that count here."""
+        """A committed ledger event (``ledger.record``): the database-derived gauges are out of
+        date from now on (the next scrape reads them again), and some events count here."""
+        self.changed_at = time.monotonic()
         status = kind.removeprefix("job_")
         if status in FINISHED_JOB_STATUSES and fields.get("target"):
             self.jobs_finished.labels(fields["target"], status).inc()

@@ -130,9 +130,9 @@ def _plain(value: Any) -> Any:
 def _emit_logs(session: Session) -> None:
     on_event = session.info.get(ON_EVENT)
     for level, kind, fields, is_event in session.info.pop(_PENDING_LOGS, ()):
-        getattr(log, level)(kind, **fields)
         if is_event and on_event is not None:
-            on_event(kind, fields)
+            on_event(kind, fields)  # first: whoever reads the line may count on it
+        getattr(log, level)(kind, **fields)
 
 
 @sa.event.listens_for(Session, "after_rollback")
