@@ -6,9 +6,10 @@ cancelled, plan pending jobs, claim runnable batches up to the free workers, han
 signal: the first SIGTERM/SIGINT stops claiming, lets running steps finish within the grace period,
 releases the leases still held and exits 0; a second one exits at once.
 
-``/healthz`` and the gauges of ``/metrics`` read the database through a small engine of their own
-(short connect and statement timeouts, and a bound on the wait however the database fails), so
-that neither hangs nor waits behind the workers when the database is away or slow.
+``/healthz`` and the gauges of ``/metrics`` read the database through an engine of their own (a
+connection per check, short connect and statement timeouts, TCP keepalives) on threads of their
+own, and wait PROBE_SECONDS at most whatever the database does: neither hangs nor waits behind
+the workers when the database is away, hung or slow, and both recover as soon as it is back.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ log = structlog.get_logger(__name__)
 CHANNEL = "orchestrator"
 # /healthz and the gauges give the database this long to answer (connect, then each statement).
 PROBE_SECONDS = 2.0
+# Checks still waiting on a database that hangs, past which a check fails without trying.
+MAX_PROBES = 8
 # The gauges are also refreshed by a timer, for a daemon nobody scrapes (logs of a failure).
 METRICS_SECONDS = 15.0
 T = TypeVar("T")
@@ -76,11 +79,11 @@ class Daemon:
         self.started_at = deps.clock.now()
         self.last_tick_at: dt.datetime | None = None
         self.last_tick_error: str | None = None
-        # /healthz and the gauges: their own small pool, their own threads (a bounded wait)
+        # /healthz and the gauges: their own connections and threads (a bounded wait)
         probe_url = deps.engine.url if deps.engine is not None else deps.settings.database_url
         self._probe_engine = make_probe_engine(probe_url or "", timeout=PROBE_SECONDS)
         self._probe_sessions = make_sessionmaker(self._probe_engine)
-        self._probe_pool = cf.ThreadPoolExecutor(2, thread_name_prefix="probe")
+        self._probes_waiting = 0
         self._scrub = Scrubber(deps.settings.secrets())
         self._refresh_lock = threading.Lock()
         self._refreshed_at: float | None = None  # time.monotonic() of the last good refresh
@@ -299,17 +302,31 @@ class Daemon:
         self._refreshed_at = started
 
     def _read(self, read: Callable[[Session], T]) -> T:
-        """``read`` in a short transaction of the probe engine, given PROBE_SECONDS to answer
-        whatever the database does (down, hung, slow); DatabaseUnreachable if it does not."""
+        """``read`` in a short transaction of the probe engine, on a thread of its own, given
+        PROBE_SECONDS to answer whatever the database does (down, hung, slow); else
+        DatabaseUnreachable. A check left waiting on a hung database ends when the database
+        answers or the connection dies (keepalives); MAX_PROBES of them at most."""
+        future: cf.Future[T] = cf.Future()
 
-        def run() -> T:
-            with unit_of_work(self._probe_sessions) as s:
-                return read(s)
+        def run() -> None:
+            try:
+                with unit_of_work(self._probe_sessions) as s:
+                    value = read(s)
+            except Exception as exc:  # noqa: BLE001 (handed to the caller, who says what it was)
+                future.set_exception(exc)
+            else:
+                future.set_result(value)
+            finally:
+                with self._lock:
+                    self._probes_waiting -= 1
 
-        try:
-            future = self._probe_pool.submit(run)
-        except RuntimeError as exc:  # shutting down
-            raise DatabaseUnreachable(str(exc)) from None
+        with self._lock:
+            if self._probes_waiting >= MAX_PROBES:
+                raise DatabaseUnreachable(
+                    f"no answer: {self._probes_waiting} earlier checks are still waiting"
+                )
+            self._probes_waiting += 1
+        threading.Thread(target=run, name="db-check", daemon=True).start()
         try:
             return future.result(timeout=PROBE_SECONDS)
         except cf.TimeoutError:
@@ -489,7 +506,6 @@ class Daemon:
 
     def _close_probe(self) -> None:
         self.metrics.before_scrape(None)
-        self._probe_pool.shutdown(wait=False, cancel_futures=True)
         self._probe_engine.dispose()
 
 

@@ -48,18 +48,21 @@ def make_engine(url: str, *, pool_size: int = 5, **kwargs: Any) -> sa.Engine:
 
 
 def make_probe_engine(url: str | sa.URL, *, timeout: float) -> sa.Engine:
-    """A small engine for health checks and gauges: a connection that cannot be made within
-    ``timeout`` seconds, or a statement that runs longer, fails instead of waiting."""
+    """An engine for health checks and gauges: a new connection per check (none is left in a
+    pool, holding a place, when the database hangs), which fails instead of waiting when it
+    cannot be made within ``timeout`` seconds or a statement runs longer; a connection whose
+    peer died (host gone, network cut) fails within about half a minute (TCP keepalives)."""
     return sa.create_engine(
         sqlalchemy_url(url),
-        pool_size=1,
-        max_overflow=1,
-        pool_timeout=timeout,
-        pool_pre_ping=True,
+        poolclass=sa.pool.NullPool,
         connect_args={
             "application_name": "batch-orchestrator",
             "connect_timeout": max(math.ceil(timeout), 2),  # libpq: whole seconds, at least 2
             "options": f"-c statement_timeout={int(timeout * 1000)}",
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+            "tcp_user_timeout": 30_000,
         },
     )
 
