@@ -231,7 +231,8 @@ def configure_logging(
     root.setLevel(level.upper())
     # Our own api_request_* lines cover HTTP; SQLAlchemy's engine and pool would log every
     # statement and checkout at debug. Their warnings and errors still come through, as JSON.
-    for noisy in ("httpx", "httpcore", "uvicorn.access", "sqlalchemy"):
+    # alembic says which plugins it set up, seven lines at info before every migration.
+    for noisy in ("httpx", "httpcore", "uvicorn.access", "sqlalchemy", "alembic.runtime.plugins"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # A wake-up while a tick runs is skipped by design (max_instances=1, coalesce); APScheduler
     # says so at WARNING, once per NOTIFY and per finished batch (2,628 lines in a 2,000-job run).
