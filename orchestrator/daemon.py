@@ -227,7 +227,7 @@ class Daemon:
             "version": __version__,
             "in_flight": len(self.in_flight()),
             "last_tick_age_seconds": round(age, 3) if self.last_tick_at else None,
-            "last_tick_error": self.last_tick_error,
+            "last_tick_error": self._scrub(self.last_tick_error or "") or None,
         }
         stuck_after = self.settings.stuck_after_seconds
         try:

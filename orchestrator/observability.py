@@ -244,7 +244,8 @@ def configure_logging(
 # value, never a gap): every open job status, every open batch state (``queries.OPEN_STATES``).
 OPEN_JOB_STATUSES = ("pending", "running")
 FINISHED_JOB_STATUSES = ("completed", "failed", "cancelled")
-# A scrape refreshes the database-derived gauges when their last refresh is older than this.
+# A scrape reads the database-derived gauges again when their last refresh is older than this (or
+# this daemon has committed a change since).
 FRESH_SECONDS = 2.0
 API_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 STEP_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0)
@@ -286,7 +287,7 @@ class GaugeValues(Protocol):
 class Metrics:
     """The daemon's Prometheus metrics, on a registry of its own (several daemons per process
     in tests must not collide), with the process and Python collectors on it too. The names are
-    the ones the alert rules and the dashboard use (README, "Metrics"): do not rename them."""
+    the ones the alert rules and the dashboard use (README, "Monitoring"): do not rename them."""
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
@@ -402,7 +403,7 @@ class Metrics:
         self._targets: tuple[str, ...] = ()
         # time.monotonic() of the last committed event of this process (observe_event)
         self.changed_at = 0.0
-        self._shown: dict[str, set[str]] = {}
+        self._shown: dict[Gauge, set[str]] = {}  # the label values each gauge has shown
         self._before_scrape: Callable[[], None] | None = None
 
     def for_targets(self, targets: Iterable[str]) -> None:
@@ -466,7 +467,7 @@ class Metrics:
         self.oldest_open_batch_age.set(values.oldest_open_batch_age)
 
     def _set(self, gauge: Gauge, values: Mapping[str, float]) -> None:
-        shown = self._shown.setdefault(gauge._name, set())
+        shown = self._shown.setdefault(gauge, set())
         for label in shown - set(values):
             gauge.labels(label).set(0)
         for label, value in values.items():

@@ -637,7 +637,7 @@ MUTATIONS: list[Mutation] = [
                 "jobs{status=\"running\"} reads 0",
         path="orchestrator/observability.py",
         old="self._set(self.jobs, {s: values.jobs.get(s, 0) for s in OPEN_JOB_STATUSES})",
-        new="self._set(self.jobs, dict(values.jobs)); self._shown.pop(self.jobs._name, None)",
+        new="self._set(self.jobs, dict(values.jobs)); self._shown.pop(self.jobs, None)",
         tests=["tests/e2e/test_metrics.py::"
                "test_a_daemon_s_metrics_match_the_calls_the_rows_and_the_prices",
                "tests/e2e/test_metrics.py::test_a_series_that_no_longer_applies_reads_zero"],

@@ -29,10 +29,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator import __version__
 from orchestrator.clock import ScaledClock
-from orchestrator.db import queries
+from orchestrator.db import ledger, queries
 from orchestrator.db.session import make_engine, make_sessionmaker, unit_of_work
 from orchestrator.emulator import Emulator, EmulatorConfig, EmulatorServer
 from orchestrator.emulator.pricing import batch_cost
+from orchestrator.observability import cost_by_model
 from tests.private_postgres import free_port
 from tests.support import (
     API_KEY,
@@ -375,3 +376,22 @@ def test_a_lease_taken_over_from_a_stalled_daemon_is_counted(db_url: str) -> Non
         h.clock.advance(5)
         h.daemon.tick(wait=True)
         assert h.deps.metrics.lease_takeovers._value.get() == 1
+
+
+def test_a_batch_s_cost_is_shared_out_to_its_models_to_the_cent() -> None:
+    usage = [
+        ledger.ModelUsage("a", 300, 100, Decimal("0.00030000")),
+        ledger.ModelUsage("b", 100, 100, Decimal("0.00010000")),
+    ]
+    # our prices: each model its own cost
+    assert cost_by_model(Decimal("0.00040000"), usage) == {
+        "a": Decimal("0.00030000"),
+        "b": Decimal("0.00010000"),
+    }
+    # the provider's figure: in proportion to the tokens, adding up to it exactly
+    shares = cost_by_model(Decimal("0.00100001"), usage)
+    assert sum(shares.values()) == Decimal("0.00100001")
+    assert shares["a"] == Decimal("0.00066667")
+    assert cost_by_model(None, usage) == {} and cost_by_model(Decimal(1), usage[:1]) == {
+        "a": Decimal(1)
+    }
