@@ -66,6 +66,8 @@ class ServerThread:
         self._socket = sock
         config = uvicorn.Config(
             self.app,
+            # no handlers of uvicorn's own: its records go to the root logger, so through the
+            # formatter and the redaction configure_logging installed (JSON like every line)
             log_config=None,
             log_level=self._log_level,
             access_log=False,

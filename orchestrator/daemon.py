@@ -5,6 +5,11 @@ cancelled, plan pending jobs, claim runnable batches up to the free workers, han
 ``Daemon.serve()`` runs ticks from APScheduler timers and from ``LISTEN orchestrator`` until a
 signal: the first SIGTERM/SIGINT stops claiming, lets running steps finish within the grace period,
 releases the leases still held and exits 0; a second one exits at once.
+
+``/healthz`` and the gauges of ``/metrics`` read the database through an engine of their own (a
+connection per check, short connect and statement timeouts, TCP keepalives) on threads of their
+own, and wait PROBE_SECONDS at most whatever the database does: neither hangs nor waits behind
+the workers when the database is away, hung or slow, and both recover as soon as it is back.
 """
 
 from __future__ import annotations
@@ -17,9 +22,10 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 import structlog
@@ -32,13 +38,25 @@ from orchestrator.asgi import ServerThread
 from orchestrator.clock import wall_now
 from orchestrator.db import ledger, queries
 from orchestrator.db.notify import listen
-from orchestrator.db.session import unit_of_work
+from orchestrator.db.session import Session, make_probe_engine, make_sessionmaker, unit_of_work
 from orchestrator.deps import Deps
-from orchestrator.observability import health_app
+from orchestrator.observability import FRESH_SECONDS, Scrubber, health_app
 
 log = structlog.get_logger(__name__)
 
 CHANNEL = "orchestrator"
+# /healthz and the gauges give the database this long to answer (connect, then each statement).
+PROBE_SECONDS = 2.0
+# Checks still waiting on a database that hangs, past which a check fails without trying.
+MAX_PROBES = 8
+# The gauges are also refreshed by a timer, for a daemon nobody scrapes (logs of a failure).
+METRICS_SECONDS = 15.0
+T = TypeVar("T")
+
+
+class DatabaseUnreachable(Exception):
+    """The health check or the gauges could not read the database; the message says why (no
+    password: the URL is never part of it)."""
 
 
 class Daemon:
@@ -58,8 +76,20 @@ class Daemon:
         self._stop = threading.Event()
         self._signals = 0
         self._scheduler: BackgroundScheduler | None = None
+        self.started_at = deps.clock.now()
         self.last_tick_at: dt.datetime | None = None
         self.last_tick_error: str | None = None
+        # /healthz and the gauges: their own connections and threads (a bounded wait)
+        probe_url = deps.engine.url if deps.engine is not None else deps.settings.database_url
+        self._probe_engine = make_probe_engine(probe_url or "", timeout=PROBE_SECONDS)
+        self._probe_sessions = make_sessionmaker(self._probe_engine)
+        self._probes_waiting = 0
+        self._scrub = Scrubber(deps.settings.secrets())
+        self._refresh_lock = threading.Lock()
+        self._refreshed_at: float | None = None  # time.monotonic() of the last good refresh
+        self.metrics_fresh_seconds = FRESH_SECONDS
+        self.metrics.for_targets(deps.settings.targets)
+        self.metrics.before_scrape(self.refresh_if_stale)
 
     # -- one pass ------------------------------------------------------------------------
 
@@ -85,10 +115,13 @@ class Daemon:
                     limit=free,
                 )
             for b in claimed:
+                if b.taken_over:
+                    self.metrics.lease_takeovers.inc()
                 with self._lock:
                     self._inflight[b.id] = b.token
                 started.append(self._submit(self._run, b))
         self.last_tick_at = self.deps.clock.now()
+        self.metrics.last_tick.set(self.last_tick_at.timestamp())
         if wait:
             cf.wait(started)
         return len(started)
@@ -152,11 +185,11 @@ class Daemon:
                 self._planning = False
 
     def _run(self, b: queries.Claimed) -> None:
-        self.metrics.in_flight.inc()
+        self.metrics.steps_in_flight.inc()
         try:
             runner.run_batch(self.deps, b)
         finally:
-            self.metrics.in_flight.dec()
+            self.metrics.steps_in_flight.dec()
             with self._lock:
                 self._inflight.pop(b.id, None)
             self.wake()  # a worker is free: claim again now, not at the next timer
@@ -183,67 +216,134 @@ class Daemon:
         with self._lock:
             return dict(self._inflight)
 
-    # -- health ----------------------------------------------------------------------------
+    # -- health and the gauges -------------------------------------------------------------
 
     def health(self) -> tuple[bool, dict[str, Any]]:
+        """(healthy, what ``/healthz`` answers). Unhealthy (503) when the database cannot be
+        read, or when no tick has succeeded for ``max(30 s, 10 ticks)``; paused targets and
+        stuck batches need a person, not a restart: they are reported, with 200."""
         now = self.deps.clock.now()
+        since = self.last_tick_at or self.started_at
+        age = max((now - since).total_seconds(), 0.0)
         body: dict[str, Any] = {
+            "status": "ok",
             "worker_id": str(self.deps.worker_id),
             "version": __version__,
             "in_flight": len(self.in_flight()),
+            "last_tick_age_seconds": round(age, 3) if self.last_tick_at else None,
+            "last_tick_error": self._scrub(self.last_tick_error or "") or None,
         }
+        stuck_after = self.settings.stuck_after_seconds
         try:
-            with unit_of_work(self.deps.sessions) as s:
-                states = queries.target_states(s)
-                stuck = queries.stuck_batches(
-                    s, now=now, stuck_after=self.settings.stuck_after_seconds, limit=20
+            states, stuck = self._read(
+                lambda s: (
+                    queries.target_states(s),
+                    queries.stuck_batches(s, now=now, stuck_after=stuck_after, limit=20),
                 )
-            body["targets"] = [
-                {
-                    "target": t.target,
-                    "paused": t.paused,
-                    "reason": t.reason,
-                    "blocked_until": t.blocked_until.isoformat() if t.blocked_until else None,
-                }
-                for t in states
-                if t.paused or (t.blocked_until and t.blocked_until > now)
-            ]
-        except sa.exc.SQLAlchemyError as exc:
-            body.update(status="unhealthy", error=f"database: {type(exc).__name__}")
+            )
+        except DatabaseUnreachable as exc:
+            body.update(status="unhealthy", error=f"database unreachable: {exc}")
             return False, body
-        stale = self.last_tick_at is None or (now - self.last_tick_at).total_seconds() > max(
-            30.0, 10 * self.settings.tick_seconds
-        )
-        if stale or self.last_tick_error:
-            body.update(status="unhealthy", error=self.last_tick_error or "not ticking")
-            return False, body
-        # Stuck batches need a person, not a restart: reported, with 200.
+        blocked = [t for t in states if t.paused or (t.blocked_until and t.blocked_until > now)]
+        body["targets"] = [
+            {
+                "target": t.target,
+                "paused": t.paused,
+                "reason": t.reason,
+                "blocked_until": t.blocked_until.isoformat() if t.blocked_until else None,
+            }
+            for t in blocked
+        ]
+        body["paused_targets"] = [t.target for t in blocked if t.paused]
         body["stuck_batches"] = [_stuck(b, now) for b in stuck]
-        body["status"] = "degraded" if body["targets"] or stuck else "ok"
+        late = max(30.0, 10 * self.settings.tick_seconds)
+        if age > late:
+            what = "the last successful tick" if self.last_tick_at else "no successful tick since"
+            body.update(
+                status="unhealthy",
+                error=f"tick late: {what} {age:.0f} s ago (more than {late:.0f} s)",
+            )
+            return False, body
+        if blocked or stuck:
+            body["status"] = "degraded"
         return True, body
 
     def refresh_metrics(self) -> None:
-        with unit_of_work(self.deps.sessions) as s:
-            batches = queries.open_batches_by_state(s)
-            jobs = queries.jobs_by_status(s)
-            targets = queries.target_states(s)
-            stuck = queries.stuck_batches(
-                s, now=self.deps.clock.now(), stuck_after=self.settings.stuck_after_seconds
-            )
-        self.metrics.stuck_batches.clear()  # a target no longer stuck reads 0, not its old value
-        for target in self.deps.settings.targets:
-            self.metrics.stuck_batches.labels(target).set(
-                sum(1 for b in stuck if b.target == target)
-            )
-        self.metrics.open_batches.clear()
-        for state, n in batches:
-            self.metrics.open_batches.labels(state).set(n)
-        for status, n in jobs:
-            self.metrics.jobs.labels(status).set(n)
+        """Read the gauges from the database (the timer's call): on failure, the last values stay,
+        ``orchestrator_database_up`` reads 0 and the error is raised (the timer logs it)."""
+        with self._refresh_lock:
+            self._refresh()
+
+    def refresh_if_stale(self) -> None:
+        """Before a scrape: refresh the gauges, unless that was done less than
+        ``metrics_fresh_seconds`` ago (several scrapers, one query) and this daemon has changed
+        nothing since (its own changes show at once, other daemons' within that time). A scrape
+        never fails on the database: it shows the last values, and database_up 0."""
+        with self._refresh_lock:
+            last = self._refreshed_at
+            if (
+                last is not None
+                and time.monotonic() - last < self.metrics_fresh_seconds
+                and self.metrics.changed_at < last
+            ):
+                return
+            try:
+                self._refresh()
+            except DatabaseUnreachable as exc:
+                log.warning("metrics_refresh_failed", error=str(exc))
+
+    def _refresh(self) -> None:
+        started = time.monotonic()  # what was committed before this is in what it reads
         now = self.deps.clock.now()
-        for t in targets:
-            blocked = t.paused or bool(t.blocked_until and t.blocked_until > now)
-            self.metrics.target_blocked.labels(t.target, str(t.paused).lower()).set(int(blocked))
+        stuck_after = self.settings.stuck_after_seconds
+        try:
+            values = self._read(lambda s: queries.gauges(s, now=now, stuck_after=stuck_after))
+        except DatabaseUnreachable:
+            self.metrics.database_up.set(0)
+            raise
+        self.metrics.show(values, open_states=queries.OPEN_STATES)
+        self.metrics.database_up.set(1)
+        self._refreshed_at = started
+
+    def _read(self, read: Callable[[Session], T]) -> T:
+        """``read`` in a short transaction of the probe engine, on a thread of its own, given
+        PROBE_SECONDS to answer whatever the database does (down, hung, slow); else
+        DatabaseUnreachable. A check left waiting on a hung database ends when the database
+        answers or the connection dies (keepalives); MAX_PROBES of them at most."""
+        future: cf.Future[T] = cf.Future()
+
+        def run() -> None:
+            try:
+                with unit_of_work(self._probe_sessions) as s:
+                    value = read(s)
+            except Exception as exc:  # noqa: BLE001 (handed to the caller, who says what it was)
+                future.set_exception(exc)
+            else:
+                future.set_result(value)
+            finally:
+                with self._lock:
+                    self._probes_waiting -= 1
+
+        with self._lock:
+            if self._probes_waiting >= MAX_PROBES:
+                raise DatabaseUnreachable(
+                    f"no answer: {self._probes_waiting} earlier checks are still waiting"
+                )
+            self._probes_waiting += 1
+        threading.Thread(target=run, name="db-check", daemon=True).start()
+        try:
+            return future.result(timeout=PROBE_SECONDS)
+        except cf.TimeoutError:
+            raise DatabaseUnreachable(f"no answer within {PROBE_SECONDS:.0f} s") from None
+        except sa.exc.SQLAlchemyError as exc:
+            raise DatabaseUnreachable(self._describe(exc)) from None
+
+    def _describe(self, exc: sa.exc.SQLAlchemyError) -> str:
+        """The driver's first line (``connection … failed: Connection refused``), without the
+        statement and parameters SQLAlchemy adds, scrubbed of any secret all the same."""
+        cause = getattr(exc, "orig", None) or exc
+        lines = str(cause).strip().splitlines() or [""]
+        return self._scrub(f"{type(cause).__name__}: {lines[0]}"[:300])
 
     # -- the process -----------------------------------------------------------------------
 
@@ -318,7 +418,7 @@ class Daemon:
             self._safe(self.refresh_metrics),
             "interval",
             id="metrics",
-            seconds=15,
+            seconds=METRICS_SECONDS,
             max_instances=1,
             coalesce=True,
         )
@@ -394,6 +494,7 @@ class Daemon:
         log.info("daemon_stopped", finished=len(done), abandoned=len(not_done))
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._planner.shutdown(wait=False, cancel_futures=True)
+        self._close_probe()
         self.deps.clients.close()
         if not_done:
             # Steps still running past the grace period: their leases are released (or will
@@ -406,6 +507,11 @@ class Daemon:
         self._stop.set()
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._planner.shutdown(wait=True, cancel_futures=True)
+        self._close_probe()
+
+    def _close_probe(self) -> None:
+        self.metrics.before_scrape(None)
+        self._probe_engine.dispose()
 
 
 def _stuck(b: queries.StuckBatch, now: dt.datetime) -> dict[str, Any]:

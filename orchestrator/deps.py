@@ -60,7 +60,8 @@ class TargetGate:
 
 
 class ApiClients:
-    """One client (and one connection pool) per target, made on first use."""
+    """One client (and one connection pool) per target, made on first use; every call they make
+    is counted on ``metrics``."""
 
     def __init__(
         self,
@@ -69,11 +70,13 @@ class ApiClients:
         clock: Clock,
         *,
         transport: httpx.BaseTransport | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings
         self._sessions = sessions
         self._clock = clock
         self._transport = transport
+        self._metrics = metrics
         self._clients: dict[str, BatchApiClient] = {}
         self._http: list[httpx.Client] = []
         self._lock = threading.Lock()
@@ -95,6 +98,7 @@ class ApiClients:
             target=target.name,
             before_request=gate.before_request,
             after_success=gate.after_success,
+            metrics=self._metrics,
         )
 
     def close(self) -> None:
@@ -114,7 +118,8 @@ class Deps:
     worker_id: uuid.UUID = dataclasses.field(default_factory=uuid.uuid4)
     rng: random.Random = dataclasses.field(default_factory=random.Random)
     engine: sa.Engine | None = None
-    # The counters of this process (steps count here today), served on /metrics by the daemon.
+    # The metrics of this process, served on /metrics by the daemon: make_deps gives the API
+    # clients and the ledger's committed events the same object.
     metrics: Metrics = dataclasses.field(default_factory=Metrics)
 
     def close(self) -> None:
@@ -149,15 +154,20 @@ def make_deps(
     transport: httpx.BaseTransport | None = None,
     seed: int | None = None,
 ) -> Deps:
-    """Engine, sessions and API clients for ``settings`` (the CLI, the demo and tests use this)."""
+    """Engine, sessions and API clients for ``settings`` (the CLI, the demo and tests use this),
+    and the metrics they all count on."""
     engine = make_engine(settings.require_database_url(), pool_size=settings.daemon.workers + 3)
+    metrics = Metrics()
     sessions = make_sessionmaker(engine)
+    # each transition's event, once committed, counts on the metrics too (jobs finished)
+    sessions.configure(info={ledger.ON_EVENT: metrics.observe_event})
     the_clock = clock or SystemClock()
     return Deps(
         settings=settings,
         sessions=sessions,
         clock=the_clock,
-        clients=ApiClients(settings, sessions, the_clock, transport=transport),
+        clients=ApiClients(settings, sessions, the_clock, transport=transport, metrics=metrics),
         rng=random.Random(seed),
         engine=engine,
+        metrics=metrics,
     )

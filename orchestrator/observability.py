@@ -12,18 +12,34 @@ cut short on the way is still caught. Metrics are Prometheus counters and gauges
 from __future__ import annotations
 
 import logging
+import platform
 import re
 import sys
-from collections.abc import Callable, Iterable, Mapping, MutableMapping
-from typing import Any, AnyStr
+import time
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
+from decimal import Decimal
+from typing import Any, AnyStr, Protocol
 
 import orjson
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from orchestrator import __version__
+from orchestrator.domain.cost import COST_PLACES
 
 REDACTED = "**********"
 # A run of this many characters of a secret counts as the secret.
@@ -169,8 +185,10 @@ def configure_logging(
     secrets: Iterable[str] = (),
     stream: Any = None,
 ) -> None:
-    """Configure structlog and the stdlib loggers (SQLAlchemy, httpx, APScheduler, uvicorn) once:
-    every record of every logger goes through the same processors and the same redaction."""
+    """Configure structlog and the stdlib loggers (SQLAlchemy, httpx, APScheduler, uvicorn,
+    alembic) once: every record of every logger goes through the root logger's one handler, the
+    same processors and the same redaction. (uvicorn adds handlers of its own unless given
+    ``log_config=None``, which ``asgi.ServerThread`` does: its records propagate here.)"""
     out = stream or sys.stdout
     renderer: Any
     tracebacks: Any
@@ -211,7 +229,10 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("httpx", "httpcore", "uvicorn.access", "sqlalchemy.engine"):
+    # Our own api_request_* lines cover HTTP; SQLAlchemy's engine and pool would log every
+    # statement and checkout at debug. Their warnings and errors still come through, as JSON.
+    # alembic says which plugins it set up, seven lines at info before every migration.
+    for noisy in ("httpx", "httpcore", "uvicorn.access", "sqlalchemy", "alembic.runtime.plugins"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # A wake-up while a tick runs is skipped by design (max_instances=1, coalesce); APScheduler
     # says so at WARNING, once per NOTIFY and per finished batch (2,628 lines in a 2,000-job run).
@@ -219,64 +240,290 @@ def configure_logging(
     logging.getLogger("apscheduler").setLevel(logging.ERROR)
 
 
+# Label values the gauges always show, so that a series that stops applying reads 0 (never a stale
+# value, never a gap): every open job status, every open batch state (``queries.OPEN_STATES``).
+OPEN_JOB_STATUSES = ("pending", "running")
+FINISHED_JOB_STATUSES = ("completed", "failed", "cancelled")
+# A scrape reads the database-derived gauges again when their last refresh is older than this (or
+# this daemon has committed a change since).
+FRESH_SECONDS = 2.0
+API_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+STEP_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0)
+
+
+class ModelUsage(Protocol):
+    """What one model of an ingested batch used (``ledger.ModelUsage``, from
+    ``batch_model_costs``): its tokens, and its cost at our prices (None if unpriced)."""
+
+    @property
+    def model(self) -> str: ...
+    @property
+    def prompt_tokens(self) -> int: ...
+    @property
+    def completion_tokens(self) -> int: ...
+    @property
+    def cost(self) -> Decimal | None: ...
+
+
+class GaugeValues(Protocol):
+    """The database-derived gauges at one moment, by label value (``queries.Gauges``)."""
+
+    @property
+    def jobs(self) -> Mapping[str, int]: ...
+    @property
+    def open_batches(self) -> Mapping[str, int]: ...
+    @property
+    def oldest_pending_job_age(self) -> float: ...
+    @property
+    def oldest_open_batch_age(self) -> float: ...
+    @property
+    def stuck(self) -> Mapping[str, int]: ...
+    @property
+    def paused(self) -> Mapping[str, bool]: ...
+    @property
+    def rate_limited(self) -> Mapping[str, bool]: ...
+
+
 class Metrics:
     """The daemon's Prometheus metrics, on a registry of its own (several daemons per process
-    in tests must not collide)."""
+    in tests must not collide), with the process and Python collectors on it too. The names are
+    the ones the alert rules and the dashboard use (README, "Monitoring"): do not rename them."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.steps = Counter(
-            "orchestrator_steps_total",
-            "Batch steps run",
+        r = self.registry = CollectorRegistry()
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        Gauge(
+            "orchestrator_build_info", "The running build", ["version", "python"], registry=r
+        ).labels(__version__, platform.python_version()).set(1)
+        self.api_requests = Counter(
+            "orchestrator_api_requests_total",
+            "Calls to a Batch API, by templated route and HTTP status (error: no answer)",
+            ["target", "route", "method", "status"],
+            registry=r,
+        )
+        self.api_duration = Histogram(
+            "orchestrator_api_request_duration_seconds",
+            "Wall time of each call to a Batch API (to the headers for streamed downloads)",
+            ["target", "route", "method"],
+            buckets=API_BUCKETS,
+            registry=r,
+        )
+        self.step_duration = Histogram(
+            "orchestrator_step_duration_seconds",
+            "Batch steps run, by step and outcome, and how long each took",
             ["step", "outcome"],
-            registry=self.registry,
+            buckets=STEP_BUCKETS,
+            registry=r,
+        )
+        self.steps_in_flight = Gauge(
+            "orchestrator_steps_in_flight", "Batch steps running in this daemon now", registry=r
         )
         self.jobs_planned = Counter(
-            "orchestrator_jobs_planned_total", "Jobs planned", ["outcome"], registry=self.registry
+            "orchestrator_jobs_planned_total", "Jobs planned", ["outcome"], registry=r
         )
-        self.in_flight = Gauge(
-            "orchestrator_in_flight", "Batches being worked on now", registry=self.registry
+        self.jobs = Gauge("orchestrator_jobs", "Open jobs by status", ["status"], registry=r)
+        self.jobs_finished = Counter(
+            "orchestrator_jobs_finished_total",
+            "Jobs this daemon moved to completed, failed or cancelled",
+            ["target", "status"],
+            registry=r,
         )
         self.open_batches = Gauge(
-            "orchestrator_open_batches",
-            "Open batches by local state",
-            ["state"],
-            registry=self.registry,
+            "orchestrator_open_batches", "Open batches by local state", ["state"], registry=r
         )
-        self.jobs = Gauge("orchestrator_jobs", "Jobs by status", ["status"], registry=self.registry)
-        self.target_blocked = Gauge(
-            "orchestrator_target_blocked",
-            "1 while a target is throttled or paused",
-            ["target", "paused"],
-            registry=self.registry,
+        self.oldest_pending_job_age = Gauge(
+            "orchestrator_oldest_pending_job_age_seconds",
+            "Age of the oldest pending job (0 when none)",
+            registry=r,
         )
-
-        self.orphans_cancelled = Counter(
-            "orchestrator_orphans_cancelled_total",
-            "Remote batches carrying our key that no batch adopted, cancelled by the orphan sweep",
-            ["target"],
-            registry=self.registry,
+        self.oldest_open_batch_age = Gauge(
+            "orchestrator_oldest_open_batch_age_seconds",
+            "Age of the oldest open batch (0 when none)",
+            registry=r,
         )
         self.stuck_batches = Gauge(
             "orchestrator_stuck_batches",
             "Open batches failing for longer than stuck_after_seconds, or running past expires_at",
             ["target"],
-            registry=self.registry,
+            registry=r,
         )
+        self.target_paused = Gauge(
+            "orchestrator_target_paused",
+            "1 while the target is paused (bad key, billing), else 0",
+            ["target"],
+            registry=r,
+        )
+        self.target_rate_limited = Gauge(
+            "orchestrator_target_rate_limited",
+            "1 while the target asked us to wait (429) and is not paused, else 0",
+            ["target"],
+            registry=r,
+        )
+        self.tokens = Counter(
+            "orchestrator_tokens_total",
+            "Tokens ingested by this daemon",
+            ["target", "model", "kind"],
+            registry=r,
+        )
+        self.cost = Counter(
+            "orchestrator_cost_dollars_total",
+            "Cost ingested by this daemon, in US dollars (the batches' costs, by model)",
+            ["target", "model"],
+            registry=r,
+        )
+        self.lease_takeovers = Counter(
+            "orchestrator_lease_takeovers_total",
+            "Batches this daemon claimed whose lease another owner had held and let expire",
+            registry=r,
+        )
+        self.ambiguous_creates = Counter(
+            "orchestrator_ambiguous_creates_total",
+            "Creates whose outcome was unknown (timeout, 5xx or a cut connection after sending)",
+            ["target"],
+            registry=r,
+        )
+        self.orphans_cancelled = Counter(
+            "orchestrator_orphans_cancelled_total",
+            "Remote batches carrying our key that no batch adopted, cancelled by the orphan sweep",
+            ["target"],
+            registry=r,
+        )
+        self.last_tick = Gauge(
+            "orchestrator_last_tick_timestamp_seconds",
+            "Unix time of the last successful tick",
+            registry=r,
+        )
+        self.database_up = Gauge(
+            "orchestrator_database_up",
+            "1 if the last refresh of the gauges reached the database, else 0",
+            registry=r,
+        )
+        self._targets: tuple[str, ...] = ()
+        # time.monotonic() of the last committed event of this process (observe_event)
+        self.changed_at = 0.0
+        self._shown: dict[Gauge, set[str]] = {}  # the label values each gauge has shown
+        self._before_scrape: Callable[[], None] | None = None
+
+    def for_targets(self, targets: Iterable[str]) -> None:
+        """Show every per-target series of the configured targets, at 0 until something
+        happens (an alert on a rate needs the series to exist before its first increase)."""
+        self._targets = tuple(targets)
+        for target in self._targets:
+            self.ambiguous_creates.labels(target)
+            self.orphans_cancelled.labels(target)
+            for status in FINISHED_JOB_STATUSES:
+                self.jobs_finished.labels(target, status)
+        for status in OPEN_JOB_STATUSES:
+            self.jobs.labels(status)
+
+    # -- what happens, as it happens ----------------------------------------------------------
+
+    def observe_api(
+        self, target: str, route: str, method: str, status: str, seconds: float
+    ) -> None:
+        self.api_requests.labels(target, route, method, status).inc()
+        self.api_duration.labels(target, route, method).observe(seconds)
+
+    def observe_step(self, step: str, outcome: str, seconds: float) -> None:
+        self.step_duration.labels(step, outcome).observe(seconds)
+
+    def observe_event(self, kind: str, fields: Mapping[str, Any]) -> None:
+        """A committed ledger event (``ledger.record``): the database-derived gauges are out of
+        date from now on (the next scrape reads them again), and some events count here."""
+        self.changed_at = time.monotonic()
+        status = kind.removeprefix("job_")
+        if status in FINISHED_JOB_STATUSES and fields.get("target"):
+            self.jobs_finished.labels(fields["target"], status).inc()
+
+    def observe_ingest(
+        self, target: str, cost: Decimal | None, models: Sequence[ModelUsage]
+    ) -> None:
+        """A batch ingested (committed): its tokens by model, and its cost (``batches.cost``)
+        shared out to its models (:func:`cost_by_model`)."""
+        for m in models:
+            self.tokens.labels(target, m.model, "prompt").inc(m.prompt_tokens)
+            self.tokens.labels(target, m.model, "completion").inc(m.completion_tokens)
+        for model, dollars in cost_by_model(cost, models).items():
+            self.cost.labels(target, model).inc(float(dollars))
+
+    # -- what the database says ---------------------------------------------------------------
+
+    def show(self, values: GaugeValues, *, open_states: Iterable[str]) -> None:
+        """Set the database-derived gauges. Every label value of a fixed set (the open statuses
+        and states, the configured targets and every target the database knows) gets a value,
+        and one shown before that is no longer in the set reads 0: never a stale value."""
+        targets = {*self._targets, *values.paused, *values.rate_limited, *values.stuck}
+        self._set(self.jobs, {s: values.jobs.get(s, 0) for s in OPEN_JOB_STATUSES})
+        self._set(self.open_batches, {s: values.open_batches.get(s, 0) for s in open_states})
+        self._set(self.stuck_batches, {t: values.stuck.get(t, 0) for t in targets})
+        self._set(self.target_paused, {t: int(values.paused.get(t, False)) for t in targets})
+        self._set(
+            self.target_rate_limited,
+            {t: int(values.rate_limited.get(t, False)) for t in targets},
+        )
+        self.oldest_pending_job_age.set(values.oldest_pending_job_age)
+        self.oldest_open_batch_age.set(values.oldest_open_batch_age)
+
+    def _set(self, gauge: Gauge, values: Mapping[str, float]) -> None:
+        shown = self._shown.setdefault(gauge, set())
+        for label in shown - set(values):
+            gauge.labels(label).set(0)
+        for label, value in values.items():
+            gauge.labels(label).set(value)
+        shown.update(values)
+
+    # -- the scrape -------------------------------------------------------------------------------
+
+    def before_scrape(self, hook: Callable[[], None] | None) -> None:
+        """``hook`` runs before each ``render()`` (the daemon refreshes stale gauges there)."""
+        self._before_scrape = hook
 
     def render(self) -> bytes:
+        if self._before_scrape is not None:
+            self._before_scrape()
         return generate_latest(self.registry)
 
 
-def health_app(health: Callable[[], tuple[bool, dict[str, Any]]], metrics: Metrics) -> Starlette:
-    """``/healthz`` (200 while the daemon ticks and reaches its database, else 503; paused targets
-    are reported but do not make the daemon unhealthy) and ``/metrics``."""
+def cost_by_model(cost: Decimal | None, models: Sequence[ModelUsage]) -> dict[str, Decimal]:
+    """A batch's cost (the provider's figure when it reports one, else the sum of our prices)
+    shared out to its models: one model takes it all; several take their cost at our prices when
+    those add up to it, else a share in proportion to their tokens. The shares add up to the
+    batch's cost exactly (the last model takes what rounding left)."""
+    if cost is None or not models:
+        return {}
+    if len(models) == 1:
+        return {models[0].model: cost}
+    priced = [m.cost for m in models]
+    if all(c is not None for c in priced) and sum(c or 0 for c in priced) == cost:
+        return {m.model: m.cost or Decimal(0) for m in models}
+    tokens = [m.prompt_tokens + m.completion_tokens for m in models]
+    total = sum(tokens)
+    shares: dict[str, Decimal] = {}
+    left = cost
+    for i, m in enumerate(models):
+        if i == len(models) - 1:
+            share = left
+        else:
+            weight = Decimal(tokens[i]) / total if total else Decimal(1) / len(models)
+            share = (cost * weight).quantize(COST_PLACES)
+        shares[m.model] = shares.get(m.model, Decimal(0)) + share
+        left -= share
+    return shares
 
-    async def healthz(request: Request) -> Response:
+
+def health_app(health: Callable[[], tuple[bool, dict[str, Any]]], metrics: Metrics) -> Starlette:
+    """``/healthz`` (200 while the daemon ticks and reaches its database, else 503 with the
+    reason; paused targets and stuck batches are reported but do not make the daemon unhealthy)
+    and ``/metrics``. Both are plain functions: Starlette runs them on its thread pool, so a
+    database call they make never blocks the server's event loop."""
+
+    def healthz(request: Request) -> Response:
         ok, body = health()
         return JSONResponse(body, status_code=200 if ok else 503)
 
-    async def metrics_endpoint(request: Request) -> Response:
-        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+    def metrics_endpoint(request: Request) -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return Starlette(routes=[Route("/healthz", healthz), Route("/metrics", metrics_endpoint)])

@@ -4,6 +4,7 @@ failure with one fenced write. Also plans one pending job. Called from the daemo
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -31,11 +32,15 @@ def run_batch(deps: Deps, claimed: Claimed) -> None:
 
 
 def _one_step(deps: Deps, b: Claimed) -> Claimed | None:
+    """One step of the batch, timed and counted by outcome: ok, lease_lost, target_blocked (not
+    sent: the target asked everyone to wait), api_error (the decision is applied here) or
+    crashed (a bug: logged with its traceback, retried)."""
     step, run = steps.STEPS[b.state]
     outcome = "crashed"
+    started = time.monotonic()
     try:
         go_on = run(deps, b)
-        outcome = "continued" if go_on else "done"
+        outcome = "ok"
         if not go_on:
             return None
         with unit_of_work(deps.sessions) as s:
@@ -56,7 +61,7 @@ def _one_step(deps: Deps, b: Claimed) -> Claimed | None:
         crash = exc
         _write(deps, lambda s: _crashed(deps, s, b, crash))
     finally:
-        deps.metrics.steps.labels(step, outcome).inc()
+        deps.metrics.observe_step(step, outcome, time.monotonic() - started)
     return None
 
 

@@ -162,14 +162,17 @@ def send_create(deps: Deps, b: Claimed) -> bool:
 
 def _record_failed_create(deps: Deps, b: Claimed, exc: ApiError) -> None:
     """Was the batch created or not? The runner then decides when to try again."""
+    ambiguous = exc.kind is ErrorKind.TRANSIENT
     with unit_of_work(deps.sessions) as s:
-        if exc.kind is ErrorKind.TRANSIENT:
+        if ambiguous:
             # Timeout, 5xx, broken connection, unreadable answer: it may exist. Stay in
             # 'creating', so that the next attempt starts by reconciling.
             ledger.create_unseen(s, b, error=exc.message, worker=_worker(deps))
         else:
             # A definite refusal (4xx, 429, or not sent at all): nothing was created.
             ledger.create_refused(s, b)
+    if ambiguous:
+        deps.metrics.ambiguous_creates.labels(b.target).inc()
 
 
 def adopt(deps: Deps, b: Claimed, remote: BatchObject, *, how: str) -> None:
@@ -294,13 +297,6 @@ def poll(deps: Deps, b: Claimed) -> bool:
         unchanged_polls=unchanged,
         **ledger.RECOVERED,
     )
-    if changed:
-        log.info(
-            "batch_status_changed",
-            status=remote.status,
-            previous=b.remote_status,
-            request_counts=dict(remote.request_counts or {}),
-        )
     if not remote_terminal(remote.status):
         overdue = _overdue(deps, b, remote, now)
         if overdue is not None:
@@ -314,13 +310,21 @@ def poll(deps: Deps, b: Claimed) -> bool:
         )
         with unit_of_work(deps.sessions) as s:
             ledger.poll_recorded(
-                s, b, next_run_at=at, remote=fields, changed=changed, worker=_worker(deps)
+                s,
+                b,
+                next_run_at=at,
+                remote=fields,
+                changed=changed,
+                worker=_worker(deps),
+                previous=b.remote_status,
             )
         return False
     if remote.status == RemoteStatus.FAILED:
         return _remote_failed(deps, b, remote, fields)
     with unit_of_work(deps.sessions) as s:
-        ledger.mark_ingesting(s, b, next_run_at=now, remote=fields, worker=_worker(deps))
+        ledger.mark_ingesting(
+            s, b, next_run_at=now, remote=fields, worker=_worker(deps), previous=b.remote_status
+        )
     return True
 
 
@@ -527,7 +531,7 @@ def _ingest_transaction(
             if short:
                 # Raised inside the transaction: nothing read is kept, nothing is sent again.
                 raise ApiIncompleteOutput(f"{short} (files read: {files})")
-        cost, source = _batch_cost(s, b, remote, now)
+        cost, source, usage = _batch_cost(s, b, remote, now)
         ledger.finish_ingest(
             s,
             b,
@@ -549,17 +553,19 @@ def _ingest_transaction(
             worker=_worker(deps),
             summary=stats.summary(),
         )
+    deps.metrics.observe_ingest(b.target, costs.as_stored(cost), usage.models)
 
 
 def _batch_cost(
     session: Session, b: Claimed, remote: dict[str, Any], at: dt.datetime
-) -> tuple[Decimal | None, str]:
+) -> tuple[Decimal | None, str, ledger.ModelCosts]:
     """Our prices, per model, are always recorded (``batch_model_costs``); the provider's figure,
     when it reports one, is the batch's cost."""
     computed = ledger.record_model_costs(session, batch_id=b.id, target=b.target, at=at)
     if computed.unpriced:
         log.warning("batch_models_unpriced", models=computed.unpriced)
-    return costs.batch_cost(costs.provider_cost(remote), computed.cost)
+    cost, source = costs.batch_cost(costs.provider_cost(remote), computed.cost)
+    return cost, source, computed
 
 
 # The one step table: what runs a batch in each open state, and its name for decisions and logs.

@@ -730,6 +730,79 @@ MUTATIONS: list[Mutation] = [
         tests=["tests/deploy/test_docker.py::"
                "test_compose_runs_postgres_then_migrate_then_the_daemon_and_the_emulator_on_demand"],
     ),
+    Mutation(
+        name="gauge-keeps-stale-label",
+        promise="a gauge's label set that no longer applies reads 0 on the next refresh "
+                "(a target gone from target_state is no longer rate limited)",
+        path="orchestrator/observability.py",
+        old="        for label in shown - set(values):\n            gauge.labels(label).set(0)\n",
+        new="",
+        tests=["tests/e2e/test_metrics.py::test_a_series_that_no_longer_applies_reads_zero"],
+    ),
+    Mutation(
+        name="jobs-gauge-keeps-running",
+        promise="orchestrator_jobs shows every open status, 0 when none: after the jobs finish, "
+                "jobs{status=\"running\"} reads 0",
+        path="orchestrator/observability.py",
+        old="self._set(self.jobs, {s: values.jobs.get(s, 0) for s in OPEN_JOB_STATUSES})",
+        new="self._set(self.jobs, dict(values.jobs)); self._shown.pop(self.jobs, None)",
+        tests=["tests/e2e/test_metrics.py::"
+               "test_a_daemon_s_metrics_match_the_calls_the_rows_and_the_prices",
+               "tests/e2e/test_metrics.py::test_a_series_that_no_longer_applies_reads_zero"],
+    ),
+    Mutation(
+        name="healthz-ignores-db",
+        promise="/healthz answers 503 naming the database when it is unreachable",
+        path="orchestrator/daemon.py",
+        old="            body.update(status=\"unhealthy\", error=f\"database unreachable: {exc}\")\n"
+            "            return False, body\n",
+        new="            return True, body\n",
+        tests=["tests/e2e/test_health.py::"
+               "test_healthz_names_an_unreachable_database_then_answers_200_again"],
+    ),
+    Mutation(
+        name="scrape-not-refreshed",
+        promise="a scrape reads the database again (no stale value waiting for the 15-s timer)",
+        path="orchestrator/daemon.py",
+        old="        self.metrics.before_scrape(self.refresh_if_stale)\n",
+        new="        self.metrics.before_scrape(None)\n",
+        tests=["tests/e2e/test_metrics.py::"
+               "test_a_daemon_s_metrics_match_the_calls_the_rows_and_the_prices"],
+    ),
+    Mutation(
+        name="api-errors-not-counted",
+        promise="every API call is counted by route and status, the failed ones too",
+        path="orchestrator/api/client.py",
+        old="        self._observe(call, str(response.status_code))\n"
+            "        call.request_id = request_id(response)\n"
+            "        if response.status_code >= 400:\n"
+            "            raise self._status_error(response, call)\n",
+        new="        call.request_id = request_id(response)\n"
+            "        if response.status_code >= 400:\n"
+            "            raise self._status_error(response, call)\n"
+            "        self._observe(call, str(response.status_code))\n",
+        tests=["tests/e2e/test_metrics.py::"
+               "test_a_daemon_s_metrics_match_the_calls_the_rows_and_the_prices"],
+    ),
+    Mutation(
+        name="takeover-not-counted",
+        promise="a batch claimed from another daemon's expired lease counts as a lease takeover",
+        path="orchestrator/db/ledger.py",
+        old="        taken_over = previous is not None and previous != owner\n",
+        new="        taken_over = False\n",
+        tests=["tests/e2e/test_metrics.py::"
+               "test_a_lease_taken_over_from_a_stalled_daemon_is_counted"],
+    ),
+    Mutation(
+        name="gauges-read-history",
+        promise="the gauges cost O(open work): they read the open jobs through ix_jobs_open, "
+                "not every job ever",
+        path="orchestrator/db/queries.py",
+        old="\"WHERE status IN ('pending', 'running') GROUP BY status\"",
+        new="\"WHERE status || '' IN ('pending', 'running') GROUP BY status\"",
+        tests=["tests/e2e/test_metrics.py::"
+               "test_the_gauges_read_the_open_work_through_the_partial_indexes"],
+    ),
 ]
 # fmt: on
 

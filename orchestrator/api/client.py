@@ -34,13 +34,24 @@ from orchestrator.api.errors import (
 )
 from orchestrator.api.schemas import BatchObject, BatchPage, FileObject
 from orchestrator.config import TargetConfig
-from orchestrator.observability import Scrubber
+from orchestrator.observability import Metrics, Scrubber
 
 log = structlog.get_logger(__name__)
 
 DOWNLOAD_CHUNK = 1024 * 1024
 # Request headers that carry a credential; their values are scrubbed from what the server answers.
 CREDENTIAL_HEADERS = ("authorization", "proxy-authorization", "x-api-key", "api-key")
+# Response headers that carry the provider's id of a call (OpenAI and FastRouter send the first;
+# Anthropic's API the second), the first one present goes on the call's log line.
+REQUEST_ID_HEADERS = ("x-request-id", "request-id", "openai-request-id")
+# The routes of the metrics, relative to the target's base_url, one per operation: ids are never
+# label values.
+FILES = "/files"
+FILE = "/files/{id}"
+FILE_CONTENT = "/files/{id}/content"
+BATCHES = "/batches"
+BATCH = "/batches/{id}"
+BATCH_CANCEL = "/batches/{id}/cancel"
 
 
 def make_http_client(
@@ -65,6 +76,7 @@ class BatchApiClient:
     ``before_request`` runs before every call and may raise (``TargetBlocked``) to stop it: that is
     how a 429 seen by one daemon keeps every other daemon from calling the target too early.
     ``after_success`` runs after every call that worked (it lifts a pause for a bad key).
+    ``metrics`` counts every call that was sent, by route and status, with its duration.
 
     The credentials the ``http`` client sends (its ``Authorization`` header, ...) are replaced by
     a redaction marker in every answer, wherever the server quotes them.
@@ -77,9 +89,11 @@ class BatchApiClient:
         target: str = "",
         before_request: Callable[[], None] | None = None,
         after_success: Callable[[], None] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._http = http
         self._target = target
+        self._metrics = metrics
         self._before_request = before_request
         self._after_success = after_success
         self._scrub = Scrubber(sent_credentials(http.headers))
@@ -96,7 +110,9 @@ class BatchApiClient:
         """Upload a JSONL file, streamed from disk."""
         with path.open("rb") as fh:
             files = {"file": (filename, fh, "application/jsonl")}
-            response = self._send("POST", "files", files=files, data={"purpose": purpose})
+            response = self._send(
+                "POST", "files", route=FILES, files=files, data={"purpose": purpose}
+            )
         return FileObject.from_json(self._json(response))
 
     def download_file(self, file_id: str, dest: IO[bytes]) -> int:
@@ -118,32 +134,28 @@ class BatchApiClient:
     @contextmanager
     def _stream_file(self, file_id: str) -> Iterator[Iterator[bytes]]:
         self._gate()
-        path = f"files/{file_id}/content"
-        started = time.monotonic()
+        call = _Call("GET", f"files/{file_id}/content", FILE_CONTENT)
         try:
-            with self._http.stream("GET", path) as response:
+            with self._http.stream("GET", call.path) as response:
+                # counted at the headers: the body may take minutes, and is watched below
+                self._observe(call, str(response.status_code))
+                call.request_id = request_id(response)
                 if response.status_code >= 400:
                     response.read()
-                    raise self._status_error(response, "GET", path, started)
+                    raise self._status_error(response, call)
                 counted = _Counted(
-                    response, path, lambda what: self._log_failure("GET", path, 200, what, started)
+                    response, call.path, lambda what: self._log_failure(call, 200, what)
                 )
                 yield counted.chunks()
                 counted.check_complete()
         except httpx.HTTPError as exc:
-            raise self._http_failure("GET", path, exc, started) from exc
-        log.debug(
-            "api_request_sent",
-            method="GET",
-            path=path,
-            status_code=200,
-            bytes=counted.received,
-            duration_ms=_ms(started),
-        )
+            self._observe(call, "error")  # no answer (unless its headers were counted above)
+            raise self._http_failure(call, exc) from exc
+        self._log_success(call, 200, bytes=counted.received)
         self._succeeded()
 
     def delete_file(self, file_id: str) -> None:
-        self._send("DELETE", f"files/{file_id}")
+        self._send("DELETE", f"files/{file_id}", route=FILE)
 
     # -- batches -------------------------------------------------------------------------
 
@@ -162,20 +174,23 @@ class BatchApiClient:
         }
         if metadata:
             payload["metadata"] = dict(metadata)
-        response = self._send("POST", "batches", json=payload)
+        response = self._send("POST", "batches", route=BATCHES, json=payload)
         return BatchObject.from_json(self._json(response))
 
     def get_batch(self, batch_id: str) -> BatchObject:
-        return BatchObject.from_json(self._json(self._send("GET", f"batches/{batch_id}")))
+        response = self._send("GET", f"batches/{batch_id}", route=BATCH)
+        return BatchObject.from_json(self._json(response))
 
     def cancel_batch(self, batch_id: str) -> BatchObject:
-        return BatchObject.from_json(self._json(self._send("POST", f"batches/{batch_id}/cancel")))
+        response = self._send("POST", f"batches/{batch_id}/cancel", route=BATCH_CANCEL)
+        return BatchObject.from_json(self._json(response))
 
     def list_batches(self, *, after: str | None = None, limit: int = 100) -> BatchPage:
         params: dict[str, str | int] = {"limit": limit}
         if after:
             params["after"] = after
-        return BatchPage.from_json(self._json(self._send("GET", "batches", params=params)))
+        response = self._send("GET", "batches", route=BATCHES, params=params)
+        return BatchPage.from_json(self._json(response))
 
     def iter_batches(self, *, page_size: int = 100) -> Iterator[BatchObject]:
         """Every batch, newest first, following the cursor."""
@@ -197,28 +212,32 @@ class BatchApiClient:
         if self._after_success is not None:
             self._after_success()
 
-    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def _send(self, method: str, path: str, *, route: str, **kwargs: Any) -> httpx.Response:
+        """The one place every call but a download goes through: counted, timed and logged
+        (at debug when it worked, at warning when not), each line with the provider's request id."""
         self._gate()
-        started = time.monotonic()
+        call = _Call(method, path, route)
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            raise self._http_failure(method, path, exc, started) from exc
+            self._observe(call, "error")
+            raise self._http_failure(call, exc) from exc
+        self._observe(call, str(response.status_code))
+        call.request_id = request_id(response)
         if response.status_code >= 400:
-            raise self._status_error(response, method, path, started)
-        log.debug(
-            "api_request_sent",
-            method=method,
-            path=path,
-            status_code=response.status_code,
-            duration_ms=_ms(started),
-        )
+            raise self._status_error(response, call)
+        self._log_success(call, response.status_code)
         self._succeeded()
         return response
 
-    def _http_failure(
-        self, method: str, path: str, exc: httpx.HTTPError, started: float
-    ) -> ApiError:
+    def _observe(self, call: _Call, status: str) -> None:
+        """Count the call once, by its status (``error``: no answer)."""
+        if self._metrics is not None and not call.observed:
+            call.observed = True
+            elapsed = time.monotonic() - call.started
+            self._metrics.observe_api(self._target, call.route, call.method, status, elapsed)
+
+    def _http_failure(self, call: _Call, exc: httpx.HTTPError) -> ApiError:
         """The ApiError for anything httpx raised: every ``httpx.HTTPError`` maps to one, so
         none escapes as a crash. The message names the call and what went wrong, never httpx's
         own text (which may quote a URL or a body), and is scrubbed all the same."""
@@ -238,12 +257,10 @@ class BatchApiClient:
             cls, message = ApiDecodeError, f"the answer's body could not be decoded ({what})"
         else:  # TransportError, and any other RequestError
             cls, message = ApiTransportError, what
-        self._log_failure(method, path, None, "timeout" if cls is ApiTimeout else what, started)
-        return cls(self._scrub(f"{method} {path}: {message}"))
+        self._log_failure(call, None, "timeout" if cls is ApiTimeout else what)
+        return cls(self._scrub(f"{call.method} {call.path}: {message}"))
 
-    def _status_error(
-        self, response: httpx.Response, method: str, path: str, started: float | None = None
-    ) -> ApiError:
+    def _status_error(self, response: httpx.Response, call: _Call) -> ApiError:
         try:
             body: Any = orjson.loads(response.content) if response.content else None
         except orjson.JSONDecodeError:
@@ -254,20 +271,33 @@ class BatchApiClient:
             self._scrub(response.text),
             response.headers,
         )
-        self._log_failure(method, path, response.status_code, error.message, started)
+        self._log_failure(call, response.status_code, error.message)
         return error
 
-    def _log_failure(
-        self, method: str, path: str, status: int | None, error: str, started: float | None
-    ) -> None:
+    def _log_success(self, call: _Call, status: int, **extra: Any) -> None:
+        log.debug(
+            "api_request_sent",
+            target=self._target,
+            method=call.method,
+            route=call.route,
+            path=call.path,
+            status_code=status,
+            duration_ms=_ms(call.started),
+            request_id=call.request_id,
+            **extra,
+        )
+
+    def _log_failure(self, call: _Call, status: int | None, error: str) -> None:
         log.warning(
             "api_request_failed",
             target=self._target,
-            method=method,
-            path=path,
+            method=call.method,
+            route=call.route,
+            path=call.path,
             status_code=status,
             error=error,
-            duration_ms=_ms(started) if started else None,
+            duration_ms=_ms(call.started),
+            request_id=call.request_id,
         )
 
     def _json(self, response: httpx.Response) -> Any:
@@ -291,6 +321,30 @@ def sent_credentials(headers: httpx.Headers) -> list[str]:
         if secret:
             found.append(secret)
     return found
+
+
+def request_id(response: httpx.Response) -> str | None:
+    """The provider's id of the call, from the first of :data:`REQUEST_ID_HEADERS` it sent (cut
+    to 200 characters: a header is the server's text)."""
+    for name in REQUEST_ID_HEADERS:
+        value: str = response.headers.get(name, "")
+        if value:
+            return value[:200]
+    return None
+
+
+class _Call:
+    """One call being made: what its log lines and metrics say about it."""
+
+    __slots__ = ("method", "observed", "path", "request_id", "route", "started")
+
+    def __init__(self, method: str, path: str, route: str) -> None:
+        self.method = method
+        self.path = path
+        self.route = route
+        self.started = time.monotonic()
+        self.request_id: str | None = None
+        self.observed = False
 
 
 def _content_length(response: httpx.Response) -> int | None:

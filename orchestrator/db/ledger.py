@@ -26,7 +26,9 @@ and re-checks no foreign key.
 
 **Events and logs.** :func:`record` writes the event row and emits the log line with the same
 fields; the log line is emitted when the transaction commits (nothing is logged for a transition
-that rolled back).
+that rolled back), and handed to the session's :data:`ON_EVENT` callable if it has one (the
+daemon's metrics count committed transitions there). A state change that keeps no event
+(``uploaded → creating`` and back) still gets its line, the same way (:func:`_log_on_commit`).
 """
 
 from __future__ import annotations
@@ -67,6 +69,8 @@ RESULT_COLUMNS = (
     "prompt_tokens, completion_tokens, total_tokens, cached_tokens, reasoning_tokens"
 )
 _PENDING_LOGS = "orchestrator_pending_logs"
+# ``Session.info`` key of a callable ``(kind, fields)`` called with each event once committed.
+ON_EVENT = "orchestrator_on_event"
 
 
 class Lease(Protocol):
@@ -101,7 +105,13 @@ def record(
         sa.insert(Event).values(kind=kind, job_id=job_id, batch_id=batch_id, detail=fields)
     )
     ids = {k: v for k, v in (("job_id", job_id), ("batch_id", batch_id)) if v is not None}
-    session.info.setdefault(_PENDING_LOGS, []).append((level, kind, {**ids, **fields}))
+    session.info.setdefault(_PENDING_LOGS, []).append((level, kind, {**ids, **fields}, True))
+
+
+def _log_on_commit(session: Session, level: str, kind: str, lease: Lease, **fields: Any) -> None:
+    """The log line of a state change that keeps no event row, once the transaction commits."""
+    ids = {"job_id": lease.job_id, "batch_id": lease.id}
+    session.info.setdefault(_PENDING_LOGS, []).append((level, kind, {**ids, **fields}, False))
 
 
 def _plain(value: Any) -> Any:
@@ -118,7 +128,10 @@ def _plain(value: Any) -> Any:
 
 @sa.event.listens_for(Session, "after_commit")
 def _emit_logs(session: Session) -> None:
-    for level, kind, fields in session.info.pop(_PENDING_LOGS, ()):
+    on_event = session.info.get(ON_EVENT)
+    for level, kind, fields, is_event in session.info.pop(_PENDING_LOGS, ()):
+        if is_event and on_event is not None:
+            on_event(kind, fields)  # first: whoever reads the line may count on it
         getattr(log, level)(kind, **fields)
 
 
@@ -190,7 +203,7 @@ def lock(session: Session, lease: Lease, in_state: BatchState) -> None:
 _CLAIM = sa.text(
     f"""
     WITH c AS (
-        SELECT b.id FROM orchestrator.batches b
+        SELECT b.id, b.lease_owner AS previous_owner FROM orchestrator.batches b
         WHERE b.state IN ({", ".join(repr(s) for s in OPEN_STATES)})
           AND b.next_run_at <= :now
           AND (b.lease_expires_at IS NULL OR b.lease_expires_at < now())
@@ -206,7 +219,7 @@ _CLAIM = sa.text(
            lease_expires_at = now() + make_interval(secs => :ttl)
       FROM c, orchestrator.jobs j
      WHERE b.id = c.id AND j.id = b.job_id
-    RETURNING {Claimed.COLUMNS}
+    RETURNING {Claimed.COLUMNS}, c.previous_owner
     """
 )
 
@@ -215,11 +228,24 @@ def claim_batches(
     session: Session, *, owner: uuid.UUID, now: dt.datetime, ttl: float, limit: int
 ) -> list[Claimed]:
     """Lease up to ``limit`` batches that are due by ``now`` (the daemon's schedule) and whose
-    lease, if any, has expired by the database's clock."""
+    lease, if any, has expired by the database's clock. A batch whose expired lease another owner
+    held (a daemon that died or stalled mid-step) is ``taken_over``, with an event saying whose."""
     if limit <= 0:
         return []
     rows = session.execute(_CLAIM, {"me": owner, "now": now, "ttl": ttl, "n": limit}).mappings()
-    return [Claimed(**row) for row in rows]
+    claimed = []
+    for row in rows:
+        fields = dict(row)
+        previous = fields.pop("previous_owner")
+        taken_over = previous is not None and previous != owner
+        claimed.append(Claimed(**fields, taken_over=taken_over))
+        if taken_over:
+            record(
+                session, "batch_lease_taken_over", level="warning", job_id=fields["job_id"],
+                batch_id=fields["id"], worker=str(owner), previous_owner=str(previous),
+                state=fields["state"],
+            )  # fmt: skip
+    return claimed
 
 
 def renew_leases(
@@ -554,15 +580,15 @@ def end_pending_job(
     stage: str,
 ) -> None:
     """A job that ends before any batch: failed validation, cancelled while pending."""
-    ended = session.execute(
+    target = session.execute(
         sa.update(Job)
         .where(Job.id == job_id, Job.status == JobStatus.PENDING)
         .values(status=status, error=error, finished_at=now, updated_at=sa.func.now())
-        .returning(Job.id)
+        .returning(Job.target)
     ).scalar_one_or_none()
-    if ended is not None:
+    if target is not None:
         _notify_job_finished(session, job_id, status)
-    detail: dict[str, Any] = {"stage": stage}
+    detail: dict[str, Any] = {"stage": stage, "target": target}
     if error is not None:
         detail["error"] = error
     level = "error" if status == JobStatus.FAILED else "info"
@@ -669,6 +695,7 @@ def finish_job_if_done(session: Session, job_id: int, now: dt.datetime) -> str |
         f"job_{status}",
         level="error" if status == JobStatus.FAILED else "info",
         job_id=job_id,
+        target=job.target,
         succeeded=job.succeeded_count,
         failed=job.failed_count,
         total_tokens=job.total_tokens,
@@ -730,6 +757,7 @@ def begin_create(session: Session, lease: Lease, *, key: uuid.UUID, at: dt.datet
         create_attempts=Batch.create_attempts + 1,
     )  # fmt: skip
     session.execute(sa.insert(CreateKey).values(key=key, batch_id=lease.id))
+    _log_on_commit(session, "info", "batch_create_started", lease, idempotency_key=str(key))
 
 
 def resend_create(session: Session, lease: Lease, *, at: dt.datetime) -> None:
@@ -750,6 +778,7 @@ def create_unseen(session: Session, lease: Lease, *, error: str, worker: str) ->
 def create_refused(session: Session, lease: Lease) -> None:
     """creating → uploaded: a definite refusal (4xx, 429, or not sent): nothing was created."""
     move(session, lease, _B.UPLOADED, idempotency_key=None)
+    _log_on_commit(session, "info", "batch_create_refused", lease)
 
 
 def mark_submitted(
@@ -803,18 +832,19 @@ def park_for_review(
 
 def poll_recorded(
     session: Session, lease: Lease, *, next_run_at: dt.datetime, remote: Mapping[str, Any],
-    changed: bool, worker: str,
+    changed: bool, worker: str, previous: str | None = None,
 ) -> None:  # fmt: skip
     """A poll of a batch still running: its status, and when to look again."""
     touch(session, lease, [_B.SUBMITTED], release=True, next_run_at=next_run_at, **remote)
     if changed:
-        _event(session, lease, "batch_status_changed", worker=worker,
+        _event(session, lease, "batch_status_changed", worker=worker, previous=previous,
                status=remote["remote_status"], request_counts=remote["request_counts"])  # fmt: skip
 
 
 def mark_ingesting(
     session: Session, lease: Lease, *, next_run_at: dt.datetime, remote: Mapping[str, Any],
     worker: str, error: str | None = None, remote_batch_id: str | None = None,
+    previous: str | None = None,
 ) -> None:  # fmt: skip
     """submitted → ingesting: the provider is done; collect what it produced. With ``error``: it
     failed the batch for a passing reason, and every request goes into the next round."""
@@ -824,7 +854,7 @@ def mark_ingesting(
         _event(session, lease, "batch_failed_retryable", level="warning", worker=worker,
                remote_batch_id=remote_batch_id, error=error)  # fmt: skip
     else:
-        _event(session, lease, "batch_status_changed", worker=worker,
+        _event(session, lease, "batch_status_changed", worker=worker, previous=previous,
                status=remote["remote_status"], request_counts=remote["request_counts"])  # fmt: skip
 
 
@@ -1087,11 +1117,23 @@ def finish_ingest(
 # -- costs ------------------------------------------------------------------------------------
 
 
+class ModelUsage(NamedTuple):
+    """One model's row of ``batch_model_costs``: its tokens, and its cost at our prices (None
+    when no price is in force)."""
+
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost: Decimal | None
+
+
 class ModelCosts(NamedTuple):
-    """A batch's cost at our prices: None unless every model with tokens has a price in force."""
+    """A batch's cost at our prices: None unless every model with tokens has a price in force;
+    and what each model used."""
 
     cost: Decimal | None
     unpriced: list[str]
+    models: list[ModelUsage]
 
 
 def record_model_costs(
@@ -1133,16 +1175,20 @@ def record_model_costs(
                 cached_tokens = EXCLUDED.cached_tokens,
                 reasoning_tokens = EXCLUDED.reasoning_tokens,
                 total_tokens = EXCLUDED.total_tokens, cost = EXCLUDED.cost
-            RETURNING m.model, m.cost, m.total_tokens
+            RETURNING m.model, m.cost, m.total_tokens, m.prompt_tokens, m.completion_tokens
             """
         ),
         {"b": batch_id, "target": target, "at": at},
     ).all()
     unpriced = sorted(row.model for row in rows if row.cost is None and row.total_tokens)
     priced = [row.cost for row in rows if row.cost is not None]
+    models = [
+        ModelUsage(row.model, row.prompt_tokens or 0, row.completion_tokens or 0, row.cost)
+        for row in rows
+    ]
     if unpriced or not priced:
-        return ModelCosts(None, unpriced)
-    return ModelCosts(sum(priced, Decimal(0)), [])
+        return ModelCosts(None, unpriced, models)
+    return ModelCosts(sum(priced, Decimal(0)), [], models)
 
 
 # -- results ----------------------------------------------------------------------------------

@@ -20,7 +20,18 @@ from orchestrator.domain.states import BATCH_TERMINAL, JOB_TERMINAL, BatchState,
 from orchestrator.errors import LeaseLost
 
 OPEN_STATES = tuple(s.value for s in BatchState if s not in BATCH_TERMINAL)
+# The open batches, spelled as the partial index ``ix_batches_runnable`` spells them, so that a
+# query that says this reads the open batches only, whatever the history beside them.
+OPEN_BATCH = f"state NOT IN ({', '.join(repr(str(s)) for s in sorted(BATCH_TERMINAL))})"
 FETCH_ROWS = 2000
+
+# A batch whose steps have been failing since before :since, or that the provider still reports
+# running past its expires_at (by as long).
+STUCK = """
+               AND (failing_since <= :since
+                    OR (state = 'submitted' AND expires_at <= :since
+                        AND remote_status IN ('validating', 'in_progress', 'finalizing',
+                                              'cancelling')))"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +71,8 @@ class Claimed:
     job_completion_window: str
     job_max_attempts: int
     job_cancel_requested: bool
+    # Claimed from another owner whose lease had expired (``ledger.claim_batches``).
+    taken_over: bool = False
 
 
 def refresh(session: Session, batch_id: int, token: int) -> Claimed:
@@ -127,11 +140,6 @@ def open_job_count(session: Session, job_ids: Iterable[int]) -> int:
 
 def job_ids(session: Session) -> list[int]:
     return list(session.scalars(sa.select(Job.id).order_by(Job.id)).all())
-
-
-def jobs_by_status(session: Session) -> list[tuple[str, int]]:
-    rows = session.execute(sa.select(Job.status, sa.func.count()).group_by(Job.status)).all()
-    return [(status, n) for status, n in rows]
 
 
 def job_batches(session: Session, job_id: int) -> list[Batch]:
@@ -417,6 +425,73 @@ def price_in_force(session: Session, target: str, model: str, at: dt.datetime) -
     return None if row is None else PriceRow(*row)
 
 
+# -- the daemon's gauges ----------------------------------------------------------------------
+# Each reads the open work only, through the partial indexes ix_jobs_open and ix_batches_runnable:
+# their cost follows what is pending and running, never the finished history beside it
+# (tests/e2e/test_metrics.py checks the plans).
+
+_OPEN_JOBS = sa.text(
+    "SELECT status, count(*) FROM orchestrator.jobs "
+    "WHERE status IN ('pending', 'running') GROUP BY status"
+)
+_OLDEST_PENDING_JOB = sa.text(
+    "SELECT GREATEST(extract(epoch FROM now() - created_at), 0) FROM orchestrator.jobs "
+    "WHERE status = 'pending' ORDER BY created_at LIMIT 1"
+)
+_OPEN_BATCHES = sa.text(
+    f"""
+    SELECT state, target, count(*) AS n,
+           GREATEST(extract(epoch FROM now() - min(created_at)), 0) AS oldest,
+           count(*) FILTER (WHERE true {STUCK}) AS stuck
+      FROM orchestrator.batches
+     WHERE {OPEN_BATCH}
+     GROUP BY state, target
+    """
+)
+
+
+class Gauges(NamedTuple):
+    """The open work and the targets' state, as the daemon's gauges show them."""
+
+    jobs: dict[str, int]  # open jobs by status
+    open_batches: dict[str, int]  # by state
+    oldest_pending_job_age: float  # seconds, 0 when none
+    oldest_open_batch_age: float
+    stuck: dict[str, int]  # stuck batches by target
+    paused: dict[str, bool]  # by target, every target the database knows
+    rate_limited: dict[str, bool]  # blocked_until in the future, and not paused
+
+
+def gauges(session: Session, *, now: dt.datetime, stuck_after: float) -> Gauges:
+    """What the gauges show, at a cost that follows the open work (``now`` is the daemon's, for
+    a target's blocked_until and for what is stuck; ages are on the database's clock, like the
+    rows' created_at)."""
+    jobs = {status: int(n) for status, n in session.execute(_OPEN_JOBS).all()}
+    pending_age = session.execute(_OLDEST_PENDING_JOB).scalar_one_or_none()
+    since = now - dt.timedelta(seconds=stuck_after)
+    batches: dict[str, int] = {}
+    stuck: dict[str, int] = {}
+    oldest = 0.0
+    for row in session.execute(_OPEN_BATCHES, {"since": since}).all():
+        batches[row.state] = batches.get(row.state, 0) + int(row.n)
+        stuck[row.target] = stuck.get(row.target, 0) + int(row.stuck)
+        oldest = max(oldest, float(row.oldest))
+    paused: dict[str, bool] = {}
+    limited: dict[str, bool] = {}
+    for t in target_states(session):
+        paused[t.target] = bool(t.paused)
+        limited[t.target] = not t.paused and bool(t.blocked_until and t.blocked_until > now)
+    return Gauges(
+        jobs=jobs,
+        open_batches=batches,
+        oldest_pending_job_age=float(pending_age or 0.0),
+        oldest_open_batch_age=oldest,
+        stuck=stuck,
+        paused=paused,
+        rate_limited=limited,
+    )
+
+
 # -- targets and workers ---------------------------------------------------------------------
 
 
@@ -493,11 +568,7 @@ def stuck_batches(
             f"""
             SELECT id, job_id, target, state, remote_status, failing_since, expires_at, last_error
               FROM orchestrator.batches
-             WHERE state IN ({", ".join(repr(s) for s in OPEN_STATES)})
-               AND (failing_since <= :since
-                    OR (state = 'submitted' AND expires_at <= :since
-                        AND remote_status IN ('validating', 'in_progress', 'finalizing',
-                                              'cancelling')))
+             WHERE {OPEN_BATCH} {STUCK}
              ORDER BY LEAST(failing_since, expires_at), id
              LIMIT :n
             """

@@ -3,6 +3,7 @@ or ``queries``."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -19,7 +20,7 @@ from orchestrator.errors import ConfigError
 TRANSIENT_DB_ERRORS: tuple[type[Exception], ...] = (sa.exc.OperationalError, sa.exc.InterfaceError)
 
 
-def sqlalchemy_url(url: str) -> sa.URL:
+def sqlalchemy_url(url: str | sa.URL) -> sa.URL:
     """Accept ``postgresql://``, ``postgres://`` and ``postgresql+psycopg://`` alike."""
     try:
         parsed = sa.make_url(url)
@@ -43,6 +44,26 @@ def make_engine(url: str, *, pool_size: int = 5, **kwargs: Any) -> sa.Engine:
         pool_pre_ping=True,
         connect_args={"application_name": "batch-orchestrator"},
         **kwargs,
+    )
+
+
+def make_probe_engine(url: str | sa.URL, *, timeout: float) -> sa.Engine:
+    """An engine for health checks and gauges: a new connection per check (none is left in a
+    pool, holding a place, when the database hangs), which fails instead of waiting when it
+    cannot be made within ``timeout`` seconds or a statement runs longer; a connection whose
+    peer died (host gone, network cut) fails within about half a minute (TCP keepalives)."""
+    return sa.create_engine(
+        sqlalchemy_url(url),
+        poolclass=sa.pool.NullPool,
+        connect_args={
+            "application_name": "batch-orchestrator",
+            "connect_timeout": max(math.ceil(timeout), 2),  # libpq: whole seconds, at least 2
+            "options": f"-c statement_timeout={int(timeout * 1000)}",
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+            "tcp_user_timeout": 30_000,
+        },
     )
 
 

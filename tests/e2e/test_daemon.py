@@ -160,18 +160,18 @@ def test_the_steps_metric_counts_each_step_by_its_outcome(db_url: str) -> None:
 
     def n(step: str, outcome: str) -> float:
         value = metrics.registry.get_sample_value(
-            "orchestrator_steps_total", {"step": step, "outcome": outcome}
+            "orchestrator_step_duration_seconds_count", {"step": step, "outcome": outcome}
         )
         return value or 0.0
 
-    # by hand: one upload that goes straight on to create; one create that hands over to polling;
-    # one poll answered 503; polls that found it running; the last poll goes on to the ingest
-    assert n("upload", "continued") == 1
-    assert n("create", "done") == 1
+    # by hand: one upload (it goes straight on to create); one create that hands over to
+    # polling; one poll answered 503; the other polls went through (the last one goes on to the
+    # ingest); one ingest
+    assert n("upload", "ok") == 1
+    assert n("create", "ok") == 1
     assert n("poll", "api_error") == 1
-    assert n("poll", "continued") == 1
-    assert n("poll", "done") == polls - 2
-    assert n("ingest", "done") == 1
+    assert n("poll", "ok") == polls - 1
+    assert n("ingest", "ok") == 1
     assert n("ingest", "crashed") + n("upload", "crashed") == 0
 
 

@@ -25,10 +25,11 @@ def test_a_poll_answered_with_a_broken_gzip_body_is_retried_not_crashed(db_url: 
         assert "could not be decoded" in last_error and "internal error" not in last_error
         # and the job completes once the answers are readable again
         assert h.run_job(job_id) == "completed"
-        steps = h.deps.metrics.steps
+        steps = h.deps.metrics.registry.get_sample_value
     assert garbage.fired == 2
-    assert steps.labels("poll", "api_error")._value.get() == 2
-    assert steps.labels("poll", "crashed")._value.get() == 0
+    count_of = "orchestrator_step_duration_seconds_count"
+    assert steps(count_of, {"step": "poll", "outcome": "api_error"}) == 2
+    assert steps(count_of, {"step": "poll", "outcome": "crashed"}) is None
     assert count(db_url, "results", "succeeded") == 10
 
 
@@ -49,7 +50,13 @@ def test_a_redirect_loop_pauses_the_target_until_it_is_gone(db_url: str) -> None
         assert paused[0][0] is True and "redirected more than 20 times" in paused[0][1]
         assert "base_url" in paused[0][1]
         assert 8 <= loop.fired // 21 <= 12
-        assert h.deps.metrics.steps.labels("poll", "crashed")._value.get() == 0
+        crashed = {"step": "poll", "outcome": "crashed"}
+        assert (
+            h.deps.metrics.registry.get_sample_value(
+                "orchestrator_step_duration_seconds_count", crashed
+            )
+            is None
+        )
         # When the address is fixed, the job completes by itself
         h.emulator.faults.clear()
         assert h.run_job(job_id) == "completed"
