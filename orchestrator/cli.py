@@ -17,7 +17,7 @@ from typing import Any, TextIO
 import orjson
 import structlog
 
-from orchestrator import __version__
+from orchestrator import __version__, zero_setup
 from orchestrator.config import Settings
 from orchestrator.db import ledger, queries
 from orchestrator.db.session import libpq_url, sqlalchemy_url, unit_of_work
@@ -179,7 +179,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.workers:
         settings = replace(settings, daemon=replace(settings.daemon, workers=args.workers))
-    url = settings.require_database_url()
+    url = zero_setup.resolve_database_url(settings, os.environ, create=True)
+    settings = replace(settings, database_url=url)
     deps = make_deps(settings)
     return Daemon(deps, listen_url=libpq_url(url)).serve()
 
@@ -187,7 +188,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
     from orchestrator.enqueue import enqueue_file
 
-    deps = make_deps(settings)
+    deps = make_deps(zero_setup.with_database(settings, os.environ, create=True))
     with unit_of_work(deps.sessions) as s:
         job_id = enqueue_file(
             s,
@@ -203,7 +204,7 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
-    deps = make_deps(settings)
+    deps = make_deps(zero_setup.with_database(settings, os.environ))
     with unit_of_work(deps.sessions) as s:
         found = ledger.request_cancel(s, args.job)
     if found is None:
@@ -214,7 +215,7 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
     """One row per request (``queries.RESULT_COLUMNS``), streamed from the database."""
-    deps = make_deps(settings)
+    deps = make_deps(zero_setup.with_database(settings, os.environ))
     with unit_of_work(deps.sessions) as s:
         if queries.job(s, args.job) is None:
             raise JobNotFound(f"no job {args.job}")
@@ -269,7 +270,8 @@ def _csv_cell(value: object) -> str:
 def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
     """What the daemon would run with: environment over file over preset, secrets masked."""
     url = settings.database_url
-    print(f"database_url  {shown(masked_url(url)) if url else '(not set)'}")
+    embedded = f"(not set: the embedded PostgreSQL in {zero_setup.data_dir(os.environ)})"
+    print(f"database_url  {shown(masked_url(url)) if url else shown(embedded)}")
     print(f"log           {settings.log_level}, {settings.log_format}")
     daemon = dataclasses.asdict(settings.daemon)
     print("daemon        " + ", ".join(f"{k}={v}" for k, v in daemon.items()))
@@ -321,7 +323,7 @@ def cmd_reingest(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    deps = make_deps(settings)
+    deps = make_deps(zero_setup.with_database(settings, os.environ))
     now = deps.clock.now()
     with unit_of_work(deps.sessions) as s:
         if args.job is not None:
