@@ -622,6 +622,24 @@ MUTATIONS: list[Mutation] = [
                "tests/e2e/test_cli_reports.py::"
                "test_results_as_csv_and_jsonl_in_insertion_order_the_failures_and_to_a_file"],
     ),
+    Mutation(
+        name="embedded-when-url-given",
+        promise="a configured database URL is always used: the embedded PostgreSQL never is",
+        path="orchestrator/zero_setup.py",
+        old="    if settings.database_url:\n        return settings.database_url\n",
+        new="",
+        tests=["tests/e2e/test_zero_setup.py::"
+               "test_a_configured_database_url_is_always_used_and_no_embedded_server_is_made"],
+    ),
+    Mutation(
+        name="zero-setup-not-migrated",
+        promise="zero setup: run migrates the embedded database itself (no migrate step)",
+        path="orchestrator/zero_setup.py",
+        old="        migrate.upgrade(server.url)\n",
+        new="        pass\n",
+        tests=["tests/e2e/test_zero_setup.py::"
+               "test_run_without_a_url_uses_the_embedded_database_which_enqueue_reaches"],
+    ),
 ]
 # fmt: on
 
