@@ -179,7 +179,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.workers:
         settings = replace(settings, daemon=replace(settings.daemon, workers=args.workers))
-    url = zero_setup.resolve_database_url(settings, os.environ, create=True)
+    url = zero_setup.resolve_database_url(settings, os.environ, create=True, daemon=True)
     settings = replace(settings, database_url=url)
     deps = make_deps(settings)
     return Daemon(deps, listen_url=libpq_url(url)).serve()

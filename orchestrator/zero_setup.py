@@ -38,12 +38,13 @@ def data_dir(environ: Mapping[str, str]) -> Path:
 
 
 def resolve_database_url(
-    settings: Settings, environ: Mapping[str, str], *, create: bool = False
+    settings: Settings, environ: Mapping[str, str], *, create: bool = False, daemon: bool = False
 ) -> str:
     """The database URL a command uses: the configured one if there is one; else the embedded
     server's, started (or joined) and migrated. With ``create``, the data directory is made on
     first use (``run``, ``enqueue``); without, a command that only reads says what to do instead
-    of creating an empty database."""
+    of creating an empty database. The daemon (``daemon``) announces it with how to connect; the
+    other commands, in a few words."""
     if settings.database_url:
         return settings.database_url
     directory = data_dir(environ)
@@ -64,13 +65,15 @@ def resolve_database_url(
         migrate.upgrade(server.url)
     finally:
         alembic.setLevel(level)
-    print(
-        f"orchestrator: no database configured: using the embedded PostgreSQL in {directory} "
-        f"(kept across runs, migrated); connect with: {psql_command()} '{server.url}' "
-        "(set ORCHESTRATOR_DATABASE_URL to use a server of your own)",
-        file=sys.stderr,
-        flush=True,
-    )
+    if daemon:
+        line = (
+            f"no database configured: using the embedded PostgreSQL in {directory} (kept across "
+            f"runs, migrated); connect with: {psql_command()} '{server.url}' (set "
+            "ORCHESTRATOR_DATABASE_URL to use a server of your own)"
+        )
+    else:
+        line = f"using the embedded PostgreSQL in {directory} (no database configured)"
+    print(f"orchestrator: {line}", file=sys.stderr, flush=True)
     return server.url
 
 

@@ -640,6 +640,15 @@ MUTATIONS: list[Mutation] = [
         tests=["tests/e2e/test_zero_setup.py::"
                "test_run_without_a_url_uses_the_embedded_database_which_enqueue_reaches"],
     ),
+    Mutation(
+        name="demo-keep-not-kept",
+        promise="orchestrator demo --keep leaves its database up and prints how to connect",
+        path="orchestrator/demo.py",
+        old="            if keep:\n                _keep(pg.url)\n",
+        new="",
+        tests=["tests/e2e/test_zero_setup.py::"
+               "test_demo_keep_leaves_its_database_up_and_prints_a_url_the_readme_queries_work_on"],
+    ),
 ]
 # fmt: on
 

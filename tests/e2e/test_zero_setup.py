@@ -148,6 +148,7 @@ def test_run_without_a_url_uses_the_embedded_database_which_enqueue_reaches(
         # Then it reached the daemon's database, migrated by `run`, and the daemon planned it
         assert enqueued.returncode == 0, enqueued.stderr.decode()
         assert enqueued.stdout.decode().strip() == "1"
+        assert f"using the embedded PostgreSQL in {data} " in enqueued.stderr.decode()
         with psycopg.connect(url) as conn:
             row = conn.execute(
                 "SELECT j.name, j.status, w.pid FROM orchestrator.jobs j, orchestrator.workers w"
