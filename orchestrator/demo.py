@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import secrets
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -25,6 +26,7 @@ from orchestrator.embedded import EmbeddedPostgres, psql_command
 from orchestrator.emulator import Emulator, EmulatorConfig, EmulatorServer
 from orchestrator.observability import configure_logging
 
+KEEP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 TIME_SCALE = 30.0  # one real second is half a virtual minute on the emulator
 TIMEOUT_SECONDS = 55.0
 
@@ -143,8 +145,9 @@ def _run(
 
 
 def _keep(url: str) -> None:
-    """Leave the database up for the user to explore until Ctrl-C, and say how to connect: psql
-    (the embedded server's own when there is none on the PATH) and the orchestrator's commands."""
+    """Leave the database up for the user to explore until Ctrl-C (or SIGTERM, SIGHUP), and say
+    how to connect: psql (the embedded server's own when there is none on the PATH) and the
+    orchestrator's commands."""
     print(
         "\nThe database stays up until you press Ctrl-C. Connect to it from another terminal:\n"
         + _indent(f"{psql_command()} '{url}'")
@@ -156,10 +159,19 @@ def _keep(url: str) -> None:
         ),
         flush=True,
     )
+    # Ctrl-C, a closed terminal or a kill end the wait the same way: the database is stopped and
+    # its temporary directory removed (a default SIGTERM would leave a server running behind).
+    done = threading.Event()
+    previous = {sig: signal.getsignal(sig) for sig in KEEP_SIGNALS}
+    for sig in KEEP_SIGNALS:
+        signal.signal(sig, lambda signum, frame: done.set())
     try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        print()
+        while not done.wait(1.0):
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print()
 
 
 def _orchestrator_command() -> str:
