@@ -18,15 +18,20 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 import tempfile
 import warnings
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from orchestrator.errors import ConfigError
+from orchestrator.errors import ConfigError, OrchestratorError
 
 HANDLES = ".handle_pids.json"  # pgserver's list of the processes using a data directory
+
+
+class EmbeddedPostgresFailed(OrchestratorError):
+    """The embedded server could not be started (``orchestrator`` exits 1, in one line)."""
 
 
 class EmbeddedPostgres:
@@ -47,11 +52,19 @@ class EmbeddedPostgres:
             data, cleanup = self._dir / "data", "delete"
         else:
             data, cleanup = self._data_dir, "stop"
-            data.parent.mkdir(parents=True, exist_ok=True)
-            _forget_exited(pgserver, data)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            self._server = pgserver.get_server(data, cleanup_mode=cleanup)
+        try:
+            if self._data_dir is not None:
+                data.parent.mkdir(parents=True, exist_ok=True)
+                _forget_exited(pgserver, data)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self._server = pgserver.get_server(data, cleanup_mode=cleanup)
+        except (subprocess.SubprocessError, OSError, RuntimeError, AssertionError) as exc:
+            # pgserver has logged what initdb or pg_ctl said (at error level); say it in one line
+            raise EmbeddedPostgresFailed(
+                f"the embedded PostgreSQL in {data} did not start ({type(exc).__name__}: "
+                f"{str(exc)[:200]}); the server's log, if any: {data / 'log'}"
+            ) from None
         # pgserver's URL has an empty password (``postgres:@``): trust authentication, on a Unix
         # socket in the data directory (no TCP port), so none is needed; leave it out.
         self.url = str(self._server.get_uri()).replace("://postgres:@", "://postgres@", 1)

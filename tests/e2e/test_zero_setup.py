@@ -14,10 +14,13 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -25,6 +28,7 @@ import pytest
 
 from orchestrator import zero_setup
 from orchestrator.config import Settings
+from orchestrator.embedded import EmbeddedPostgresFailed
 from orchestrator.errors import ConfigError
 
 pytestmark = pytest.mark.e2e
@@ -100,6 +104,21 @@ def test_the_embedded_data_directory_is_in_the_users_data_home(tmp_path: Path) -
         )
 
 
+def test_an_embedded_server_that_cannot_start_is_one_clear_error(tmp_path: Path) -> None:
+    # Given a data home that is a file, not a directory
+    (tmp_path / "xdg").write_text("not a directory")
+    environ = {"XDG_DATA_HOME": str(tmp_path / "xdg")}
+    # Then run says, in one line, which server did not start and why (main prints it, exit 1)
+    with pytest.raises(EmbeddedPostgresFailed) as failed:
+        zero_setup.resolve_database_url(
+            Settings(database_url=None, targets={}), environ, create=True
+        )
+    message = str(failed.value)
+    assert message.startswith(f"the embedded PostgreSQL in {tmp_path / 'xdg'}/batch-orchestrator/")
+    assert "NotADirectoryError" in message
+    assert "\n" not in message
+
+
 def test_a_command_that_only_reads_says_what_to_do_and_makes_no_database(tmp_path: Path) -> None:
     environ = {"XDG_DATA_HOME": str(tmp_path / "xdg")}
     with pytest.raises(ConfigError, match=r"orchestrator run` makes one there, or set ORCH"):
@@ -107,10 +126,20 @@ def test_a_command_that_only_reads_says_what_to_do_and_makes_no_database(tmp_pat
     assert not (tmp_path / "xdg").exists()
 
 
+@pytest.fixture
+def data_home() -> Iterator[Path]:
+    """A data home outside pytest's own temporary directories: the embedded server runs as another
+    user (``pgserver``) when we are root, and pytest makes ``/tmp/pytest-of-root`` private again
+    whenever a session starts (another pytest run on this machine could do so mid-test)."""
+    path = Path(tempfile.mkdtemp(prefix="orchestrator-zs-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def test_run_without_a_url_uses_the_embedded_database_which_enqueue_reaches(
-    tmp_path: Path,
+    tmp_path: Path, data_home: Path
 ) -> None:
-    xdg = tmp_path / "xdg"
+    xdg = data_home
     data = xdg / "batch-orchestrator" / "pgdata"
     env = _env(tmp_path, XDG_DATA_HOME=str(xdg))
     log = tmp_path / "run.log"
