@@ -12,6 +12,7 @@ about 1.6 s here), bounded at ten times what they take on this machine.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 import shutil
@@ -36,6 +37,7 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 URL_IN_QUOTES = re.compile(r"'(postgresql://[^']+)'")
+KEPT = re.compile(r"stays up until you press Ctrl-C")
 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -136,8 +138,47 @@ def data_home() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+@dataclasses.dataclass
+class Demo:
+    process: subprocess.Popen[bytes]
+    log: Path
+    data: Path | None = None  # the kept database's directory, once the demo printed its URL
+
+
+@pytest.fixture(scope="module")
+def kept_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
+    """``orchestrator demo --keep`` in a subprocess, started by the first test that asks for it
+    and stopped with Ctrl-C (SIGINT) at the end of the module, once it is kept. The run test asks
+    for it too, so that the demo (mostly waiting: initdb, the emulator's clock) runs meanwhile."""
+    work = tmp_path_factory.mktemp("demo")
+    log = work / "demo.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            _orchestrator("demo", "--jobs", "1", "--requests", "5", "--keep"),
+            cwd=ROOT,
+            env=_env(work),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    demo = Demo(process, log)
+    try:
+        yield demo
+    finally:
+        if process.poll() is None:
+            with contextlib.suppress(AssertionError):  # interrupted mid-start: it cleans up too
+                _wait_for_line(log, KEPT, process)
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if demo.data is not None:
+            _stop_server(demo.data)
+
+
 def test_run_without_a_url_uses_the_embedded_database_which_enqueue_reaches(
-    tmp_path: Path, data_home: Path
+    tmp_path: Path, data_home: Path, kept_demo: Demo
 ) -> None:
     xdg = data_home
     data = xdg / "batch-orchestrator" / "pgdata"
@@ -159,7 +200,6 @@ def test_run_without_a_url_uses_the_embedded_database_which_enqueue_reaches(
         url = found.group(1)
         assert re.search(r"connect with: \S*psql '", line), line
         assert url.startswith("postgresql://postgres@/"), url  # no password, not even an empty one
-        _wait_for_line(log, re.compile(r'"daemon_started"'), run)
         # When enqueue runs with no database configured either, while the daemon runs
         requests = tmp_path / "requests.jsonl"
         requests.write_text(
@@ -174,10 +214,11 @@ def test_run_without_a_url_uses_the_embedded_database_which_enqueue_reaches(
             timeout=60,
             check=False,
         )
-        # Then it reached the daemon's database, migrated by `run`, and the daemon planned it
+        # Then it reached the daemon's database (the daemon registered in it)
         assert enqueued.returncode == 0, enqueued.stderr.decode()
         assert enqueued.stdout.decode().strip() == "1"
         assert f"using the embedded PostgreSQL in {data} " in enqueued.stderr.decode()
+        _wait_for_line(log, re.compile(r'"daemon_started"'), run)
         with psycopg.connect(url) as conn:
             row = conn.execute(
                 "SELECT j.name, j.status, w.pid FROM orchestrator.jobs j, orchestrator.workers w"
@@ -213,49 +254,33 @@ def _readme_queries() -> list[str]:
 
 
 def test_demo_keep_leaves_its_database_up_and_prints_a_url_the_readme_queries_work_on(
-    tmp_path: Path,
+    kept_demo: Demo,
 ) -> None:
     queries = _readme_queries()
     assert len(queries) >= 8, queries  # the four examples and the four shown with their output
-    log = tmp_path / "demo.log"
-    with log.open("wb") as out:
-        demo = subprocess.Popen(
-            _orchestrator("demo", "--jobs", "1", "--requests", "5", "--keep"),
-            cwd=ROOT,
-            env=_env(tmp_path),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    data: Path | None = None
-    try:
-        # Given the demo, kept
-        _wait_for_line(log, re.compile(r"stays up until you press Ctrl-C"), demo)
-        # Then it prints a psql command with the database's URL (no password)
-        line = _wait_for_line(log, re.compile(r"^\s+\S*psql 'postgresql://"), demo)
-        found = URL_IN_QUOTES.search(line)
-        assert found, line
-        url = found.group(1)
-        assert url.startswith("postgresql://postgres@/"), url
-        data = Path(url.split("host=", 1)[1])
-        # and the export line for the orchestrator's own commands, with the same URL
-        assert f"export ORCHESTRATOR_DATABASE_URL='{url}'" in log.read_text()
-        # When the README's queries run on that URL
-        with psycopg.connect(url) as conn:
-            for sql in queries:
-                rows = conn.execute(sql).fetchall()  # type: ignore[arg-type]
-                # Then each answers with the demo's data
-                assert rows, sql
-            assert conn.execute(
-                "SELECT status, request_count FROM orchestrator.job_summary"
-            ).fetchall() == [("completed", 5)]
-        # When the user presses Ctrl-C
-        demo.send_signal(signal.SIGINT)
-        # Then the demo ends and its temporary database goes with it
-        assert demo.wait(timeout=30) == 0, log.read_text()
-        assert not data.exists()
-    finally:
-        if demo.poll() is None:
-            demo.kill()
-            demo.wait()
-        if data is not None:
-            _stop_server(data)
+    demo, log = kept_demo.process, kept_demo.log
+    # Given the demo, kept
+    _wait_for_line(log, KEPT, demo)
+    # Then it prints a psql command with the database's URL (no password)
+    line = _wait_for_line(log, re.compile(r"^\s+\S*psql 'postgresql://"), demo)
+    found = URL_IN_QUOTES.search(line)
+    assert found, line
+    url = found.group(1)
+    assert url.startswith("postgresql://postgres@/"), url
+    data = kept_demo.data = Path(url.split("host=", 1)[1])
+    # and the export line for the orchestrator's own commands, with the same URL
+    assert f"export ORCHESTRATOR_DATABASE_URL='{url}'" in log.read_text()
+    # When the README's queries run on that URL
+    with psycopg.connect(url) as conn:
+        for sql in queries:
+            rows = conn.execute(sql).fetchall()  # type: ignore[arg-type]
+            # Then each answers with the demo's data
+            assert rows, sql
+        assert conn.execute(
+            "SELECT status, request_count FROM orchestrator.job_summary"
+        ).fetchall() == [("completed", 5)]
+    # When the user presses Ctrl-C
+    demo.send_signal(signal.SIGINT)
+    # Then the demo ends and its temporary database goes with it
+    assert demo.wait(timeout=30) == 0, log.read_text()
+    assert not data.exists()
