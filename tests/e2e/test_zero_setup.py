@@ -142,7 +142,6 @@ def data_home() -> Iterator[Path]:
 class Demo:
     process: subprocess.Popen[bytes]
     log: Path
-    data: Path | None = None  # the kept database's directory, once the demo printed its URL
 
 
 @pytest.fixture(scope="module")
@@ -173,8 +172,12 @@ def kept_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        if demo.data is not None:
-            _stop_server(demo.data)
+        # Had it to be killed, its server and temporary directory would be left behind
+        found = URL_IN_QUOTES.search(log.read_text())
+        if found:
+            data = Path(found.group(1).split("host=", 1)[1])
+            _stop_server(data)
+            shutil.rmtree(data.parent, ignore_errors=True)
 
 
 def test_run_without_a_url_uses_the_embedded_database_which_enqueue_reaches(
@@ -267,7 +270,7 @@ def test_demo_keep_leaves_its_database_up_and_prints_a_url_the_readme_queries_wo
     assert found, line
     url = found.group(1)
     assert url.startswith("postgresql://postgres@/"), url
-    data = kept_demo.data = Path(url.split("host=", 1)[1])
+    data = Path(url.split("host=", 1)[1])
     # and the export line for the orchestrator's own commands, with the same URL
     assert f"export ORCHESTRATOR_DATABASE_URL='{url}'" in log.read_text()
     # When the README's queries run on that URL
