@@ -304,7 +304,7 @@ def masked_url(url: str) -> str:
 
 
 def cmd_resolve(args: argparse.Namespace, settings: Settings) -> int:
-    deps = make_deps(settings)
+    deps = make_deps(zero_setup.with_database(settings, os.environ))
     with unit_of_work(deps.sessions) as s:
         how = ledger.resolve_unknown_create(s, args.batch, adopt=args.adopt, now=deps.clock.now())
     print(f"batch {args.batch}: {how}")
@@ -312,7 +312,7 @@ def cmd_resolve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_reingest(args: argparse.Namespace, settings: Settings) -> int:
-    deps = make_deps(settings)
+    deps = make_deps(zero_setup.with_database(settings, os.environ))
     with unit_of_work(deps.sessions) as s:
         remote = ledger.reopen_for_reingest(s, args.batch, now=deps.clock.now())
     print(

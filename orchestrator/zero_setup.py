@@ -4,10 +4,11 @@
 ``DATABASE_URL`` nor ``database_url`` in the config file) starts the embedded server in
 ``$XDG_DATA_HOME/batch-orchestrator/pgdata`` (``~/.local/share/batch-orchestrator/pgdata``),
 creating it the first time, migrates it (there is no separate ``migrate`` step on this path), says
-so in one line on stderr, and runs on it. ``enqueue``, ``status``, ``results`` and ``cancel`` find the
-same database the same way: pgserver shares one server per data directory between processes (see
-:mod:`orchestrator.embedded`), so they join the server ``run`` started, or start it for as long as
-they run. A URL, when one is given, is always what is used.
+so in one line on stderr, and runs on it. ``enqueue``, ``status``, ``results``, ``cancel``,
+``resolve`` and ``reingest`` find the same database the same way: pgserver shares one server per
+data directory between processes (see :mod:`orchestrator.embedded`), so they join the server
+``run`` started, or start it for as long as they run. A URL, when one is given, is always what is
+used.
 """
 
 from __future__ import annotations
