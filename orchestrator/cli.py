@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import orjson
 import structlog
 
-from orchestrator import __version__
+from orchestrator import __version__, zero_setup
 from orchestrator.config import Settings
 from orchestrator.db import ledger, queries
 from orchestrator.db.session import libpq_url, sqlalchemy_url, unit_of_work
@@ -213,7 +213,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.workers:
         settings = replace(settings, daemon=replace(settings.daemon, workers=args.workers))
-    url = settings.require_database_url()
+    url = zero_setup.resolve_database_url(settings, os.environ, create=True, daemon=True)
+    settings = replace(settings, database_url=url)
     deps = make_deps(settings)
     return Daemon(deps, listen_url=libpq_url(url)).serve()
 
@@ -221,7 +222,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
     from orchestrator.enqueue import enqueue_file
 
-    deps = make_deps(settings)
+    deps = make_deps(zero_setup.with_database(settings, os.environ, create=True))
     with unit_of_work(deps.sessions) as s:
         job_id = enqueue_file(
             s,
@@ -237,7 +238,7 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
-    deps = make_deps(settings)
+    deps = make_deps(zero_setup.with_database(settings, os.environ))
     with unit_of_work(deps.sessions) as s:
         found = ledger.request_cancel(s, args.job)
     if found is None:
@@ -248,7 +249,7 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
     """One row per request (``queries.RESULT_COLUMNS``), streamed from the database."""
-    deps = make_deps(settings)
+    deps = make_deps(zero_setup.with_database(settings, os.environ))
     with unit_of_work(deps.sessions) as s:
         if queries.job(s, args.job) is None:
             raise JobNotFound(f"no job {args.job}")
@@ -303,7 +304,8 @@ def _csv_cell(value: object) -> str:
 def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
     """What the daemon would run with: environment over file over preset, secrets masked."""
     url = settings.database_url
-    print(f"database_url  {shown(masked_url(url)) if url else '(not set)'}")
+    embedded = f"(not set: the embedded PostgreSQL in {zero_setup.data_dir(os.environ)})"
+    print(f"database_url  {shown(masked_url(url)) if url else shown(embedded)}")
     print(f"log           {settings.log_level}, {settings.log_format}")
     daemon = dataclasses.asdict(settings.daemon)
     print("daemon        " + ", ".join(f"{k}={v}" for k, v in daemon.items()))
@@ -336,7 +338,7 @@ def masked_url(url: str) -> str:
 
 
 def cmd_resolve(args: argparse.Namespace, settings: Settings) -> int:
-    deps = make_deps(settings)
+    deps = make_deps(zero_setup.with_database(settings, os.environ))
     with unit_of_work(deps.sessions) as s:
         how = ledger.resolve_unknown_create(s, args.batch, adopt=args.adopt, now=deps.clock.now())
     print(f"batch {args.batch}: {how}")
@@ -344,7 +346,7 @@ def cmd_resolve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_reingest(args: argparse.Namespace, settings: Settings) -> int:
-    deps = make_deps(settings)
+    deps = make_deps(zero_setup.with_database(settings, os.environ))
     with unit_of_work(deps.sessions) as s:
         remote = ledger.reopen_for_reingest(s, args.batch, now=deps.clock.now())
     print(
@@ -444,7 +446,7 @@ def _cleanup_lines(report: retention.Report) -> list[str]:
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    deps = make_deps(settings)
+    deps = make_deps(zero_setup.with_database(settings, os.environ))
     now = deps.clock.now()
     with unit_of_work(deps.sessions) as s:
         if args.job is not None:

@@ -8,20 +8,25 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
+import shutil
+import signal
+import sys
 import threading
 import time
 from decimal import Decimal
+from pathlib import Path
 
 from orchestrator.clock import ScaledClock
 from orchestrator.config import FAST_DAEMON, Secret, Settings, make_target
 from orchestrator.daemon import Daemon
-from orchestrator.db import ledger, migrate, queries
+from orchestrator.db import ledger, queries
 from orchestrator.db.session import libpq_url, unit_of_work
 from orchestrator.deps import Deps, make_deps
-from orchestrator.embedded import EmbeddedPostgres
+from orchestrator.embedded import EmbeddedPostgres, psql_command
 from orchestrator.emulator import Emulator, EmulatorConfig, EmulatorServer
 from orchestrator.observability import configure_logging
 
+KEEP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 TIME_SCALE = 30.0  # one real second is half a virtual minute on the emulator
 TIMEOUT_SECONDS = 55.0
 
@@ -77,6 +82,9 @@ def sample_sql(index: int, requests: int) -> str:
 def run_demo(settings: Settings, *, jobs: int = 3, requests: int = 40, keep: bool = False) -> int:
     started = time.monotonic()
     configure_logging(level="error", fmt=settings.log_format, stream=None)
+    # imported once logging is quiet: alembic logs its plugins at info when it is imported
+    from orchestrator.db import migrate
+
     print("batch-orchestrator demo: embedded PostgreSQL + built-in emulator + daemon\n")
     with EmbeddedPostgres() as pg:
         print(f"  PostgreSQL  embedded, temporary ({pg.url})")
@@ -137,20 +145,41 @@ def _run(
 
 
 def _keep(url: str) -> None:
-    """Leave the database up for the user to explore until Ctrl-C."""
+    """Leave the database up for the user to explore until Ctrl-C (or SIGTERM, SIGHUP), and say
+    how to connect: psql (the embedded server's own when there is none on the PATH) and the
+    orchestrator's commands."""
     print(
-        "\nThe database stays up until you press Ctrl-C. In another terminal:\n"
+        "\nThe database stays up until you press Ctrl-C. Connect to it from another terminal:\n"
+        + _indent(f"{psql_command()} '{url}'")
+        + "\nor use the orchestrator's commands on it:\n"
         + _indent(
             f"export ORCHESTRATOR_DATABASE_URL='{url}'\n"
-            "orchestrator status\n"
-            'psql "$ORCHESTRATOR_DATABASE_URL" -c "SELECT * FROM orchestrator.job_summary"'
+            f"{_orchestrator_command()} status\n"
+            f"{_orchestrator_command()} results 1 --format csv"
         ),
         flush=True,
     )
+    # Ctrl-C, a closed terminal or a kill end the wait the same way: the database is stopped and
+    # its temporary directory removed (a default SIGTERM would leave a server running behind).
+    done = threading.Event()
+    previous = {sig: signal.getsignal(sig) for sig in KEEP_SIGNALS}
+    for sig in KEEP_SIGNALS:
+        signal.signal(sig, lambda signum, frame: done.set())
     try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        print()
+        while not done.wait(1.0):
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print()
+
+
+def _orchestrator_command() -> str:
+    """``orchestrator`` if it is on the PATH, else the script next to this Python (the venv's)."""
+    if shutil.which("orchestrator"):
+        return "orchestrator"
+    script = Path(sys.executable).parent / "orchestrator"
+    return str(script) if script.is_file() else "orchestrator"
 
 
 def _enqueue(deps: Deps, jobs: int, requests: int) -> list[int]:

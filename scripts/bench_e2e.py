@@ -5,6 +5,7 @@
     .venv/bin/python scripts/bench_e2e.py --rate 20              # 20 jobs a second, not flat out
     .venv/bin/python scripts/bench_e2e.py --workers 8 --time-scale 60
     .venv/bin/python scripts/bench_e2e.py --daemons 2           # two daemon processes share it
+    .venv/bin/python scripts/bench_e2e.py --daemons 1,3         # scale out: 1, then 3 daemons
 
 Everything runs as its users run it, each in its own process: the built-in emulator
 (``python -m orchestrator emulator --time-scale S``, a real HTTP server whose clock runs S times
@@ -18,6 +19,14 @@ Two runs, each on a fresh database with a fresh daemon, against the same emulato
 * **many jobs**: ``--jobs`` jobs of ``--requests-per-job`` requests (one batch each);
 * **baseline**: one job with as many requests in all (one batch): the same work for the
   provider without the many-jobs overhead.
+
+With ``--daemons 1,3`` the many-jobs run is made once per count (each on a fresh database, the
+first count being the baseline of the others), and the baseline with the first count. Each run
+also reports its throughput (jobs, requests, batches and API calls a second, from the first INSERT
+to the last job completed) and what the database did for it: the CPU time of the daemons'
+backends (from ``/proc``, sampled through ``pg_stat_activity``: the server must run on this
+machine), the transactions and rows written (``pg_stat_database`` of the run's own database, less
+the benchmark's own queries) and the daemons' connections at their peak.
 
 For each: when the first upload happened (from the first INSERT), when the last job was planned,
 the time from the last INSERT to the last job ``completed`` (seen by polling every 50 ms), the
@@ -70,8 +79,12 @@ API_KEY = "sk-bench-e2e-0123456789abcdef"
 RESULTS_DIR = Path("bench-results")
 START_TIMEOUT = 60.0
 WATCH_INTERVAL = 0.05  # how often the end of the run is looked for
-SAMPLE_INTERVAL = 1.0  # progress samples (printed every PRINT_EVERY samples)
-PRINT_EVERY = 5
+SAMPLE_INTERVAL = 0.5  # progress and database samples (printed every PRINT_EVERY samples)
+PRINT_EVERY = 10
+BENCH_APP = "bench-e2e"  # application_name of the benchmark's own connections
+ENQUEUE_APP = "bench-e2e-enqueue"  # the "user" inserting jobs
+DAEMON_APP = "batch-orchestrator"  # the daemons' pool (orchestrator.db.session.make_engine)
+LISTEN_APP = "(none: LISTEN)"  # the daemons' LISTEN connection has no application_name
 TERMINAL = ("completed", "failed", "cancelled")
 
 # One statement per job: the job and its requests in one transaction, as the README shows.
@@ -277,13 +290,16 @@ class Scenario:
     label: str
     jobs: int
     requests_per_job: int
+    daemons: int = 1
 
     def describe(self) -> str:
         return f"{self.jobs:,} job{'s' if self.jobs != 1 else ''} × {self.requests_per_job:,}"
 
 
 class Sampler(threading.Thread):
-    """Every SAMPLE_INTERVAL: job and batch counts, the load average; prints every few samples."""
+    """Every SAMPLE_INTERVAL: job and batch counts, the load average, the database's connections
+    to the run's database by application, and the CPU time of each backend serving the daemons (or
+    the inserts); prints every few samples."""
 
     def __init__(self, db_url: str, started: float, label: str) -> None:
         super().__init__(name="sampler", daemon=True)
@@ -292,12 +308,22 @@ class Sampler(threading.Thread):
         self.label = label
         self.samples: list[dict[str, Any]] = []
         self.stopped = threading.Event()
+        self.queries = 0  # transactions of our own in the run's database (subtracted)
+        # pid → (application, CPU seconds when first seen, when last seen, seen in the first sample)
+        self.backends: dict[int, list[Any]] = {}
+        self.peak_connections: dict[str, int] = {}
 
     def run(self) -> None:
-        with contextlib.suppress(psycopg.Error), psycopg.connect(self.db_url, autocommit=True) as c:
+        with (
+            contextlib.suppress(psycopg.Error),
+            psycopg.connect(self.db_url, autocommit=True, application_name=BENCH_APP) as c,
+        ):
+            self.watch_backends(c, first=True)
             while not self.stopped.wait(SAMPLE_INTERVAL):
                 jobs = counts(c, "SELECT status, count(*) FROM orchestrator.jobs GROUP BY 1")
                 batches = counts(c, "SELECT state, count(*) FROM orchestrator.batches GROUP BY 1")
+                self.queries += 2
+                self.watch_backends(c)
                 sample = {
                     "t": round(time.monotonic() - self.started, 2),
                     "load1": os.getloadavg()[0],
@@ -308,10 +334,78 @@ class Sampler(threading.Thread):
                 if len(self.samples) % PRINT_EVERY == 0:
                     print(f"  [{self.label}] {progress(sample)}", flush=True)
 
+    def watch_backends(self, c: psycopg.Connection[Any], *, first: bool = False) -> None:
+        rows = c.execute(
+            "SELECT pid, application_name FROM pg_stat_activity "
+            "WHERE datname = current_database() AND application_name <> %s",
+            (BENCH_APP,),
+        ).fetchall()
+        self.queries += 1
+        apps: dict[str, int] = {}
+        for pid, name in rows:
+            app = name or LISTEN_APP
+            apps[app] = apps.get(app, 0) + 1
+            cpu = cpu_seconds(pid)
+            seen = self.backends.get(pid)
+            if seen is None:
+                self.backends[pid] = [app, cpu, cpu, first]
+            elif cpu == cpu:  # not NaN: the backend is still there
+                seen[2] = cpu
+        apps["total"] = sum(apps.values())
+        for app, n in apps.items():
+            self.peak_connections[app] = max(self.peak_connections.get(app, 0), n)
+
+    def backend_cpu(self, app: str) -> float:
+        """CPU seconds of the backends of ``app`` during the run (a backend that was there at the
+        start counts from then; one born later, from its birth)."""
+        return sum(
+            last - (begin if was_there else 0.0)
+            for a, begin, last, was_there in self.backends.values()
+            if a == app and last == last
+        )
+
     def stop(self) -> None:
         self.stopped.set()
         if self.ident is not None:  # started
             self.join(timeout=10)
+
+
+DB_COUNTERS = (
+    "xact_commit", "xact_rollback", "tup_inserted", "tup_updated", "tup_deleted",
+    "blks_read", "blks_hit",
+)  # fmt: skip
+
+
+def db_counters(server_url: str, name: str) -> dict[str, int]:
+    """The run's database's cumulative counters (``pg_stat_database``), read from another
+    database so that the reading is not counted."""
+    with psycopg.connect(server_url, autocommit=True, application_name=BENCH_APP) as conn:
+        row = conn.execute(
+            f"SELECT {', '.join(DB_COUNTERS)} FROM pg_stat_database WHERE datname = %s", (name,)
+        ).fetchone()
+    return dict(zip(DB_COUNTERS, (int(v) for v in row or ()), strict=False))
+
+
+def wait_backends_gone(server_url: str, name: str) -> None:
+    """After the daemons exit, their backends flush their statistics as they go: wait for them."""
+    deadline = time.monotonic() + 30
+    with psycopg.connect(server_url, autocommit=True, application_name=BENCH_APP) as conn:
+        sql = "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND application_name <> %s"
+        while one(conn, sql, name, BENCH_APP) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+
+
+def emulator_calls(emulator: EmulatorProcess) -> dict[str, int]:
+    """How many API calls the emulator has answered, by route (its ledger)."""
+    import httpx
+
+    ledger = httpx.get(emulator.url + "/_emulator/ledger", timeout=60).json()
+    out: dict[str, int] = {}
+    for call in ledger.get("calls", []):
+        key = f"{call['method']} {call['route']}"
+        out[key] = out.get(key, 0) + 1
+    return out
 
 
 def counts(conn: psycopg.Connection[Any], sql: str) -> dict[str, int]:
@@ -331,7 +425,7 @@ def progress(sample: dict[str, Any]) -> str:
 
 def wait_registered(db_url: str, daemons: list[subprocess.Popen[bytes]], work: Path) -> None:
     deadline = time.monotonic() + START_TIMEOUT
-    with psycopg.connect(db_url, autocommit=True) as conn:
+    with psycopg.connect(db_url, autocommit=True, application_name=BENCH_APP) as conn:
         sql = "SELECT count(*) FROM orchestrator.workers WHERE stopped_at IS NULL"
         while one(conn, sql) < len(daemons):
             if any(d.poll() is not None for d in daemons):
@@ -352,7 +446,7 @@ def insert_jobs(db_url: str, s: Scenario, rate: float) -> tuple[float, float]:
     after the first and the last commit."""
     first = last = 0.0
     begun = time.monotonic()
-    with psycopg.connect(db_url, autocommit=True) as conn:
+    with psycopg.connect(db_url, autocommit=True, application_name=ENQUEUE_APP) as conn:
         for i in range(s.jobs):
             if rate > 0:
                 time.sleep(max(0.0, begun + i / rate - time.monotonic()))
@@ -366,12 +460,14 @@ def insert_jobs(db_url: str, s: Scenario, rate: float) -> tuple[float, float]:
 
 
 def wait_done(
-    db_url: str, daemons: list[subprocess.Popen[bytes]], deadline: float
+    db_url: str, daemons: list[subprocess.Popen[bytes]], deadline: float, polls: list[int]
 ) -> tuple[float | None, str]:
-    """The monotonic time at which no job is left open (None on a timeout or a dead daemon)."""
-    with psycopg.connect(db_url, autocommit=True) as conn:
+    """The monotonic time at which no job is left open (None on a timeout or a dead daemon);
+    counts its queries in ``polls``."""
+    with psycopg.connect(db_url, autocommit=True, application_name=BENCH_APP) as conn:
         sql = f"SELECT count(*) FROM orchestrator.jobs WHERE status NOT IN {TERMINAL}"
         while True:
+            polls[0] += 1
             if one(conn, sql) == 0:
                 return time.monotonic(), ""
             dead = [d.returncode for d in daemons if d.poll() is not None]
@@ -475,32 +571,39 @@ def run_scenario(
     dbs: Databases, template: str, emulator: EmulatorProcess, s: Scenario, args: Any, work: Path
 ) -> dict[str, Any]:
     print(
-        f"{s.label}: {s.describe()} requests, {args.daemons} daemon(s) of {args.workers} workers",
+        f"{s.label}: {s.describe()} requests, {s.daemons} daemon(s) of {args.workers} workers",
         flush=True,
     )
-    url = dbs.url(dbs.create(s.label, template=template))
+    name = dbs.create(s.label, template=template)
+    url = dbs.url(name)
     daemons = [
         start_daemon(url, emulator.base_url, args.workers, work, f"{s.label}-{i + 1}")
-        for i in range(args.daemons)
+        for i in range(s.daemons)
     ]
     pids = [d.pid for d in daemons]
     sampler = Sampler(url, time.monotonic(), s.label)
+    polls = [0]
     try:
         wait_registered(url, daemons, work)
+        calls0 = emulator_calls(emulator)
+        db0 = db_counters(dbs.server, name)
         cpu0 = [sum(cpu_seconds(p) for p in pids), cpu_seconds(emulator.process.pid)]
         busy0 = cpu_busy()
         started = sampler.started = time.monotonic()
         sampler.start()
         first, last = insert_jobs(url, s, args.rate)
         print(f"  [{s.label}] last INSERT at t={last - started:.1f}s", flush=True)
-        done, why = wait_done(url, daemons, last + args.timeout)
+        done, why = wait_done(url, daemons, last + args.timeout, polls)
         cpu1 = [sum(cpu_seconds(p) for p in pids), cpu_seconds(emulator.process.pid)]
         busy1 = cpu_busy()
         load = os.getloadavg()[0]
+        calls1 = emulator_calls(emulator)
     finally:
         sampler.stop()
         for d in daemons:
             stop(d)
+    wait_backends_gone(dbs.server, name)
+    db1 = db_counters(dbs.server, name)
     found = facts(url)
     expected = s.jobs * s.requests_per_job
     ok = (
@@ -513,19 +616,30 @@ def run_scenario(
         why = why or f"jobs {found['statuses']}, {found['succeeded']:.0f} of {expected} succeeded"
     provider = provider_seconds(s.requests_per_job, args.time_scale)
     after_last = None if done is None else done - last
+    span = None if done is None else done - first
+    db = {k: db1.get(k, 0) - db0.get(k, 0) for k in DB_COUNTERS}
+    db["own_queries"] = sampler.queries + polls[0]  # ours, in the run's database: not the daemons'
     return {
         "label": s.label,
         "jobs": s.jobs,
         "requests_per_job": s.requests_per_job,
+        "daemons": s.daemons,
+        "workers": args.workers,
         "ok": ok,
         "why": why,
         "insert_seconds": last - first,
         "after_last_insert": after_last,
+        "span": span,
         "provider_seconds": provider,
         "overhead": None if after_last is None else after_last - provider,
         "provider_observed": [v / args.time_scale for v in found.pop("remote_virtual")],
         "daemon_cpu": cpu1[0] - cpu0[0],
         "emulator_cpu": cpu1[1] - cpu0[1],
+        "db_cpu_daemons": sampler.backend_cpu(DAEMON_APP) + sampler.backend_cpu(LISTEN_APP),
+        "db_cpu_enqueue": sampler.backend_cpu(ENQUEUE_APP),
+        "db": db,
+        "connections": sampler.peak_connections,
+        "api_calls": {k: calls1.get(k, 0) - calls0.get(k, 0) for k in calls1},
         "cpu_busy": (busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1]),
         "load_end": load,
         "load_max": max([x["load1"] for x in sampler.samples] + [load]),
@@ -569,6 +683,7 @@ def rows_of(r: dict[str, Any]) -> list[tuple[str, str]]:
     ]  # fmt: skip
     rows += [(f"per job: {label} (median / p95 / max)", spread(r["stages"][label]))
              for label, _, _ in STAGES]  # fmt: skip
+    rows += throughput_rows(r) + database_rows(r)
     rows += [
         ("daemon CPU (all daemons)", seconds(r["daemon_cpu"], 1)),
         ("emulator CPU", seconds(r["emulator_cpu"], 1)),
@@ -576,6 +691,52 @@ def rows_of(r: dict[str, Any]) -> list[tuple[str, str]]:
         ("load average, 1 min (at the end / max)", f"{r['load_end']:.2f} / {r['load_max']:.2f}"),
     ]
     return rows
+
+
+def per_second(n: float, span: float | None) -> str:
+    return "n/a" if not span else f"{n / span:,.1f}"
+
+
+def throughput_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
+    """What the daemons carried, from the first INSERT to the last job completed."""
+    span = r["span"]
+    calls = sum(r["api_calls"].values())
+    return [
+        ("daemons × workers", f"{r['daemons']} × {r['workers']}"),
+        ("**first INSERT → last job completed**", seconds(span)),
+        ("**jobs / s**", per_second(r["jobs"], span)),
+        ("requests / s", per_second(r["jobs"] * r["requests_per_job"], span)),
+        ("batches / s", per_second(r["batches"], span)),
+        ("API calls / s (the emulator's count)", per_second(calls, span)),
+        ("API calls per batch", f"{calls / max(1, r['batches']):.1f}"),
+    ]
+
+
+def database_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
+    """What the database did for the run: its own database's counters, less our own queries."""
+    db, jobs, batches = r["db"], r["jobs"], max(1, r["batches"])
+    requests = jobs * r["requests_per_job"]
+    xacts = db["xact_commit"] + db["xact_rollback"] - db["own_queries"]
+    written = db["tup_inserted"] + db["tup_updated"] + db["tup_deleted"]
+    cpu, span = r["db_cpu_daemons"], r["span"]
+    conns = r["connections"]
+    per_daemon = conns.get(DAEMON_APP, 0) + conns.get(LISTEN_APP, 0)
+    return [
+        ("**database CPU for the daemons** (their backends)", seconds(cpu, 1)),
+        ("database CPU per job / per request", f"{cpu / jobs * 1000:.1f} / {cpu / requests * 1000:.2f} ms"),
+        ("database CPU, share of one core over the run",
+         "n/a" if not span else f"{cpu / span:.0%}"),
+        ("database CPU for the INSERTs (the users' enqueue)", seconds(r["db_cpu_enqueue"], 1)),
+        ("transactions (daemons + inserts)", f"{xacts:,}"),
+        ("transactions per job / per batch", f"{xacts / jobs:.1f} / {xacts / batches:.1f}"),
+        ("transactions / s", per_second(xacts, span)),
+        ("rows written (inserted + updated + deleted)",
+         f"{written:,} ({db['tup_inserted']:,} + {db['tup_updated']:,} + {db['tup_deleted']:,})"),
+        ("rows written per request", f"{written / requests:.1f}"),
+        ("rollbacks", f"{db['xact_rollback']:,}"),
+        ("peak connections to the database (all daemons)", f"{per_daemon}"),
+        ("peak connections per daemon", f"{per_daemon / r['daemons']:.1f}"),
+    ]  # fmt: skip
 
 
 def report(meta: dict[str, Any], runs: list[dict[str, Any]]) -> str:
@@ -601,6 +762,16 @@ def report(meta: dict[str, Any], runs: list[dict[str, Any]]) -> str:
 # -- main ----------------------------------------------------------------------------------------
 
 
+def daemon_counts(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of whole numbers: {text!r}") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError("each count must be at least 1")
+    return counts
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=JOBS)
@@ -609,7 +780,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--time-scale", type=float, default=TIME_SCALE, help="the emulator's virtual s per real s"
     )
     parser.add_argument("--workers", type=int, default=4, help="each daemon's worker pool")
-    parser.add_argument("--daemons", type=int, default=1, help="daemon processes, sharing the work")
+    parser.add_argument(
+        "--daemons",
+        type=daemon_counts,
+        default=[1],
+        help="daemon processes sharing the work; a list (1,3) runs the many-jobs run once per "
+        "count, the first being the baseline of the others",
+    )
     parser.add_argument(
         "--rate", type=float, default=0.0, help="jobs inserted per second (0: as fast as possible)"
     )
@@ -634,9 +811,18 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.monotonic()
     load_before = os.getloadavg()[0]
-    scenarios = [Scenario("many-jobs", args.jobs, args.requests_per_job)]
+    counts = args.daemons
+    scenarios = [
+        Scenario(
+            "many-jobs" if len(counts) == 1 else f"many-jobs-{n}d",
+            args.jobs,
+            args.requests_per_job,
+            n,
+        )
+        for n in counts
+    ]
     if not args.no_baseline:
-        scenarios.append(Scenario("baseline", 1, args.jobs * args.requests_per_job))
+        scenarios.append(Scenario("baseline", 1, args.jobs * args.requests_per_job, counts[0]))
     work = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
     runs: list[dict[str, Any]] = []
     emulator = start_emulator(work, args.time_scale)
@@ -663,7 +849,7 @@ def main(argv: list[str] | None = None) -> int:
         "server": where,
         "cpus": os.cpu_count(),
         "workers": args.workers,
-        "daemons": args.daemons,
+        "daemons": ",".join(str(n) for n in args.daemons),
         "load_before": load_before,
         "time_scale": args.time_scale,
         "arrival": f"{args.rate:g} jobs/s" if args.rate > 0 else "as fast as one connection goes",

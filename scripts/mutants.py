@@ -803,6 +803,33 @@ MUTATIONS: list[Mutation] = [
         tests=["tests/e2e/test_metrics.py::"
                "test_the_gauges_read_the_open_work_through_the_partial_indexes"],
     ),
+    Mutation(
+        name="embedded-when-url-given",
+        promise="a configured database URL is always used: the embedded PostgreSQL never is",
+        path="orchestrator/zero_setup.py",
+        old="    if settings.database_url:\n        return settings.database_url\n",
+        new="",
+        tests=["tests/e2e/test_zero_setup.py::"
+               "test_a_configured_database_url_is_always_used_and_no_embedded_server_is_made"],
+    ),
+    Mutation(
+        name="zero-setup-not-migrated",
+        promise="zero setup: run migrates the embedded database itself (no migrate step)",
+        path="orchestrator/zero_setup.py",
+        old="        migrate.upgrade(server.url)\n",
+        new="        pass\n",
+        tests=["tests/e2e/test_zero_setup.py::"
+               "test_run_without_a_url_uses_the_embedded_database_which_enqueue_reaches"],
+    ),
+    Mutation(
+        name="demo-keep-not-kept",
+        promise="orchestrator demo --keep leaves its database up and prints how to connect",
+        path="orchestrator/demo.py",
+        old="            if keep:\n                _keep(pg.url)\n",
+        new="",
+        tests=["tests/e2e/test_zero_setup.py::"
+               "test_demo_keep_leaves_its_database_up_and_prints_a_url_the_readme_queries_work_on"],
+    ),
 ]
 # fmt: on
 

@@ -22,5 +22,7 @@ def listen(url: str, channel: str, *, on_notify: Callable[[], None], stop: threa
                     for _ in conn.notifies(timeout=1.0, stop_after=1):
                         on_notify()
         except psycopg.Error as exc:
+            if stop.is_set():  # stopping: the server may go first (an embedded one stops with us)
+                return
             log.warning("listen_failed", error=type(exc).__name__)
             stop.wait(5)
