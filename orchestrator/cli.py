@@ -372,7 +372,7 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
     with unit_of_work(deps.sessions) as s:
         found = ledger.request_cancel(s, args.job)
     if found is None:
-        raise JobNotFound(f"there is no job {args.job}; list the jobs with orchestrator status")
+        raise JobNotFound(f"no job {args.job}; list the jobs with orchestrator status")
     status, requested = found
     if requested:
         print(f"job {args.job}: cancel requested (status now {status})")
@@ -389,7 +389,7 @@ def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
 
     with unit_of_work(deps.sessions) as s:
         if queries.job(s, args.job) is None:
-            raise JobNotFound(f"there is no job {args.job}; list the jobs with orchestrator status")
+            raise JobNotFound(f"no job {args.job}; list the jobs with orchestrator status")
         if args.output is None:
             rows = queries.request_results(s, args.job, failed_only=args.failed)
             _write_results(rows, sys.stdout, args.format)
@@ -616,7 +616,7 @@ def _job_status(s: Any, job_id: int, *, now: dt.datetime, as_json: bool) -> int:
 
     job = queries.job(s, job_id)
     if job is None:
-        raise JobNotFound(f"there is no job {job_id}; list the jobs with orchestrator status")
+        raise JobNotFound(f"no job {job_id}; list the jobs with orchestrator status")
     progress = queries.job_progress(s, [job_id]).get(job_id)
     batches = queries.job_batches(s, job_id)
     batch_progress = queries.batch_progress(s, job_id)

@@ -300,7 +300,7 @@ def resolve_unknown_create(
     ).one_or_none()
     if batch is None:
         raise BatchNotFound(
-            f"there is no batch {batch_id}; list a job's batches with orchestrator status JOB"
+            f"no batch {batch_id}; list a job's batches with orchestrator status JOB"
         )
     if batch.state != BatchState.CREATING:
         raise IllegalTransition(f"batch {batch_id} is not waiting in 'creating'")
@@ -339,7 +339,7 @@ def reopen_for_reingest(session: Session, batch_id: int, *, now: dt.datetime) ->
     ).one_or_none()
     if batch is None:
         raise BatchNotFound(
-            f"there is no batch {batch_id}; list a job's batches with orchestrator status JOB"
+            f"no batch {batch_id}; list a job's batches with orchestrator status JOB"
         )
     if batch.state != BatchState.FAILED:
         raise IllegalTransition(

@@ -207,9 +207,7 @@ def test_every_mistake_is_one_line_with_its_exit_code_and_no_traceback(
              env={**on, "ORCHESTRATOR_HTTP_ADDR": f"127.0.0.1:{busy_port}"}),
         # what does not exist
         Case("no such job", ("cancel", "987654321"), 2,
-             "there is no job 987654321; list the jobs with orchestrator status", env=on),
-        Case("no such batch", ("reingest", "987654321"), 2, "there is no batch 987654321",
-             env=on),
+             "no job 987654321; list the jobs with orchestrator status", env=on),
         # what works: postgres:// URLs, stdin, a reader that goes away
         Case("enqueue - with postgres://", ("enqueue", "-", "--name", "from stdin"), 0, "\n",
              env={"ORCHESTRATOR_DATABASE_URL": migrated.replace("postgresql:", "postgres:", 1)},
@@ -308,3 +306,14 @@ def test_cancel_records_a_cancel_for_an_open_job_and_nothing_for_a_finished_one(
         query(cli, "SELECT id, cancel_requested_at IS NOT NULL FROM orchestrator.jobs")
     )
     assert requested == {pending: True, failed: False}
+
+
+def test_a_batch_that_does_not_exist_is_named_with_exit_code_2(
+    cli: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # (in this process: the table runs the same kind of mistake, a job, as a subprocess)
+    assert main(["reingest", "987654321"]) == 2
+    assert main(["resolve", "987654321", "--recreate"]) == 2
+    assert capsys.readouterr().err.splitlines() == 2 * [
+        "orchestrator: no batch 987654321; list a job's batches with orchestrator status JOB"
+    ]
