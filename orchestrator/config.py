@@ -429,12 +429,12 @@ def _float(env: Mapping[str, str], var: str) -> float:
 
 
 def _http_addr(raw: str, where: str) -> str | None:
-    """``host:port`` (port 0 to 65535), or None for ``off``, ``none`` or empty."""
+    """``host:port`` (port 0 to 65535; no host: 127.0.0.1), or None for ``off``, ``none`` or empty."""
     addr = raw.strip()
     if addr.lower() in ("", "off", "none"):
         return None
-    host, colon, port = addr.rpartition(":")
-    if not colon or not port.isdigit() or int(port) > 65535 or not host.strip("[]"):
+    _, colon, port = addr.rpartition(":")
+    if not colon or not port.isdigit() or int(port) > 65535:
         raise ConfigError(
             f"{where} must be host:port (for example 127.0.0.1:9464) or off, not {raw!r}; fix it"
         )
