@@ -189,7 +189,7 @@ def _parser(*, with_emulator: bool = True) -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("enqueue", help="enqueue a JSONL file of requests as one job")
+    p = sub.add_parser("enqueue", help="enqueue a JSONL file (or stdin: -) of requests as one job")
     p.add_argument("file", help="a JSONL file of requests, or - to read them from stdin")
     p.add_argument("--name")
     p.add_argument("--target", default="fastrouter")
