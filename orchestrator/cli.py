@@ -1,4 +1,15 @@
-"""The command line, and the only composition root: settings → logging → deps → command."""
+"""The command line, and the only composition root: settings → logging → deps → command.
+
+A mistake a person can fix is one line on stderr, ``orchestrator: <what is wrong>; <what to do>``,
+never a traceback: exit code 2 for the command line and the configuration (a bad argument, a file
+that cannot be read, a setting of the wrong type, a job that does not exist), 1 for what went wrong
+at run time (the database down, a schema at another revision, a port taken). Usage errors of
+argparse itself are one line too, and keep their exit code 2.
+
+The heavy modules (SQLAlchemy, the daemon, the emulator) are imported by the commands that use
+them: a mistake is reported before they are loaded, and ``orchestrator emulator`` alone loads the
+emulator.
+"""
 
 from __future__ import annotations
 
@@ -12,34 +23,44 @@ import sys
 from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import IO, TYPE_CHECKING, Any, NoReturn, TextIO
 
 import orjson
-import structlog
 
 from orchestrator import __version__, zero_setup
 from orchestrator.config import Settings
-from orchestrator.db import ledger, queries
-from orchestrator.db.session import libpq_url, sqlalchemy_url, unit_of_work
-from orchestrator.deps import make_deps
 from orchestrator.domain.decide import duration
-from orchestrator.errors import ConfigError, JobNotFound, OrchestratorError
-from orchestrator.observability import configure_logging
+from orchestrator.errors import (
+    BatchNotFound,
+    ConfigError,
+    JobNotFound,
+    OrchestratorError,
+    UsageError,
+)
 
 if TYPE_CHECKING:
     from orchestrator import retention
+    from orchestrator.deps import Deps
 
-log = structlog.get_logger(__name__)
+# What exits 2 (the command line or the configuration is wrong); any other OrchestratorError is
+# a failure at run time and exits 1.
+USAGE_ERRORS = (ConfigError, UsageError, JobNotFound, BatchNotFound)
+BIGINT_MAX = 2**63 - 1
+INT_MAX = 2**31 - 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    parser = _parser(with_emulator="emulator" in arguments)
+    args = parser.parse_args(arguments)
     if args.command is None:
         parser.print_help()
         return 2
+    settings: Settings | None = None
     try:
         settings = Settings.from_env()
+        from orchestrator.observability import configure_logging
+
         configure_logging(
             level=settings.log_level,
             fmt=settings.log_format,
@@ -53,14 +74,62 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The reader stopped reading (``status | head -1``): it has what it wanted.
         _stdout_to_devnull()
         return 0
-    except (ConfigError, JobNotFound) as exc:
-        print(f"orchestrator: {shown(exc)}", file=sys.stderr)
-        return 2
     except OrchestratorError as exc:
-        print(f"orchestrator: {shown(exc)}", file=sys.stderr)
-        return 1
+        return _fail(exc, settings)
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        known = _explain(exc, settings)
+        if known is None:
+            raise  # a bug: its traceback is what a report needs
+        return _fail(known, settings)
+
+
+def _fail(exc: OrchestratorError, settings: Settings | None) -> int:
+    """One line on stderr; the exit code: 2 for a usage or configuration error, else 1."""
+    line = f"orchestrator: {shown(exc)}"
+    for secret in settings.secrets() if settings else ():
+        line = line.replace(secret, "***")
+    print(line, file=sys.stderr)
+    return 2 if isinstance(exc, USAGE_ERRORS) else 1
+
+
+def _explain(exc: Exception, settings: Settings | None) -> OrchestratorError | None:
+    """A database error a person can act on (the server down, no schema, a missing grant, a
+    number out of range), as the one line to print; None for anything else."""
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is None:  # never imported: not a database error
+        return None
+    sa = sys.modules.get("sqlalchemy")
+    orig: object = exc.orig if sa is not None and isinstance(exc, sa.exc.DBAPIError) else exc
+    if not isinstance(orig, psycopg.Error):
+        return None
+    from orchestrator.db import schema
+
+    url = settings.database_url if settings else None
+    errors = psycopg.errors
+    if isinstance(orig, psycopg.OperationalError | psycopg.InterfaceError):
+        return schema.unavailable(url, orig)
+    if url and isinstance(
+        orig,
+        errors.UndefinedTable
+        | errors.UndefinedColumn
+        | errors.UndefinedFunction
+        | errors.InvalidSchemaName,
+    ):
+        try:  # the schema is not this code's: say which way, and what to run
+            schema.preflight(url)
+        except OrchestratorError as found:
+            return found
+        return None
+    if isinstance(orig, errors.InsufficientPrivilege):
+        return OrchestratorError(
+            f"the database refused: {schema.reason(orig)}; connect as a role that has the "
+            "grants orchestrator roles gives (see the README on database roles)"
+        )
+    if isinstance(orig, errors.NumericValueOutOfRange):
+        return UsageError(f"a number is out of range: {schema.reason(orig)}; use a smaller one")
+    return None
 
 
 def _stdout_to_devnull() -> None:
@@ -74,8 +143,37 @@ def _stdout_to_devnull() -> None:
         pass  # stdout is not a file (in tests): nothing will flush to a pipe
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors on one line like every other error (exit code 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"orchestrator: {message}; see {self.prog} --help\n")
+
+
+def _number(kind: str, low: int, high: int) -> Any:
+    """An argparse type: a whole number from ``low`` to ``high``, named ``kind`` in its error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a valid {kind} (a whole number from {low} to {high})"
+            )
+        return value
+
+    parse.__name__ = kind  # what argparse calls it in its own messages
+    return parse
+
+
+JOB_ID = _number("job id", 1, BIGINT_MAX)
+BATCH_ID = _number("batch id", 1, BIGINT_MAX)
+
+
+def _parser(*, with_emulator: bool = True) -> argparse.ArgumentParser:
+    parser = _Parser(
         prog="orchestrator",
         description="Run LLM Batch API work from PostgreSQL. Configuration: environment variables "
         "(ORCHESTRATOR_DATABASE_URL, FASTROUTER_API_KEY, ...; see README).",
@@ -87,32 +185,39 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("run", help="run the daemon until SIGTERM")
-    p.add_argument("--workers", type=int, help="worker threads (default 4)")
+    p.add_argument(
+        "--workers", type=_number("number of workers", 1, 10_000), help="worker threads (default 4)"
+    )
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("enqueue", help="enqueue a JSONL file of requests as one job")
-    p.add_argument("file", type=Path)
+    p = sub.add_parser("enqueue", help="enqueue a JSONL file (or stdin: -) of requests as one job")
+    p.add_argument("file", help="a JSONL file of requests, or - to read them from stdin")
     p.add_argument("--name")
     p.add_argument("--target", default="fastrouter")
     p.add_argument("--endpoint", default="/v1/chat/completions")
-    p.add_argument("--max-attempts", type=int, default=3)
-    p.add_argument("--priority", type=int, default=0)
+    p.add_argument("--max-attempts", type=_number("number of attempts", 1, INT_MAX), default=3)
+    p.add_argument("--priority", type=_number("priority", -INT_MAX - 1, INT_MAX), default=0)
     p.set_defaults(func=cmd_enqueue)
 
     p = sub.add_parser("status", help="jobs, open batches, paused targets and daemons")
-    p.add_argument("job", nargs="?", type=int, help="one job in detail")
-    p.add_argument("--limit", type=int, default=20, help="how many of the newest jobs (20)")
+    p.add_argument("job", nargs="?", type=JOB_ID, help="one job in detail")
+    p.add_argument(
+        "--limit",
+        type=_number("limit", 0, BIGINT_MAX),
+        default=20,
+        help="how many of the newest jobs (20)",
+    )
     p.add_argument("--json", action="store_true", help="the same as one JSON object")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("cancel", help="cancel a job (same as setting cancel_requested_at)")
-    p.add_argument("job", type=int)
+    p.add_argument("job", type=JOB_ID)
     p.set_defaults(func=cmd_cancel)
 
     p = sub.add_parser(
         "results", help="a job's requests with their answers, in the order they were inserted"
     )
-    p.add_argument("job", type=int)
+    p.add_argument("job", type=JOB_ID)
     p.add_argument(
         "--format",
         choices=("jsonl", "csv"),
@@ -127,7 +232,7 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_results)
 
     p = sub.add_parser("resolve", help="settle a batch whose create outcome is unknown")
-    p.add_argument("batch", type=int)
+    p.add_argument("batch", type=BATCH_ID)
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--adopt", metavar="REMOTE_ID", help="the provider's id of the batch")
     group.add_argument("--recreate", action="store_true", help="it was not created: create it")
@@ -137,11 +242,18 @@ def _parser() -> argparse.ArgumentParser:
         "reingest",
         help="collect a failed batch's results again (one given up after its patience)",
     )
-    p.add_argument("batch", type=int)
+    p.add_argument("batch", type=BATCH_ID)
     p.set_defaults(func=cmd_reingest)
 
     p = sub.add_parser("config", help="print the effective settings (secrets masked)")
     p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser(
+        "check",
+        help="check the database, its schema, each target's key and the metrics port "
+        "(one line each; exit 1 if any fails)",
+    )
+    p.set_defaults(func=cmd_check)
 
     p = sub.add_parser(
         "roles",
@@ -181,10 +293,11 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_cleanup)
 
     p = sub.add_parser("emulator", help="serve the built-in Batch API emulator")
-    from orchestrator.emulator import server as emulator_server
+    if with_emulator:  # its options only when asked for: the emulator is a heavy import
+        from orchestrator.emulator import server as emulator_server
 
-    emulator_server.add_arguments(p)
-    p.set_defaults(func=lambda args, settings: emulator_server.run_from_args(args))
+        emulator_server.add_arguments(p)
+        p.set_defaults(func=lambda args, settings: emulator_server.run_from_args(args))
 
     p = sub.add_parser("demo", help="embedded PostgreSQL + emulator + daemon, end to end")
     p.add_argument("--jobs", type=int, default=3)
@@ -206,53 +319,112 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _deps(settings: Settings, *, create: bool = False) -> Deps:
+    """Engine, sessions and clients for a command that uses the database, after checking that
+    the database answers and that its schema is this code's (one line, not a traceback, when it
+    is not). Commands call it before importing the database modules, which are heavy."""
+    from orchestrator.db import schema
+
+    # with no database configured, the embedded one (``zero_setup``); ``create``: made if missing
+    settings = zero_setup.with_database(settings, os.environ, create=create)
+    schema.preflight(settings.require_database_url())
+    from orchestrator.deps import make_deps
+
+    return make_deps(settings)
+
+
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from dataclasses import replace
 
-    from orchestrator.daemon import Daemon
+    from orchestrator.db import schema
 
     if args.workers:
         settings = replace(settings, daemon=replace(settings.daemon, workers=args.workers))
     url = zero_setup.resolve_database_url(settings, os.environ, create=True, daemon=True)
     settings = replace(settings, database_url=url)
+    schema.preflight(url)  # refuses a database down or at another schema revision, in one line
+    from orchestrator.daemon import Daemon
+    from orchestrator.db.session import libpq_url
+    from orchestrator.deps import make_deps
+
     deps = make_deps(settings)
     return Daemon(deps, listen_url=libpq_url(url)).serve()
 
 
 def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
-    from orchestrator.enqueue import enqueue_file
+    """A JSONL file (or stdin, ``-``) becomes one job. The target and the file are checked
+    before the database is touched."""
+    settings.target(args.target)
+    source, shown_as, default_name = _open_input(args.file)
+    with source:
+        deps = _deps(settings, create=True)
+        from orchestrator.db.session import unit_of_work
+        from orchestrator.enqueue import enqueue_lines
 
-    deps = make_deps(zero_setup.with_database(settings, os.environ, create=True))
-    with unit_of_work(deps.sessions) as s:
-        job_id = enqueue_file(
-            s,
-            args.file,
-            name=args.name,
-            target=args.target,
-            endpoint=args.endpoint,
-            max_attempts=args.max_attempts,
-            priority=args.priority,
-        )
+        with unit_of_work(deps.sessions) as s:
+            job_id = enqueue_lines(
+                s,
+                source,
+                source_name=shown_as,
+                name=args.name or default_name,
+                target=args.target,
+                endpoint=args.endpoint,
+                max_attempts=args.max_attempts,
+                priority=args.priority,
+            )
     print(job_id)
     return 0
 
 
+def _open_input(file: str) -> tuple[IO[bytes], str, str]:
+    """The binary stream of ``file`` (``-``: stdin), how messages name it, and the job's name
+    when ``--name`` is not given (the file's name)."""
+    if file == "-":
+        return sys.stdin.buffer, "stdin", "stdin"  # closed when read: a CLI reads it once
+    path = Path(file)
+    try:
+        return path.open("rb"), shown(file), path.name
+    except FileNotFoundError:
+        raise UsageError(
+            f"{shown(file)}: no such file; give the path of a JSONL file, or - to read the "
+            "requests from stdin"
+        ) from None
+    except IsADirectoryError:
+        raise UsageError(f"{shown(file)} is a directory; give the path of a JSONL file") from None
+    except OSError as exc:
+        raise UsageError(
+            f"cannot read {_os_error(path, exc)}; check the file's permissions"
+        ) from None
+
+
 def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
-    deps = make_deps(zero_setup.with_database(settings, os.environ))
+    """Exit 0 whether the cancel was recorded or the job had already finished (nothing to do: a
+    finished job is as cancelled as it will get); exit 2 for a job that does not exist."""
+    deps = _deps(settings)
+    from orchestrator.db import ledger
+    from orchestrator.db.session import unit_of_work
+
     with unit_of_work(deps.sessions) as s:
         found = ledger.request_cancel(s, args.job)
     if found is None:
-        raise JobNotFound(f"no job {args.job}")
-    print(f"job {args.job}: cancel requested (status now {found})")
+        raise JobNotFound(f"no job {args.job}; list the jobs with orchestrator status")
+    status, requested = found
+    if requested:
+        print(f"job {args.job}: cancel requested (status now {status})")
+    else:
+        print(f"job {args.job} is already {status}; nothing to cancel")
     return 0
 
 
 def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
     """One row per request (``queries.RESULT_COLUMNS``), streamed from the database."""
-    deps = make_deps(zero_setup.with_database(settings, os.environ))
+    deps = _deps(settings)
+    from orchestrator.db import queries
+    from orchestrator.db.session import unit_of_work
+
     with unit_of_work(deps.sessions) as s:
         if queries.job(s, args.job) is None:
-            raise JobNotFound(f"no job {args.job}")
+            raise JobNotFound(f"no job {args.job}; list the jobs with orchestrator status")
         if args.output is None:
             rows = queries.request_results(s, args.job, failed_only=args.failed)
             _write_results(rows, sys.stdout, args.format)
@@ -319,6 +491,19 @@ def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
+    """One line per check (``ok``, ``FAIL`` or ``skip``); exit 1 if any failed."""
+    from orchestrator.check import run_checks
+
+    if not settings.database_url:
+        # the embedded database `run` would use, if it has been made; else the check says FAIL
+        try:
+            settings = zero_setup.with_database(settings, os.environ)
+        except ConfigError:
+            pass
+    return 0 if run_checks(settings, sys.stdout) else 1
+
+
 def cmd_roles(args: argparse.Namespace, settings: Settings) -> int:
     """The database roles of ``deploy/roles.sql``, applied as the configured user (a superuser)."""
     from orchestrator import roles
@@ -331,6 +516,8 @@ def cmd_roles(args: argparse.Namespace, settings: Settings) -> int:
 
 def masked_url(url: str) -> str:
     """A database URL with its password replaced by ``***``."""
+    from orchestrator.db.session import sqlalchemy_url
+
     try:
         return sqlalchemy_url(url).set(drivername="postgresql").render_as_string()
     except ConfigError:
@@ -338,7 +525,10 @@ def masked_url(url: str) -> str:
 
 
 def cmd_resolve(args: argparse.Namespace, settings: Settings) -> int:
-    deps = make_deps(zero_setup.with_database(settings, os.environ))
+    deps = _deps(settings)
+    from orchestrator.db import ledger
+    from orchestrator.db.session import unit_of_work
+
     with unit_of_work(deps.sessions) as s:
         how = ledger.resolve_unknown_create(s, args.batch, adopt=args.adopt, now=deps.clock.now())
     print(f"batch {args.batch}: {how}")
@@ -346,7 +536,10 @@ def cmd_resolve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_reingest(args: argparse.Namespace, settings: Settings) -> int:
-    deps = make_deps(zero_setup.with_database(settings, os.environ))
+    deps = _deps(settings)
+    from orchestrator.db import ledger
+    from orchestrator.db.session import unit_of_work
+
     with unit_of_work(deps.sessions) as s:
         remote = ledger.reopen_for_reingest(s, args.batch, now=deps.clock.now())
     print(
@@ -391,7 +584,7 @@ def cmd_cleanup(args: argparse.Namespace, settings: Settings) -> int:
         jobs_days=args.jobs_older_than,
         batch_size=args.batch_size or d.cleanup_batch_size,
     )
-    deps = make_deps(settings)
+    deps = _deps(settings)
     try:
         report = retention.sweep(deps.sessions, policy, dry_run=args.dry_run)
     finally:
@@ -446,7 +639,10 @@ def _cleanup_lines(report: retention.Report) -> list[str]:
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    deps = make_deps(zero_setup.with_database(settings, os.environ))
+    deps = _deps(settings)
+    from orchestrator.db import queries
+    from orchestrator.db.session import unit_of_work
+
     now = deps.clock.now()
     with unit_of_work(deps.sessions) as s:
         if args.job is not None:
@@ -456,7 +652,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         open_batches = queries.open_batches_by_state(s)
         targets = queries.target_states(s)
         stuck = queries.stuck_batches(s, now=now, stuck_after=settings.daemon.stuck_after_seconds)
-        workers = queries.running_workers(s)
+        # the live ones: a daemon killed without a goodbye stops counting after its lease
+        workers = queries.live_workers(s, within_seconds=settings.daemon.lease_seconds)
     if args.json:
         report = {
             "now": now,
@@ -537,7 +734,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         )
         print(f"STUCK batch {b.id} (job {b.job_id}, {b.state}): {why}")
     print(
-        f"daemons running: {len(workers)}"
+        f"daemons running: {len(workers)} (seen in the last {duration(settings.daemon.lease_seconds)})"
         + "".join(
             f"\n  {shown(w.hostname)} pid {w.pid}, seen {w.heartbeat_at:%H:%M:%S}" for w in workers
         )
@@ -546,9 +743,11 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _job_status(s: Any, job_id: int, *, now: dt.datetime, as_json: bool) -> int:
+    from orchestrator.db import queries
+
     job = queries.job(s, job_id)
     if job is None:
-        raise JobNotFound(f"no job {job_id}")
+        raise JobNotFound(f"no job {job_id}; list the jobs with orchestrator status")
     progress = queries.job_progress(s, [job_id]).get(job_id)
     batches = queries.job_batches(s, job_id)
     batch_progress = queries.batch_progress(s, job_id)

@@ -20,16 +20,16 @@ API keys are held in :class:`Secret`, whose ``repr`` and ``str`` never show the 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+import math
 import os
 import tomllib
+import types
+import typing
 import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
-
-import sqlalchemy as sa
 
 from orchestrator.errors import ConfigError
 
@@ -219,13 +219,19 @@ class Settings:
     daemon: DaemonSettings = DaemonSettings()
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "info"
+    # The targets the TOML file names (``orchestrator check`` fails one of them without a key; a
+    # built-in target nobody configured is only "not configured"), and the environment variable
+    # each target's key is read from (named in messages, never its value).
+    declared_targets: frozenset[str] = frozenset()
+    key_env: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def target(self, name: str) -> TargetConfig:
         try:
             return self.targets[name]
         except KeyError:
             raise ConfigError(
-                f"unknown target {name!r}; configured: {sorted(self.targets)}"
+                f"unknown target {name!r} (configured: {', '.join(sorted(self.targets))}); "
+                "use one of those, or add a [targets.NAME] table to the ORCHESTRATOR_CONFIG file"
             ) from None
 
     def require_database_url(self) -> str:
@@ -241,37 +247,85 @@ class Settings:
         as it is and as a URL spells it (percent-encoded, as written and as rendered)."""
         found = [t.api_key.reveal() for t in self.targets.values() if t.api_key]
         if self.database_url:
-            with contextlib.suppress(ValueError, sa.exc.ArgumentError):
-                password = sa.make_url(self.database_url).password
-                if password:
-                    written = urllib.parse.urlsplit(self.database_url).password or ""
-                    forms = (str(password), written, urllib.parse.quote(str(password), safe=""))
-                    found += [form for form in dict.fromkeys(forms) if form]
+            try:
+                written = urllib.parse.urlsplit(self.database_url).password or ""
+            except ValueError:
+                written = ""
+            if written:
+                password = urllib.parse.unquote(written)
+                forms = (password, written, urllib.parse.quote(password, safe=""))
+                found += [form for form in dict.fromkeys(forms) if form]
         return found
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
-        file_cfg = _read_toml(env.get("ORCHESTRATOR_CONFIG"))
+        path = env.get("ORCHESTRATOR_CONFIG")
+        file_cfg = _read_toml(path)
+        where = path or ""
         database_url = (
             env.get("ORCHESTRATOR_DATABASE_URL")
             or env.get("DATABASE_URL")
-            or file_cfg.get("database_url")
+            or _top(file_cfg, "database_url", str, where)
         )
-        targets = _targets(env, file_cfg.get("targets", {}))
-        daemon = _daemon(env, file_cfg.get("daemon", {}))
-        log_format = env.get("ORCHESTRATOR_LOG_FORMAT", file_cfg.get("log_format", "auto"))
+        from_file = _table(file_cfg, "targets", where)
+        for name in from_file:
+            _table(from_file, name, where, f"targets.{name}")
+        targets, key_env = _targets(env, from_file, where)
+        daemon = _daemon(env, _table(file_cfg, "daemon", where), where)
+        log_format = env.get("ORCHESTRATOR_LOG_FORMAT") or _top(
+            file_cfg, "log_format", str, where, "auto"
+        )
         if log_format not in ("auto", "json", "console"):
             raise ConfigError(
-                f"ORCHESTRATOR_LOG_FORMAT must be auto, json or console, not {log_format!r}"
+                f"{_source('ORCHESTRATOR_LOG_FORMAT', 'log_format', env, where)} must be auto, "
+                f"json or console, not {log_format!r}"
+            )
+        log_level = env.get("ORCHESTRATOR_LOG_LEVEL") or _top(
+            file_cfg, "log_level", str, where, "info"
+        )
+        if log_level.lower() not in LOG_LEVELS:
+            raise ConfigError(
+                f"{_source('ORCHESTRATOR_LOG_LEVEL', 'log_level', env, where)} must be one of "
+                f"{', '.join(LOG_LEVELS)}, not {log_level!r}"
             )
         return cls(
             database_url=database_url,
             targets=targets,
             daemon=daemon,
-            log_format=log_format,
-            log_level=env.get("ORCHESTRATOR_LOG_LEVEL", file_cfg.get("log_level", "info")),
+            log_format=typing.cast(Literal["auto", "json", "console"], log_format),
+            log_level=log_level.lower(),
+            declared_targets=frozenset(from_file),
+            key_env=key_env,
         )
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _source(var: str, key: str, env: Mapping[str, str], path: str) -> str:
+    """Where a top-level setting came from, for a message: its variable, or the file's key."""
+    return var if env.get(var) else f"{path}: {key}"
+
+
+def _top(cfg: Mapping[str, Any], key: str, kind: type, path: str, default: Any = None) -> Any:
+    value = cfg.get(key, default)
+    if value is not None and not isinstance(value, kind):
+        raise ConfigError(
+            f"{path}: {key} must be {_EXPECTED.get(kind, kind.__name__)}, not {_said(value)}; "
+            "fix it in that file"
+        )
+    return value
+
+
+def _table(cfg: Mapping[str, Any], key: str, path: str, shown: str | None = None) -> dict[str, Any]:
+    value = cfg.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"{path}: {shown or key} must be a table ([{shown or key}] and its settings below "
+            f"it), not {_said(value)}; fix it in that file"
+        )
+    return value
 
 
 def _read_toml(path: str | None) -> dict[str, Any]:
@@ -281,9 +335,17 @@ def _read_toml(path: str | None) -> dict[str, Any]:
         with Path(path).open("rb") as fh:
             return tomllib.load(fh)
     except FileNotFoundError:
-        raise ConfigError(f"ORCHESTRATOR_CONFIG points at {path!r}, which does not exist") from None
+        raise ConfigError(
+            f"ORCHESTRATOR_CONFIG points at {path!r}, which does not exist; "
+            "fix the path or unset ORCHESTRATOR_CONFIG"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(
+            f"ORCHESTRATOR_CONFIG points at {path!r}, which cannot be read "
+            f"({exc.strerror or exc}); make it a readable TOML file"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        raise ConfigError(f"{path}: not valid TOML ({exc}); fix it in that file") from None
 
 
 # The built-in targets: their preset and the environment variables of their key and API root.
@@ -293,12 +355,17 @@ BUILTIN_TARGETS = {
 }
 
 
-def _targets(env: Mapping[str, str], from_file: Mapping[str, Any]) -> dict[str, TargetConfig]:
+def _targets(
+    env: Mapping[str, str], from_file: Mapping[str, Any], path: str
+) -> tuple[dict[str, TargetConfig], dict[str, str]]:
     """Each field of a target comes from, in order: the environment (a built-in target's
     ``*_BASE_URL`` and ``*_API_KEY``, or the variable named by ``api_key_env``), then the TOML
-    file's table for it, then its preset (a built-in target's own, else ``openai``)."""
+    file's table for it, then its preset (a built-in target's own, else ``openai``). Every value
+    from the file is checked against ``TargetConfig``'s annotation. Also returns the variable
+    each target's key comes from."""
     builtin = BUILTIN_TARGETS
     targets: dict[str, TargetConfig] = {}
+    key_env: dict[str, str] = {}
     for name, (preset, key_var, url_var) in builtin.items():
         overrides: dict[str, Any] = {}
         if env.get(url_var):
@@ -306,55 +373,211 @@ def _targets(env: Mapping[str, str], from_file: Mapping[str, Any]) -> dict[str, 
         if env.get(key_var):
             overrides["api_key"] = Secret(env[key_var])
         targets[name] = make_target(name, preset, **overrides)
+        key_env[name] = key_var
     for name, raw in from_file.items():
+        where = f"{path}: [targets.{name}]"
         spec = dict(raw)
         if "api_key" in spec:
             raise ConfigError(
-                f"target {name!r}: put the key in an environment variable and name it with "
-                "api_key_env; keys do not belong in files"
+                f"{where} holds api_key: put the key in an environment variable and name it "
+                "with api_key_env; keys do not belong in files"
             )
         own: tuple[str, str | None, str | None] = builtin.get(name, ("openai", None, None))
         own_preset, own_key_var, own_url_var = own
-        preset = spec.pop("preset", own_preset)
-        key_env: str | None = spec.pop("api_key_env", None) or own_key_var
-        if key_env and env.get(key_env):
-            spec["api_key"] = Secret(env[key_env])
+        preset = _checked_str(spec.pop("preset", own_preset), where, "preset")
+        if preset not in PRESETS:
+            raise ConfigError(
+                f"{where} preset must be one of {', '.join(PRESETS)}, not {preset!r}; "
+                "fix it in that file"
+            )
+        key_env_name = spec.pop("api_key_env", None)
+        key_name: str | None = (
+            _checked_str(key_env_name, where, "api_key_env") if key_env_name else own_key_var
+        )
+        spec = _checked(TargetConfig, spec, where, skip=("name", "api_key"))
+        if key_name and env.get(key_name):
+            spec["api_key"] = Secret(env[key_name])
         if own_url_var and env.get(own_url_var):
             spec["base_url"] = env[own_url_var]  # the environment wins over the file
         targets[name] = make_target(name, preset, **spec)
-    return targets
+        if key_name:
+            key_env[name] = key_name
+    return targets, key_env
 
 
-def _daemon(env: Mapping[str, str], from_file: Mapping[str, Any]) -> DaemonSettings:
-    fields = {f.name: f for f in dataclasses.fields(DaemonSettings)}
-    unknown = set(from_file) - set(fields)
-    if unknown:
-        raise ConfigError(f"[daemon]: unknown setting(s) {sorted(unknown)}")
-    values: dict[str, Any] = dict(from_file)
+def _daemon(env: Mapping[str, str], from_file: Mapping[str, Any], path: str) -> DaemonSettings:
+    values = _checked(DaemonSettings, from_file, f"{path}: [daemon]")
     if env.get("ORCHESTRATOR_WORKERS"):
         values["workers"] = _int(env, "ORCHESTRATOR_WORKERS")
+        _in_range(values["workers"], "ORCHESTRATOR_WORKERS", "workers", "the environment variable")
     if "ORCHESTRATOR_HTTP_ADDR" in env:
-        addr = env["ORCHESTRATOR_HTTP_ADDR"].strip()
-        values["http_addr"] = None if addr in ("", "off", "none") else addr
+        values["http_addr"] = _http_addr(env["ORCHESTRATOR_HTTP_ADDR"], "ORCHESTRATOR_HTTP_ADDR")
     for name in ("tick_seconds", "lease_seconds", "poll_initial_seconds", "poll_max_seconds"):
         var = f"ORCHESTRATOR_{name.upper()}"
         if env.get(var):
             values[name] = _float(env, var)
-    settings = DaemonSettings(**values)
-    if settings.workers < 1:
-        raise ConfigError("workers must be at least 1")
-    return settings
+            _in_range(values[name], var, name, "the environment variable")
+    return DaemonSettings(**values)
 
 
 def _int(env: Mapping[str, str], var: str) -> int:
     try:
         return int(env[var])
     except ValueError:
-        raise ConfigError(f"{var} must be a whole number, not {env[var]!r}") from None
+        raise ConfigError(
+            f"{var} must be a whole number, not {env[var]!r}; fix the environment variable"
+        ) from None
 
 
 def _float(env: Mapping[str, str], var: str) -> float:
     try:
-        return float(env[var])
+        value = float(env[var])
     except ValueError:
-        raise ConfigError(f"{var} must be a number, not {env[var]!r}") from None
+        value = math.nan
+    if not math.isfinite(value):
+        raise ConfigError(
+            f"{var} must be a number, not {env[var]!r}; fix the environment variable"
+        ) from None
+    return value
+
+
+def _http_addr(raw: str, where: str) -> str | None:
+    """``host:port`` (port 0 to 65535; no host: 127.0.0.1), or None for ``off``, ``none`` or empty."""
+    addr = raw.strip()
+    if addr.lower() in ("", "off", "none"):
+        return None
+    _, colon, port = addr.rpartition(":")
+    if not colon or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(
+            f"{where} must be host:port (for example 127.0.0.1:9464) or off, not {raw!r}; fix it"
+        )
+    return addr
+
+
+# -- checking the values of a file against the dataclasses' annotations ----------------------
+
+_EXPECTED: dict[object, str] = {
+    int: "a whole number",
+    float: "a number",
+    bool: "true or false",
+    str: "a string",
+    Secret: "a secret, read from an environment variable",
+}
+
+
+class _Mismatch(Exception):
+    """A value is not of its field's type; ``expected`` says what it should be."""
+
+    def __init__(self, expected: str) -> None:
+        super().__init__(expected)
+        self.expected = expected
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    """The resolved annotation of each field of a settings dataclass."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _checked(
+    cls: type, values: Mapping[str, Any], where: str, *, skip: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """``values`` (from a TOML table) checked against ``cls``'s annotations: an unknown key, a
+    value of another type (a string for a number, a bool for a number, a number for a string...)
+    or a negative number is a ConfigError naming the file, the table and the key."""
+    hints = {k: v for k, v in field_types(cls).items() if k not in skip}
+    unknown = sorted(set(values) - set(hints))
+    if unknown:
+        raise ConfigError(
+            f"{where} has unknown setting(s) {', '.join(unknown)}; known: "
+            f"{', '.join(sorted(hints))}"
+        )
+    checked: dict[str, Any] = {}
+    for key, value in values.items():
+        if key == "http_addr" and isinstance(value, str):
+            checked[key] = _http_addr(value, f"{where} http_addr")
+            continue
+        try:
+            checked[key] = check_type(value, hints[key])
+        except _Mismatch as exc:
+            raise ConfigError(f"{where} {key} must be {exc.expected}, not {_said(value)}; " + (
+                f"write {key} = {value.strip()} (without quotes)"
+                if isinstance(value, str) and exc.expected in ("a whole number", "a number")
+                and _is_number(value, exc.expected)
+                else "fix it in that file"
+            )) from None  # fmt: skip
+        _in_range(checked[key], where, key, "it in that file")
+    return checked
+
+
+_ACCEPTS: dict[object, typing.Callable[[Any], bool]] = {
+    bool: lambda v: isinstance(v, bool),
+    int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+    float: lambda v: isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v),
+    str: lambda v: isinstance(v, str),
+    Secret: lambda v: isinstance(v, Secret),
+}
+
+
+def check_type(value: Any, hint: Any) -> Any:
+    """``value`` as the type ``hint`` describes (an int for a float field becomes a float, a list
+    a tuple); raises _Mismatch. Every annotation the settings dataclasses use is handled (a test
+    checks it), so a new field is checked the day it is added."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union or origin is types.UnionType:
+        options = [a for a in args if a is not type(None)]
+        if value is None and len(options) < len(args):
+            return None
+        if len(options) != 1:
+            raise TypeError(f"no check for {hint!r}")
+        return check_type(value, options[0])
+    if origin is Literal:
+        if value not in args:
+            raise _Mismatch("one of " + ", ".join(repr(a) for a in args))
+        return value
+    if origin is tuple and args == (str, Ellipsis):
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise _Mismatch("a list of strings")
+        return tuple(value)
+    accepts = _ACCEPTS.get(hint)
+    if accepts is None:
+        raise TypeError(f"no check for {hint!r}")
+    if not accepts(value):
+        raise _Mismatch(_EXPECTED[hint])
+    return float(value) if hint is float else value
+
+
+def _in_range(value: Any, where: str, key: str, fix: str) -> None:
+    """No setting is a negative number, and there is at least one worker."""
+    least = 1 if key == "workers" else 0
+    if isinstance(value, int | float) and not isinstance(value, bool) and value < least:
+        name = "" if where.startswith("ORCHESTRATOR_") else f" {key}"
+        raise ConfigError(f"{where}{name} must be at least {least}, not {value}; fix {fix}")
+
+
+def _said(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
+
+
+def _is_number(text: str, expected: str) -> bool:
+    try:
+        (int if expected == "a whole number" else float)(text.strip())
+    except ValueError:
+        return False
+    return True
+
+
+def _checked_str(value: Any, where: str, key: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(
+            f"{where} {key} must be a string, not {_said(value)}; fix it in that file"
+        )
+    return value

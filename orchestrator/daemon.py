@@ -40,6 +40,7 @@ from orchestrator.db import ledger, queries
 from orchestrator.db.notify import listen
 from orchestrator.db.session import Session, make_probe_engine, make_sessionmaker, unit_of_work
 from orchestrator.deps import Deps
+from orchestrator.errors import ConfigError, StartupRefused
 from orchestrator.observability import FRESH_SECONDS, Scrubber, health_app
 
 log = structlog.get_logger(__name__)
@@ -348,12 +349,21 @@ class Daemon:
     # -- the process -----------------------------------------------------------------------
 
     def serve(self, *, install_signals: bool = True) -> int:
-        """Run until stopped. Returns the process exit code."""
-        self._register()
+        """Run until stopped. Returns the process exit code.
+
+        The /metrics address is bound before the worker row is registered: a daemon that cannot
+        bind it refuses to start (StartupRefused), and leaves no trace in ``workers``. (``run``
+        checked the schema's revision before it built the daemon.)"""
+        http = self._start_http()
+        try:
+            self._register()
+        except BaseException:
+            if http is not None:
+                http.stop()
+            raise
         if install_signals:
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
-        http = self._start_http()
         listener = threading.Thread(target=self._listen, name="listen", daemon=True)
         listener.start()
         self._scheduler = self._start_timers()
@@ -463,6 +473,8 @@ class Daemon:
             listen(self._listen_url, CHANNEL, on_notify=self.wake, stop=self._stop)
 
     def _start_http(self) -> ServerThread | None:
+        """/healthz and /metrics, or StartupRefused: a daemon that cannot be watched does not
+        run on unwatched (a supervisor restarting it sees it fail, with the address)."""
         addr = self.settings.http_addr
         if not addr:
             return None
@@ -472,9 +484,17 @@ class Daemon:
                 health_app(self.health, self.metrics), host=host or "127.0.0.1", port=int(port)
             )
             server.start()
-        except (OSError, RuntimeError, ValueError) as exc:
-            log.warning("http_unavailable", addr=addr, error=str(exc))
-            return None
+        except ValueError:
+            raise ConfigError(
+                f"ORCHESTRATOR_HTTP_ADDR must be host:port or off, not {addr!r}"
+            ) from None
+        except (OSError, RuntimeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise StartupRefused(
+                f"cannot serve /healthz and /metrics on {addr}: {why}; stop what holds that "
+                "port (another daemon?) or set ORCHESTRATOR_HTTP_ADDR to another host:port, or "
+                "to off"
+            ) from None
         log.info("http_started", url=server.url)
         return server
 

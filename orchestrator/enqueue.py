@@ -1,4 +1,4 @@
-"""``orchestrator enqueue FILE``: a JSONL file of requests becomes one job, in one transaction.
+"""``orchestrator enqueue FILE`` (or ``-``, stdin): JSONL requests become one job, in one transaction.
 
 This is a convenience: enqueueing with plain SQL (README) is the primary interface and needs no
 orchestrator code at all. Each line is ``{"custom_id", "body"}`` plus optional ``provider``,
@@ -10,7 +10,6 @@ daemon, which reports problems on the job row.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import IO, Any
 
 import orjson
@@ -54,32 +53,34 @@ def read_requests(fh: IO[bytes], source: str) -> Iterator[tuple[str, Any, Any, A
         )
 
 
-def enqueue_file(
+def enqueue_lines(
     session: Session,
-    path: Path,
+    fh: IO[bytes],
     *,
-    name: str | None = None,
+    source_name: str,
+    name: str,
     target: str = "fastrouter",
     endpoint: str = "/v1/chat/completions",
     max_attempts: int = 3,
     priority: int = 0,
 ) -> int:
-    """Insert the job and its requests (COPY) in the caller's transaction; returns the job id."""
+    """Insert the job and the requests read from ``fh`` (a file, or stdin for ``orchestrator
+    enqueue -``; COPY) in the caller's transaction; returns the job id. ``source_name`` names the
+    stream in the message of a bad line."""
     job_id = ledger.insert_job(
         session,
-        name=name or path.name,
+        name=name,
         target=target,
         endpoint=endpoint,
         max_attempts=max_attempts,
         priority=priority,
     )
-    with path.open("rb") as fh:
-        ledger.copy_requests(
-            session,
-            job_id,
-            (
-                (custom_id, provider, method or "POST", url, body)
-                for custom_id, provider, method, url, body in read_requests(fh, str(path))
-            ),
-        )
+    ledger.copy_requests(
+        session,
+        job_id,
+        (
+            (custom_id, provider, method or "POST", url, body)
+            for custom_id, provider, method, url, body in read_requests(fh, source_name)
+        ),
+    )
     return job_id

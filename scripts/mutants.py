@@ -830,6 +830,61 @@ MUTATIONS: list[Mutation] = [
         tests=["tests/e2e/test_zero_setup.py::"
                "test_demo_keep_leaves_its_database_up_and_prints_a_url_the_readme_queries_work_on"],
     ),
+    Mutation(
+        name="check-ignores-schema",
+        promise="orchestrator check fails on a schema not at the code's revision",
+        path="orchestrator/check.py",
+        old="    trouble = schema.problem(revision)\n",
+        new="    trouble = None\n",
+        tests=["tests/e2e/test_check.py::test_check_fails_on_a_schema_not_at_the_codes_revision"],
+    ),
+    Mutation(
+        name="run-skips-revision-check",
+        promise="orchestrator run refuses to start on a schema not at its revision (one line "
+                "naming orchestrator migrate)",
+        path="orchestrator/cli.py",
+        old="    schema.preflight(url)  # refuses a database down or at another schema revision",
+        new="    pass  # refuses a database down or at another schema revision",
+        tests=["tests/e2e/test_cli_errors.py::"
+               "test_every_mistake_is_one_line_with_its_exit_code_and_no_traceback"],
+    ),
+    Mutation(
+        name="daemon-runs-without-metrics-port",
+        promise="a daemon whose /metrics port is taken refuses to start, before registering",
+        path="orchestrator/daemon.py",
+        old="        except (OSError, RuntimeError) as exc:\n",
+        new="        except (OSError, RuntimeError) as exc:\n            return None\n",
+        tests=["tests/e2e/test_cli_errors.py::"
+               "test_every_mistake_is_one_line_with_its_exit_code_and_no_traceback"],
+    ),
+    Mutation(
+        name="config-types-unchecked",
+        promise="a setting of the wrong type in the TOML file is refused, naming file and key",
+        path="orchestrator/config.py",
+        old="            checked[key] = check_type(value, hints[key])\n",
+        new="            checked[key] = value\n",
+        tests=["tests/unit/test_config.py::"
+               "test_a_value_of_the_wrong_type_in_the_file_names_the_file_the_table_and_the_key"],
+    ),
+    Mutation(
+        name="status-lists-dead-daemons",
+        promise="orchestrator status lists only the daemons seen within the lease time",
+        path="orchestrator/db/queries.py",
+        old="            Worker.heartbeat_at\n"
+            "            > sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, within_seconds),\n",
+        new="",
+        tests=["tests/e2e/test_cli_errors.py::"
+               "test_status_lists_only_the_daemons_seen_within_the_lease_time"],
+    ),
+    Mutation(
+        name="cancel-touches-finished-job",
+        promise="cancel on a finished job changes nothing and says so",
+        path="orchestrator/db/ledger.py",
+        old="        .where(Job.id == job_id, Job.status.not_in([s.value for s in JOB_TERMINAL]))\n",
+        new="        .where(Job.id == job_id)\n",
+        tests=["tests/e2e/test_cli_errors.py::"
+               "test_cancel_records_a_cancel_for_an_open_job_and_nothing_for_a_finished_one"],
+    ),
 ]
 # fmt: on
 

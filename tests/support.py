@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -412,3 +413,49 @@ def assert_results_match_provider(db_url: str, emulator: Emulator) -> int:
     lost = ever_succeeded - have
     assert not lost, f"{len(lost)} successes the provider produced are not in results: {lost}"
     return succeeded
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (bound, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def downgrade_to(db_url: str, revision: str) -> None:
+    """Take a migrated database back to ``revision`` (alembic's own downgrade)."""
+    from orchestrator.db.migrate import downgrade
+
+    downgrade(db_url, revision)
+
+
+def stamp_revision(db_url: str, revision: str) -> None:
+    """Record ``revision`` as the schema's, as a newer orchestrator's migration would have."""
+    with psycopg.connect(db_url) as conn:
+        conn.execute("DELETE FROM orchestrator.alembic_version")
+        conn.execute("INSERT INTO orchestrator.alembic_version VALUES (%s)", (revision,))
+
+
+@contextmanager
+def fresh_databases(pg_server: str, template: str) -> Iterator[Callable[[], str]]:
+    """A maker of fresh migrated databases (copies of ``template``), dropped on exit: for a test
+    that needs more than the one ``db_url`` gives."""
+    import uuid
+
+    from orchestrator.db.session import with_database
+
+    made: list[str] = []
+
+    def make() -> str:
+        name = f"orch_t_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(pg_server, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+        made.append(name)
+        return with_database(pg_server, name)
+
+    try:
+        yield make
+    finally:
+        with psycopg.connect(pg_server, autocommit=True) as conn:
+            for name in made:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

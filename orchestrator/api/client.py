@@ -24,8 +24,10 @@ import orjson
 import structlog
 
 from orchestrator.api.errors import (
+    ApiBadRequest,
     ApiDecodeError,
     ApiError,
+    ApiNotFound,
     ApiRedirectLoop,
     ApiTimeout,
     ApiTransportError,
@@ -39,6 +41,8 @@ from orchestrator.observability import Metrics, Scrubber
 log = structlog.get_logger(__name__)
 
 DOWNLOAD_CHUNK = 1024 * 1024
+# A batch id no provider has issued: ``check_key`` asks for it to learn whether the key is accepted.
+PROBE_BATCH_ID = "batch_orchestrator_check_0000000000"
 # Request headers that carry a credential; their values are scrubbed from what the server answers.
 CREDENTIAL_HEADERS = ("authorization", "proxy-authorization", "x-api-key", "api-key")
 # Response headers that carry the provider's id of a call (OpenAI and FastRouter send the first;
@@ -191,6 +195,20 @@ class BatchApiClient:
             params["after"] = after
         response = self._send("GET", "batches", route=BATCHES, params=params)
         return BatchPage.from_json(self._json(response))
+
+    def check_key(self, *, can_list: bool) -> str:
+        """One cheap authenticated call, for ``orchestrator check``: lists one batch where the
+        target can list, else asks for a batch id that cannot exist, whose 404 (or 400, an id the
+        provider finds malformed) means the key was accepted. Raises ApiAuthError (401/403) for a
+        refused key, and any other ApiError as usual. Returns the call made."""
+        if can_list:
+            self._send("GET", "batches", route=BATCHES, params={"limit": 1})
+            return "GET /batches?limit=1"
+        try:
+            self._send("GET", f"batches/{PROBE_BATCH_ID}", route=BATCH)
+        except (ApiNotFound, ApiBadRequest) as exc:
+            return f"GET /batches/{{id}}: {exc.status_code}, as expected for an unknown id"
+        return "GET /batches/{id}"
 
     def iter_batches(self, *, page_size: int = 100) -> Iterator[BatchObject]:
         """Every batch, newest first, following the cursor."""

@@ -60,7 +60,7 @@ from orchestrator.db.session import raw_connection
 from orchestrator.domain import lines as ln
 from orchestrator.domain.cost import as_stored
 from orchestrator.domain.states import JOB_TERMINAL, BatchState, JobStatus, sources_of
-from orchestrator.errors import IllegalTransition, LeaseLost, RemoteIdTaken
+from orchestrator.errors import BatchNotFound, IllegalTransition, LeaseLost, RemoteIdTaken
 
 log = structlog.get_logger("orchestrator.ledger")
 
@@ -324,7 +324,11 @@ def resolve_unknown_create(
         .where(Batch.id == batch_id)
         .with_for_update(key_share=True)
     ).one_or_none()
-    if batch is None or batch.state != BatchState.CREATING:
+    if batch is None:
+        raise BatchNotFound(
+            f"no batch {batch_id}; list a job's batches with orchestrator status JOB"
+        )
+    if batch.state != BatchState.CREATING:
         raise IllegalTransition(f"batch {batch_id} is not waiting in 'creating'")
     values: dict[str, Any]
     if adopt:
@@ -360,7 +364,9 @@ def reopen_for_reingest(session: Session, batch_id: int, *, now: dt.datetime) ->
         .with_for_update(key_share=True)
     ).one_or_none()
     if batch is None:
-        raise IllegalTransition(f"there is no batch {batch_id}")
+        raise BatchNotFound(
+            f"no batch {batch_id}; list a job's batches with orchestrator status JOB"
+        )
     if batch.state != BatchState.FAILED:
         raise IllegalTransition(
             f"batch {batch_id} is {batch.state}; only a failed batch can be ingested again"
@@ -429,15 +435,22 @@ def _operator_move(
     )
 
 
-def request_cancel(session: Session, job_id: int) -> str | None:
-    """Ask for the job to be cancelled; returns its status, or None if there is no such job."""
+def request_cancel(session: Session, job_id: int) -> tuple[str, bool] | None:
+    """Ask for the job to be cancelled, unless it has finished: returns its status and whether the
+    cancel was recorded (False: the job was already completed, failed or cancelled, and nothing
+    was changed), or None if there is no such job."""
     status: str | None = session.execute(
         sa.update(Job)
-        .where(Job.id == job_id)
+        .where(Job.id == job_id, Job.status.not_in([s.value for s in JOB_TERMINAL]))
         .values(cancel_requested_at=sa.func.coalesce(Job.cancel_requested_at, sa.func.now()))
         .returning(Job.status)
     ).scalar_one_or_none()
-    return status
+    if status is not None:
+        return status, True
+    finished: str | None = session.execute(
+        sa.select(Job.status).where(Job.id == job_id)
+    ).scalar_one_or_none()
+    return None if finished is None else (finished, False)
 
 
 # -- jobs ---------------------------------------------------------------------------------

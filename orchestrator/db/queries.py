@@ -503,8 +503,19 @@ def target_states(session: Session) -> Sequence[TargetState]:
     return session.scalars(sa.select(TargetState).order_by(TargetState.target)).all()
 
 
-def running_workers(session: Session) -> Sequence[Worker]:
-    return session.scalars(sa.select(Worker).where(Worker.stopped_at.is_(None))).all()
+def live_workers(session: Session, *, within_seconds: float) -> Sequence[Worker]:
+    """The daemons that are running: not stopped, and seen within ``within_seconds`` (the lease
+    time; they heartbeat three times per lease) on the database's clock. A daemon killed without
+    a goodbye (SIGKILL, a lost VM) keeps its row but drops out of this list."""
+    return session.scalars(
+        sa.select(Worker)
+        .where(
+            Worker.stopped_at.is_(None),
+            Worker.heartbeat_at
+            > sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, within_seconds),
+        )
+        .order_by(Worker.started_at)
+    ).all()
 
 
 class OrphanOwner(NamedTuple):

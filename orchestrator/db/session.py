@@ -21,13 +21,20 @@ TRANSIENT_DB_ERRORS: tuple[type[Exception], ...] = (sa.exc.OperationalError, sa.
 
 
 def sqlalchemy_url(url: str | sa.URL) -> sa.URL:
-    """Accept ``postgresql://``, ``postgres://`` and ``postgresql+psycopg://`` alike."""
+    """Accept ``postgresql://``, ``postgres://`` (Heroku's and many a PaaS's spelling) and
+    ``postgresql+psycopg://`` alike; every user of a URL (engines, LISTEN, alembic) comes here."""
     try:
         parsed = sa.make_url(url)
-    except sa.exc.ArgumentError as exc:
-        raise ConfigError(f"not a database URL: {exc}") from None
-    if parsed.get_backend_name() != "postgresql":
-        raise ConfigError("only PostgreSQL is supported (postgresql://...)")
+    except sa.exc.ArgumentError:
+        raise ConfigError(
+            "ORCHESTRATOR_DATABASE_URL is not a database URL; write it as "
+            "postgresql://user:password@host:5432/database"
+        ) from None
+    if parsed.get_backend_name() not in ("postgresql", "postgres"):
+        raise ConfigError(
+            f"only PostgreSQL is supported, not {parsed.get_backend_name()!r}; write the URL as "
+            "postgresql://user:password@host:5432/database"
+        )
     return parsed.set(drivername="postgresql+psycopg")
 
 

@@ -184,7 +184,11 @@ def test_results_as_csv_and_jsonl_in_insertion_order_the_failures_and_to_a_file(
     assert code == 2 and out == ""
     assert err.splitlines() == [f"orchestrator: cannot write {missing}: No such file or directory"]
     code, out, err = run(capsys, "results", "999", "--output", str(tmp_path / "none.csv"))
-    assert (code, out, err) == (2, "", "orchestrator: no job 999\n")
+    assert (code, out, err) == (
+        2,
+        "",
+        "orchestrator: no job 999; list the jobs with orchestrator status\n",
+    )
     assert not (tmp_path / "none.csv").exists()
 
 
@@ -321,7 +325,11 @@ def test_status_shows_progress_age_duration_tokens_and_cost_and_says_it_as_json(
     assert f"job {finished_job} (reports): completed, target fastrouter" in out
     assert "progress 100% (7 of 7 requests in its batches), 6 succeeded, 1 failed of 7" in out
     assert f"tokens {tokens:,} (" in out and f"cost {money_text(cost)}\n" in out
-    assert run(capsys, "status", "999", "--json") == (2, "", "orchestrator: no job 999\n")
+    assert run(capsys, "status", "999", "--json") == (
+        2,
+        "",
+        "orchestrator: no job 999; list the jobs with orchestrator status\n",
+    )
 
 
 def test_status_of_a_running_job_counts_what_the_provider_says_is_done(

@@ -3,14 +3,25 @@ field; and ``orchestrator config`` shows the result with its secrets masked."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import types
+import typing
 from pathlib import Path
+from typing import Any, Literal
 
 import pytest
 import structlog
 
 from orchestrator.cli import main
-from orchestrator.config import Settings
+from orchestrator.config import (
+    DaemonSettings,
+    Settings,
+    TargetConfig,
+    check_type,
+    field_types,
+)
+from orchestrator.errors import ConfigError
 
 
 def _settings(tmp_path: Path, toml: str, **env: str) -> Settings:
@@ -82,3 +93,117 @@ def test_config_prints_the_effective_settings_with_secrets_masked(
     assert "target openai: openai at http://gateway.internal/v1, key set" in out
     assert "target fastrouter: fastrouter at https://api.fastrouter.ai/v1, key NOT SET" in out
     assert "pw-9f8e7d6c" not in out and "0123456789abcdef" not in out
+
+
+# -- every setting's type is checked, from the dataclasses' annotations ----------------------
+
+
+def _wrong_literals(hint: Any) -> list[str]:
+    """TOML literals of the wrong type for a field annotated ``hint``."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union or origin is types.UnionType:
+        (inner,) = [a for a in args if a is not type(None)]
+        return _wrong_literals(inner)
+    if origin is Literal:
+        return ['"no-such-choice"', "1"]
+    if origin is tuple:
+        return ['"/v1/chat/completions"', "[1, 2]"]
+    return {
+        int: ['"50000"', '"four"', "true", "1.5"],
+        float: ['"1.5"', "true", '"soon"'],
+        bool: ['"yes"', "1"],
+        str: ["5", "true", "[1]"],
+    }[hint]
+
+
+def _typed_fields(cls: type) -> list[tuple[str, Any]]:
+    return [(k, h) for k, h in field_types(cls).items() if k not in ("name", "api_key")]
+
+
+@pytest.mark.parametrize(
+    ("table", "cls"), [("daemon", DaemonSettings), ("targets.extra", TargetConfig)]
+)
+def test_a_value_of_the_wrong_type_in_the_file_names_the_file_the_table_and_the_key(
+    tmp_path: Path, table: str, cls: type
+) -> None:
+    path = tmp_path / "orchestrator.toml"
+    tried = 0
+    for key, hint in _typed_fields(cls):
+        for literal in _wrong_literals(hint):
+            path.write_text(f"[{table}]\n{key} = {literal}\n")
+            with pytest.raises(ConfigError) as caught:
+                Settings.from_env({"ORCHESTRATOR_CONFIG": str(path)})
+            message = str(caught.value)
+            assert message.startswith(f"{path}: [{table}] {key} must be "), (key, literal, message)
+            assert "\n" not in message
+            tried += 1
+    assert tried > 2 * len(_typed_fields(cls))
+
+
+def test_every_setting_has_an_annotation_the_check_knows() -> None:
+    # A field added with a type check_type cannot check would fail every file that sets it.
+    for cls in (DaemonSettings, TargetConfig):
+        for field in dataclasses.fields(cls):
+            if field.default is not dataclasses.MISSING:
+                hint = field_types(cls)[field.name]
+                assert check_type(field.default, hint) == field.default, field.name
+
+
+def test_a_number_written_as_a_string_is_refused_saying_how_to_write_it(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"\[daemon\] workers must be a whole number, not the "
+                       r"string '50000'; write workers = 50000 \(without quotes\)"):  # fmt: skip
+        _settings(tmp_path, '[daemon]\nworkers = "50000"\n')
+    with pytest.raises(ConfigError, match=r"\[targets.fastrouter\] timeout_seconds must be a "
+                       r"number, not true; fix it in that file"):  # fmt: skip
+        _settings(tmp_path, "[targets.fastrouter]\ntimeout_seconds = true\n")
+
+
+def test_values_of_the_right_type_are_taken_as_the_fields_types(tmp_path: Path) -> None:
+    settings = _settings(
+        tmp_path,
+        '[daemon]\nworkers = 8\ntick_seconds = 1\nhttp_addr = "off"\n'
+        '[targets.extra]\nbase_url = "http://x/v1"\nendpoints = ["/v1/embeddings"]\n'
+        "can_list = false\n",
+    )
+    assert settings.daemon.workers == 8
+    assert settings.daemon.tick_seconds == 1.0 and isinstance(settings.daemon.tick_seconds, float)
+    assert settings.daemon.http_addr is None
+    extra = settings.target("extra")
+    assert extra.endpoints == ("/v1/embeddings",) and extra.can_list is False
+    assert settings.declared_targets == {"extra"}
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({"ORCHESTRATOR_WORKERS": "four"}, "ORCHESTRATOR_WORKERS must be a whole number, not 'four'"),
+        ({"ORCHESTRATOR_WORKERS": "0"}, "ORCHESTRATOR_WORKERS must be at least 1, not 0"),
+        ({"ORCHESTRATOR_TICK_SECONDS": "nan"}, "ORCHESTRATOR_TICK_SECONDS must be a number"),
+        ({"ORCHESTRATOR_LEASE_SECONDS": "-5"}, "ORCHESTRATOR_LEASE_SECONDS must be at least 0"),
+        ({"ORCHESTRATOR_LOG_LEVEL": "loud"}, "ORCHESTRATOR_LOG_LEVEL must be one of debug, info, "
+                                             "warning, error, critical, not 'loud'"),
+        ({"ORCHESTRATOR_LOG_FORMAT": "xml"}, "ORCHESTRATOR_LOG_FORMAT must be auto, json or "
+                                             "console, not 'xml'"),
+        ({"ORCHESTRATOR_HTTP_ADDR": "9464"}, "ORCHESTRATOR_HTTP_ADDR must be host:port (for "
+                                             "example 127.0.0.1:9464) or off, not '9464'"),
+    ],
+)  # fmt: skip
+def test_a_bad_environment_variable_is_named_with_its_value(env: dict[str, str], says: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(env)
+    assert says in str(caught.value)
+
+
+def test_the_log_level_is_checked_in_the_file_too_and_any_case_is_taken(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="log_level must be one of"):
+        _settings(tmp_path, 'log_level = "verbose"\n')
+    assert Settings.from_env({"ORCHESTRATOR_LOG_LEVEL": "DEBUG"}).log_level == "debug"
+
+
+def test_a_table_that_is_not_a_table_and_an_unreadable_file_are_clear(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"daemon must be a table \(\[daemon\]"):
+        _settings(tmp_path, 'daemon = "fast"\n')
+    with pytest.raises(ConfigError, match=r"targets.x must be a table"):
+        _settings(tmp_path, "[targets]\nx = 1\n")
+    with pytest.raises(ConfigError, match="which cannot be read"):
+        Settings.from_env({"ORCHESTRATOR_CONFIG": str(tmp_path)})  # a directory
