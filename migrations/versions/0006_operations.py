@@ -12,7 +12,10 @@ Create Date: 2026-11-30 10:50:00
 * ``ix_batch_items_request``: the index of the foreign key from ``batch_items`` to ``requests``.
   Without it each deleted request (``cleanup --jobs-older-than``, or any job deleted by hand) read
   every batch item to find its own: 84 ms a request at 500,000 items, 200 requests in 16.8 s;
-  with it 5,000 requests go in 0.21 s.
+  with it 5,000 requests go in 0.21 s. Its columns are (custom_id, job_id), not (job_id,
+  custom_id): led by job_id, the planner took it for a batch's requests right after planning
+  (before any statistics) and joined 20,000 items to 20,000 requests by a filter, for minutes;
+  led by custom_id, it serves the foreign key and that join both, by an index condition.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ def upgrade() -> None:
         postgresql_where="status IN ('pending', 'running')",
     )
     op.create_index("ix_events_at", "events", ["at"], schema=S)
-    op.create_index("ix_batch_items_request", "batch_items", ["job_id", "custom_id"], schema=S)
+    op.create_index("ix_batch_items_request", "batch_items", ["custom_id", "job_id"], schema=S)
 
 
 def downgrade() -> None:

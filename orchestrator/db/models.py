@@ -177,8 +177,9 @@ class BatchItem(Base):
             ondelete="CASCADE",
         ),
         # the foreign key's own index: deleting a request (a job) finds its items by it, not by
-        # reading every batch item (84 ms a request at 500,000 items without it)
-        sa.Index("ix_batch_items_request", "job_id", "custom_id"),
+        # reading every batch item (84 ms a request at 500,000 items without it); custom_id first,
+        # see migration 0006
+        sa.Index("ix_batch_items_request", "custom_id", "job_id"),
     )
 
     batch_id: Mapped[int] = mapped_column(
