@@ -238,8 +238,8 @@ MUTATIONS: list[Mutation] = [
         promise="no batch paid for twice: a create whose answer was lost is reconciled, not "
                 "repeated",
         path="orchestrator/steps.py",
-        old="        if exc.kind is ErrorKind.TRANSIENT:\n",
-        new="        if False:\n",
+        old="    ambiguous = exc.kind is ErrorKind.TRANSIENT\n",
+        new="    ambiguous = False\n",
         tests=[OPENAI_CARRIED_OUT],
     ),
     Mutation(
