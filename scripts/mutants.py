@@ -181,7 +181,8 @@ MUTATIONS: list[Mutation] = [
         name="log-before-commit",
         promise="a transition's log line is emitted only once its transaction commits",
         path="orchestrator/db/ledger.py",
-        old="    session.info.setdefault(_PENDING_LOGS, []).append((level, kind, {**ids, **fields}))\n",
+        old="    session.info.setdefault(_PENDING_LOGS, []).append((level, kind, {**ids, **fields}, True))"
+            "\n",
         new="    getattr(log, level)(kind, **ids, **fields)\n",
         tests=["tests/db/test_record.py"],
     ),
