@@ -14,6 +14,7 @@ emulator.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import datetime as dt
@@ -497,10 +498,8 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
 
     if not settings.database_url:
         # the embedded database `run` would use, if it has been made; else the check says FAIL
-        try:
+        with contextlib.suppress(ConfigError):
             settings = zero_setup.with_database(settings, os.environ)
-        except ConfigError:
-            pass
     return 0 if run_checks(settings, sys.stdout) else 1
 
 
