@@ -101,6 +101,9 @@ class TargetConfig:
     # reconcile waits until timeout_seconds + this margin have passed since the create was sent.
     create_settle_seconds: float = 120.0
     completion_window: str = "24h"
+    # A batch the provider failed with token_limit_exceeded (its enqueued-token limit for the
+    # model) is created again from the same file after this long (spec 5.4: "later", not "failed").
+    token_limit_retry_seconds: float = 900.0
     # What the provider accepts, checked before anything is sent: the per-line ``provider``
     # values (None: any) and the jobs' completion windows (spec 1.1 and 1.2: "24h" only).
     providers: tuple[str, ...] | None = ("openai", "anthropic")

@@ -35,6 +35,7 @@ from orchestrator.db import ledger, queries
 from orchestrator.db.queries import Claimed
 from orchestrator.db.session import Session, unit_of_work
 from orchestrator.deps import Deps
+from orchestrator.domain import capacity
 from orchestrator.domain import cost as costs
 from orchestrator.domain import lines as ln
 from orchestrator.domain import requests as rq
@@ -46,7 +47,6 @@ from orchestrator.ingest import ingest_lines
 log = structlog.get_logger(__name__)
 
 StepFn = Callable[[Deps, Claimed], bool]
-TOKEN_LIMIT_RETRY_SECONDS = 900.0
 # Batch-level failure codes that say "not now" rather than "never" (the requests are sent again).
 RETRYABLE_BATCH_CODES = frozenset(
     {"rate_limit_exceeded", "server_error", "internal_error", "service_unavailable", "timeout"}
@@ -397,6 +397,17 @@ def _create_again_later(deps: Deps, b: Claimed, remote: BatchObject) -> bool:
     """Enqueued-token limit: "later", not "failed". Create it again from the same input file once
     the provider's queue has drained (spec 5.4); the requests do not use up an attempt."""
     summary = remote.error_summary()
+    # the limit the provider states, when it states one: recorded with the event
+    learned = next(
+        (
+            found
+            for e in remote.errors
+            if e.code == "token_limit_exceeded"
+            and (found := capacity.enqueued_limit(e.message)) is not None
+        ),
+        None,
+    )
+    wait = deps.settings.target(b.target).token_limit_retry_seconds
     with unit_of_work(deps.sessions) as s:
         ledger.token_limited(
             s,
@@ -404,8 +415,10 @@ def _create_again_later(deps: Deps, b: Claimed, remote: BatchObject) -> bool:
             remote_batch_id=remote.id,
             remote=remote.raw,
             error=summary,
-            next_run_at=deps.clock.now() + dt.timedelta(seconds=TOKEN_LIMIT_RETRY_SECONDS),
+            next_run_at=deps.clock.now() + dt.timedelta(seconds=wait),
             worker=_worker(deps),
+            limit_tokens=learned.tokens if learned else None,
+            limit_model=learned.model if learned else None,
         )
     return False
 

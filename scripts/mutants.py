@@ -886,6 +886,15 @@ MUTATIONS: list[Mutation] = [
         tests=["tests/e2e/test_cli_errors.py::"
                "test_cancel_records_a_cancel_for_an_open_job_and_nothing_for_a_finished_one"],
     ),
+    Mutation(
+        name="token-limit-wait-fixed",
+        promise="a token-limited batch is created again after the target's "
+                "token_limit_retry_seconds, not a fixed 15 minutes",
+        path="orchestrator/steps.py",
+        old="    wait = deps.settings.target(b.target).token_limit_retry_seconds\n",
+        new="    wait = 900.0\n",
+        tests=["tests/e2e/test_reliability.py::test_token_limit_exceeded_means_later_not_failed"],
+    ),
 ]
 # fmt: on
 

@@ -899,16 +899,19 @@ def cancel_failed(
 
 def token_limited(
     session: Session, lease: Lease, *, remote_batch_id: str, remote: Mapping[str, Any],
-    error: str, next_run_at: dt.datetime, worker: str,
+    error: str, next_run_at: dt.datetime, worker: str, limit_tokens: int | None = None,
+    limit_model: str | None = None,
 ) -> None:  # fmt: skip
     """submitted → uploaded: the enqueued-token limit says "later"; create it again from the
-    same input file then (the requests do not use up an attempt)."""
+    same input file then (the requests do not use up an attempt). The event keeps the limit the
+    provider stated, and for which model, when its message states them."""
     move(
         session, lease, _B.UPLOADED, release=True, remote_batch_id=None, idempotency_key=None,
         remote_status=None, remote=dict(remote), last_error=error, next_run_at=next_run_at,
     )  # fmt: skip
     _event(session, lease, "batch_token_limited", level="warning", worker=worker,
-           remote_batch_id=remote_batch_id, error=error)  # fmt: skip
+           remote_batch_id=remote_batch_id, error=error, limit_tokens=limit_tokens,
+           limit_model=limit_model, retry_at=next_run_at.isoformat())  # fmt: skip
 
 
 def reschedule(session: Session, lease: Lease, *, next_run_at: dt.datetime, **values: Any) -> None:

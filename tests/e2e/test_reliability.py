@@ -236,14 +236,24 @@ def test_a_file_not_found_right_after_upload_is_retried(db_url: str) -> None:
 
 
 def test_token_limit_exceeded_means_later_not_failed(db_url: str) -> None:
-    # Given an enqueued-token budget that fits one job's batch but not two at once
+    # Given an enqueued-token budget that fits one job's batch but not two at once, and a target
+    # that waits 120 s (not the default 900) before creating a token-limited batch again
     config = EmulatorConfig(api_key=API_KEY, enqueued_token_limit=500, rows_per_second=1)
-    with harness(db_url, emulator_config=config) as h:
+    wait = settings_for(db_url, token_limit_retry_seconds=120.0)
+    with harness(db_url, emulator_config=config, settings=wait) as h:
         first = enqueue(db_url, simple_requests(30, prefix="a-"))
         h.run_until(lambda: count(db_url, "batches", "state = 'submitted'") == 1, seconds=1)
         second = enqueue(db_url, simple_requests(30, prefix="b-"))
         # When the second batch fails with token_limit_exceeded while the first runs
         h.run_until(lambda: "batch_token_limited" in events(db_url, second), seconds=5)
+        # (to be created again 120 s after the poll that saw it, by the clock the daemon keeps:
+        # that poll ran in the last step, and the clock moved on 5 s since)
+        retry_at = scalar(
+            db_url,
+            "SELECT (detail->>'retry_at')::timestamptz FROM orchestrator.events "
+            "WHERE kind = 'batch_token_limited'",
+        )
+        assert 115 <= (retry_at - h.clock.now()).total_seconds() <= 120
         # Then it is created again later, from the same file, and both jobs complete
         assert h.run_job(first) == "completed"
         assert h.run_job(second, seconds=60) == "completed"
@@ -251,9 +261,13 @@ def test_token_limit_exceeded_means_later_not_failed(db_url: str) -> None:
         created = h.emulator.ledger.batches
     limited = query(
         db_url,
-        "SELECT detail->>'error' FROM orchestrator.events WHERE kind = 'batch_token_limited'",
+        "SELECT detail->>'error', detail->'limit_tokens', detail->>'limit_model' "
+        "FROM orchestrator.events WHERE kind = 'batch_token_limited'",
     )
-    assert "Enqueued token limit reached" in limited[0][0]
+    error, limit_tokens, limit_model = limited[0]
+    assert "Enqueued token limit reached" in error
+    # the limit the provider stated, read from its message
+    assert (limit_tokens, limit_model) == (500, "openai/gpt-4.1-nano")
     assert len(uploads) == 2 and len(created) == 3  # one file per job; one create again
     assert count(db_url, "results", "succeeded") == 60
     assert count(db_url, "batches", "state = 'failed'") == 0
