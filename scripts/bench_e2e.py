@@ -58,12 +58,11 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from benchdb import Databases, pg_server
 
 # Benchmark this checkout's package (imported lazily, below), not whichever checkout an editable
 # install points at: `python scripts/...` puts scripts/, not the checkout, first on the path.
@@ -74,7 +73,6 @@ if str(ROOT) not in sys.path:
 JOBS = 2000
 REQUESTS_PER_JOB = 5
 TIME_SCALE = 20.0  # as the process tests: a 5-request batch takes the provider about 0.5 s
-LOCAL_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 API_KEY = "sk-bench-e2e-0123456789abcdef"
 RESULTS_DIR = Path("bench-results")
 START_TIMEOUT = 60.0
@@ -103,62 +101,6 @@ FROM job, generate_series(1, %(n)s) AS n
 
 
 # -- databases ---------------------------------------------------------------------------------
-
-
-class Databases:
-    """Creates databases on one server and drops every one of them at the end."""
-
-    def __init__(self, server: str) -> None:
-        self.server = server
-        self.prefix = f"bench_e2e_{uuid.uuid4().hex[:8]}"
-        self.created: list[str] = []
-
-    def url(self, name: str) -> str:
-        from orchestrator.db.session import with_database
-
-        return with_database(self.server, name)
-
-    def create(self, suffix: str, template: str | None = None) -> str:
-        name = f"{self.prefix}_{suffix}"
-        with psycopg.connect(self.server, autocommit=True) as conn:
-            clause = f' TEMPLATE "{template}"' if template else ""
-            conn.execute(f'CREATE DATABASE "{name}"{clause}')
-        self.created.append(name)
-        return name
-
-    def drop_all(self) -> None:
-        for name in reversed(self.created):
-            with (
-                contextlib.suppress(psycopg.Error),
-                psycopg.connect(self.server, autocommit=True) as conn,
-            ):
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        self.created.clear()
-
-    def version(self) -> str:
-        with psycopg.connect(self.server) as conn:
-            row = conn.execute("SHOW server_version").fetchone()
-            return str(row[0]) if row else "?"
-
-
-@contextlib.contextmanager
-def pg_server(db_url: str | None) -> Iterator[tuple[str, str]]:
-    """(libpq URL of a server where we may create databases, a description of it)."""
-    from orchestrator.db.session import libpq_url
-
-    if db_url:
-        yield libpq_url(db_url), "--db-url"
-        return
-    try:
-        with psycopg.connect(LOCAL_PG, connect_timeout=3):
-            pass
-    except psycopg.Error:
-        from orchestrator.embedded import EmbeddedPostgres
-
-        with EmbeddedPostgres() as pg:
-            yield libpq_url(pg.url), "embedded PostgreSQL"
-        return
-    yield LOCAL_PG, "127.0.0.1:5432"
 
 
 # -- processes -----------------------------------------------------------------------------------
@@ -828,7 +770,7 @@ def main(argv: list[str] | None = None) -> int:
     emulator = start_emulator(work, args.time_scale)
     try:
         with pg_server(args.db_url) as (server, where):
-            dbs = Databases(server)
+            dbs = Databases(server, "bench_e2e")
             try:
                 template = dbs.create("template")
                 upgrade(dbs.url(template))

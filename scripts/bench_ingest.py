@@ -46,7 +46,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -54,6 +53,7 @@ from typing import Any
 import httpx
 import orjson
 import psycopg
+from benchdb import Databases, pg_server
 from psycopg.types.json import Jsonb
 
 LINES = 50_000
@@ -65,7 +65,6 @@ EMBEDDINGS = "/v1/embeddings"
 BODY_BYTES = 1024  # part a: about 1 KB per response body
 SMALL_FILE_BYTES = 20 * 1024 * 1024  # part b
 BIG_FILE_BYTES = 200 * 1024 * 1024  # part b
-LOCAL_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 RESULTS_DIR = Path("bench-results")
 MB = 1024 * 1024
 START_TIMEOUT = 60.0
@@ -348,65 +347,6 @@ def run_child(mode: str, params: dict[str, Any], log: Path) -> dict[str, Any]:
 
 
 # -- databases ----------------------------------------------------------------------------------
-
-
-class Databases:
-    """Creates databases on one server and drops every one of them at the end."""
-
-    def __init__(self, server: str) -> None:
-        self.server = server
-        self.prefix = f"bench_ingest_{uuid.uuid4().hex[:8]}"
-        self.created: list[str] = []
-        self.template = ""  # migrated once; the others are copies of it
-
-    def url(self, name: str) -> str:
-        from orchestrator.db.session import with_database
-
-        return with_database(self.server, name)
-
-    def create(self, suffix: str, template: str | None = None) -> str:
-        name = f"{self.prefix}_{suffix.replace('-', '_')}"
-        with psycopg.connect(self.server, autocommit=True) as conn:
-            clause = f' TEMPLATE "{template}"' if template else ""
-            conn.execute(f'CREATE DATABASE "{name}"{clause}')
-        self.created.append(name)
-        return name
-
-    def drop(self, name: str) -> None:
-        with psycopg.connect(self.server, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        if name in self.created:
-            self.created.remove(name)
-
-    def drop_all(self) -> None:
-        for name in list(self.created):
-            with contextlib.suppress(psycopg.Error):
-                self.drop(name)
-
-    def version(self) -> str:
-        with psycopg.connect(self.server) as conn:
-            return str(one(conn, "SHOW server_version"))
-
-
-@contextlib.contextmanager
-def pg_server() -> Iterator[tuple[str, str]]:
-    """(libpq URL of a server where we may create databases, a description of it)."""
-    from orchestrator.db.session import libpq_url
-
-    explicit = os.environ.get("BENCH_DATABASE_URL")
-    if explicit:
-        yield libpq_url(explicit), "BENCH_DATABASE_URL"
-        return
-    try:
-        with psycopg.connect(LOCAL_PG, connect_timeout=3):
-            pass
-    except psycopg.Error:
-        from orchestrator.embedded import EmbeddedPostgres
-
-        with EmbeddedPostgres() as pg:
-            yield libpq_url(pg.url), "embedded PostgreSQL"
-        return
-    yield LOCAL_PG, "127.0.0.1:5432"
 
 
 # -- the emulator, in its own process ------------------------------------------------------------
@@ -849,7 +789,7 @@ def main(argv: list[str] | None = None) -> int:
             emulators[s.emulator_key] = start_emulator(work, *s.emulator_key)
     try:
         with pg_server() as (server, where):
-            dbs = Databases(server)
+            dbs = Databases(server, "bench_ingest")
             try:
                 dbs.template = dbs.create("template")
                 upgrade(dbs.url(dbs.template))

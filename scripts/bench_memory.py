@@ -41,12 +41,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from benchdb import Databases, pg_server
 
 # This checkout's orchestrator, for this process, its children and the emulator (not the one an
 # editable install elsewhere points to).
@@ -55,7 +55,6 @@ sys.path.insert(0, str(REPO))
 API_KEY = "sk-bench-memory-0123456789"
 TARGET = "fastrouter"
 ENDPOINT = "/v1/chat/completions"
-LOCAL_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 RESULTS_DIR = Path("bench-results")
 MB = 1024 * 1024
 LIMIT_MB = 300
@@ -276,65 +275,6 @@ def run_child(params: dict[str, Any], log: Path) -> dict[str, Any]:
 # -- databases and the emulator -------------------------------------------------------------------
 
 
-class Databases:
-    """Creates databases on one server and drops every one of them at the end."""
-
-    def __init__(self, server: str) -> None:
-        self.server = server
-        self.prefix = f"bench_memory_{uuid.uuid4().hex[:8]}"
-        self.created: list[str] = []
-
-    def url(self, name: str) -> str:
-        from orchestrator.db.session import with_database
-
-        return with_database(self.server, name)
-
-    def create(self, suffix: str, template: str | None = None) -> str:
-        name = f"{self.prefix}_{suffix}"
-        clause = f' TEMPLATE "{template}"' if template else ""
-        with psycopg.connect(self.server, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"{clause}')
-        self.created.append(name)
-        return name
-
-    def drop(self, name: str) -> None:
-        with psycopg.connect(self.server, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        if name in self.created:
-            self.created.remove(name)
-
-    def drop_all(self) -> None:
-        for name in list(self.created):
-            with contextlib.suppress(psycopg.Error):
-                self.drop(name)
-
-    def version(self) -> str:
-        with psycopg.connect(self.server) as conn:
-            row = conn.execute("SHOW server_version").fetchone()
-        return str(row[0]) if row else "?"
-
-
-@contextlib.contextmanager
-def pg_server() -> Iterator[tuple[str, str]]:
-    """(libpq URL of a server where we may create databases, a description of it)."""
-    from orchestrator.db.session import libpq_url
-
-    explicit = os.environ.get("BENCH_DATABASE_URL")
-    if explicit:
-        yield libpq_url(explicit), "BENCH_DATABASE_URL"
-        return
-    try:
-        with psycopg.connect(LOCAL_PG, connect_timeout=3):
-            pass
-    except psycopg.Error:
-        from orchestrator.embedded import EmbeddedPostgres
-
-        with EmbeddedPostgres() as pg:
-            yield libpq_url(pg.url), "embedded PostgreSQL"
-        return
-    yield LOCAL_PG, "127.0.0.1:5432"
-
-
 @contextlib.contextmanager
 def emulator(work: Path) -> Iterator[str]:
     """``python -m orchestrator emulator`` in its own process; yields its base URL."""
@@ -457,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     try:
         with pg_server() as (server, where), emulator(work) as base_url:
-            dbs = Databases(server)
+            dbs = Databases(server, "bench_memory")
             try:
                 template = dbs.create("template")
                 upgrade(dbs.url(template))

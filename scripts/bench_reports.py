@@ -51,13 +51,13 @@ import statistics
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from benchdb import Databases, pg_server
 
 # Benchmark this checkout's package (imported lazily, below), not whichever checkout an editable
 # install points at: `python scripts/...` puts scripts/, not the checkout, first on the path.
@@ -73,7 +73,6 @@ RUNS = 7
 SLOW = 1.0  # seconds: the aim for every query
 EXPLAIN_OVER = SLOW / 2  # a query whose median is over this gets its EXPLAIN (ANALYZE, BUFFERS)
 CHUNK_REQUESTS = 100_000  # a fill task: the jobs holding about this many requests
-LOCAL_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 RESULTS_DIR = Path("bench-results")
 MB = 1024 * 1024
 
@@ -138,71 +137,6 @@ FAILURE = {
 
 
 # -- databases ---------------------------------------------------------------------------------
-
-
-class Databases:
-    """Creates databases on one server and drops every one of them at the end."""
-
-    def __init__(self, server: str) -> None:
-        self.server = server
-        self.prefix = f"bench_reports_{uuid.uuid4().hex[:8]}"
-        self.created: list[str] = []
-
-    def url(self, name: str) -> str:
-        from orchestrator.db.session import with_database
-
-        return with_database(self.server, name)
-
-    def create(self, suffix: str) -> str:
-        name = f"{self.prefix}_{suffix}"
-        with psycopg.connect(self.server, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        self.created.append(name)
-        return name
-
-    def drop_all(self) -> None:
-        for name in reversed(self.created):
-            with (
-                contextlib.suppress(psycopg.Error),
-                psycopg.connect(self.server, autocommit=True) as conn,
-            ):
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        self.created.clear()
-
-    def version(self) -> str:
-        with psycopg.connect(self.server) as conn:
-            row = conn.execute("SHOW server_version").fetchone()
-            return str(row[0]) if row else "?"
-
-    def settings(self) -> dict[str, str]:
-        """The server settings the plans depend on most."""
-        names = ["jit", "jit_above_cost", "jit_optimize_above_cost", "work_mem", "shared_buffers"]
-        with psycopg.connect(self.server) as conn:
-            rows = conn.execute(
-                "SELECT name, current_setting(name) FROM pg_settings WHERE name = ANY(%s)",
-                (names,),
-            ).fetchall()
-        return {str(n): str(v) for n, v in sorted(rows, key=lambda r: names.index(r[0]))}
-
-
-@contextlib.contextmanager
-def pg_server(db_url: str | None) -> Iterator[tuple[str, str]]:
-    """(libpq URL of a server where we may create databases, a description of it)."""
-    from orchestrator.db.session import libpq_url
-
-    if db_url:
-        yield libpq_url(db_url), "--db-url"
-        return
-    try:
-        with psycopg.connect(LOCAL_PG, connect_timeout=3):
-            pass
-    except psycopg.Error:
-        from orchestrator.embedded import EmbeddedPostgres
-
-        with EmbeddedPostgres() as pg:
-            yield libpq_url(pg.url), "embedded PostgreSQL"
-        return
-    yield LOCAL_PG, "127.0.0.1:5432"
 
 
 # -- the fill ----------------------------------------------------------------------------------
@@ -972,7 +906,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     load_before = os.getloadavg()
     with pg_server(args.db_url) as (server, where):
-        dbs = Databases(server)
+        dbs = Databases(server, "bench_reports")
         try:
             name = dbs.create("db")
             url = dbs.url(name)
