@@ -293,27 +293,24 @@ class BatchApiClient:
         return error
 
     def _log_success(self, call: _Call, status: int, **extra: Any) -> None:
-        log.debug(
-            "api_request_sent",
-            target=self._target,
-            method=call.method,
-            route=call.route,
-            path=call.path,
-            status_code=status,
-            duration_ms=_ms(call.started),
-            request_id=call.request_id,
-            **extra,
-        )
+        self._log_call(log.debug, "api_request_sent", call, status, **extra)
 
     def _log_failure(self, call: _Call, status: int | None, error: str) -> None:
-        log.warning(
-            "api_request_failed",
+        self._log_call(log.warning, "api_request_failed", call, status, error=error)
+
+    def _log_call(
+        self, emit: Any, event: str, call: _Call, status: int | None, **extra: Any
+    ) -> None:
+        """One line per API call: target, method, route and path, status, duration and the
+        provider's request id, with what the caller adds."""
+        emit(
+            event,
             target=self._target,
             method=call.method,
             route=call.route,
             path=call.path,
             status_code=status,
-            error=error,
+            **extra,
             duration_ms=_ms(call.started),
             request_id=call.request_id,
         )
