@@ -112,10 +112,29 @@ class TargetConfig:
     # committed (retention.delete_provider_files). Only where the target can delete files (the
     # openai preset); elsewhere ignored, with one info line at start-up.
     delete_files_after_ingest: bool = False
+    # Capacity (README "Capacity"). The enqueued-token budget per model (prompt tokens of the
+    # batches in flight, by our estimate), as a table of model = tokens; "*" applies to every
+    # model not named. A limit learned from a token_limit_exceeded error lowers it (never raises
+    # it). Empty: no budget until one is learned.
+    enqueued_token_budgets: dict[str, int] = dataclasses.field(default_factory=dict)
+    # At most this many batches created and not yet finished at the provider, and at most this
+    # many API calls in each minute, by all daemons together (None: no cap).
+    max_batches_in_flight: int | None = None
+    max_calls_per_minute: int | None = None
+    # A batch held back for capacity asks again this often.
+    capacity_recheck_seconds: float = 30.0
+
+    def __hash__(self) -> int:
+        return hash(self.name)
 
     @property
     def file_byte_budget(self) -> int:
         return int(self.max_file_bytes * (1 - self.size_margin))
+
+    def configured_budget(self, model: str | None) -> int | None:
+        """The enqueued-token budget the configuration sets for ``model`` (None: none)."""
+        budgets = self.enqueued_token_budgets
+        return budgets.get(model or "", budgets.get("*"))
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -538,6 +557,12 @@ def check_type(value: Any, hint: Any) -> Any:
         if value not in args:
             raise _Mismatch("one of " + ", ".join(repr(a) for a in args))
         return value
+    if origin is dict and args == (str, int):
+        if not isinstance(value, Mapping) or not all(
+            isinstance(k, str) and _ACCEPTS[int](v) and v >= 1 for k, v in value.items()
+        ):
+            raise _Mismatch("a table of names and whole numbers of at least 1")
+        return dict(value)
     if origin is tuple and args == (str, Ellipsis):
         if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
             raise _Mismatch("a list of strings")

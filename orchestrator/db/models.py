@@ -106,6 +106,13 @@ class Batch(Base):
         sa.Index(
             "ix_batches_finished_at_done", "finished_at", postgresql_where=sa.text("state = 'done'")
         ),
+        # admission: the batches waiting to be created and those in flight, by target and model
+        sa.Index(
+            "ix_batches_capacity",
+            "target",
+            "model",
+            postgresql_where=sa.text("state IN ('uploaded', 'creating', 'submitted')"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
@@ -139,6 +146,13 @@ class Batch(Base):
     cost: Mapped[Decimal | None]
     cost_source: Mapped[str | None]
     remote: Mapped[dict[str, Any] | None]  # the last batch object the provider returned
+    # The one model of its requests (None: planned before revision 0007 with none stated), and
+    # their prompt tokens by the planner's estimate (domain/capacity.py): what admission counts.
+    model: Mapped[str | None]
+    estimated_tokens: Mapped[int] = mapped_column(sa.BigInteger, server_default="0")
+    # Held back by admission since then, and why (``waiting_for_capacity: …``); None otherwise.
+    waiting_since: Mapped[dt.datetime | None]
+    waiting_reason: Mapped[str | None]
     next_run_at: Mapped[dt.datetime]
     poll_count: Mapped[int] = mapped_column(server_default="0")
     unchanged_polls: Mapped[int] = mapped_column(server_default="0")
@@ -261,6 +275,25 @@ class TargetState(Base):
     reason: Mapped[str | None]
     updated_at: Mapped[dt.datetime] = mapped_column(server_default=NOW)
     orphans_swept_at: Mapped[dt.datetime | None]  # the last orphan sweep of this target
+    # API calls made to the target in the minute that began at calls_minute, by every daemon
+    # (its max_calls_per_minute)
+    calls_minute: Mapped[dt.datetime | None]
+    calls_in_minute: Mapped[int] = mapped_column(server_default="0")
+
+
+class Capacity(Base):
+    """Per target and model: the enqueued-token limit the provider stated in a
+    ``token_limit_exceeded`` error (the lowest one seen, lowered further when a batch admitted
+    under it still failed). Admission keeps the model's batches in flight within it."""
+
+    __tablename__ = "capacity"
+    __table_args__ = (sa.CheckConstraint("learned_tokens >= 1", name="learned_tokens"),)
+
+    target: Mapped[str] = mapped_column(primary_key=True)
+    model: Mapped[str] = mapped_column(primary_key=True)
+    learned_tokens: Mapped[int] = mapped_column(sa.BigInteger)
+    learned_at: Mapped[dt.datetime]
+    message: Mapped[str | None]  # the provider's words
 
 
 class CreateKey(Base):
@@ -342,6 +375,7 @@ __all__ = [
     "Batch",
     "BatchItem",
     "BatchModelCost",
+    "Capacity",
     "CreateKey",
     "Event",
     "Job",

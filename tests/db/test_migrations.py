@@ -28,6 +28,7 @@ TABLES = {
     "create_keys",
     "orphan_batches",
     "batch_model_costs",
+    "capacity",
     "alembic_version",
 }
 VIEWS = {"job_summary", "request_results", "cost_by_day", "batches_by_state"}

@@ -108,6 +108,8 @@ def _wrong_literals(hint: Any) -> list[str]:
         return ['"no-such-choice"', "1"]
     if origin is tuple:
         return ['"/v1/chat/completions"', "[1, 2]"]
+    if origin is dict:
+        return ["5", '{ "gpt-4o" = "2000000" }', '{ "gpt-4o" = 0 }', '{ "gpt-4o" = 1.5 }']
     return {
         int: ['"50000"', '"four"', "true", "1.5"],
         float: ['"1.5"', "true", '"soon"'],
