@@ -115,9 +115,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("target", "model", name=op.f("pk_capacity")),
         schema=S,
     )
-    op.add_column(
-        "target_state", sa.Column("calls_minute", sa.DateTime(timezone=True)), schema=S
-    )
+    op.add_column("target_state", sa.Column("calls_minute", sa.DateTime(timezone=True)), schema=S)
     op.add_column(
         "target_state",
         sa.Column("calls_in_minute", sa.Integer(), server_default="0", nullable=False),
