@@ -143,4 +143,5 @@ def _job_summary_0005() -> str:
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return next(sql for sql in module.VIEWS if "VIEW orchestrator.job_summary" in sql)
+    views: list[str] = module.VIEWS
+    return next(sql for sql in views if "VIEW orchestrator.job_summary" in sql)
