@@ -2,10 +2,12 @@
 
 The requests are read once, in enqueue order, through a server-side cursor, without their bodies:
 each is checked (``domain/requests.py``, on the shape of its body that the database builds) and
-its JSONL line measured (from the body's size), and the packer cuts contiguous runs of them
-into chunks. If any request is sure to fail, the job fails at once, naming the requests and what is
-wrong with them, and nothing is planned or sent. Otherwise one ``batches`` row per chunk and one
-narrow ``batch_items`` row per request are written, and the job moves to ``running``.
+its JSONL line measured (from the body's size), and one packer per model cuts contiguous runs of
+that model's requests into chunks (a provider takes one model per file: spec 3.1), within the
+model's enqueued-token budget when one is configured or learned (``domain/capacity.py``). If
+any request is sure to fail, the job fails at once, naming the requests and what is wrong with
+them, and nothing is planned or sent. Otherwise one ``batches`` row per chunk and one narrow
+``batch_items`` row per request are written, and the job moves to ``running``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from orchestrator.config import TargetConfig
 from orchestrator.db import ledger, queries
 from orchestrator.db.models import Job
 from orchestrator.db.session import Session
-from orchestrator.domain import budget
+from orchestrator.domain import budget, capacity
 from orchestrator.domain import requests as rq
 from orchestrator.domain.packing import Chunk, Packer
 from orchestrator.domain.states import JobStatus
@@ -62,7 +64,21 @@ def validate_and_pack(session: Session, job: Job, target: TargetConfig) -> Valid
         result.problems.append(endpoint_problem)
         result.invalid = 1
         return result
-    packer = Packer(max_requests=target.max_requests_per_file, max_bytes=target.file_byte_budget)
+    learned = queries.learned_limits(session, target.name)
+    packers: dict[str, Packer] = {}
+
+    def packer_for(model: str) -> Packer:
+        packer = packers.get(model)
+        if packer is None:
+            budget = capacity.budget_in_force(target.configured_budget(model), learned.get(model))
+            packer = packers[model] = Packer(
+                max_requests=target.max_requests_per_file,
+                max_bytes=target.file_byte_budget,
+                max_tokens=budget,
+                model=model,
+            )
+        return packer
+
     for r in queries.job_requests(session, job.id):
         row = rq.RequestRow(r.custom_id, r.provider, r.method, r.url)
         head = rq.line_head(row, endpoint=job.endpoint, include_provider=target.requires_provider)
@@ -76,12 +92,16 @@ def validate_and_pack(session: Session, job: Job, target: TargetConfig) -> Valid
             continue
         result.bytes += size
         if not result.invalid:
-            closed = packer.add(r.seq, size)
+            model = r.body_shape.get("model") if isinstance(r.body_shape, dict) else None
+            closed = packer_for(model if isinstance(model, str) else "").add(
+                r.seq, size, capacity.estimated_tokens(r.body_bytes)
+            )
             if closed:
                 result.chunks.append(closed)
-    last = packer.finish()
-    if last:
-        result.chunks.append(last)
+    for packer in packers.values():
+        last = packer.finish()
+        if last:
+            result.chunks.append(last)
     return result
 
 
@@ -105,7 +125,10 @@ def plan_job(session: Session, job: Job, target: TargetConfig | None, now: dt.da
     over_budget = _estimate(session, job, target, now)
     if over_budget:
         return fail_job(session, job, now, over_budget)
-    for chunk in validation.chunks:
+    # A chunk is a run of seq of one model: the other models' requests in that run are left
+    # out by model, which only a job of several models needs (it reads the bodies again).
+    several_models = len({chunk.model for chunk in validation.chunks}) > 1
+    for chunk in sorted(validation.chunks, key=lambda c: c.first_seq):
         ledger.insert_planned_batch(
             session,
             job,
@@ -113,6 +136,9 @@ def plan_job(session: Session, job: Job, target: TargetConfig | None, now: dt.da
             last_seq=chunk.last_seq,
             count=chunk.count,
             size=chunk.bytes,
+            model=chunk.model,
+            tokens=chunk.tokens,
+            only_model=several_models,
             now=now,
         )
     ledger.start_job(

@@ -129,13 +129,46 @@ def create(deps: Deps, b: Claimed) -> bool:
         return False
     key = uuid.uuid4()
     now = deps.clock.now()
+    target = deps.settings.target(b.target)
     with unit_of_work(deps.sessions) as s:
-        # The intent, committed before anything is sent.
-        ledger.begin_create(s, b, key=key, at=now)
+        decision = _admission(s, b, target)
+        match decision:
+            case capacity.Admit():
+                # The intent, committed before anything is sent.
+                ledger.begin_create(s, b, key=key, at=now)
+            case capacity.Wait(reason=reason):
+                again = now + dt.timedelta(seconds=target.capacity_recheck_seconds)
+                ledger.wait_for_capacity(
+                    s, b, reason=reason, next_run_at=again, now=now,
+                    first=b.waiting_since is None, worker=_worker(deps),
+                )  # fmt: skip
+            case capacity.Split(max_tokens=max_tokens):
+                ledger.split(s, b, now=now, max_tokens=max_tokens)
+    if not isinstance(decision, capacity.Admit):
+        return False
     intent = dataclasses.replace(
         b, state=BatchState.CREATING, idempotency_key=key, create_attempted_at=now
     )
     return send_create(deps, intent)
+
+
+def _admission(s: Session, b: Claimed, target: TargetConfig) -> capacity.Admission:
+    """May ``b`` be created now (``domain/capacity.py``)? Without a budget for its model or a
+    cap on the target there is nothing to count, and nothing is locked."""
+    learned = queries.learned_limit(s, b.target, b.model)
+    budget = capacity.budget_in_force(target.configured_budget(b.model), learned)
+    if budget is None and target.max_batches_in_flight is None:
+        return capacity.Admit()
+    ledger.lock_capacity(s, b.target)
+    load = queries.admission_load(s, batch_id=b.id, target=b.target, model=b.model)
+    return capacity.admit(
+        model=b.model,
+        tokens=b.estimated_tokens,
+        requests=b.request_count,
+        load=load,
+        budget=budget,
+        max_batches=target.max_batches_in_flight,
+    )
 
 
 def send_create(deps: Deps, b: Claimed) -> bool:
@@ -407,15 +440,37 @@ def _create_again_later(deps: Deps, b: Claimed, remote: BatchObject) -> bool:
         ),
         None,
     )
-    wait = deps.settings.target(b.target).token_limit_retry_seconds
+    now = deps.clock.now()
+    target = deps.settings.target(b.target)
     with unit_of_work(deps.sessions) as s:
+        if learned is not None:
+            # Admission keeps the model within it from now on, for every daemon: this batch
+            # waits in line until it fits (and is split first if it is over it alone).
+            _, limit = ledger.learn_limit(
+                s, target=b.target, model=b.model, tokens=learned.tokens, message=summary,
+                created_at=b.create_attempted_at, now=now,
+            )  # fmt: skip
+            at = now
+            reason = (
+                f"{capacity.WAITING}: the provider's enqueued-token limit for "
+                f"{b.model or 'the model'} is {limit:,} (learned from token_limit_exceeded)"
+            )
+        else:
+            # No limit stated: nothing to plan by; try again after the target's wait.
+            at = now + dt.timedelta(seconds=target.token_limit_retry_seconds)
+            reason = (
+                f"{capacity.WAITING}: token_limit_exceeded without a stated limit; created "
+                f"again at {at:%Y-%m-%d %H:%M:%S} UTC"
+            )
         ledger.token_limited(
             s,
             b,
             remote_batch_id=remote.id,
             remote=remote.raw,
             error=summary,
-            next_run_at=deps.clock.now() + dt.timedelta(seconds=wait),
+            next_run_at=at,
+            now=now,
+            reason=reason,
             worker=_worker(deps),
             limit_tokens=learned.tokens if learned else None,
             limit_model=learned.model if learned else None,

@@ -45,8 +45,10 @@ import structlog
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.orm import Session
 
+from orchestrator.db import queries
 from orchestrator.db.models import (
     Batch,
+    Capacity,
     CreateKey,
     Event,
     Job,
@@ -59,6 +61,7 @@ from orchestrator.db.queries import OPEN_STATES, Claimed
 from orchestrator.db.session import raw_connection
 from orchestrator.domain import lines as ln
 from orchestrator.domain.cost import as_stored
+from orchestrator.domain.packing import Packer
 from orchestrator.domain.states import JOB_TERMINAL, BatchState, JobStatus, sources_of
 from orchestrator.errors import BatchNotFound, IllegalTransition, LeaseLost, RemoteIdTaken
 
@@ -513,6 +516,8 @@ def _new_batch(
     count: int,
     size: int,
     now: dt.datetime,
+    model: str | None,
+    tokens: int,
 ) -> int:
     """A ``planned`` batch of ``job_id``, sent where ``like`` goes."""
     return session.execute(
@@ -520,7 +525,7 @@ def _new_batch(
         .values(
             job_id=job_id, target=like.target, endpoint=like.endpoint, priority=like.priority,
             round=round_, state=BatchState.PLANNED, request_count=count, bytes=size,
-            next_run_at=now,
+            next_run_at=now, model=model, estimated_tokens=tokens,
         )
         .returning(Batch.id)
     ).scalar_one()  # fmt: skip
@@ -534,19 +539,38 @@ def insert_planned_batch(
     last_seq: int,
     count: int,
     size: int,
+    model: str | None,
+    tokens: int,
+    only_model: bool,
     now: dt.datetime,
 ) -> int:
-    """A first-round batch of the requests ``first_seq..last_seq`` of a job being planned."""
-    batch_id = _new_batch(session, job.id, job, round_=1, count=count, size=size, now=now)
-    session.execute(
+    """A first-round batch of the requests ``first_seq..last_seq`` of a job being planned (of
+    them, with ``only_model``, those of ``model``: a job of several models)."""
+    batch_id = _new_batch(
+        session, job.id, job, round_=1, count=count, size=size, now=now, model=model,
+        tokens=tokens,
+    )  # fmt: skip
+    of_model = f" AND {queries.MODEL_TEXT} = :model" if only_model else ""
+    inserted = session.execute(
         sa.text(
             "INSERT INTO orchestrator.batch_items (batch_id, custom_id, job_id, seq, attempt) "
-            "SELECT :batch, custom_id, job_id, seq, 1 FROM orchestrator.requests "
-            "WHERE job_id = :job AND seq BETWEEN :first AND :last"
+            "SELECT :batch, r.custom_id, r.job_id, r.seq, 1 FROM orchestrator.requests r "
+            f"WHERE r.job_id = :job AND r.seq BETWEEN :first AND :last{of_model}"
         ),
-        {"batch": batch_id, "job": job.id, "first": first_seq, "last": last_seq},
-    )
-    record(session, "batch_planned", job_id=job.id, batch_id=batch_id, requests=count, bytes=size)
+        {
+            "batch": batch_id, "job": job.id, "first": first_seq, "last": last_seq,
+            "model": model, "whitespace": queries.WHITESPACE,
+        },
+    ).rowcount  # type: ignore[attr-defined]  # fmt: skip
+    if inserted != count:
+        # the plan and the rows disagree (requests changed under it): roll back, send nothing
+        raise RuntimeError(
+            f"job {job.id}: planned {count} requests for batch {batch_id} but found {inserted}"
+        )
+    record(
+        session, "batch_planned", job_id=job.id, batch_id=batch_id, requests=count, bytes=size,
+        model=model, estimated_tokens=tokens,
+    )  # fmt: skip
     return batch_id
 
 
@@ -763,11 +787,35 @@ def mark_uploaded(
            requests=requests)  # fmt: skip
 
 
+def lock_capacity(session: Session, target: str) -> None:
+    """Admission to ``target`` one at a time, across daemons, until the transaction ends: what
+    is in flight cannot change between the count and the move to ``creating``. A transaction
+    lock of its own (no row), taken before any row lock, so it joins no lock cycle."""
+    session.execute(
+        sa.text("SELECT pg_advisory_xact_lock(hashtext('orchestrator.capacity'), hashtext(:t))"),
+        {"t": target},
+    )
+
+
+def wait_for_capacity(
+    session: Session, lease: Lease, *, reason: str, next_run_at: dt.datetime,
+    now: dt.datetime, first: bool, worker: str,
+) -> None:  # fmt: skip
+    """Admission holds the batch back (``reason``: ``waiting_for_capacity: …``); it asks again
+    at ``next_run_at``. The event is written when the wait begins, not at every look."""
+    touch(
+        session, lease, [_B.UPLOADED], release=True, next_run_at=next_run_at,
+        waiting_since=sa.func.coalesce(Batch.waiting_since, now), waiting_reason=reason,
+    )  # fmt: skip
+    if first:
+        _event(session, lease, "batch_waiting_for_capacity", worker=worker, reason=reason)
+
+
 def begin_create(session: Session, lease: Lease, *, key: uuid.UUID, at: dt.datetime) -> None:
     """uploaded → creating: the intent, committed before ``POST /batches`` is sent."""
     move(
         session, lease, _B.CREATING, idempotency_key=key, create_attempted_at=at,
-        create_attempts=Batch.create_attempts + 1,
+        create_attempts=Batch.create_attempts + 1, waiting_since=None, waiting_reason=None,
     )  # fmt: skip
     session.execute(sa.insert(CreateKey).values(key=key, batch_id=lease.id))
     _log_on_commit(session, "info", "batch_create_started", lease, idempotency_key=str(key))
@@ -899,19 +947,73 @@ def cancel_failed(
 
 def token_limited(
     session: Session, lease: Lease, *, remote_batch_id: str, remote: Mapping[str, Any],
-    error: str, next_run_at: dt.datetime, worker: str, limit_tokens: int | None = None,
-    limit_model: str | None = None,
+    error: str, next_run_at: dt.datetime, worker: str, reason: str, now: dt.datetime,
+    limit_tokens: int | None = None, limit_model: str | None = None,
 ) -> None:  # fmt: skip
     """submitted → uploaded: the enqueued-token limit says "later"; create it again from the
-    same input file then (the requests do not use up an attempt). The event keeps the limit the
-    provider stated, and for which model, when its message states them."""
+    same input file then (the requests do not use up an attempt), waiting for capacity. The
+    event keeps the limit the provider stated, and for which model, when its message states
+    them."""
     move(
         session, lease, _B.UPLOADED, release=True, remote_batch_id=None, idempotency_key=None,
         remote_status=None, remote=dict(remote), last_error=error, next_run_at=next_run_at,
+        waiting_since=now, waiting_reason=reason,
     )  # fmt: skip
     _event(session, lease, "batch_token_limited", level="warning", worker=worker,
            remote_batch_id=remote_batch_id, error=error, limit_tokens=limit_tokens,
            limit_model=limit_model, retry_at=next_run_at.isoformat())  # fmt: skip
+
+
+# A refusal of a batch created after the limit was learned, while our estimate said it fitted:
+# our estimate runs low for this content, so the learned budget goes down by this much.
+LEARNED_SHRINK = 0.9
+
+
+def learn_limit(
+    session: Session,
+    *,
+    target: str,
+    model: str | None,
+    tokens: int,
+    message: str,
+    created_at: dt.datetime | None,
+    now: dt.datetime,
+) -> tuple[int | None, int]:
+    """Store the enqueued-token limit a provider stated for ``model`` on ``target``: the lowest
+    one seen. A batch created (at ``created_at``) after a limit no higher was learned and
+    refused all the same lowers it by a tenth instead. Returns (before, after)."""
+    key = model or ""
+    before = session.execute(
+        sa.select(Capacity.learned_tokens, Capacity.learned_at)
+        .where(Capacity.target == target, Capacity.model == key)
+        .with_for_update()
+    ).first()
+    if before is None:
+        after = tokens
+    elif (
+        before.learned_tokens <= tokens
+        and created_at is not None
+        and created_at > before.learned_at
+    ):
+        after = max(1, int(before.learned_tokens * LEARNED_SHRINK))
+    else:
+        after = min(before.learned_tokens, tokens)
+    previous = None if before is None else int(before.learned_tokens)
+    if previous != after:
+        stmt = pg.insert(Capacity).values(
+            target=target, model=key, learned_tokens=after, learned_at=now, message=message
+        )
+        session.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[Capacity.target, Capacity.model],
+                set_={"learned_tokens": after, "learned_at": now, "message": message},
+            )
+        )
+        record(
+            session, "capacity_learned", level="warning", target=target, model=key,
+            limit_tokens=after, previous=previous, stated=tokens,
+        )  # fmt: skip
+    return previous, after
 
 
 def reschedule(session: Session, lease: Lease, *, next_run_at: dt.datetime, **values: Any) -> None:
@@ -1017,9 +1119,13 @@ def resubmit(session: Session, batch_id: int, now: dt.datetime) -> tuple[int, in
     ).scalar_one()
     if not count:
         return None
+    # its share of the source's estimate (reading every body again to count would cost more
+    # than the estimate is worth)
+    tokens = -(-source.estimated_tokens * count // max(source.request_count, 1))
     new_id = _new_batch(
-        session, source.job_id, source, round_=source.round + 1, count=count, size=0, now=now
-    )
+        session, source.job_id, source, round_=source.round + 1, count=count, size=0, now=now,
+        model=source.model, tokens=tokens,
+    )  # fmt: skip
     session.execute(
         sa.text(
             "INSERT INTO orchestrator.batch_items (batch_id, custom_id, job_id, seq, attempt) "
@@ -1040,24 +1146,45 @@ def resubmit(session: Session, batch_id: int, now: dt.datetime) -> tuple[int, in
     return new_id, count
 
 
-def split(session: Session, lease: Lease, *, now: dt.datetime, **values: Any) -> list[int]:
-    """Replace a batch the provider found too large by two halves (same attempt numbers)."""
+def split(
+    session: Session,
+    lease: Lease,
+    *,
+    now: dt.datetime,
+    max_tokens: int | None = None,
+    **values: Any,
+) -> list[int]:
+    """Replace a batch by parts (same attempt numbers): two halves when the provider found it too
+    large, or parts of at most ``max_tokens`` estimated tokens when it is over its model's
+    enqueued-token budget."""
     source = session.get_one(Batch, lease.id)
-    seqs = (
-        session.execute(
-            sa.text("SELECT seq FROM orchestrator.batch_items WHERE batch_id = :b ORDER BY seq"),
-            {"b": lease.id},
-        )
-        .scalars()
-        .all()
-    )
-    middle = seqs[len(seqs) // 2]
-    halves = [(seqs[0], middle - 1, len(seqs) // 2), (middle, seqs[-1], len(seqs) - len(seqs) // 2)]
+    items = session.execute(
+        sa.text(
+            "SELECT bi.seq, ceil(octet_length(r.body::text) / 4.0)::bigint AS tokens "
+            "FROM orchestrator.batch_items bi JOIN orchestrator.requests r "
+            "ON r.job_id = bi.job_id AND r.custom_id = bi.custom_id "
+            "WHERE bi.batch_id = :b ORDER BY bi.seq"
+        ),
+        {"b": lease.id},
+    ).all()
+    if max_tokens is None:
+        half = len(items) // 2
+        parts = [
+            (items[0].seq, items[half - 1].seq, half, sum(i.tokens for i in items[:half])),
+            (items[half].seq, items[-1].seq, len(items) - half,
+             sum(i.tokens for i in items[half:])),
+        ]  # fmt: skip
+    else:
+        one = Packer(max_requests=len(items), max_bytes=1 << 62, max_tokens=max_tokens)
+        chunks = [c for c in (one.add(i.seq, 0, int(i.tokens)) for i in items) if c]
+        chunks.append(one.finish())  # type: ignore[arg-type]
+        parts = [(c.first_seq, c.last_seq, c.count, c.tokens) for c in chunks]
     new_ids = []
-    for first, last, count in halves:
+    for first, last, count, tokens in parts:
         new_id = _new_batch(
-            session, source.job_id, source, round_=source.round, count=count, size=0, now=now
-        )
+            session, source.job_id, source, round_=source.round, count=count, size=0, now=now,
+            model=source.model, tokens=int(tokens),
+        )  # fmt: skip
         session.execute(
             sa.text(
                 "INSERT INTO orchestrator.batch_items (batch_id, custom_id, job_id, seq, attempt) "
@@ -1067,8 +1194,11 @@ def split(session: Session, lease: Lease, *, now: dt.datetime, **values: Any) ->
             {"new": new_id, "b": lease.id, "first": first, "last": last},
         )
         new_ids.append(new_id)
-    move(session, lease, BatchState.SUPERSEDED, release=True, finished_at=now, **values)
-    add_to_job(session, source.job_id, batches=1)
+    move(
+        session, lease, BatchState.SUPERSEDED, release=True, finished_at=now, waiting_since=None,
+        waiting_reason=None, **values,
+    )  # fmt: skip
+    add_to_job(session, source.job_id, batches=len(new_ids) - 1)
     record(
         session,
         "batch_split",
@@ -1076,7 +1206,8 @@ def split(session: Session, lease: Lease, *, now: dt.datetime, **values: Any) ->
         job_id=source.job_id,
         batch_id=lease.id,
         into=new_ids,
-        requests=len(seqs),
+        requests=len(items),
+        max_tokens=max_tokens,
     )
     return new_ids
 

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from orchestrator.db.models import Batch, Job, TargetState, Worker
 from orchestrator.db.session import raw_connection
-from orchestrator.domain import packing
+from orchestrator.domain import capacity, packing
 from orchestrator.domain.states import BATCH_TERMINAL, JOB_TERMINAL, BatchState, JobStatus
 from orchestrator.errors import LeaseLost
 
@@ -43,7 +43,7 @@ class Claimed:
         b.remote_batch_id, b.input_file_id, b.idempotency_key, b.step_failures,
         b.failing_since, b.unchanged_polls, b.remote_status, b.expires_at, b.cancel_sent_at,
         b.cancel_attempts, b.cancel_retry_at,
-        b.create_attempted_at, b.request_count,
+        b.create_attempted_at, b.request_count, b.model, b.estimated_tokens, b.waiting_since,
         j.completion_window AS job_completion_window, j.max_attempts AS job_max_attempts,
         (j.cancel_requested_at IS NOT NULL) AS job_cancel_requested
     """
@@ -68,6 +68,9 @@ class Claimed:
     cancel_retry_at: dt.datetime | None
     create_attempted_at: dt.datetime | None
     request_count: int
+    model: str | None
+    estimated_tokens: int
+    waiting_since: dt.datetime | None
     job_completion_window: str
     job_max_attempts: int
     job_cancel_requested: bool
@@ -243,16 +246,19 @@ WHITESPACE = (
 # cut to that, after the whitespace that strip() takes off); whether "messages" is an empty array,
 # an array whose entries are all objects with a "role", or another array; whether "input" is
 # null, "" or [] (kept) or anything else (1). Constant size, whatever the body's.
-BODY_SHAPE = """
+# A body's "model" as planning reads it (a string over 1,024 characters cut to that, after the
+# whitespace that strip() takes off): the key of its chunk (one model per batch).
+MODEL_TEXT = """CASE WHEN length(r.body ->> 'model') <= 1024 THEN r.body ->> 'model'
+            ELSE left(btrim(r.body ->> 'model', :whitespace), 1024) END"""
+BODY_SHAPE = f"""
     CASE jsonb_typeof(r.body)
     WHEN 'object' THEN jsonb_build_object(
         'model', CASE WHEN jsonb_typeof(r.body -> 'model') = 'string' THEN
-            CASE WHEN length(r.body ->> 'model') <= 1024 THEN r.body -> 'model'
-            ELSE to_jsonb(left(btrim(r.body ->> 'model', :whitespace), 1024)) END END,
+            to_jsonb({MODEL_TEXT}) END,
         'messages', CASE WHEN jsonb_typeof(r.body -> 'messages') = 'array' THEN (
             SELECT CASE WHEN count(*) = 0 THEN '[]'::jsonb
                 WHEN bool_and(jsonb_typeof(m) = 'object' AND m ? 'role')
-                THEN '[{"role": null}]'::jsonb
+                THEN '[{{"role": null}}]'::jsonb
                 ELSE '[null]'::jsonb END
             FROM jsonb_array_elements(r.body -> 'messages') AS m) END,
         'input', CASE WHEN r.body -> 'input' IN ('null', '""', '[]') THEN r.body -> 'input'
@@ -556,6 +562,80 @@ def adopted_remote_ids(session: Session, remote_ids: list[str]) -> set[str]:
             {"ids": remote_ids},
         ).scalars()
     )
+
+
+# -- capacity ----------------------------------------------------------------------------------
+
+
+def learned_limits(session: Session, target: str) -> dict[str, int]:
+    """model → the enqueued-token limit learned for it on ``target`` (table ``capacity``)."""
+    rows = session.execute(
+        sa.text("SELECT model, learned_tokens FROM orchestrator.capacity WHERE target = :t"),
+        {"t": target},
+    ).all()
+    return {model: int(tokens) for model, tokens in rows}
+
+
+def learned_limit(session: Session, target: str, model: str | None) -> int | None:
+    found = session.execute(
+        sa.text(
+            "SELECT learned_tokens FROM orchestrator.capacity WHERE target = :t AND model = :m"
+        ),
+        {"t": target, "m": model or ""},
+    ).scalar_one_or_none()
+    return None if found is None else int(found)
+
+
+# What a batch asking to be created sees of its target (``domain.capacity.Load``): the batches in
+# flight (creating, submitted), and the line of those waiting to be created (uploaded), ordered by
+# priority, then turn (the n-th of its job, counting the job's batches created so far on this
+# target), then id. Read through the partial index ix_batches_capacity, plus each waiting job's
+# batches by job_id for its turn.
+_LOAD = """
+    WITH open AS (
+        SELECT b.id, b.job_id, b.priority, b.state, b.model, b.estimated_tokens
+          FROM orchestrator.batches b
+         WHERE b.target = :target AND b.state IN ('uploaded', 'creating', 'submitted')
+    ), served AS (
+        SELECT x.job_id, count(*) AS n
+          FROM orchestrator.batches x
+         WHERE x.job_id IN (SELECT job_id FROM open WHERE state = 'uploaded')
+           AND x.target = :target
+           AND x.state IN ('creating', 'submitted', 'ingesting', 'done', 'failed')
+         GROUP BY x.job_id
+    ), line AS (
+        SELECT o.id, o.priority, o.model, o.estimated_tokens,
+               row_number() OVER (PARTITION BY o.job_id ORDER BY o.id) + COALESCE(s.n, 0) AS turn
+          FROM open o LEFT JOIN served s ON s.job_id = o.job_id
+         WHERE o.state = 'uploaded'
+    )
+    SELECT
+        (SELECT COALESCE(sum(estimated_tokens), 0) FROM open
+          WHERE state <> 'uploaded' AND model IS NOT DISTINCT FROM :model) AS tokens_in_flight,
+        COALESCE(sum(l.estimated_tokens) FILTER (WHERE l.model IS NOT DISTINCT FROM :model), 0)
+            AS tokens_ahead,
+        (SELECT count(*) FROM open WHERE state <> 'uploaded') AS batches_in_flight,
+        count(l.id) AS batches_ahead
+      FROM line me
+      LEFT JOIN line l
+        ON l.id <> me.id
+       AND (l.priority > me.priority
+            OR (l.priority = me.priority AND (l.turn, l.id) < (me.turn, me.id)))
+     WHERE me.id = :me
+     GROUP BY me.id
+"""
+
+
+def admission_load(
+    session: Session, *, batch_id: int, target: str, model: str | None
+) -> capacity.Load:
+    """What batch ``batch_id`` (in state uploaded) sees of its target when it asks to go."""
+    row = (
+        session.execute(sa.text(_LOAD), {"target": target, "model": model, "me": batch_id})
+        .mappings()
+        .first()
+    )
+    return capacity.Load(**{k: int(v) for k, v in row.items()}) if row else capacity.Load()
 
 
 class StuckBatch(NamedTuple):

@@ -1,5 +1,22 @@
-"""What a provider says of its capacity: the enqueued-token limit in a ``token_limit_exceeded``
-error, read from the message, since no field carries it.
+"""Capacity: how many prompt tokens a request holds in a provider's queue (an estimate), whether
+a batch may be created now (admission), and the enqueued-token limit a provider states in a
+``token_limit_exceeded`` error, read from the message since no field carries it.
+
+**The estimate.** A request's prompt tokens are its body's length in bytes over 4, rounded up
+(about 4 bytes of English text per token; the JSON around the text counts too, so the estimate
+leans high, which keeps what is in flight under the provider's own count). The same rule gives
+the job's estimate before anything is sent (``queries.job_estimate``). Text that takes more bytes
+than 4 per token (code, most non-Latin scripts) is underestimated; a provider's refusal then
+lowers the learned budget by a tenth each time (``ledger.learn_limit``).
+
+**Admission** (:func:`admit`). A batch is created only when its model's estimated tokens in
+flight on the target, plus those of the batches ahead of it in line, plus its own, fit the
+model's budget, and the target's batches in flight, plus those ahead, stay within its
+``max_batches_in_flight``. The line orders the batches waiting to be created by the job's
+``priority``, then by turn: the n-th waiting batch of a job (counting its batches already
+created) comes before any job's (n+1)-th, so one large job cannot hold a small one behind all
+of its chunks. A batch alone over the budget is split, never sent; a single request alone over
+it is sent when nothing of its model is in flight or ahead (the provider then decides).
 
 OpenAI's message (and the emulator's, spec 5.4) reads::
 
@@ -13,8 +30,83 @@ a message that names no number gives no limit, never a guess.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import NamedTuple
+
+WAITING = "waiting_for_capacity"
+
+
+def estimated_tokens(body_bytes: int) -> int:
+    """A request's prompt tokens, estimated from its body's length in bytes (see above)."""
+    return -(-body_bytes // 4)
+
+
+def budget_in_force(configured: int | None, learned: int | None) -> int | None:
+    """The lower of the configured budget and the learned limit (None: neither is known)."""
+    known = [n for n in (configured, learned) if n is not None]
+    return min(known) if known else None
+
+
+@dataclasses.dataclass(frozen=True)
+class Load:
+    """What a target holds when a batch asks to be created: the model's estimated tokens and
+    the target's batches in flight (created, not yet finished at the provider), and those of the
+    batches ahead of it in line."""
+
+    tokens_in_flight: int = 0
+    tokens_ahead: int = 0
+    batches_in_flight: int = 0
+    batches_ahead: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Admit:
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Wait:
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """The batch alone is over the budget: cut it into parts of at most ``max_tokens``."""
+
+    max_tokens: int
+
+
+Admission = Admit | Wait | Split
+
+
+def admit(
+    *,
+    model: str | None,
+    tokens: int,
+    requests: int,
+    load: Load,
+    budget: int | None,
+    max_batches: int | None,
+) -> Admission:
+    """May a batch of ``requests`` requests and ``tokens`` estimated tokens be created now?"""
+    if budget is not None and tokens > budget and requests > 1:
+        return Split(budget)
+    if max_batches is not None and load.batches_in_flight + load.batches_ahead + 1 > max_batches:
+        return Wait(
+            f"{WAITING}: {load.batches_in_flight} batch(es) in flight and {load.batches_ahead} "
+            f"ahead in line; the target's max_batches_in_flight is {max_batches}"
+        )
+    if budget is not None:
+        held = load.tokens_in_flight + load.tokens_ahead
+        if held + tokens > budget and held > 0:
+            return Wait(
+                f"{WAITING}: {model or 'the model'} needs ~{tokens:,} enqueued tokens; "
+                f"{load.tokens_in_flight:,} are in flight and {load.tokens_ahead:,} ahead in "
+                f"line, of a budget of {budget:,}"
+            )
+    return Admit()
+
 
 # the model: up to a space, or a period or comma that ends a sentence ("gpt-4.1-nano." ends at
 # the last period, not the first)

@@ -53,7 +53,13 @@ BATCH_TRANSITIONS: dict[BatchState, frozenset[BatchState]] = {
         {BatchState.UPLOADED, BatchState.FAILED, BatchState.CANCELLED, BatchState.SUPERSEDED}
     ),
     BatchState.UPLOADED: frozenset(
-        {BatchState.CREATING, BatchState.PLANNED, BatchState.FAILED, BatchState.CANCELLED}
+        {
+            BatchState.CREATING,
+            BatchState.PLANNED,
+            BatchState.FAILED,
+            BatchState.CANCELLED,
+            BatchState.SUPERSEDED,  # split: alone over its model's enqueued-token budget
+        }
     ),
     BatchState.CREATING: frozenset(
         {

@@ -65,6 +65,9 @@ class EmulatorConfig:
     # model, added to those of the model's active batches, pass it fails `token_limit_exceeded`.
     # The same limit applies to every model; None means no limit.
     enqueued_token_limit: int | None = None
+    # Whether its token_limit_exceeded message states the limit (OpenAI's does; False: a message
+    # that names no number, as other providers word it).
+    token_limit_states_limit: bool = True
     # Where file contents live; None means a private temporary directory removed on close().
     storage_dir: Path | None = None
 

@@ -34,6 +34,10 @@ class BatchEntry:
     faults: dict[str, Any] | None = None
     # Codes of errors.data when it is bound to fail validation (or the token budget).
     problems: tuple[str, ...] = ()
+    # Its estimated prompt tokens per model, and (with an enqueued-token budget configured) the
+    # model's tokens enqueued at its creation including its own: over the budget, it was refused.
+    prompt_tokens: dict[str, int] = dataclasses.field(default_factory=dict)
+    enqueued_tokens: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)

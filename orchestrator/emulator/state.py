@@ -23,6 +23,8 @@ from orchestrator.emulator.uploads import Upload
 
 # OpenAI keeps batch input and output files for 30 days by default.
 FILE_RETENTION_SECONDS = 30 * 86400
+# A token_limit_exceeded message that names no limit (providers word it differently; spec §5.4).
+_UNSTATED_TOKEN_LIMIT = "Too many tokens are enqueued for this model; try again later."
 # Statuses whose prompt tokens count against the enqueued-token budget (spec §5.4).
 ENQUEUED_STATUSES = frozenset({"validating", "in_progress", "finalizing"})
 
@@ -137,7 +139,8 @@ class State:
         with self._lock:
             if self._files.get(params.input_file_id) is not source:
                 return None  # deleted meanwhile
-            problems = problems or self._token_problems(index, now) or _forced(fault, echo)
+            demand = self._enqueued(index, now)
+            problems = problems or self._token_problems(index, demand) or _forced(fault, echo)
             plan = Plan.make(self._config, now, index.num_rows, not problems, stuck)
             record = BatchRecord(
                 batch_id, params, int(now), plan, index, source.path, problems, fault,
@@ -149,25 +152,37 @@ class State:
             BatchEntry(
                 record.id, params.input_file_id, params.endpoint, params.metadata, int(now),
                 fault.to_json() if fault else None, tuple(p.code for p in problems),
+                dict(index.prompt_tokens), demand,
             )
         )  # fmt: skip
         return record
 
-    def _token_problems(self, index: FileIndex, now: float) -> list[Problem]:
-        """The enqueued-token refusal (spec §5.4), judged at creation. Lock held."""
-        limit = self._config.enqueued_token_limit
-        if limit is None or not index.prompt_tokens:
-            return []
-        enqueued: dict[str, int] = {}
+    def _enqueued(self, index: FileIndex, now: float) -> dict[str, int]:
+        """Per model of a batch being created: the prompt tokens of the model's batches
+        enqueued now plus its own (what the budget judges; kept in the ledger). Only with a
+        budget configured. Lock held."""
+        if self._config.enqueued_token_limit is None or not index.prompt_tokens:
+            return {}
+        enqueued = dict.fromkeys(index.prompt_tokens, 0)
         for other in self._batches.values():
             if not other.plan.valid:
                 continue  # failed batches never enqueue anything
             if snapshot(other.plan, now, other.cancel_requested).status in ENQUEUED_STATUSES:
                 for model, tokens in other.index.prompt_tokens.items():
-                    enqueued[model] = enqueued.get(model, 0) + tokens
-        for model, tokens in index.prompt_tokens.items():
-            if enqueued.get(model, 0) + tokens > limit:
-                return [Problem("token_limit_exceeded", self._token_message(model, limit))]
+                    if model in enqueued:
+                        enqueued[model] += tokens
+        return {model: enqueued[model] + tokens for model, tokens in index.prompt_tokens.items()}
+
+    def _token_problems(self, index: FileIndex, demand: dict[str, int]) -> list[Problem]:
+        """The enqueued-token refusal (spec §5.4), judged at creation."""
+        limit = self._config.enqueued_token_limit
+        if limit is None:
+            return []
+        for model, tokens in demand.items():
+            if tokens > limit:
+                if self._config.token_limit_states_limit:
+                    return [Problem("token_limit_exceeded", self._token_message(model, limit))]
+                return [Problem("token_limit_exceeded", _UNSTATED_TOKEN_LIMIT)]
         return []
 
     def _token_message(self, model: str, limit: int) -> str:

@@ -235,10 +235,16 @@ def test_a_file_not_found_right_after_upload_is_retried(db_url: str) -> None:
     assert count(db_url, "results", "succeeded") == 5
 
 
-def test_token_limit_exceeded_means_later_not_failed(db_url: str) -> None:
-    # Given an enqueued-token budget that fits one job's batch but not two at once, and a target
-    # that waits 120 s (not the default 900) before creating a token-limited batch again
-    config = EmulatorConfig(api_key=API_KEY, enqueued_token_limit=500, rows_per_second=1)
+def test_token_limit_exceeded_without_a_stated_limit_means_later_not_failed(db_url: str) -> None:
+    # Given an enqueued-token budget that fits one job's batch but not two at once, a provider
+    # whose refusal names no limit (so there is nothing to learn), and a target that waits 120 s
+    # (not the default 900) before creating a token-limited batch again
+    config = EmulatorConfig(
+        api_key=API_KEY,
+        enqueued_token_limit=500,
+        token_limit_states_limit=False,
+        rows_per_second=1,
+    )
     wait = settings_for(db_url, token_limit_retry_seconds=120.0)
     with harness(db_url, emulator_config=config, settings=wait) as h:
         first = enqueue(db_url, simple_requests(30, prefix="a-"))
@@ -254,6 +260,11 @@ def test_token_limit_exceeded_means_later_not_failed(db_url: str) -> None:
             "WHERE kind = 'batch_token_limited'",
         )
         assert 115 <= (retry_at - h.clock.now()).total_seconds() <= 120
+        # it waits, visibly, and says why
+        reason = scalar(
+            db_url, "SELECT waiting_reason FROM orchestrator.job_summary WHERE job_id = %s", second
+        )
+        assert reason.startswith("waiting_for_capacity: token_limit_exceeded without a stated")
         # Then it is created again later, from the same file, and both jobs complete
         assert h.run_job(first) == "completed"
         assert h.run_job(second, seconds=60) == "completed"
@@ -265,9 +276,10 @@ def test_token_limit_exceeded_means_later_not_failed(db_url: str) -> None:
         "FROM orchestrator.events WHERE kind = 'batch_token_limited'",
     )
     error, limit_tokens, limit_model = limited[0]
-    assert "Enqueued token limit reached" in error
-    # the limit the provider stated, read from its message
-    assert (limit_tokens, limit_model) == (500, "openai/gpt-4.1-nano")
+    assert "Too many tokens are enqueued" in error
+    # nothing stated, nothing learned
+    assert (limit_tokens, limit_model) == (None, None)
+    assert count(db_url, "capacity") == 0
     assert len(uploads) == 2 and len(created) == 3  # one file per job; one create again
     assert count(db_url, "results", "succeeded") == 60
     assert count(db_url, "batches", "state = 'failed'") == 0

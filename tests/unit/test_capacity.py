@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from orchestrator.domain import capacity as cap
 from orchestrator.domain.capacity import EnqueuedLimit, enqueued_limit
 
 
@@ -42,3 +43,55 @@ def test_the_limit_and_its_model_are_read_from_the_message(
     message: str | None, expected: EnqueuedLimit | None
 ) -> None:
     assert enqueued_limit(message) == expected
+
+
+# -- the estimate and admission (domain/capacity.py) ------------------------------------------
+
+
+def test_the_estimate_is_bytes_over_four_rounded_up() -> None:
+    assert [cap.estimated_tokens(n) for n in (0, 1, 4, 5, 8, 40_001)] == [0, 1, 1, 2, 2, 10_001]
+
+
+def test_the_budget_in_force_is_the_lower_of_configured_and_learned() -> None:
+    assert cap.budget_in_force(None, None) is None
+    assert cap.budget_in_force(5_000, None) == 5_000
+    assert cap.budget_in_force(None, 3_000) == 3_000
+    assert cap.budget_in_force(5_000, 3_000) == 3_000
+    assert cap.budget_in_force(2_000, 3_000) == 2_000
+
+
+def _admit(tokens: int, load: cap.Load, *, budget: int | None = 1_000, requests: int = 10,
+           max_batches: int | None = None) -> cap.Admission:  # fmt: skip
+    return cap.admit(
+        model="m", tokens=tokens, requests=requests, load=load, budget=budget,
+        max_batches=max_batches,
+    )  # fmt: skip
+
+
+def test_a_batch_goes_when_it_fits_beside_what_is_in_flight_and_ahead() -> None:
+    # 600 in flight + 100 ahead + 300 = 1,000: exactly the budget
+    assert _admit(300, cap.Load(tokens_in_flight=600, tokens_ahead=100)) == cap.Admit()
+    # one token more does not fit, and says why with the numbers
+    waits = _admit(301, cap.Load(tokens_in_flight=600, tokens_ahead=100))
+    assert isinstance(waits, cap.Wait)
+    assert waits.reason == (
+        "waiting_for_capacity: m needs ~301 enqueued tokens; 600 are in flight and 100 ahead "
+        "in line, of a budget of 1,000"
+    )
+    # without a budget, tokens are not counted
+    assert _admit(10**9, cap.Load(tokens_in_flight=10**9), budget=None) == cap.Admit()
+
+
+def test_a_batch_over_the_budget_alone_is_split_and_a_single_request_is_tried_alone() -> None:
+    assert _admit(1_001, cap.Load()) == cap.Split(1_000)
+    # one request cannot be split: it goes when nothing of its model is in flight or ahead
+    assert _admit(1_500, cap.Load(), requests=1) == cap.Admit()
+    assert isinstance(_admit(1_500, cap.Load(tokens_ahead=1), requests=1), cap.Wait)
+
+
+def test_the_cap_on_batches_in_flight_counts_those_ahead_in_line() -> None:
+    assert _admit(1, cap.Load(batches_in_flight=1), max_batches=2) == cap.Admit()
+    waits = _admit(1, cap.Load(batches_in_flight=1, batches_ahead=1), max_batches=2)
+    assert isinstance(waits, cap.Wait)
+    assert "1 batch(es) in flight and 1 ahead in line" in waits.reason
+    assert "max_batches_in_flight is 2" in waits.reason

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orchestrator.domain.packing import Packer, pack, pages
+from orchestrator.domain.packing import Chunk, Packer, pack, pages
 
 
 def test_chunks_respect_the_request_count() -> None:
@@ -58,3 +58,17 @@ def test_pages_hold_at_most_the_budget_and_a_larger_item_alone(sizes: list[int])
         assert p.bytes <= 100 or p.count == 1
     for p, after in itertools.pairwise(got):
         assert p.count == 7 or p.bytes + sizes[after.first_seq] > 100  # as full as allowed
+
+
+def test_chunks_stay_within_a_token_budget_and_carry_their_tokens_and_model() -> None:
+    packer = Packer(max_requests=100, max_bytes=10_000, max_tokens=250, model="m")
+    closed = [packer.add(seq, 10, tokens) for seq, tokens in enumerate([100, 100, 100, 300, 20])]
+    last = packer.finish()
+    chunks = [c for c in closed if c] + [last]
+    # 100 + 100 fit; the third would make 300; 300 alone is over it but has to go somewhere
+    assert chunks == [
+        Chunk(0, 1, 2, 20, 200, "m"),
+        Chunk(2, 2, 1, 10, 100, "m"),
+        Chunk(3, 3, 1, 10, 300, "m"),
+        Chunk(4, 4, 1, 10, 20, "m"),
+    ]
