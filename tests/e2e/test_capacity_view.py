@@ -442,8 +442,15 @@ def test_the_capacity_gauges_show_the_report_and_read_zero_once_nothing_waits(
         ("in_flight", "fastrouter", NANO): 0,
         ("budget", "fastrouter", NANO): 5_000,
     }
-    # The scene
-    _, _, waiting = the_scene(h)
+    # The scene, and a batch of target old in flight (900 tokens)
+    job_id, _, waiting = the_scene(h)
+    old = waiting_batch(h.db_url, job_id, GPT4O, 900, 0, "-")
+    query(
+        h.db_url,
+        "UPDATE orchestrator.batches SET target = 'old', state = 'submitted', "
+        "waiting_since = NULL, waiting_reason = NULL WHERE id = %s RETURNING id",
+        old,
+    )
     assert capacity_series(h) == {
         ("waiting", "fastrouter", NANO): 2,
         ("in_flight", "fastrouter", NANO): 2_000,
@@ -452,30 +459,47 @@ def test_the_capacity_gauges_show_the_report_and_read_zero_once_nothing_waits(
         ("in_flight", "fastrouter", GPT4O): 0,
         ("budget", "fastrouter", GPT4O): 10_000,  # "*"
         ("waiting", "old", GPT4O): 0,
-        ("in_flight", "old", GPT4O): 0,
+        ("in_flight", "old", GPT4O): 900,
         ("budget", "old", GPT4O): 9_000,
     }
 
-    # When admission lets the waiting batches through (created: in flight), nothing waits
+    # When admission lets NANO's waiting batches through (created: in flight), and GPT4O's waiting
+    # batch is cancelled (GPT4O on fastrouter then has nothing in flight, waiting or learned)
+    nano_waiting, gpt_waiting = waiting[:2], waiting[2]
     query(
         h.db_url,
         "UPDATE orchestrator.batches SET state = 'creating', waiting_since = NULL, "
         "waiting_reason = NULL WHERE id = ANY(%s) RETURNING id",
-        waiting,
+        nano_waiting,
     )
-    series = capacity_series(h)
-    assert series[("waiting", "fastrouter", NANO)] == 0
-    assert series[("waiting", "fastrouter", GPT4O)] == 0
-    assert series[("in_flight", "fastrouter", NANO)] == 1_200 + 800 + 700 + 300
-    assert series[("in_flight", "fastrouter", GPT4O)] == 400
+    query(
+        h.db_url,
+        "UPDATE orchestrator.batches SET state = 'cancelled', waiting_since = NULL, "
+        "waiting_reason = NULL WHERE id = %s RETURNING id",
+        gpt_waiting,
+    )
+    # Then nothing reads as waiting; GPT4O's series read 0 and its budget series is gone
+    assert capacity_series(h) == {
+        ("waiting", "fastrouter", NANO): 0,
+        ("in_flight", "fastrouter", NANO): 1_200 + 800 + 700 + 300,
+        ("budget", "fastrouter", NANO): 3_000,
+        ("waiting", "fastrouter", GPT4O): 0,
+        ("in_flight", "fastrouter", GPT4O): 0,
+        ("waiting", "old", GPT4O): 0,
+        ("in_flight", "old", GPT4O): 900,
+        ("budget", "old", GPT4O): 9_000,
+    }
 
     # When every batch has finished and the learned limits are forgotten
-    query(h.db_url, "UPDATE orchestrator.batches SET state = 'done' RETURNING id")
+    query(
+        h.db_url,
+        "UPDATE orchestrator.batches SET state = 'done' WHERE state <> 'cancelled' RETURNING id",
+    )
     assert run(capsys, "capacity", "--forget", NANO)[0] == 0
     assert run(capsys, "capacity", "--forget", GPT4O, "--target", "old")[0] == 0
-    # Then nothing reads as waiting or in flight any more, the configured budget is back, and the
-    # models no longer in the report (nothing in flight, waiting, configured by name or learned)
-    # have no budget series (0 would read "nothing may be sent")
+    # Then nothing reads as in flight any more (target old, gone from the report, too), NANO's
+    # configured budget is back, and target old has no budget series (0 would read "nothing may
+    # be sent")
     assert capacity_series(h) == {
         ("waiting", "fastrouter", NANO): 0,
         ("in_flight", "fastrouter", NANO): 0,
