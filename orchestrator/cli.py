@@ -43,7 +43,6 @@ if TYPE_CHECKING:
     from orchestrator import retention
     from orchestrator.db.queries import JobWaiting
     from orchestrator.deps import Deps
-    from orchestrator.domain.capacity_report import ModelCapacity, TargetCapacity
 
 # What exits 2 (the command line or the configuration is wrong); any other OrchestratorError is
 # a failure at run time and exits 1.
@@ -662,6 +661,7 @@ def _cleanup_lines(report: retention.Report) -> list[str]:
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     deps = _deps(settings)
+    from orchestrator import capacity_view
     from orchestrator.db import queries
     from orchestrator.db.session import unit_of_work
 
@@ -674,7 +674,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         waiting = queries.jobs_waiting(s, [j.id for j in jobs])
         open_batches = queries.open_batches_by_state(s)
         targets = queries.target_states(s)
-        capacity = _capacity(s, settings, in_status=True)
+        capacity = capacity_view.read(s, settings, in_status=True)
         stuck = queries.stuck_batches(s, now=now, stuck_after=settings.daemon.stuck_after_seconds)
         # the live ones: a daemon killed without a goodbye stops counting after its lease
         workers = queries.live_workers(s, within_seconds=settings.daemon.lease_seconds)
@@ -684,7 +684,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             "jobs": [_job_json(j, progress.get(j.id), now, waiting.get(j.id)) for j in jobs],
             "open_batches": dict(sorted(open_batches)),
             "targets": [_target_json(t, now) for t in targets],
-            "capacity": _capacity_json(capacity),
+            "capacity": capacity_view.as_json(capacity),
             "stuck_batches": [
                 {**b._asdict(), "stuck_seconds": _seconds(b.failing_since or b.expires_at, now)}
                 for b in stuck
@@ -739,7 +739,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     )
     for j in jobs:
         if j.id in waiting:
-            print(f"job {j.id}: {_waiting_text(waiting[j.id], now)}")
+            print(f"job {j.id}: {capacity_view.job_line(waiting[j.id], now)}")
     print("\nopen batches: " + (", ".join(f"{st} {n}" for st, n in open_batches) or "none"))
     for t in targets:
         if t.paused:
@@ -761,7 +761,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             else f"still {shown(b.remote_status)} {age} past its expires_at"
         )
         print(f"STUCK batch {b.id} (job {b.job_id}, {b.state}): {why}")
-    for line in _capacity_lines(capacity, now):
+    for line in capacity_view.status_lines(capacity, now):
         print(line)
     print(
         f"daemons running: {len(workers)} (seen in the last {duration(settings.daemon.lease_seconds)})"
@@ -808,7 +808,9 @@ def _job_status(s: Any, job_id: int, *, now: dt.datetime, as_json: bool) -> int:
     if job.error:
         print(f"error: {shown(job.error)}")
     if waiting is not None:
-        print(_waiting_text(waiting, now))
+        from orchestrator.capacity_view import job_line
+
+        print(job_line(waiting, now))
     _table(
         [
             "batch",
@@ -945,245 +947,36 @@ def _target_json(t: Any, now: dt.datetime) -> dict[str, Any]:
 
 
 def cmd_capacity(args: argparse.Namespace, settings: Settings) -> int:
-    """Every target's capacity (``--target``: one target's), or ``--forget MODEL``. A target is
-    known if it is configured, or if the database has a learned limit or a batch of it."""
+    """Every target's capacity (``--target``: one target's, configured or named by the
+    database), or ``--forget MODEL`` (``capacity_view``)."""
     deps = _deps(settings)
+    from orchestrator import capacity_view as view
     from orchestrator.db.session import unit_of_work
 
-    if args.forget is not None:
-        return _forget_capacity(deps, settings, args.forget, args.target, as_json=args.json)
     now = deps.clock.now()
-    with unit_of_work(deps.sessions) as s:
-        targets = _capacity(s, settings, in_status=False)
-    if args.target is not None:
-        targets = [t for t in targets if t.target == args.target]
-        if not targets:
-            settings.target(args.target)  # unknown: a usage error that names the configured ones
-    if args.json:
-        print(json_text({"now": now, "targets": _capacity_json(targets)}, indent=True))
+    if args.forget is not None:
+        with unit_of_work(deps.sessions) as s:
+            forgotten = view.forget(s, settings, args.forget, args.target)
+        if args.json:
+            print(json_text(view.forgotten_json(forgotten), indent=True))
+        else:
+            print(view.forgotten_text(forgotten))
         return 0
-    rows = [
-        [
-            t.target,
-            _model_name(m),
-            "-" if m.budget is None else f"{m.budget.tokens:,}",
-            "-" if m.budget is None else m.budget.source,
-            _count_text(m.configured),
-            _count_text(m.learned),
-            "-" if m.learned_at is None else f"{m.learned_at:%Y-%m-%d %H:%M:%S}",
-            f"{m.in_flight_tokens:,}",
-            f"{m.in_flight_batches:,}",
-            f"{m.waiting_batches:,}",
-            _since_text(m.oldest_waiting_since, now),
-        ]
-        for t in targets
-        for m in t.models
-    ]
-    rows += [
-        [t.target, "*", f"{d:,}", "configured", f"{d:,}", *["-"] * 6]
-        for t in targets
-        if (d := t.configured_default) is not None
-    ]
-    if not rows and not any(t.max_batches_in_flight for t in targets):
+    with unit_of_work(deps.sessions) as s:
+        targets = view.read(s, settings, in_status=False)
+    if args.target is not None:
+        targets = view.of_target(targets, args.target, settings)
+    if args.json:
+        print(json_text({"now": now, "targets": view.as_json(targets)}, indent=True))
+        return 0
+    rows = view.rows(targets, now)
+    if not rows and not any(t.max_batches_in_flight is not None for t in targets):
         print("no budget configured or learned, and nothing in flight or waiting")
         return 0
-    headers = ["target", "model", "budget", "from", "configured", "learned", "learned at"]
-    _table([*headers, "in flight", "batches", "waiting", "waiting since"], rows)
-    for line in _capacity_notes(targets):
+    _table(view.HEADERS, rows)
+    for line in view.notes(targets):
         print(line)
     return 0
-
-
-def _capacity_notes(targets: list[TargetCapacity]) -> list[str]:
-    """``capacity``, after its table: each target's batches in flight against its maximum, and in
-    words what the provider said and why batches wait."""
-    from orchestrator.domain.capacity_report import why_waiting
-
-    lines = []
-    for t in targets:
-        if t.max_batches_in_flight is not None or t.batches_in_flight:
-            most = t.max_batches_in_flight
-            cap = "no maximum" if most is None else f"at most {most:,}"
-            lines.append(
-                f"target {shown(t.target)}: {_batches(t.batches_in_flight)} in flight ({cap})"
-            )
-        for m in t.models:
-            what = f"target {shown(t.target)}, model {_model_name(m)}"
-            if m.learned is not None:
-                lines.append(f"{what}: learned from {shown(m.learned_message or '(no message)')}")
-            if m.waiting_batches:
-                lines.append(
-                    f"{what}: {_batches(m.waiting_batches)} waiting_for_capacity: "
-                    f"{shown(why_waiting(m.waiting_reason))}"
-                )
-    return lines
-
-
-def _forget_capacity(
-    deps: Deps, settings: Settings, model: str, target: str | None, *, as_json: bool
-) -> int:
-    """Delete the limit learned for ``model`` (on ``target``, or on the one target that has
-    one); a usage error (exit 2) when there is none, or several and no ``target``."""
-    from orchestrator.db import ledger, queries
-    from orchestrator.db.session import unit_of_work
-    from orchestrator.domain.capacity_report import budget_in_force
-
-    with unit_of_work(deps.sessions) as s:
-        rows = queries.learned_capacity(s, target=target)
-        if target is not None and target not in settings.targets and not rows:
-            settings.target(target)  # unknown, and nothing learned there either
-        found = sorted(r.target for r in rows if r.model == model)
-        where = f" on target {shown(target)}" if target else ""
-        if len(found) > 1:
-            raise UsageError(
-                f"model {shown(model)!r} has a limit learned on targets {', '.join(found)}; "
-                "say which with --target"
-            )
-        forgotten = ledger.forget_capacity(s, target=found[0], model=model) if found else None
-        if forgotten is None:
-            raise UsageError(
-                f"nothing learned for model {shown(model)!r}{where}; orchestrator capacity "
-                "lists the limits learned"
-            )
-    limits = settings.targets.get(forgotten.target)
-    budget = budget_in_force(None if limits is None else limits.configured_budget(model), None)
-    if as_json:
-        report = {
-            "target": forgotten.target,
-            "model": model,
-            "forgotten": {
-                "tokens": forgotten.learned_tokens,
-                "at": forgotten.learned_at,
-                "message": forgotten.message,
-            },
-            "budget": None if budget is None else {"tokens": budget.tokens, "source": "configured"},
-        }
-        print(json_text(report, indent=True))
-        return 0
-    now = "no token budget" if budget is None else f"{budget.tokens:,} tokens (configured)"
-    print(
-        f"target {shown(forgotten.target)}, model {shown(model)}: forgot the learned limit of "
-        f"{forgotten.learned_tokens:,} tokens (learned {forgotten.learned_at:%Y-%m-%d %H:%M:%S});"
-        f" the budget in force is now {now}"
-    )
-    return 0
-
-
-def _count_text(n: int | None) -> str:
-    return "-" if n is None else f"{n:,}"
-
-
-def _since_text(since: dt.datetime | None, now: dt.datetime) -> str:
-    return "-" if since is None else f"{since:%H:%M:%S} ({duration(_seconds(since, now) or 0)})"
-
-
-def _waiting_text(waiting: JobWaiting, now: dt.datetime) -> str:
-    """A job's batches held back by admission, as ``status`` shows them."""
-    from orchestrator.domain.capacity_report import why_waiting
-
-    return (
-        f"waiting_for_capacity: {_batches(waiting.batches)}, {_oldest(waiting.since, now)}: "
-        f"{shown(why_waiting(waiting.reason))}"
-    )
-
-
-def _oldest(since: dt.datetime, now: dt.datetime) -> str:
-    return f"the oldest for {duration(_seconds(since, now) or 0)} (since {since:%H:%M:%S})"
-
-
-def _batches(n: int) -> str:
-    return f"{n:,} batch" if n == 1 else f"{n:,} batches"
-
-
-def _capacity(s: Any, settings: Settings, *, in_status: bool) -> list[TargetCapacity]:
-    """The capacity report (``domain.capacity_report``) from the settings and the database;
-    ``in_status``: only the targets and models ``status`` shows (a budget, a batch waiting, or a
-    target's max_batches_in_flight)."""
-    from orchestrator.db import queries
-    from orchestrator.domain.capacity_report import report
-
-    targets = report(settings.targets, queries.capacity_usage(s), queries.learned_capacity(s))
-    if not in_status:
-        return targets
-    shown_models = [
-        dataclasses.replace(t, models=tuple(m for m in t.models if m.shown_in_status))
-        for t in targets
-    ]
-    return [t for t in shown_models if t.models or t.max_batches_in_flight is not None]
-
-
-def _budget_text(m: ModelCapacity) -> str:
-    if m.budget is None:
-        return "no token budget"
-    if m.budget.source == "learned":
-        at = "-" if m.learned_at is None else f"{m.learned_at:%Y-%m-%d %H:%M:%S}"
-        return f"budget {m.budget.tokens:,} tokens (learned {m.learned or 0:,} at {at})"
-    return f"budget {m.budget.tokens:,} tokens (configured)"
-
-
-def _model_name(m: ModelCapacity) -> str:
-    return "(no model)" if m.model is None else shown(m.model)
-
-
-def _capacity_lines(targets: list[TargetCapacity], now: dt.datetime) -> list[str]:
-    """``status``: a line per target with a max_batches_in_flight, and one per model with a
-    budget or a batch waiting."""
-    from orchestrator.domain.capacity_report import why_waiting
-
-    lines = []
-    for t in targets:
-        if t.max_batches_in_flight is not None:
-            lines.append(
-                f"target {shown(t.target)}: {_batches(t.batches_in_flight)} in flight of at most "
-                f"{t.max_batches_in_flight:,}"
-            )
-        for m in t.models:
-            flying = "nothing in flight"
-            if m.in_flight_batches:
-                flying = (
-                    f"{m.in_flight_tokens:,} tokens in flight in {_batches(m.in_flight_batches)}"
-                )
-            waiting = "none waiting"
-            if m.waiting_batches and m.oldest_waiting_since is not None:
-                waiting = (
-                    f"{_batches(m.waiting_batches)} waiting_for_capacity, "
-                    f"{_oldest(m.oldest_waiting_since, now)}: {shown(why_waiting(m.waiting_reason))}"
-                )
-            lines.append(
-                f"target {shown(t.target)}, model {_model_name(m)}: {_budget_text(m)}, {flying}, "
-                f"{waiting}"
-            )
-    return lines
-
-
-def _capacity_json(targets: list[TargetCapacity]) -> list[dict[str, Any]]:
-    return [
-        {
-            "target": t.target,
-            "batches_in_flight": t.batches_in_flight,
-            "max_batches_in_flight": t.max_batches_in_flight,
-            "configured_default": t.configured_default,
-            "models": [
-                {
-                    "model": m.model,
-                    "budget": None
-                    if m.budget is None
-                    else {"tokens": m.budget.tokens, "source": m.budget.source},
-                    "configured_tokens": m.configured,
-                    "learned": None
-                    if m.learned is None
-                    else {"tokens": m.learned, "at": m.learned_at, "message": m.learned_message},
-                    "in_flight_tokens": m.in_flight_tokens,
-                    "in_flight_batches": m.in_flight_batches,
-                    "waiting_batches": m.waiting_batches,
-                    "oldest_waiting_since": m.oldest_waiting_since,
-                    "waiting_reason": m.waiting_reason,
-                }
-                for m in t.models
-            ],
-        }
-        for t in targets
-    ]
 
 
 def decimal_text(value: Decimal) -> str:
