@@ -41,6 +41,7 @@ from orchestrator.errors import (
 
 if TYPE_CHECKING:
     from orchestrator import retention
+    from orchestrator.db.queries import JobWaiting
     from orchestrator.deps import Deps
 
 # What exits 2 (the command line or the configuration is wrong); any other OrchestratorError is
@@ -200,7 +201,7 @@ def _parser(*, with_emulator: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--priority", type=_number("priority", -INT_MAX - 1, INT_MAX), default=0)
     p.set_defaults(func=cmd_enqueue)
 
-    p = sub.add_parser("status", help="jobs, open batches, paused targets and daemons")
+    p = sub.add_parser("status", help="jobs, open batches, paused targets, capacity and daemons")
     p.add_argument("job", nargs="?", type=JOB_ID, help="one job in detail")
     p.add_argument(
         "--limit",
@@ -210,6 +211,27 @@ def _parser(*, with_emulator: bool = True) -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="the same as one JSON object")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser(
+        "capacity",
+        help="each target's enqueued-token budgets (configured and learned), what is in flight "
+        "and what waits for capacity; --forget MODEL deletes a learned limit",
+        description="Per target and model: the budget in force (the lower of the configured "
+        "enqueued_token_budgets and the limit learned from a provider's token_limit_exceeded "
+        "error), the estimated tokens of the batches in flight, and the batches waiting for "
+        "capacity. --forget MODEL deletes the limit learned for MODEL (when the provider raised "
+        "it); the configured budget applies again until the provider refuses a batch.",
+    )
+    p.add_argument(
+        "--forget", metavar="MODEL", help="delete the limit learned for MODEL (see --target)"
+    )
+    p.add_argument(
+        "--target",
+        metavar="NAME",
+        help="only this target (with --forget: needed when MODEL has a limit learned on several)",
+    )
+    p.add_argument("--json", action="store_true", help="the same as one JSON object")
+    p.set_defaults(func=cmd_capacity)
 
     p = sub.add_parser("cancel", help="cancel a job (same as setting cancel_requested_at)")
     p.add_argument("job", type=JOB_ID)
@@ -639,6 +661,7 @@ def _cleanup_lines(report: retention.Report) -> list[str]:
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     deps = _deps(settings)
+    from orchestrator import capacity_view
     from orchestrator.db import queries
     from orchestrator.db.session import unit_of_work
 
@@ -648,17 +671,20 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             return _job_status(s, args.job, now=now, as_json=args.json)
         jobs = queries.jobs(s, limit=args.limit)
         progress = queries.job_progress(s, [j.id for j in jobs])
+        waiting = queries.jobs_waiting(s, [j.id for j in jobs])
         open_batches = queries.open_batches_by_state(s)
         targets = queries.target_states(s)
+        capacity = capacity_view.read(s, settings, in_status=True)
         stuck = queries.stuck_batches(s, now=now, stuck_after=settings.daemon.stuck_after_seconds)
         # the live ones: a daemon killed without a goodbye stops counting after its lease
         workers = queries.live_workers(s, within_seconds=settings.daemon.lease_seconds)
     if args.json:
         report = {
             "now": now,
-            "jobs": [_job_json(j, progress.get(j.id), now) for j in jobs],
+            "jobs": [_job_json(j, progress.get(j.id), now, waiting.get(j.id)) for j in jobs],
             "open_batches": dict(sorted(open_batches)),
             "targets": [_target_json(t, now) for t in targets],
+            "capacity": capacity_view.as_json(capacity),
             "stuck_batches": [
                 {**b._asdict(), "stuck_seconds": _seconds(b.failing_since or b.expires_at, now)}
                 for b in stuck
@@ -711,6 +737,9 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             for j in jobs
         ],
     )
+    for j in jobs:
+        if j.id in waiting:
+            print(f"job {j.id}: {capacity_view.job_line(waiting[j.id], now)}")
     print("\nopen batches: " + (", ".join(f"{st} {n}" for st, n in open_batches) or "none"))
     for t in targets:
         if t.paused:
@@ -732,6 +761,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             else f"still {shown(b.remote_status)} {age} past its expires_at"
         )
         print(f"STUCK batch {b.id} (job {b.job_id}, {b.state}): {why}")
+    for line in capacity_view.status_lines(capacity, now):
+        print(line)
     print(
         f"daemons running: {len(workers)} (seen in the last {duration(settings.daemon.lease_seconds)})"
         + "".join(
@@ -748,10 +779,11 @@ def _job_status(s: Any, job_id: int, *, now: dt.datetime, as_json: bool) -> int:
     if job is None:
         raise JobNotFound(f"no job {job_id}; list the jobs with orchestrator status")
     progress = queries.job_progress(s, [job_id]).get(job_id)
+    waiting = queries.jobs_waiting(s, [job_id]).get(job_id)
     batches = queries.job_batches(s, job_id)
     batch_progress = queries.batch_progress(s, job_id)
     if as_json:
-        report = _job_json(job, progress, now) | {
+        report = _job_json(job, progress, now, waiting) | {
             "batches": [_batch_json(b, batch_progress.get(b.id)) for b in batches]
         }
         print(json_text(report, indent=True))
@@ -775,6 +807,10 @@ def _job_status(s: Any, job_id: int, *, now: dt.datetime, as_json: bool) -> int:
     )
     if job.error:
         print(f"error: {shown(job.error)}")
+    if waiting is not None:
+        from orchestrator.capacity_view import job_line
+
+        print(job_line(waiting, now))
     _table(
         [
             "batch",
@@ -842,7 +878,9 @@ def _percent_text(progress: tuple[int, int, float | None]) -> str:
     return "-" if percent is None else f"{int(percent)}%"
 
 
-def _job_json(job: Any, counted: tuple[int, int] | None, now: dt.datetime) -> dict[str, Any]:
+def _job_json(
+    job: Any, counted: tuple[int, int] | None, now: dt.datetime, waiting: JobWaiting | None
+) -> dict[str, Any]:
     done, total, percent = _progress(job, counted)
     return {
         "id": job.id,
@@ -866,6 +904,8 @@ def _job_json(job: Any, counted: tuple[int, int] | None, now: dt.datetime) -> di
         "finished_at": job.finished_at,
         "age_seconds": _seconds(job.created_at, now),
         "duration_seconds": _job_duration(job, now),
+        "waiting_for_capacity": 0 if waiting is None else waiting.batches,
+        "waiting_reason": None if waiting is None else waiting.reason,
     }
 
 
@@ -889,6 +929,10 @@ def _batch_json(b: Any, counted: tuple[int, int] | None) -> dict[str, Any]:
         "created_at": b.created_at,
         "finished_at": b.finished_at,
         "last_error": b.last_error,
+        "model": b.model,
+        "estimated_tokens": b.estimated_tokens,
+        "waiting_since": b.waiting_since,
+        "waiting_reason": b.waiting_reason,
     }
 
 
@@ -900,6 +944,39 @@ def _target_json(t: Any, now: dt.datetime) -> dict[str, Any]:
         "blocked_until": t.blocked_until,
         "reason": t.reason,
     }
+
+
+def cmd_capacity(args: argparse.Namespace, settings: Settings) -> int:
+    """Every target's capacity (``--target``: one target's, configured or named by the
+    database), or ``--forget MODEL`` (``capacity_view``)."""
+    deps = _deps(settings)
+    from orchestrator import capacity_view as view
+    from orchestrator.db.session import unit_of_work
+
+    now = deps.clock.now()
+    if args.forget is not None:
+        with unit_of_work(deps.sessions) as s:
+            forgotten = view.forget(s, settings, args.forget, args.target)
+        if args.json:
+            print(json_text(view.forgotten_json(forgotten), indent=True))
+        else:
+            print(view.forgotten_text(forgotten))
+        return 0
+    with unit_of_work(deps.sessions) as s:
+        targets = view.read(s, settings, in_status=False)
+    if args.target is not None:
+        targets = view.of_target(targets, args.target, settings)
+    if args.json:
+        print(json_text({"now": now, "targets": view.as_json(targets)}, indent=True))
+        return 0
+    rows = view.rows(targets, now)
+    if not rows and not any(t.max_batches_in_flight is not None for t in targets):
+        print("no budget configured or learned, and nothing in flight or waiting")
+        return 0
+    _table(view.HEADERS, rows)
+    for line in view.notes(targets):
+        print(line)
+    return 0
 
 
 def decimal_text(value: Decimal) -> str:

@@ -40,6 +40,7 @@ from orchestrator.db import ledger, queries
 from orchestrator.db.notify import listen
 from orchestrator.db.session import Session, make_probe_engine, make_sessionmaker, unit_of_work
 from orchestrator.deps import Deps
+from orchestrator.domain import capacity_report
 from orchestrator.errors import ConfigError, StartupRefused
 from orchestrator.observability import FRESH_SECONDS, Scrubber, health_app
 
@@ -303,6 +304,9 @@ class Daemon:
             self.metrics.database_up.set(0)
             raise
         self.metrics.show(values, open_states=queries.OPEN_STATES)
+        self.metrics.show_capacity(
+            capacity_report.report(self.deps.settings.targets, values.capacity, values.learned)
+        )
         self.metrics.database_up.set(1)
         self._refreshed_at = started
 

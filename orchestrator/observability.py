@@ -39,6 +39,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from orchestrator import __version__
+from orchestrator.domain.capacity_report import ModelCapacity, TargetCapacity
 from orchestrator.domain.cost import COST_PLACES
 
 REDACTED = "**********"
@@ -361,6 +362,25 @@ class Metrics:
             ["target"],
             registry=r,
         )
+        self.capacity_waiting = Gauge(
+            "orchestrator_batches_waiting_for_capacity",
+            "Batches uploaded and held back by admission until the target and model have capacity",
+            ["target", "model"],
+            registry=r,
+        )
+        self.capacity_budget = Gauge(
+            "orchestrator_capacity_budget_tokens",
+            "The enqueued-token budget in force (the lower of configured and learned); "
+            "only for models with one",
+            ["target", "model"],
+            registry=r,
+        )
+        self.capacity_in_flight = Gauge(
+            "orchestrator_capacity_in_flight_tokens",
+            "Estimated prompt tokens of the batches in flight (creating, submitted)",
+            ["target", "model"],
+            registry=r,
+        )
         self.tokens = Counter(
             "orchestrator_tokens_total",
             "Tokens ingested by this daemon",
@@ -403,7 +423,8 @@ class Metrics:
         self._targets: tuple[str, ...] = ()
         # time.monotonic() of the last committed event of this process (observe_event)
         self.changed_at = 0.0
-        self._shown: dict[Gauge, set[str]] = {}  # the label values each gauge has shown
+        # the label values each gauge has shown (a tuple of them where it has several labels)
+        self._shown: dict[Gauge, set[Any]] = {}
         self._before_scrape: Callable[[], None] | None = None
 
     def for_targets(self, targets: Iterable[str]) -> None:
@@ -466,12 +487,29 @@ class Metrics:
         self.oldest_pending_job_age.set(values.oldest_pending_job_age)
         self.oldest_open_batch_age.set(values.oldest_open_batch_age)
 
-    def _set(self, gauge: Gauge, values: Mapping[str, float]) -> None:
+    def show_capacity(self, targets: Iterable[TargetCapacity]) -> None:
+        """Set the capacity gauges from the capacity report (``domain.capacity_report``), by
+        target and model (a batch with no model stated: model ``""``). A target and model shown
+        before and no longer in the report reads 0 waiting and 0 in flight; its budget series is
+        removed once it has no budget (0 would read as "nothing may be sent")."""
+        models = [m for t in targets for m in t.models]
+        self._set(self.capacity_waiting, {_pair(m): m.waiting_batches for m in models})
+        self._set(self.capacity_in_flight, {_pair(m): m.in_flight_tokens for m in models})
+        budgets = {_pair(m): m.budget.tokens for m in models if m.budget is not None}
+        shown = self._shown.setdefault(self.capacity_budget, set())
+        for labels in shown - set(budgets):
+            self.capacity_budget.remove(*labels)
+        self._shown[self.capacity_budget] = set()
+        self._set(self.capacity_budget, budgets)
+
+    def _set(self, gauge: Gauge, values: Mapping[Any, float]) -> None:
+        """``values`` by label value (a tuple of them for a gauge of several labels); a label
+        value shown before and missing from ``values`` reads 0."""
         shown = self._shown.setdefault(gauge, set())
         for label in shown - set(values):
-            gauge.labels(label).set(0)
+            _labelled(gauge, label).set(0)
         for label, value in values.items():
-            gauge.labels(label).set(value)
+            _labelled(gauge, label).set(value)
         shown.update(values)
 
     # -- the scrape -------------------------------------------------------------------------------
@@ -484,6 +522,15 @@ class Metrics:
         if self._before_scrape is not None:
             self._before_scrape()
         return generate_latest(self.registry)
+
+
+def _labelled(gauge: Gauge, label: str | tuple[str, ...]) -> Gauge:
+    return gauge.labels(*label) if isinstance(label, tuple) else gauge.labels(label)
+
+
+def _pair(m: ModelCapacity) -> tuple[str, str]:
+    """The (target, model) labels of a target and model."""
+    return (m.target, m.model or "")
 
 
 def cost_by_model(cost: Decimal | None, models: Sequence[ModelUsage]) -> dict[str, Decimal]:

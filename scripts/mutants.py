@@ -961,6 +961,36 @@ MUTATIONS: list[Mutation] = [
         new="        max_batches=None,\n",
         tests=["tests/e2e/test_capacity.py::test_small_jobs_are_admitted_before_a_huge_jobs_remaining_chunks"],
     ),
+    Mutation(
+        name="capacity-shows-configured-budget",
+        promise="status, capacity and the budget gauge show the lower of the configured and the "
+                "learned budget, and say which",
+        path="orchestrator/domain/capacity_report.py",
+        old="    if learned is not None and (configured is None or learned < configured):\n",
+        new="    if learned is not None and configured is None:\n",
+        tests=["tests/e2e/test_capacity_view.py::"
+               "test_status_shows_the_budget_in_force_what_is_in_flight_and_what_waits"],
+    ),
+    Mutation(
+        name="capacity-waiting-gauge-never-reset",
+        promise="orchestrator_batches_waiting_for_capacity reads 0 once the batches stop waiting",
+        path="orchestrator/observability.py",
+        old="        self._set(self.capacity_waiting, {_pair(m): m.waiting_batches for m in models})\n",
+        new="        for labels, n in {_pair(m): m.waiting_batches for m in models}.items():\n"
+            "            self.capacity_waiting.labels(*labels).set(n)\n",
+        tests=["tests/e2e/test_capacity_view.py::"
+               "test_the_capacity_gauges_show_the_report_and_read_zero_once_nothing_waits"],
+    ),
+    Mutation(
+        name="capacity-in-flight-counts-waiting",
+        promise="the tokens in flight are those of the batches creating or submitted, not of "
+                "those waiting",
+        path="orchestrator/db/queries.py",
+        old="IN_FLIGHT = \"state IN ('creating', 'submitted')\"\n",
+        new="IN_FLIGHT = \"state IN ('uploaded', 'creating', 'submitted')\"\n",
+        tests=["tests/e2e/test_capacity_view.py::"
+               "test_status_shows_the_budget_in_force_what_is_in_flight_and_what_waits"],
+    ),
 ]
 # fmt: on
 

@@ -1469,6 +1469,28 @@ def clear_pause(session: Session, target: str) -> bool:
     return lifted
 
 
+def forget_capacity(session: Session, *, target: str, model: str) -> Capacity | None:
+    """Delete the limit learned for ``model`` on ``target`` (``orchestrator capacity --forget``:
+    the provider raised it), with an event that keeps what it was; None if none was learned.
+    Admission goes back to the configured budget, and learns again if the provider refuses."""
+    forgotten = session.execute(
+        sa.delete(Capacity)
+        .where(Capacity.target == target, Capacity.model == model)
+        .returning(Capacity)
+    ).scalar_one_or_none()
+    if forgotten is not None:
+        record(
+            session,
+            "capacity_forgotten",
+            target=target,
+            model=model,
+            learned_tokens=forgotten.learned_tokens,
+            learned_at=forgotten.learned_at.isoformat(),
+            message=forgotten.message,
+        )
+    return forgotten
+
+
 # -- workers ----------------------------------------------------------------------------------
 
 

@@ -13,7 +13,7 @@ from typing import Any, ClassVar, NamedTuple
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from orchestrator.db.models import Batch, Job, TargetState, Worker
+from orchestrator.db.models import Batch, Capacity, Job, TargetState, Worker
 from orchestrator.db.session import raw_connection
 from orchestrator.domain import capacity, packing
 from orchestrator.domain.states import BATCH_TERMINAL, JOB_TERMINAL, BatchState, JobStatus
@@ -431,10 +431,89 @@ def price_in_force(session: Session, target: str, model: str, at: dt.datetime) -
     return None if row is None else PriceRow(*row)
 
 
+# -- capacity ------------------------------------------------------------------------------------
+# What admission counts, read through the partial index ix_batches_capacity (its predicate spelled
+# as the index spells it): the batches in flight (creating, submitted) and those waiting for
+# capacity (uploaded, with waiting_since), per target and model. A target and model whose only
+# batches are uploaded and not held back (about to be created) has no row.
+
+CAPACITY_BATCHES = "state IN ('uploaded', 'creating', 'submitted')"
+IN_FLIGHT = "state IN ('creating', 'submitted')"
+WAITING = "state = 'uploaded' AND waiting_since IS NOT NULL"
+_CAPACITY_USAGE = sa.text(
+    f"""
+    SELECT target, model,
+           COALESCE(sum(estimated_tokens) FILTER (WHERE {IN_FLIGHT}), 0) AS in_flight_tokens,
+           count(*) FILTER (WHERE {IN_FLIGHT}) AS in_flight_batches,
+           count(*) FILTER (WHERE {WAITING}) AS waiting_batches,
+           min(waiting_since) FILTER (WHERE {WAITING}) AS oldest_waiting_since,
+           (array_agg(waiting_reason ORDER BY waiting_since, id)
+               FILTER (WHERE {WAITING}))[1] AS waiting_reason
+      FROM orchestrator.batches
+     WHERE {CAPACITY_BATCHES}
+     GROUP BY target, model
+    HAVING count(*) FILTER (WHERE {IN_FLIGHT} OR ({WAITING})) > 0
+     ORDER BY target, model
+    """
+)
+
+
+class CapacityUsage(NamedTuple):
+    """One target and model: the estimated tokens and the batches in flight, and the batches
+    waiting for capacity, with the oldest one's waiting_since and reason."""
+
+    target: str
+    model: str | None
+    in_flight_tokens: int
+    in_flight_batches: int
+    waiting_batches: int
+    oldest_waiting_since: dt.datetime | None
+    waiting_reason: str | None
+
+
+def capacity_usage(session: Session) -> list[CapacityUsage]:
+    """Per target and model, what is in flight and what waits (a cost that follows the open
+    work: the partial index ``ix_batches_capacity``)."""
+    return [
+        CapacityUsage(t, m, int(tokens), int(flying), int(waiting), since, reason)
+        for t, m, tokens, flying, waiting, since, reason in session.execute(_CAPACITY_USAGE)
+    ]
+
+
+def learned_capacity(session: Session, *, target: str | None = None) -> list[Capacity]:
+    """The limits learned from providers (of ``target`` only, if given), by target and model."""
+    query = sa.select(Capacity).order_by(Capacity.target, Capacity.model)
+    if target is not None:
+        query = query.where(Capacity.target == target)
+    return list(session.scalars(query).all())
+
+
+class JobWaiting(NamedTuple):
+    """A job's batches waiting for capacity: how many, the oldest one's waiting_since, and one
+    reason (the same rule as the view ``job_summary``: the least of them)."""
+
+    batches: int
+    since: dt.datetime
+    reason: str | None
+
+
+def jobs_waiting(session: Session, job_ids: Iterable[int]) -> dict[int, JobWaiting]:
+    """job id → its batches waiting for capacity, for the jobs of ``job_ids`` that have any."""
+    rows = session.execute(
+        sa.text(
+            "SELECT job_id, count(*), min(waiting_since), min(waiting_reason) "
+            f"FROM orchestrator.batches WHERE job_id = ANY(:jobs) AND {WAITING} GROUP BY job_id"
+        ),
+        {"jobs": list(job_ids)},
+    ).all()
+    return {job_id: JobWaiting(int(n), since, reason) for job_id, n, since, reason in rows}
+
+
 # -- the daemon's gauges ----------------------------------------------------------------------
-# Each reads the open work only, through the partial indexes ix_jobs_open and ix_batches_runnable:
-# their cost follows what is pending and running, never the finished history beside it
-# (tests/e2e/test_metrics.py checks the plans).
+# Each reads the open work only, through the partial indexes ix_jobs_open, ix_batches_runnable and
+# ix_batches_capacity: their cost follows what is pending and running, never the finished history
+# beside it (tests/e2e/test_metrics.py checks the plans). The learned limits are a row per target
+# and model.
 
 _OPEN_JOBS = sa.text(
     "SELECT status, count(*) FROM orchestrator.jobs "
@@ -466,6 +545,8 @@ class Gauges(NamedTuple):
     stuck: dict[str, int]  # stuck batches by target
     paused: dict[str, bool]  # by target, every target the database knows
     rate_limited: dict[str, bool]  # blocked_until in the future, and not paused
+    capacity: list[CapacityUsage]  # in flight and waiting, by target and model
+    learned: list[Capacity]  # the limits learned from providers
 
 
 def gauges(session: Session, *, now: dt.datetime, stuck_after: float) -> Gauges:
@@ -495,6 +576,8 @@ def gauges(session: Session, *, now: dt.datetime, stuck_after: float) -> Gauges:
         stuck=stuck,
         paused=paused,
         rate_limited=limited,
+        capacity=capacity_usage(session),
+        learned=learned_capacity(session),
     )
 
 

@@ -283,7 +283,9 @@ def test_status_shows_progress_age_duration_tokens_and_cost_and_says_it_as_json(
     code, out, err = run(capsys, "status", "--json")
     assert (code, err) == (0, "")
     report = json.loads(out)
-    assert set(report) == {"now", "jobs", "open_batches", "targets", "stuck_batches", "daemons"}
+    assert set(report) == {
+        "now", "jobs", "open_batches", "targets", "capacity", "stuck_batches", "daemons",
+    }  # fmt: skip
     assert [j["id"] for j in report["jobs"]] == [pending, finished_job]
     waiting, job = report["jobs"]
     assert job["status"] == "completed" and job["name"] == "reports"

@@ -308,7 +308,7 @@ def test_the_gauges_read_the_open_work_through_the_partial_indexes(db_url: str) 
             if "orchestrator.jobs" in statement or "orchestrator.batches" in statement:
                 rows = conn.execute(f"EXPLAIN {statement}", params).fetchall()  # type: ignore[arg-type]
                 plans[statement] = "\n".join(row[0] for row in rows)
-    assert len(plans) == 3, plans
+    assert len(plans) == 4, plans
     every = "\n".join(plans.values())
     assert "Seq Scan on jobs" not in every and "Seq Scan on batches" not in every, every
     assert "ix_jobs_open" in every and "ix_batches_runnable" in every, every
