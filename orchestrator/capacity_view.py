@@ -16,14 +16,8 @@ from orchestrator.cli import shown
 from orchestrator.config import Settings
 from orchestrator.db import ledger, queries
 from orchestrator.db.models import Capacity
-from orchestrator.domain.capacity_report import (
-    Budget,
-    ModelCapacity,
-    TargetCapacity,
-    budget_in_force,
-    report,
-    why_waiting,
-)
+from orchestrator.domain.capacity import Budget, budget_in_force
+from orchestrator.domain.capacity_report import ModelCapacity, TargetCapacity, report, why_waiting
 from orchestrator.domain.decide import duration
 from orchestrator.errors import UsageError
 

@@ -74,7 +74,7 @@ def validate_and_pack(session: Session, job: Job, target: TargetConfig) -> Valid
             packer = packers[model] = Packer(
                 max_requests=target.max_requests_per_file,
                 max_bytes=target.file_byte_budget,
-                max_tokens=budget,
+                max_tokens=budget.tokens if budget else None,
                 model=model,
             )
         return packer

@@ -166,7 +166,7 @@ def _admission(s: Session, b: Claimed, target: TargetConfig) -> capacity.Admissi
         tokens=b.estimated_tokens,
         requests=b.request_count,
         load=load,
-        budget=budget,
+        budget=budget.tokens if budget else None,
         max_batches=target.max_batches_in_flight,
     )
 

@@ -924,7 +924,7 @@ MUTATIONS: list[Mutation] = [
         name="planner-ignores-learned-limit",
         promise="a learned limit survives a restart: the next job is planned within it",
         path="orchestrator/plan.py",
-        old="                max_tokens=budget,\n",
+        old="                max_tokens=budget.tokens if budget else None,\n",
         new="                max_tokens=None,\n",
         tests=["tests/e2e/test_capacity.py::test_a_learned_limit_survives_a_restart_and_plans_the_next_job"],
     ),
@@ -965,7 +965,7 @@ MUTATIONS: list[Mutation] = [
         name="capacity-shows-configured-budget",
         promise="status, capacity and the budget gauge show the lower of the configured and the "
                 "learned budget, and say which",
-        path="orchestrator/domain/capacity_report.py",
+        path="orchestrator/domain/capacity.py",
         old="    if learned is not None and (configured is None or learned < configured):\n",
         new="    if learned is not None and configured is None:\n",
         tests=["tests/e2e/test_capacity_view.py::"

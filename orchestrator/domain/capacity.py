@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 WAITING = "waiting_for_capacity"
 
@@ -42,10 +42,20 @@ def estimated_tokens(body_bytes: int) -> int:
     return -(-body_bytes // 4)
 
 
-def budget_in_force(configured: int | None, learned: int | None) -> int | None:
-    """The lower of the configured budget and the learned limit (None: neither is known)."""
-    known = [n for n in (configured, learned) if n is not None]
-    return min(known) if known else None
+class Budget(NamedTuple):
+    """The enqueued-token budget in force for a model, and where it comes from."""
+
+    tokens: int
+    source: Literal["configured", "learned"]
+
+
+def budget_in_force(configured: int | None, learned: int | None) -> Budget | None:
+    """The lower of the configured budget and the learned limit (a learned limit lowers a
+    configured budget, never raises it; equal, the configured one is in force); None when
+    neither is known."""
+    if learned is not None and (configured is None or learned < configured):
+        return Budget(learned, "learned")
+    return None if configured is None else Budget(configured, "configured")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,27 +13,14 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from collections.abc import Iterable, Mapping
-from typing import Literal, NamedTuple, Protocol
+from typing import Protocol
+
+from orchestrator.domain.capacity import WAITING, Budget, budget_in_force
 
 # What the configuration's table of budgets calls "any model not named".
 ANY_MODEL = "*"
 # How a waiting batch's reason begins (``batches.waiting_reason``).
-WAITING_PREFIX = "waiting_for_capacity: "
-
-
-class Budget(NamedTuple):
-    """The enqueued-token budget in force for a model, and where it comes from."""
-
-    tokens: int
-    source: Literal["configured", "learned"]
-
-
-def budget_in_force(configured: int | None, learned: int | None) -> Budget | None:
-    """The lower of the two; a learned limit equal to the configured budget changes nothing (it
-    is the configured one that is in force); None when there is neither."""
-    if learned is not None and (configured is None or learned < configured):
-        return Budget(learned, "learned")
-    return None if configured is None else Budget(configured, "configured")
+WAITING_PREFIX = f"{WAITING}: "
 
 
 class TargetLimits(Protocol):

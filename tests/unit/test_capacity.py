@@ -52,14 +52,6 @@ def test_the_estimate_is_bytes_over_four_rounded_up() -> None:
     assert [cap.estimated_tokens(n) for n in (0, 1, 4, 5, 8, 40_001)] == [0, 1, 1, 2, 2, 10_001]
 
 
-def test_the_budget_in_force_is_the_lower_of_configured_and_learned() -> None:
-    assert cap.budget_in_force(None, None) is None
-    assert cap.budget_in_force(5_000, None) == 5_000
-    assert cap.budget_in_force(None, 3_000) == 3_000
-    assert cap.budget_in_force(5_000, 3_000) == 3_000
-    assert cap.budget_in_force(2_000, 3_000) == 2_000
-
-
 def _admit(tokens: int, load: cap.Load, *, budget: int | None = 1_000, requests: int = 10,
            max_batches: int | None = None) -> cap.Admission:  # fmt: skip
     return cap.admit(

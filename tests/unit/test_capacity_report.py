@@ -9,7 +9,8 @@ import pytest
 
 from orchestrator.config import make_target
 from orchestrator.db.queries import CapacityUsage
-from orchestrator.domain.capacity_report import Budget, budget_in_force, report, why_waiting
+from orchestrator.domain.capacity import Budget, budget_in_force
+from orchestrator.domain.capacity_report import report, why_waiting
 
 AT = dt.datetime(2026, 11, 30, 12, tzinfo=dt.UTC)
 
