@@ -137,3 +137,44 @@ def test_without_a_limit_nothing_is_refused(make_api: MakeApi) -> None:
     batches = [api.submit(api.jsonl(lines))["id"] for _ in range(3)]
 
     assert {api.finish(batch_id)["status"] for batch_id in batches} == {"completed"}
+
+
+def test_the_ledger_keeps_each_creates_tokens_and_what_was_enqueued_with_it(
+    make_api: MakeApi,
+) -> None:
+    # Given a budget of 50 tokens more than a first batch
+    first, second, third = lines_for(20, "a"), lines_for(10, "b"), lines_for(2, "c")
+    limit = tokens_of(first) + 50
+    api = make_api(rows_per_second=1, enqueued_token_limit=limit)
+    # When three batches are created while the first runs (the third fits, the second does not)
+    api.submit(api.jsonl(first))
+    api.submit(api.jsonl(second))
+    api.submit(api.jsonl(third))
+    # Then each entry has its own tokens and the model's enqueued total with it, by hand
+    model = "openai/gpt-4o-mini"
+    entries = api.emulator.ledger.batches
+    assert [e.prompt_tokens for e in entries] == [
+        {model: tokens_of(first)},
+        {model: tokens_of(second)},
+        {model: tokens_of(third)},
+    ]
+    assert [e.enqueued_tokens for e in entries] == [
+        {model: tokens_of(first)},
+        {model: tokens_of(first) + tokens_of(second)},  # over the limit: refused
+        {model: tokens_of(first) + tokens_of(third)},  # the refused one holds nothing
+    ]
+    assert [e.problems for e in entries] == [(), ("token_limit_exceeded",), ()]
+    assert tokens_of(third) <= 50 < tokens_of(second)
+
+
+def test_a_refusal_can_name_no_limit(make_api: MakeApi) -> None:
+    big = lines_for(30, "a")
+    api = make_api(
+        rows_per_second=1, enqueued_token_limit=tokens_of(big), token_limit_states_limit=False
+    )
+    api.submit(api.jsonl(big))
+    refused = api.finish(api.submit(api.jsonl(big[:1]))["id"])
+    (error,) = refused["errors"]["data"]
+    assert error["code"] == "token_limit_exceeded"
+    assert MESSAGE.fullmatch(error["message"]) is None
+    assert "Limit:" not in error["message"]

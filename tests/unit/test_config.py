@@ -209,3 +209,20 @@ def test_a_table_that_is_not_a_table_and_an_unreadable_file_are_clear(tmp_path: 
         _settings(tmp_path, "[targets]\nx = 1\n")
     with pytest.raises(ConfigError, match="which cannot be read"):
         Settings.from_env({"ORCHESTRATOR_CONFIG": str(tmp_path)})  # a directory
+
+
+def test_the_readme_capacity_settings_load_as_written(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("### Capacity: budgets, admission and fairness") :]
+    toml = section[section.index("```toml\n") + 8 : section.index("```\n", section.index("```toml"))]
+    target = _settings(tmp_path, toml).targets["openai"]
+    assert target.max_batches_in_flight == 20
+    assert target.capacity_recheck_seconds == 30.0
+    assert target.enqueued_token_budgets == {
+        "gpt-4o-mini": 2_000_000,
+        "gpt-4o": 900_000,
+        "*": 500_000,
+    }
+    # a model not named gets "*"; a named one its own
+    assert target.configured_budget("gpt-4.1") == 500_000
+    assert target.configured_budget("gpt-4o") == 900_000
