@@ -208,3 +208,37 @@ def test_small_jobs_are_admitted_before_a_huge_jobs_remaining_chunks(db_url: str
         "waiting_for_capacity: 1 batch(es) in flight and 0 ahead in line; the target's "
         "max_batches_in_flight is 1"
     )
+
+
+def test_a_job_of_two_models_is_planned_as_one_batch_per_model(db_url: str) -> None:
+    # Given a job whose requests alternate between two models
+    other = "openai/gpt-4o-mini"
+    requests = [
+        {"custom_id": f"r{i:02d}", "body": {**simple_requests(1)[0]["body"], "model": m}}
+        for i, m in enumerate([MODEL, other] * 5)
+    ]
+    with harness(db_url) as h:
+        job = enqueue(db_url, requests)
+        # When it runs
+        assert h.run_job(job) == "completed"
+    # Then each batch holds one model's requests, all of them, and says which model
+    rows = query(
+        db_url,
+        "SELECT b.model, array_agg(bi.custom_id ORDER BY bi.seq), b.estimated_tokens "
+        "FROM orchestrator.batches b JOIN orchestrator.batch_items bi ON bi.batch_id = b.id "
+        "GROUP BY b.id ORDER BY b.id",
+    )
+    assert [(m, ids) for m, ids, _ in rows] == [
+        (MODEL, [f"r{i:02d}" for i in range(0, 10, 2)]),
+        (other, [f"r{i:02d}" for i in range(1, 10, 2)]),
+    ]
+    # (each estimate is its requests' bodies in bytes over 4, rounded up, summed)
+    for model, _, tokens in rows:
+        assert tokens == scalar(
+            db_url,
+            "SELECT sum(ceil(octet_length(body::text) / 4.0)) FROM orchestrator.requests "
+            "WHERE job_id = %s AND body->>'model' = %s",
+            job,
+            model,
+        )
+    assert count(db_url, "results", "succeeded") == 10
