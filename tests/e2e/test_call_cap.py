@@ -1,0 +1,95 @@
+"""The per-minute call cap holds with three daemons running: ``max_calls_per_minute`` bounds the
+calls that all of them together make to the target in each minute, counted in the emulator's
+ledger (the provider's side), and the work still all completes, without a failure of our own.
+
+Three daemons on one database and one emulator, sharing the manual clock (so the emulator's
+``CallEntry.at`` is on the daemons' clock). Six jobs make some 30 calls in their first minute
+without a cap (each an upload, a create, polls and a download); with a cap of 8 they spread over
+four minutes.
+"""
+
+from __future__ import annotations
+
+import collections
+
+from orchestrator.daemon import Daemon
+from orchestrator.deps import make_deps
+from tests.support import (
+    assert_results_match_provider,
+    enqueue,
+    harness,
+    query,
+    settings_for,
+    simple_requests,
+)
+
+CAP = 8
+JOBS = 6
+REQUESTS = 3
+
+
+def test_the_per_minute_call_cap_holds_with_three_daemons_running(db_url: str) -> None:
+    with harness(db_url, settings=settings_for(db_url, max_calls_per_minute=CAP)) as h:
+        others = [make_deps(h.deps.settings, clock=h.clock, seed=n) for n in (2, 3)]
+        daemons = [h.daemon, *(Daemon(d) for d in others)]
+        try:
+            # Given six jobs, enqueued at once at the start of a minute
+            now = h.clock.now()
+            h.clock.advance(60 - now.second - now.microsecond / 1e6)
+            jobs = [
+                enqueue(db_url, simple_requests(REQUESTS, f"j{n}-"), name=f"job{n}")
+                for n in range(JOBS)
+            ]
+            # When the three daemons tick in turn, five virtual seconds apart, until all is done
+            for _ in range(120):  # 10 virtual minutes; it takes 4
+                if all(h.job_status(j) == "completed" for j in jobs):
+                    break
+                for daemon in daemons:
+                    daemon.tick(wait=True)
+                h.clock.advance(5)
+            # Then every job completed with every result
+            assert [h.job_status(j) for j in jobs] == ["completed"] * JOBS
+            assert assert_results_match_provider(db_url, h.emulator) == JOBS * REQUESTS
+            # and no minute had more than CAP calls, by all daemons together, while some minute
+            # had exactly CAP: the cap was what held them back
+            per_minute = collections.Counter(int(c.at // 60) for c in h.emulator.ledger.calls)
+            assert max(per_minute.values()) == CAP, per_minute
+            assert all(c.status != 429 for c in h.emulator.ledger.calls)
+            # (the database counted the very calls the provider saw, in the last minute too)
+            ((minute, counted, reason),) = query(
+                db_url,
+                "SELECT calls_minute, calls_in_minute, reason FROM orchestrator.target_state",
+            )
+            assert counted == per_minute[int(minute.timestamp() // 60)]
+            assert reason == f"call cap: {CAP} calls per minute used up"  # what status shows
+            # and the cap is no failure: no step failed, no job or batch says anything went wrong
+            assert query(
+                db_url,
+                "SELECT count(*) FILTER (WHERE step_failures > 0 OR failing_since IS NOT NULL "
+                "OR last_error IS NOT NULL), count(*) FROM orchestrator.batches",
+            ) == [(0, JOBS)]
+            assert query(
+                db_url, "SELECT count(*) FROM orchestrator.jobs WHERE error IS NOT NULL"
+            ) == [(0,)]
+            # and each block was recorded once (one event per minute the cap was met in), and counted
+            until = [
+                u for (u,) in query(
+                    db_url,
+                    "SELECT detail->>'until' FROM orchestrator.events "
+                    "WHERE kind = 'target_call_cap_reached'",
+                )
+            ]  # fmt: skip
+            assert len(until) >= 2 and len(until) == len(set(until))  # it held minute after minute
+            waits = sum(
+                d.metrics.registry.get_sample_value(
+                    "orchestrator_call_cap_waits_total", {"target": "fastrouter"}
+                )
+                or 0.0
+                for d in (h.deps, *others)
+            )
+            assert waits == len(until)
+        finally:
+            for daemon in daemons[1:]:
+                daemon.close()
+            for d in others:
+                d.close()
