@@ -11,10 +11,16 @@ four minutes.
 from __future__ import annotations
 
 import collections
+import datetime as dt
+
+import structlog
 
 from orchestrator.daemon import Daemon
 from orchestrator.deps import make_deps
+from orchestrator.emulator import EmulatorConfig
 from tests.support import (
+    API_KEY,
+    Harness,
     assert_results_match_provider,
     enqueue,
     harness,
@@ -93,3 +99,62 @@ def test_the_per_minute_call_cap_holds_with_three_daemons_running(db_url: str) -
                 daemon.close()
             for d in others:
                 d.close()
+
+
+def _to_next_minute(h: Harness, *, plus: float = 0.0) -> dt.datetime:
+    """Advance the clock to the start of the next minute (and ``plus`` seconds); its start."""
+    now = h.clock.now()
+    h.clock.advance(60 - now.second - now.microsecond / 1e6 + plus)
+    return h.clock.now().replace(second=0, microsecond=0)
+
+
+def test_a_create_that_meets_the_cap_is_not_sent_and_waits_for_the_next_minute(
+    db_url: str,
+) -> None:
+    config = EmulatorConfig(mode="openai", api_key=API_KEY)
+    settings = settings_for(db_url, preset="openai", target="openai", max_calls_per_minute=1)
+    with (
+        structlog.testing.capture_logs() as lines,
+        harness(db_url, http=False, emulator_config=config, settings=settings) as h,
+    ):
+        # Given a target capped at 1 call a minute, and a job that needs an upload and a create
+        minute = _to_next_minute(h, plus=10)
+        job_id = enqueue(db_url, simple_requests(2), target="openai")
+        # When the daemon plans it and runs its batch: the upload takes the minute's one call
+        h.daemon.tick(wait=True)
+        h.daemon.tick(wait=True)
+        # Then the create was not sent: a definite refusal (no remote batch, no ambiguity to
+        # reconcile), the batch waits for the next minute without a failure, and so does the
+        # target (claims skip it)
+        assert [c.route for c in h.emulator.ledger.calls] == ["upload_file"]
+        assert h.emulator.ledger.batches == []
+        next_minute = minute + dt.timedelta(minutes=1)
+        assert query(
+            db_url,
+            "SELECT state, idempotency_key, next_run_at, step_failures, failing_since, "
+            "last_error FROM orchestrator.batches",
+        ) == [("uploaded", None, next_minute, 0, None, None)]
+        assert query(db_url, "SELECT blocked_until FROM orchestrator.target_state") == [
+            (next_minute,)
+        ]
+        events = [line["event"] for line in lines]
+        assert "batch_create_refused" in events and "batch_create_ambiguous" not in events
+        # and the orphan sweep, run meanwhile, calls nothing and raises nothing (its next round
+        # lists again)
+        assert h.daemon.sweep_orphans(force=True) == []
+        assert len(h.emulator.ledger.calls) == 1
+        assert [line["log_level"] for line in lines if line["event"] == "orphan_sweep_failed"] == [
+            "warning"
+        ]
+        # When the next minute comes, the create goes, and the job completes at a call a minute
+        assert _to_next_minute(h) == next_minute
+        h.daemon.tick(wait=True)
+        assert [c.route for c in h.emulator.ledger.calls][1:] == ["create_batch"]
+        assert h.run_job(job_id, seconds=15) == "completed"
+        per_minute = collections.Counter(int(c.at // 60) for c in h.emulator.ledger.calls)
+        assert set(per_minute.values()) == {1}
+        assert query(db_url, "SELECT max(step_failures), count(*) FROM orchestrator.batches") == [
+            (0, 1)
+        ]
+        assert query(db_url, "SELECT count(*) FROM orchestrator.results WHERE succeeded") == [(2,)]
+        assert not {"step_failed", "step_crashed"} & {line["event"] for line in lines}
