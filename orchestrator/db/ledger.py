@@ -55,7 +55,7 @@ from orchestrator.db.models import (
     TargetState,
     Worker,
 )
-from orchestrator.db.queries import OPEN_STATES, Claimed
+from orchestrator.db.queries import CALL_CAP_REASON, OPEN_STATES, Claimed
 from orchestrator.db.session import raw_connection
 from orchestrator.domain import lines as ln
 from orchestrator.domain.cost import as_stored
@@ -1371,10 +1371,12 @@ def take_call_permit(session: Session, target: str, *, minute: dt.datetime, cap:
 def call_cap_reached(session: Session, target: str, *, until: dt.datetime, cap: int) -> bool:
     """Nobody calls ``target`` before ``until`` (the next minute): its ``cap`` calls of this
     minute are used up. The block is the one a 429 sets (``blocked_until``), so claims skip the
-    target's batches meanwhile and ``status`` shows it throttled; a pause (bad key) stays a
-    pause, with its own reason. True for the one caller that set this block: it records
-    ``target_call_cap_reached`` (once per block, whichever daemon and however many calls met it)."""
-    reason = f"call cap: {cap} calls per minute used up"
+    target's batches meanwhile and ``status`` shows it throttled, with its reason; the
+    rate-limited gauge does not count it (a 429 is the provider's doing, the cap is ours). A
+    pause (bad key) stays a pause, with its own reason. True for the one caller that set this
+    block: it records ``target_call_cap_reached`` (once per block, whichever daemon and however
+    many calls met it)."""
+    reason = f"{CALL_CAP_REASON}{cap} calls per minute used up"
     stmt = pg.insert(TargetState).values(target=target, blocked_until=until, reason=reason)
     upsert = stmt.on_conflict_do_update(
         index_elements=[TargetState.target],

@@ -20,6 +20,10 @@ from orchestrator.domain.states import BATCH_TERMINAL, JOB_TERMINAL, BatchState,
 from orchestrator.errors import LeaseLost
 
 OPEN_STATES = tuple(s.value for s in BatchState if s not in BATCH_TERMINAL)
+# How the reason of a target's block begins while its max_calls_per_minute is used up
+# (``ledger.call_cap_reached``): a wait of our own choosing, not the provider's, which the
+# rate-limited gauge (and the alert on it) leaves out.
+CALL_CAP_REASON = "call cap: "
 # The open batches, spelled as the partial index ``ix_batches_runnable`` spells them, so that a
 # query that says this reads the open batches only, whatever the history beside them.
 OPEN_BATCH = f"state NOT IN ({', '.join(repr(str(s)) for s in sorted(BATCH_TERMINAL))})"
@@ -459,7 +463,7 @@ class Gauges(NamedTuple):
     oldest_open_batch_age: float
     stuck: dict[str, int]  # stuck batches by target
     paused: dict[str, bool]  # by target, every target the database knows
-    rate_limited: dict[str, bool]  # blocked_until in the future, and not paused
+    rate_limited: dict[str, bool]  # blocked_until in the future, not paused, not our call cap
 
 
 def gauges(session: Session, *, now: dt.datetime, stuck_after: float) -> Gauges:
@@ -480,7 +484,9 @@ def gauges(session: Session, *, now: dt.datetime, stuck_after: float) -> Gauges:
     limited: dict[str, bool] = {}
     for t in target_states(session):
         paused[t.target] = bool(t.paused)
-        limited[t.target] = not t.paused and bool(t.blocked_until and t.blocked_until > now)
+        capped = (t.reason or "").startswith(CALL_CAP_REASON)
+        blocked = bool(t.blocked_until and t.blocked_until > now)
+        limited[t.target] = blocked and not t.paused and not capped
     return Gauges(
         jobs=jobs,
         open_batches=batches,

@@ -12,7 +12,7 @@ import structlog
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.clock import UTC
-from orchestrator.db import ledger
+from orchestrator.db import ledger, queries
 from orchestrator.db.session import make_engine, make_sessionmaker, unit_of_work
 from tests.support import query
 
@@ -126,3 +126,20 @@ def test_the_cap_blocks_the_target_until_the_next_minute_once_and_keeps_a_pause(
     assert query(db_url, "SELECT paused, reason FROM orchestrator.target_state") == [
         (True, "key refused")
     ]
+
+
+def test_the_rate_limited_gauge_counts_a_429_and_not_our_own_cap(
+    sessions: sessionmaker[Session],
+) -> None:
+    def limited() -> bool:
+        with unit_of_work(sessions) as s:
+            return queries.gauges(s, now=MINUTE, stuck_after=3600).rate_limited[T]
+
+    # Given the target blocked until 12:01 by its call cap: not rate limited by the provider
+    with unit_of_work(sessions) as s:
+        ledger.call_cap_reached(s, T, until=NEXT, cap=3)
+    assert limited() is False
+    # When the provider answers 429 meanwhile: rate limited
+    with unit_of_work(sessions) as s:
+        ledger.block_target(s, T, until=NEXT, reason="rate limited: slow down", paused=False)
+    assert limited() is True
