@@ -79,8 +79,7 @@ class TargetGate:
         ledger.call_cap_reached(session, self.target, until=next_minute, cap=cap)
         return CallCapReached(
             429,
-            f"target {self.target!r}: its {cap} calls of this minute are used up "
-            "(max_calls_per_minute)",
+            f"target {self.target!r}: max_calls_per_minute = {cap} reached in this minute",
             retry_after=(next_minute - now).total_seconds(),
         )
 

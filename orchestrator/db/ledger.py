@@ -1376,7 +1376,7 @@ def call_cap_reached(session: Session, target: str, *, until: dt.datetime, cap: 
     pause (bad key) stays a pause, with its own reason. True for the one caller that set this
     block: it records ``target_call_cap_reached`` (once per block, whichever daemon and however
     many calls met it)."""
-    reason = f"{CALL_CAP_REASON}{cap} calls per minute used up"
+    reason = f"{CALL_CAP_REASON}max_calls_per_minute = {cap} reached"
     stmt = pg.insert(TargetState).values(target=target, blocked_until=until, reason=reason)
     upsert = stmt.on_conflict_do_update(
         index_elements=[TargetState.target],

@@ -484,9 +484,8 @@ def gauges(session: Session, *, now: dt.datetime, stuck_after: float) -> Gauges:
     limited: dict[str, bool] = {}
     for t in target_states(session):
         paused[t.target] = bool(t.paused)
-        capped = (t.reason or "").startswith(CALL_CAP_REASON)
         blocked = bool(t.blocked_until and t.blocked_until > now)
-        limited[t.target] = blocked and not t.paused and not capped
+        limited[t.target] = blocked and not t.paused and not held_by_call_cap(t)
     return Gauges(
         jobs=jobs,
         open_batches=batches,
@@ -499,6 +498,11 @@ def gauges(session: Session, *, now: dt.datetime, stuck_after: float) -> Gauges:
 
 
 # -- targets and workers ---------------------------------------------------------------------
+
+
+def held_by_call_cap(t: TargetState) -> bool:
+    """Whether the target's block (if any) is its own ``max_calls_per_minute``, not a 429."""
+    return not t.paused and (t.reason or "").startswith(CALL_CAP_REASON)
 
 
 def target_state(session: Session, target: str) -> TargetState | None:

@@ -110,7 +110,7 @@ def test_the_cap_blocks_the_target_until_the_next_minute_once_and_keeps_a_pause(
     # Then the target is blocked until 12:01, and the block was recorded once
     assert (first, again) == (True, False)
     assert query(db_url, "SELECT blocked_until, paused, reason FROM orchestrator.target_state") == [
-        (NEXT, False, "call cap: 3 calls per minute used up")
+        (NEXT, False, "call cap: max_calls_per_minute = 3 reached")
     ]
     assert [e["event"] for e in logs] == ["target_call_cap_reached"]
     assert query(db_url, "SELECT kind, detail FROM orchestrator.events") == [

@@ -12,10 +12,17 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import logging
+from collections.abc import Iterator
 
+import pytest
 import structlog
 
+from orchestrator.cli import main
+from orchestrator.clock import SystemClock
 from orchestrator.daemon import Daemon
+from orchestrator.db import ledger
+from orchestrator.db.session import make_engine, make_sessionmaker, unit_of_work
 from orchestrator.deps import make_deps
 from orchestrator.emulator import EmulatorConfig
 from tests.support import (
@@ -70,7 +77,7 @@ def test_the_per_minute_call_cap_holds_with_three_daemons_running(db_url: str) -
                 "SELECT calls_minute, calls_in_minute, reason FROM orchestrator.target_state",
             )
             assert counted == per_minute[int(minute.timestamp() // 60)]
-            assert reason == f"call cap: {CAP} calls per minute used up"  # what status shows
+            assert reason == f"call cap: max_calls_per_minute = {CAP} reached"  # what status shows
             # and the cap is no failure: no step failed, no job or batch says anything went wrong
             assert query(
                 db_url,
@@ -144,6 +151,11 @@ def test_a_create_that_meets_the_cap_is_not_sent_and_waits_for_the_next_minute(
         assert query(db_url, "SELECT blocked_until FROM orchestrator.target_state") == [
             (next_minute,)
         ]
+        ok, health = h.daemon.health()  # listed, with its reason, and nothing is degraded
+        assert ok and health["status"] == "ok"
+        assert [(t["target"], t["reason"]) for t in health["targets"]] == [
+            ("openai", "call cap: max_calls_per_minute = 1 reached")
+        ]
         events = [line["event"] for line in lines]
         assert "batch_create_refused" in events and "batch_create_ambiguous" not in events
         # and the orphan sweep, run meanwhile, calls nothing and raises nothing (its next round
@@ -165,3 +177,32 @@ def test_a_create_that_meets_the_cap_is_not_sent_and_waits_for_the_next_minute(
         ]
         assert query(db_url, "SELECT count(*) FROM orchestrator.results WHERE succeeded") == [(2,)]
         assert not {"step_failed", "step_crashed"} & {line["event"] for line in lines}
+
+
+@pytest.fixture
+def cli(db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    monkeypatch.setenv("ORCHESTRATOR_DATABASE_URL", db_url)
+    yield db_url
+    logging.getLogger().handlers.clear()
+    structlog.reset_defaults()
+
+
+def test_status_shows_a_capped_target_throttled_until_when_and_why(
+    cli: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a target whose calls of a minute are used up (on the real clock, as status reads it;
+    # the minute after next, so that the test cannot cross its end)
+    until = SystemClock().now().replace(second=0, microsecond=0) + dt.timedelta(minutes=2)
+    engine = make_engine(cli)
+    try:
+        with unit_of_work(make_sessionmaker(engine)) as s:
+            ledger.call_cap_reached(s, "fastrouter", until=until, cap=60)
+    finally:
+        engine.dispose()
+    # When the user asks for the status, then it says so, and until when
+    assert main(["status"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        f"target fastrouter: throttled until {until:%H:%M:%S} "
+        "(call cap: max_calls_per_minute = 60 reached)"
+    ) in out
