@@ -575,9 +575,13 @@ def check_type(value: Any, hint: Any) -> Any:
     return float(value) if hint is float else value
 
 
+# Settings where 0 makes no sense (no worker; a cap that lets nothing through: leave it unset).
+AT_LEAST_ONE = ("workers", "max_batches_in_flight", "max_calls_per_minute")
+
+
 def _in_range(value: Any, where: str, key: str, fix: str) -> None:
-    """No setting is a negative number, and there is at least one worker."""
-    least = 1 if key == "workers" else 0
+    """No setting is a negative number; those of AT_LEAST_ONE are at least 1."""
+    least = 1 if key in AT_LEAST_ONE else 0
     if isinstance(value, int | float) and not isinstance(value, bool) and value < least:
         name = "" if where.startswith("ORCHESTRATOR_") else f" {key}"
         raise ConfigError(f"{where}{name} must be at least {least}, not {value}; fix {fix}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import random
 import tempfile
 import threading
@@ -14,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.api.client import BatchApiClient, make_http_client
-from orchestrator.api.errors import TargetBlocked
+from orchestrator.api.errors import CallCapReached, TargetBlocked
 from orchestrator.clock import Clock, SystemClock
 from orchestrator.config import Settings, TargetConfig
 from orchestrator.db import ledger, queries
@@ -25,31 +26,62 @@ from orchestrator.observability import Metrics
 
 
 class TargetGate:
-    """Asks the database, before every call, whether anyone has been told to wait for this target.
+    """Asks the database, before every call, whether anyone has been told to wait for this target,
+    and takes one of its calls of the minute where it has a ``max_calls_per_minute``.
 
     A 429 seen by one worker of one daemon is written to ``target_state``; every other worker of
     every daemon reads it here and does not call before the deadline. When a call works while the
     target is marked paused (bad key), the pause is lifted for everyone.
+
+    The call cap is counted in the database, in the same short transaction as that read (one
+    round trip more, and only for a capped target, whose calls are few by definition; an uncapped
+    target costs what it did). Minutes are those of the daemon's clock (``hh:mm:00`` to
+    ``hh:mm:59``). When the minute's calls are used up, nothing is sent: the target is blocked
+    until the next minute like after a 429, so no daemon claims its batches meanwhile, and
+    :class:`CallCapReached` tells the caller to come back then. Counting before sending is
+    conservative: a call that then fails (a timeout, a refused connection) was counted all the
+    same, as the provider may have counted it too.
     """
 
-    def __init__(self, target: str, sessions: sessionmaker[Session], clock: Clock) -> None:
-        self.target = target
+    def __init__(self, target: TargetConfig, sessions: sessionmaker[Session], clock: Clock) -> None:
+        self.target = target.name
+        self._cap = target.max_calls_per_minute
         self._sessions = sessions
         self._clock = clock
         self._local = threading.local()
 
     def before_request(self) -> None:
         now = self._clock.now()
+        refusal: TargetBlocked | None = None
         with unit_of_work(self._sessions) as session:
             row = queries.target_state(session, self.target)
-        self._local.paused = bool(row and row.paused)
-        if row and row.blocked_until and row.blocked_until > now:
-            wait = (row.blocked_until - now).total_seconds()
-            raise TargetBlocked(
-                429,
-                f"target {self.target!r} asked us to wait {wait:.0f}s more",
-                retry_after=wait,
-            )
+            self._local.paused = bool(row and row.paused)
+            if row and row.blocked_until and row.blocked_until > now:
+                wait = (row.blocked_until - now).total_seconds()
+                refusal = TargetBlocked(
+                    429,
+                    f"target {self.target!r} asked us to wait {wait:.0f}s more",
+                    retry_after=wait,
+                )
+            elif self._cap is not None:
+                refusal = self._take_permit(session, now, self._cap)
+        # raised once the transaction has committed: a block it wrote holds for everyone
+        if refusal is not None:
+            raise refusal
+
+    def _take_permit(self, session: Session, now: dt.datetime, cap: int) -> CallCapReached | None:
+        """One of this minute's calls, or the refusal to raise (the target then blocked until
+        the next minute)."""
+        minute = now.replace(second=0, microsecond=0)
+        if ledger.take_call_permit(session, self.target, minute=minute, cap=cap) is not None:
+            return None
+        next_minute = minute + dt.timedelta(minutes=1)
+        ledger.call_cap_reached(session, self.target, until=next_minute, cap=cap)
+        return CallCapReached(
+            429,
+            f"target {self.target!r}: max_calls_per_minute = {cap} reached in this minute",
+            retry_after=(next_minute - now).total_seconds(),
+        )
 
     def after_success(self) -> None:
         if not getattr(self._local, "paused", False):
@@ -92,7 +124,7 @@ class ApiClients:
     def _make(self, target: TargetConfig) -> BatchApiClient:
         http = make_http_client(target, transport=self._transport)
         self._http.append(http)
-        gate = TargetGate(target.name, self._sessions, self._clock)
+        gate = TargetGate(target, self._sessions, self._clock)
         return BatchApiClient(
             http,
             target=target.name,

@@ -410,6 +410,13 @@ class Metrics:
             ["target"],
             registry=r,
         )
+        self.call_cap_waits = Counter(
+            "orchestrator_call_cap_waits_total",
+            "Times the target's max_calls_per_minute was used up and its calls waited for the "
+            "next minute (counted by the daemon that found it so)",
+            ["target"],
+            registry=r,
+        )
         self.last_tick = Gauge(
             "orchestrator_last_tick_timestamp_seconds",
             "Unix time of the last successful tick",
@@ -434,6 +441,7 @@ class Metrics:
         for target in self._targets:
             self.ambiguous_creates.labels(target)
             self.orphans_cancelled.labels(target)
+            self.call_cap_waits.labels(target)
             for status in FINISHED_JOB_STATUSES:
                 self.jobs_finished.labels(target, status)
         for status in OPEN_JOB_STATUSES:
@@ -457,6 +465,8 @@ class Metrics:
         status = kind.removeprefix("job_")
         if status in FINISHED_JOB_STATUSES and fields.get("target"):
             self.jobs_finished.labels(fields["target"], status).inc()
+        elif kind == "target_call_cap_reached":
+            self.call_cap_waits.labels(fields["target"]).inc()
 
     def observe_ingest(
         self, target: str, cost: Decimal | None, models: Sequence[ModelUsage]

@@ -991,6 +991,40 @@ MUTATIONS: list[Mutation] = [
         tests=["tests/e2e/test_capacity_view.py::"
                "test_status_shows_the_budget_in_force_what_is_in_flight_and_what_waits"],
     ),
+    Mutation(
+        name="call-cap-ignored",
+        promise="at most max_calls_per_minute calls to a target in each minute, by all daemons",
+        path="orchestrator/db/ledger.py",
+        old="        OR t.calls_in_minute < :cap\n",
+        new="        OR TRUE\n",
+        tests=["tests/db/test_call_permit.py::"
+               "test_a_cap_of_three_grants_three_calls_a_minute_then_starts_again",
+               "tests/e2e/test_call_cap.py::"
+               "test_the_per_minute_call_cap_holds_with_three_daemons_running"],
+    ),
+    Mutation(
+        name="call-cap-minute-never-rolls-over",
+        promise="the call cap counts each minute afresh: a capped target is called again the "
+                "next minute",
+        path="orchestrator/db/ledger.py",
+        old="     WHERE t.calls_minute IS NULL OR t.calls_minute < EXCLUDED.calls_minute\n",
+        new="     WHERE t.calls_minute IS NULL\n",
+        tests=["tests/db/test_call_permit.py::"
+               "test_a_cap_of_three_grants_three_calls_a_minute_then_starts_again",
+               "tests/e2e/test_call_cap.py::"
+               "test_a_create_that_meets_the_cap_is_not_sent_and_waits_for_the_next_minute"],
+    ),
+    Mutation(
+        name="call-cap-counts-as-failure",
+        promise="a call held back by our own cap is a wait, not a step failure",
+        path="orchestrator/api/errors.py",
+        old="class CallCapReached(TargetBlocked):\n",
+        new="class CallCapReached(ApiRateLimited):\n",
+        tests=["tests/e2e/test_call_cap.py::"
+               "test_the_per_minute_call_cap_holds_with_three_daemons_running",
+               "tests/e2e/test_call_cap.py::"
+               "test_a_create_that_meets_the_cap_is_not_sent_and_waits_for_the_next_minute"],
+    ),
 ]
 # fmt: on
 

@@ -19,6 +19,7 @@
         ├── ApiPayloadTooLarge        TOO_LARGE           no    413
         ├── ApiRateLimited            RATE_LIMITED        yes   429, with ``retry_after`` seconds
         │   └── TargetBlocked         RATE_LIMITED        yes   not sent: the target is throttled
+        │       └── CallCapReached    RATE_LIMITED        yes   not sent: max_calls_per_minute used up
         ├── ApiServerError            TRANSIENT           yes   5xx, 408, 409
         └── ApiClientError            INVALID             no    any other 4xx
 
@@ -157,6 +158,16 @@ class ApiRateLimited(ApiStatusError):
 
 class TargetBlocked(ApiRateLimited):
     """The call was not sent: this target asked every daemon to wait (a 429 seen by anyone)."""
+
+
+class CallCapReached(TargetBlocked):
+    """The call was not sent: the target's ``max_calls_per_minute`` calls of this minute are used
+    up, by all daemons together; ``retry_after`` is the time to the next minute.
+
+    A TargetBlocked, so every caller treats it as one: the runner puts the batch back until then
+    without counting a failure (our own cap is not the step failing), a create that meets it was
+    not sent (a definite refusal, not an ambiguous create), and the sweeps try again next round.
+    Its status code is 429 for the callers that branch on it; the provider sent nothing."""
 
 
 class ApiServerError(ApiStatusError):

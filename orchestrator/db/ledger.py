@@ -57,7 +57,7 @@ from orchestrator.db.models import (
     TargetState,
     Worker,
 )
-from orchestrator.db.queries import OPEN_STATES, Claimed
+from orchestrator.db.queries import CALL_CAP_REASON, OPEN_STATES, Claimed
 from orchestrator.db.session import raw_connection
 from orchestrator.domain import lines as ln
 from orchestrator.domain.cost import as_stored
@@ -1489,6 +1489,64 @@ def forget_capacity(session: Session, *, target: str, model: str) -> Capacity | 
             message=forgotten.message,
         )
     return forgotten
+
+
+# The per-minute call cap (``max_calls_per_minute``): the target's row counts the calls of one
+# minute, ``calls_minute`` (its start, on the daemons' clocks), for every daemon together. A
+# minute later than the one counted starts again at 1; a minute earlier (a daemon whose clock is
+# behind) counts toward the later one, so a lagging clock cannot reset the count and let a
+# second ``cap`` calls through in the same minute. Cap 0: no permit at all (no row is made).
+_CALL_PERMIT = sa.text(
+    """
+    INSERT INTO orchestrator.target_state AS t (target, calls_minute, calls_in_minute)
+    SELECT CAST(:target AS text), CAST(:minute AS timestamptz), 1 WHERE :cap >= 1
+    ON CONFLICT (target) DO UPDATE
+       SET calls_minute = GREATEST(t.calls_minute, EXCLUDED.calls_minute),
+           calls_in_minute = CASE WHEN t.calls_minute >= EXCLUDED.calls_minute
+                                  THEN t.calls_in_minute + 1 ELSE 1 END
+     WHERE t.calls_minute IS NULL OR t.calls_minute < EXCLUDED.calls_minute
+        OR t.calls_in_minute < :cap
+    RETURNING t.calls_in_minute
+    """
+)
+
+
+def take_call_permit(session: Session, target: str, *, minute: dt.datetime, cap: int) -> int | None:
+    """One call to ``target`` in the minute that starts at ``minute``, if fewer than ``cap`` were
+    made in it: the call's number in its minute (1 to ``cap``), or None when none is left.
+
+    One statement: the upsert locks the target's row until the caller's (short) transaction
+    ends, so daemons taking permits at the same moment queue on it and none sees a stale count."""
+    row = session.execute(_CALL_PERMIT, {"target": target, "minute": minute, "cap": cap})
+    return row.scalar_one_or_none()
+
+
+def call_cap_reached(session: Session, target: str, *, until: dt.datetime, cap: int) -> bool:
+    """Nobody calls ``target`` before ``until`` (the next minute): its ``cap`` calls of this
+    minute are used up. The block is the one a 429 sets (``blocked_until``), so claims skip the
+    target's batches meanwhile and ``status`` shows it throttled, with its reason; the
+    rate-limited gauge does not count it (a 429 is the provider's doing, the cap is ours). A
+    pause (bad key) stays a pause, with its own reason. True for the one caller that set this
+    block: it records ``target_call_cap_reached`` (once per block, whichever daemon and however
+    many calls met it)."""
+    reason = f"{CALL_CAP_REASON}max_calls_per_minute = {cap} reached"
+    stmt = pg.insert(TargetState).values(target=target, blocked_until=until, reason=reason)
+    upsert = stmt.on_conflict_do_update(
+        index_elements=[TargetState.target],
+        set_={
+            "blocked_until": stmt.excluded.blocked_until,
+            "reason": sa.case((TargetState.paused, TargetState.reason), else_=stmt.excluded.reason),
+            "updated_at": sa.func.now(),
+        },
+        where=sa.or_(TargetState.blocked_until.is_(None), TargetState.blocked_until < until),
+    ).returning(TargetState.target)
+    blocked = session.execute(upsert).scalar_one_or_none() is not None
+    if blocked:
+        record(
+            session, "target_call_cap_reached", target=target, max_calls_per_minute=cap,
+            until=until.isoformat(),
+        )  # fmt: skip
+    return blocked
 
 
 # -- workers ----------------------------------------------------------------------------------

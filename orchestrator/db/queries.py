@@ -20,6 +20,10 @@ from orchestrator.domain.states import BATCH_TERMINAL, JOB_TERMINAL, BatchState,
 from orchestrator.errors import LeaseLost
 
 OPEN_STATES = tuple(s.value for s in BatchState if s not in BATCH_TERMINAL)
+# How the reason of a target's block begins while its max_calls_per_minute is used up
+# (``ledger.call_cap_reached``): a wait of our own choosing, not the provider's, which the
+# rate-limited gauge (and the alert on it) leaves out.
+CALL_CAP_REASON = "call cap: "
 # The open batches, spelled as the partial index ``ix_batches_runnable`` spells them, so that a
 # query that says this reads the open batches only, whatever the history beside them.
 OPEN_BATCH = f"state NOT IN ({', '.join(repr(str(s)) for s in sorted(BATCH_TERMINAL))})"
@@ -544,7 +548,7 @@ class Gauges(NamedTuple):
     oldest_open_batch_age: float
     stuck: dict[str, int]  # stuck batches by target
     paused: dict[str, bool]  # by target, every target the database knows
-    rate_limited: dict[str, bool]  # blocked_until in the future, and not paused
+    rate_limited: dict[str, bool]  # blocked_until in the future, not paused, not our call cap
     capacity: list[CapacityUsage]  # in flight and waiting, by target and model
     learned: list[Capacity]  # the limits learned from providers
 
@@ -567,7 +571,8 @@ def gauges(session: Session, *, now: dt.datetime, stuck_after: float) -> Gauges:
     limited: dict[str, bool] = {}
     for t in target_states(session):
         paused[t.target] = bool(t.paused)
-        limited[t.target] = not t.paused and bool(t.blocked_until and t.blocked_until > now)
+        blocked = bool(t.blocked_until and t.blocked_until > now)
+        limited[t.target] = blocked and not t.paused and not held_by_call_cap(t)
     return Gauges(
         jobs=jobs,
         open_batches=batches,
@@ -582,6 +587,11 @@ def gauges(session: Session, *, now: dt.datetime, stuck_after: float) -> Gauges:
 
 
 # -- targets and workers ---------------------------------------------------------------------
+
+
+def held_by_call_cap(t: TargetState) -> bool:
+    """Whether the target's block (if any) is its own ``max_calls_per_minute``, not a 429."""
+    return not t.paused and (t.reason or "").startswith(CALL_CAP_REASON)
 
 
 def target_state(session: Session, target: str) -> TargetState | None:

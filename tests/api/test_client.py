@@ -278,3 +278,56 @@ def test_a_redirect_loop_is_an_error_that_pauses_the_target_and_names_the_base_u
     emulator.faults.add(route, Redirect(), times=1)
     calls[route]()
     assert emulator.faults.rules() == []
+
+
+def _every_route(client: BatchApiClient, path: Path) -> list[str]:
+    """One call of each route the client has (what the provider answers does not matter here:
+    fastrouter mode refuses the openai-only routes). Returns the routes that raised."""
+    raised = []
+
+    def lines() -> list[bytes]:
+        with client.open_lines("file-x") as it:
+            return list(it)
+
+    calls = [
+        ("upload", lambda: client.upload_file(path, filename="in.jsonl")),
+        ("create", lambda: client.create_batch(input_file_id="file-x", endpoint="/v1/x")),
+        ("get", lambda: client.get_batch("fr_batch-x")),
+        ("list", lambda: client.list_batches(limit=1)),
+        ("cancel", lambda: client.cancel_batch("fr_batch-x")),
+        ("content", lambda: client.download_file("file-x", io.BytesIO())),
+        ("lines", lines),
+        ("delete", lambda: client.delete_file("file-x")),
+    ]
+    for name, call in calls:
+        try:
+            call()
+        except e.ApiError:
+            raised.append(name)
+    return raised
+
+
+def test_the_hook_runs_once_before_every_call_of_every_route(env) -> None:  # type: ignore[no-untyped-def]
+    emulator, client, _, path = env
+    seen: list[int] = []  # the calls the emulator had answered when the hook ran
+
+    hooked = BatchApiClient(
+        client._http, before_request=lambda: seen.append(len(emulator.ledger.calls))
+    )
+    _every_route(hooked, path)
+    assert seen == list(range(8))  # before each call, never after one, once per call
+    assert len(emulator.ledger.calls) == 8
+
+
+def test_a_capped_call_is_sent_on_no_route(env) -> None:  # type: ignore[no-untyped-def]
+    emulator, client, _, path = env
+
+    def capped() -> None:
+        raise e.CallCapReached(429, "used up", retry_after=12.5)
+
+    refused = _every_route(BatchApiClient(client._http, before_request=capped), path)
+    assert refused == ["upload", "create", "get", "list", "cancel", "content", "lines", "delete"]
+    assert emulator.ledger.calls == []
+    cap = e.CallCapReached(429, "used up", retry_after=12.5)
+    assert (cap.kind, cap.retryable, cap.retry_after) == (ErrorKind.RATE_LIMITED, True, 12.5)
+    assert isinstance(cap, e.TargetBlocked)  # the runner's path for a call not sent

@@ -228,3 +228,12 @@ def test_the_readme_capacity_settings_load_as_written(tmp_path: Path) -> None:
     # a model not named gets "*"; a named one its own
     assert target.configured_budget("gpt-4.1") == 500_000
     assert target.configured_budget("gpt-4o") == 900_000
+
+
+@pytest.mark.parametrize("key", ["max_calls_per_minute", "max_batches_in_flight"])
+def test_a_cap_of_zero_is_refused_since_it_would_stop_the_target(tmp_path: Path, key: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        _settings(tmp_path, f"[targets.openai]\n{key} = 0\n")
+    assert f"[targets.openai] {key} must be at least 1, not 0; fix it in that file" in str(
+        caught.value
+    )
