@@ -214,10 +214,9 @@ def test_a_table_that_is_not_a_table_and_an_unreadable_file_are_clear(tmp_path: 
 def test_the_readme_capacity_settings_load_as_written(tmp_path: Path) -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     section = readme[readme.index("### Capacity: budgets, admission and fairness") :]
-    toml = section[
-        section.index("```toml\n") + 8 : section.index("```\n", section.index("```toml"))
-    ]
-    target = _settings(tmp_path, toml).targets["openai"]
+    calls, budgets = [b.split("```")[0] for b in section.split("```toml\n")[1:3]]
+    assert _settings(tmp_path, calls).targets["fastrouter"].max_calls_per_minute == 60
+    target = _settings(tmp_path, budgets).targets["openai"]
     assert target.max_batches_in_flight == 20
     assert target.capacity_recheck_seconds == 30.0
     assert target.enqueued_token_budgets == {
