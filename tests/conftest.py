@@ -8,12 +8,14 @@ milliseconds), so tests never see each other's rows and may run daemons in subpr
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Iterator
 
 import psycopg
 import pytest
+import structlog
 
 from orchestrator.db.migrate import upgrade
 from orchestrator.db.session import libpq_url, with_database
@@ -83,3 +85,13 @@ def empty_db_url(pg_server: str) -> Iterator[str]:
     yield with_database(pg_server, name)
     with psycopg.connect(pg_server, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def cli(db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """For tests that run ``orchestrator.cli.main`` in this process: the database in the
+    environment, and the logging it set up undone afterwards. Yields the database URL."""
+    monkeypatch.setenv("ORCHESTRATOR_DATABASE_URL", db_url)
+    yield db_url
+    logging.getLogger().handlers.clear()
+    structlog.reset_defaults()

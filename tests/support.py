@@ -459,3 +459,31 @@ def fresh_databases(pg_server: str, template: str) -> Iterator[Callable[[], str]
         with psycopg.connect(pg_server, autocommit=True) as conn:
             for name in made:
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def recorded_session(db_url: str) -> Iterator[tuple[Any, list[tuple[str, Any]]]]:
+    """A session on ``db_url`` in one transaction, and the statements it runs (text and
+    parameters, for EXPLAIN), kept as they run."""
+    import sqlalchemy as sa
+
+    from orchestrator.db.session import make_engine, make_sessionmaker, unit_of_work
+
+    engine = make_engine(db_url)
+    statements: list[tuple[str, Any]] = []
+
+    @sa.event.listens_for(engine, "before_cursor_execute")
+    def keep(conn: object, cursor: object, statement: str, params: Any, *_: object) -> None:
+        statements.append((statement, params))
+
+    try:
+        with unit_of_work(make_sessionmaker(engine)) as session:
+            yield session, statements
+    finally:
+        engine.dispose()
+
+
+def plan_of(db_url: str, statement: str, params: Any) -> str:
+    """EXPLAIN of a statement kept by :func:`recorded_session`."""
+    with psycopg.connect(db_url) as conn:
+        return "\n".join(r[0] for r in conn.execute(f"EXPLAIN {statement}", params).fetchall())

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
-import logging
-from collections.abc import Iterator
 
 import pytest
 import structlog
@@ -177,14 +175,6 @@ def test_a_create_that_meets_the_cap_is_not_sent_and_waits_for_the_next_minute(
         ]
         assert query(db_url, "SELECT count(*) FROM orchestrator.results WHERE succeeded") == [(2,)]
         assert not {"step_failed", "step_crashed"} & {line["event"] for line in lines}
-
-
-@pytest.fixture
-def cli(db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    monkeypatch.setenv("ORCHESTRATOR_DATABASE_URL", db_url)
-    yield db_url
-    logging.getLogger().handlers.clear()
-    structlog.reset_defaults()
 
 
 def test_status_shows_a_capped_target_throttled_until_when_and_why(

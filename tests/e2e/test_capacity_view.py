@@ -28,15 +28,24 @@ from typing import Any
 
 import psycopg
 import pytest
-import sqlalchemy as sa
 import structlog
 from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator.cli import main
 from orchestrator.db import queries
-from orchestrator.db.session import make_engine, make_sessionmaker, unit_of_work
 from orchestrator.emulator import EmulatorConfig
-from tests.support import API_KEY, Harness, count, enqueue, harness, query, scalar, settings_for
+from tests.support import (
+    API_KEY,
+    Harness,
+    count,
+    enqueue,
+    harness,
+    plan_of,
+    query,
+    recorded_session,
+    scalar,
+    settings_for,
+)
 from tests.support import simple_requests as requests
 
 NANO = "openai/gpt-4.1-nano"
@@ -57,14 +66,12 @@ max_batches_in_flight = 4
 
 
 @pytest.fixture
-def cli(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def cli(cli: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The shared ``cli`` fixture, with this module's settings file."""
     config = tmp_path / "orchestrator.toml"
     config.write_text(TOML)
-    monkeypatch.setenv("ORCHESTRATOR_DATABASE_URL", db_url)
     monkeypatch.setenv("ORCHESTRATOR_CONFIG", str(config))
-    yield
-    logging.getLogger().handlers.clear()
-    structlog.reset_defaults()
+    return cli
 
 
 @pytest.fixture
@@ -532,18 +539,8 @@ def test_what_is_in_flight_and_waiting_is_read_through_ix_batches_capacity(db_ur
         )
         conn.execute("ANALYZE orchestrator.batches")
     # When the capacity gauges' query runs (every statement kept)
-    engine = make_engine(db_url)
-    statements: list[tuple[str, object]] = []
-
-    @sa.event.listens_for(engine, "before_cursor_execute")
-    def keep(conn: object, cursor: object, statement: str, params: object, *_: object) -> None:
-        statements.append((statement, params))
-
-    try:
-        with unit_of_work(make_sessionmaker(engine)) as s:
-            usage = queries.capacity_usage(s)
-    finally:
-        engine.dispose()
+    with recorded_session(db_url) as (s, statements):
+        usage = queries.capacity_usage(s)
     # Then its figures are right
     assert usage == [
         queries.CapacityUsage(
@@ -558,6 +555,5 @@ def test_what_is_in_flight_and_waiting_is_read_through_ix_batches_capacity(db_ur
     ]
     # and it reads the batches in flight and waiting through their partial index
     ((statement, params),) = statements
-    with psycopg.connect(db_url) as conn:
-        plan = "\n".join(r[0] for r in conn.execute(f"EXPLAIN {statement}", params).fetchall())  # type: ignore[arg-type]
+    plan = plan_of(db_url, statement, params)
     assert "ix_batches_capacity" in plan and "Seq Scan" not in plan, plan

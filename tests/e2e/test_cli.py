@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,14 +11,6 @@ import structlog
 
 from orchestrator.cli import main
 from tests.support import harness, query, scalar
-
-
-@pytest.fixture
-def cli(db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("ORCHESTRATOR_DATABASE_URL", db_url)
-    yield
-    logging.getLogger().handlers.clear()
-    structlog.reset_defaults()
 
 
 def test_enqueue_a_jsonl_file_run_it_and_print_the_results(

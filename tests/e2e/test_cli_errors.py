@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import socket
 import subprocess
@@ -21,7 +20,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import structlog
 
 from orchestrator.cli import main
 from orchestrator.db.schema import HEAD
@@ -256,14 +254,6 @@ def _toml_files(tmp_path: Path) -> dict[str, Path]:
 
 
 # -- status and cancel ----------------------------------------------------------------------
-
-
-@pytest.fixture
-def cli(db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    monkeypatch.setenv("ORCHESTRATOR_DATABASE_URL", db_url)
-    yield db_url
-    logging.getLogger().handlers.clear()
-    structlog.reset_defaults()
 
 
 def test_status_lists_only_the_daemons_seen_within_the_lease_time(

@@ -7,17 +7,14 @@ import csv
 import datetime as dt
 import io
 import json
-import logging
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 
 from orchestrator.cli import main
 from orchestrator.db import queries
@@ -47,14 +44,6 @@ COLUMNS = [
 MODEL = "openai/gpt-4.1-nano"
 # USD per million tokens, in and out: the price the results are costed at.
 PRICE_IN, PRICE_OUT = Decimal("0.1"), Decimal("0.4")
-
-
-@pytest.fixture
-def cli(db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("ORCHESTRATOR_DATABASE_URL", db_url)
-    yield
-    logging.getLogger().handlers.clear()
-    structlog.reset_defaults()
 
 
 @pytest.fixture

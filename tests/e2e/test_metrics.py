@@ -24,13 +24,11 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
-import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator import __version__
 from orchestrator.clock import ScaledClock
 from orchestrator.db import ledger, queries
-from orchestrator.db.session import make_engine, make_sessionmaker, unit_of_work
 from orchestrator.emulator import Emulator, EmulatorConfig, EmulatorServer
 from orchestrator.emulator.pricing import batch_cost
 from orchestrator.observability import cost_by_model
@@ -41,7 +39,9 @@ from tests.support import (
     count,
     enqueue,
     harness,
+    plan_of,
     query,
+    recorded_session,
     scalar,
     simple_requests,
     wait_for,
@@ -285,29 +285,17 @@ def test_the_gauges_read_the_open_work_through_the_partial_indexes(db_url: str) 
         conn.execute("ANALYZE orchestrator.jobs")
         conn.execute("ANALYZE orchestrator.batches")
     # When the daemon's gauges are read (every statement they run is kept)
-    engine = make_engine(db_url)
-    statements: list[tuple[str, object]] = []
-
-    @sa.event.listens_for(engine, "before_cursor_execute")
-    def keep(conn: object, cursor: object, statement: str, params: object, *_: object) -> None:
-        statements.append((statement, params))
-
-    try:
-        with unit_of_work(make_sessionmaker(engine)) as s:
-            now = dt.datetime.now(dt.UTC)
-            gauges = queries.gauges(s, now=now, stuck_after=3600)
-    finally:
-        engine.dispose()
+    with recorded_session(db_url) as (s, statements):
+        gauges = queries.gauges(s, now=dt.datetime.now(dt.UTC), stuck_after=3600)
     # Then they are right
     assert gauges.jobs == {"pending": 1, "running": 1}
     assert gauges.open_batches == {"submitted": 1}
     # and every statement on jobs or batches reads them through a partial index of open rows
-    plans = {}
-    with psycopg.connect(db_url) as conn:
-        for statement, params in statements:
-            if "orchestrator.jobs" in statement or "orchestrator.batches" in statement:
-                rows = conn.execute(f"EXPLAIN {statement}", params).fetchall()  # type: ignore[arg-type]
-                plans[statement] = "\n".join(row[0] for row in rows)
+    plans = {
+        statement: plan_of(db_url, statement, params)
+        for statement, params in statements
+        if "orchestrator.jobs" in statement or "orchestrator.batches" in statement
+    }
     assert len(plans) == 4, plans
     every = "\n".join(plans.values())
     assert "Seq Scan on jobs" not in every and "Seq Scan on batches" not in every, every

@@ -14,7 +14,6 @@ import dataclasses
 import io
 import math
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -44,16 +43,6 @@ pytestmark = pytest.mark.e2e
 
 OLD_EVENTS = 20_000
 BATCH = 500
-
-
-@pytest.fixture
-def cli(db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("ORCHESTRATOR_DATABASE_URL", db_url)
-    yield
-    import logging
-
-    logging.getLogger().handlers.clear()
-    structlog.reset_defaults()
 
 
 def _log_statements(db_url: str, *tables: str) -> None:
