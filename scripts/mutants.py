@@ -222,9 +222,9 @@ MUTATIONS: list[Mutation] = [
         path="orchestrator/steps.py",
         # The intent is written only once the create has answered, in the adopting transaction:
         # the happy path still works, but an answer that never comes leaves no trace of the key.
-        old="        # The intent, committed before anything is sent.\n"
-            "        ledger.begin_create(s, b, key=key, at=now)\n",
-        new="        pass\n",
+        old="                # The intent, committed before anything is sent.\n"
+            "                ledger.begin_create(s, b, key=key, at=now)\n",
+        new="                pass\n",
         also=[(
             "        with unit_of_work(deps.sessions) as s:\n"
             "            ledger.mark_submitted(\n",
@@ -736,7 +736,7 @@ MUTATIONS: list[Mutation] = [
         promise="a gauge's label set that no longer applies reads 0 on the next refresh "
                 "(a target gone from target_state is no longer rate limited)",
         path="orchestrator/observability.py",
-        old="        for label in shown - set(values):\n            gauge.labels(label).set(0)\n",
+        old="        for label in shown - set(values):\n            _labelled(gauge, label).set(0)\n",
         new="",
         tests=["tests/e2e/test_metrics.py::test_a_series_that_no_longer_applies_reads_zero"],
     ),

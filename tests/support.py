@@ -321,7 +321,10 @@ class DaemonProcess:
 def _toml(values: dict[str, Any]) -> str:
     lines = []
     for key, value in values.items():
-        if isinstance(value, bool):
+        if isinstance(value, dict):
+            pairs = ", ".join(f"{json.dumps(k)} = {v}" for k, v in value.items())
+            lines.append(f"{key} = {{ {pairs} }}")
+        elif isinstance(value, bool):
             lines.append(f"{key} = {str(value).lower()}")
         elif isinstance(value, int | float):
             lines.append(f"{key} = {value}")

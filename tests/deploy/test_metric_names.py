@@ -185,8 +185,13 @@ def test_the_rules_and_the_dashboard_name_only_metrics_a_running_daemon_serves(
     port = free_port()
     config = EmulatorConfig(api_key=API_KEY, seed=5)
     with Emulator(config, ScaledClock(60)) as emulator, EmulatorServer(emulator) as server:
+        # (with a budget and a call cap, so that the capacity series are there to name)
+        capacity = {
+            "enqueued_token_budgets": {"openai/gpt-4.1-nano": 10_000_000},
+            "max_calls_per_minute": 10_000,
+        }
         daemon = GuardedDaemon(
-            db_url, server.base_url, tmp_path, http_addr=f"127.0.0.1:{port}"
+            db_url, server.base_url, tmp_path, http_addr=f"127.0.0.1:{port}", target=capacity
         ).start()
         try:
             job = enqueue(db_url, simple_requests(5))

@@ -179,9 +179,10 @@ def test_small_jobs_are_admitted_before_a_huge_jobs_remaining_chunks(db_url: str
         big = enqueue_generated(db_url, 300_000)
         h.run_until(lambda: count(db_url, "batches", "state = 'submitted'") == 1, seconds=1)
         assert count(db_url, "batches", "job_id = %s", big) == 6
-        # When two small jobs arrive behind it: one of the same priority, then one of a higher
-        # priority
+        # When two small jobs arrive behind it: one of the same priority, then (planned after it)
+        # one of a higher priority
         equal = enqueue(db_url, simple_requests(3, prefix="eq-"), name="equal")
+        h.run_until(lambda: count(db_url, "batches", "job_id = %s", equal) == 1, seconds=1)
         high = enqueue(db_url, simple_requests(3, prefix="hi-"), name="high")
         with psycopg.connect(db_url) as conn:
             conn.execute("UPDATE orchestrator.jobs SET priority = 10 WHERE id = %s", (high,))
