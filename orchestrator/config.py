@@ -189,6 +189,9 @@ class DaemonSettings:
     poll_initial_seconds: float = 15.0
     poll_factor: float = 1.5
     poll_max_seconds: float = 600.0
+    # A new batch is polled sooner: its n-th poll comes at most poll_first_seconds × poll_factor^n
+    # after the one before (domain/backoff.py PollSchedule)
+    poll_first_seconds: float = 1.0
     poll_jitter: float = 0.1
     retry_base_seconds: float = 2.0  # 5xx / timeouts: capped exponential backoff with jitter
     retry_max_seconds: float = 300.0
@@ -225,6 +228,7 @@ FAST_DAEMON = DaemonSettings(
     poll_initial_seconds=0.2,
     poll_factor=1.5,
     poll_max_seconds=1.0,
+    poll_first_seconds=0.1,
     poll_jitter=0.1,
     retry_base_seconds=0.1,
     retry_max_seconds=1.0,

@@ -163,7 +163,11 @@ class Deps:
     def poll_schedule(self) -> PollSchedule:
         d = self.settings.daemon
         return PollSchedule(
-            d.poll_initial_seconds, d.poll_factor, d.poll_max_seconds, d.poll_jitter
+            d.poll_initial_seconds,
+            d.poll_factor,
+            d.poll_max_seconds,
+            d.poll_jitter,
+            first=d.poll_first_seconds,
         )
 
     @property

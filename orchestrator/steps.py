@@ -35,7 +35,7 @@ from orchestrator.db import ledger, queries
 from orchestrator.db.queries import Claimed
 from orchestrator.db.session import Session, unit_of_work
 from orchestrator.deps import Deps
-from orchestrator.domain import capacity
+from orchestrator.domain import backoff, capacity
 from orchestrator.domain import cost as costs
 from orchestrator.domain import lines as ln
 from orchestrator.domain import requests as rq
@@ -218,7 +218,9 @@ def adopt(deps: Deps, b: Claimed, remote: BatchObject, *, how: str) -> None:
                 how=how,
                 remote_batch_id=remote.id,
                 status=remote.status,
-                next_run_at=deps.poll_schedule.next_poll(now=now, unchanged_polls=0, rng=deps.rng),
+                next_run_at=deps.poll_schedule.next_poll(
+                    now=now, unchanged_polls=0, rng=deps.rng, polls=0
+                ),
                 remote=_remote_fields(remote),
                 worker=_worker(deps),
             )
@@ -335,11 +337,20 @@ def poll(deps: Deps, b: Claimed) -> bool:
         if overdue is not None:
             _fail(deps, b, overdue, PATIENCE_EXHAUSTED, **fields)
             return False
+        created = from_unix(remote.created_at) or b.create_attempted_at
         at = deps.poll_schedule.next_poll(
             now=now,
             unchanged_polls=unchanged,
             rng=deps.rng,
             expires_at=from_unix(remote.expires_at),
+            polls=b.poll_count + 1,
+            created_at=created,
+            done_at=backoff.eta(
+                status=remote.status,
+                counts=remote.request_counts,
+                started_at=from_unix(remote.in_progress_at) or created,
+                now=now,
+            ),
         )
         with unit_of_work(deps.sessions) as s:
             ledger.poll_recorded(

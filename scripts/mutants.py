@@ -1025,6 +1025,33 @@ MUTATIONS: list[Mutation] = [
                "tests/e2e/test_call_cap.py::"
                "test_a_create_that_meets_the_cap_is_not_sent_and_waits_for_the_next_minute"],
     ),
+    Mutation(
+        name="no-early-polls",
+        promise="a 3-request job the provider finishes in 3 s completes in under 6 s with the "
+                "default settings",
+        path="orchestrator/deps.py",
+        old="            first=d.poll_first_seconds,\n",
+        new="            first=d.poll_initial_seconds,\n",
+        tests=["tests/e2e/test_latency.py::"
+               "test_a_3_request_job_the_provider_finishes_in_3_s_completes_in_under_6_s"],
+    ),
+    Mutation(
+        name="poll-ignores-predicted-end",
+        promise="a running batch is polled when the provider's pace says it will be done",
+        path="orchestrator/steps.py",
+        old="            done_at=backoff.eta(\n",
+        new="            done_at=None and backoff.eta(\n",
+        tests=["tests/e2e/test_latency.py::"
+               "test_a_long_batch_is_seen_done_when_the_providers_pace_says_not_at_the_next_backoff"],
+    ),
+    Mutation(
+        name="prediction-without-floor",
+        promise="a batch is polled at most 226 times in its first day",
+        path="orchestrator/domain/backoff.py",
+        old="        return max(done_in, self.shortest(age))\n",
+        new="        return done_in\n",
+        tests=["tests/unit/test_backoff.py"],
+    ),
 ]
 # fmt: on
 

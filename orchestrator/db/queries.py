@@ -45,7 +45,7 @@ class Claimed:
     COLUMNS: ClassVar[str] = """
         b.id, b.job_id, b.lease_token AS token, b.state, b.target, b.endpoint, b.round,
         b.remote_batch_id, b.input_file_id, b.idempotency_key, b.step_failures,
-        b.failing_since, b.unchanged_polls, b.remote_status, b.expires_at, b.cancel_sent_at,
+        b.failing_since, b.unchanged_polls, b.poll_count, b.remote_status, b.expires_at, b.cancel_sent_at,
         b.cancel_attempts, b.cancel_retry_at,
         b.create_attempted_at, b.request_count, b.model, b.estimated_tokens, b.waiting_since,
         j.completion_window AS job_completion_window, j.max_attempts AS job_max_attempts,
@@ -65,6 +65,7 @@ class Claimed:
     step_failures: int
     failing_since: dt.datetime | None
     unchanged_polls: int
+    poll_count: int
     remote_status: str | None
     expires_at: dt.datetime | None
     cancel_sent_at: dt.datetime | None

@@ -5,26 +5,62 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import random
+from collections.abc import Mapping
+from typing import Any
 
 
 @dataclasses.dataclass(frozen=True)
 class PollSchedule:
-    """Poll often while a batch's status moves, less and less while it does not.
+    """Poll early while a batch is young, often while its status moves, less and less while it
+    does not, and at the moment the provider's own progress says it will be done.
 
-    The delay starts at ``initial``, grows by ``factor`` with every poll that saw no change, stops
-    growing at ``maximum``, and is spread by ``±jitter`` so that many batches created together do
-    not poll together. It never steps over the batch's ``expires_at``: the poll right after expiry
-    is what collects the partial results.
-    """
+    * The delay starts at ``initial``, grows by ``factor`` with every poll that saw no change, and
+      stops growing at ``maximum``.
+    * A young batch is polled sooner: the n-th poll after the create comes at most ``first`` ×
+      ``factor``^n after the one before (1, 1.5, 2.25… s), so a small batch that the provider
+      finishes in seconds is seen done in seconds, not after ``initial``.
+    * While the provider reports progress (``in_progress``, with some requests done), the next
+      poll comes no later than when that pace says the batch will be done (:func:`eta`), but
+      never sooner than ``first`` and a tenth of the batch's age: a pace that keeps slowing down
+      cannot make polls frequent.
+    * ``±jitter`` spreads batches created together (a predicted end is polled up to ``first``
+      after it instead). The delay never steps over the batch's ``expires_at``: the poll right
+      after expiry is what collects the partial results.
+
+    What this costs a batch per day is bounded: :func:`polls_within` counts the most polls the
+    schedule allows (README "Guarantees")."""
 
     initial: float = 15.0
     factor: float = 1.5
     maximum: float = 600.0
     jitter: float = 0.1
+    first: float = 1.0
+    # the shortest wait for a predicted end, as a share of the batch's age
+    age_share: float = 0.1
 
-    def base_delay(self, unchanged_polls: int) -> float:
-        delay = self.initial * self.factor ** max(0, unchanged_polls)
-        return float(min(delay, self.maximum))
+    def base_delay(self, unchanged_polls: int, polls: int | None = None) -> float:
+        delay = min(self.initial * self.factor ** min(max(0, unchanged_polls), 64), self.maximum)
+        if polls is not None:
+            delay = min(delay, self.first * self.factor ** min(max(0, polls), 64))
+        return float(delay)
+
+    def shortest(self, age: float) -> float:
+        """The least delay a predicted end may bring the next poll to, for a batch ``age`` s old."""
+        return max(self.first, self.age_share * max(0.0, age))
+
+    def delay(
+        self, *, unchanged_polls: int, polls: int | None, age: float, done_in: float | None
+    ) -> float:
+        """The wait before the next poll, without jitter (``done_in``: seconds until the end
+        the provider's progress predicts, if it predicts one)."""
+        delay = self.base_delay(unchanged_polls, polls)
+        if done_in is not None:
+            delay = min(delay, self.predicted(done_in, age))
+        return delay
+
+    def predicted(self, done_in: float, age: float) -> float:
+        """The wait until a predicted end ``done_in`` s away, for a batch ``age`` s old."""
+        return max(done_in, self.shortest(age))
 
     def next_poll(
         self,
@@ -33,14 +69,66 @@ class PollSchedule:
         unchanged_polls: int,
         rng: random.Random,
         expires_at: dt.datetime | None = None,
+        polls: int | None = None,
+        created_at: dt.datetime | None = None,
+        done_at: dt.datetime | None = None,
     ) -> dt.datetime:
-        delay = self.base_delay(unchanged_polls)
+        age = (now - created_at).total_seconds() if created_at is not None else 0.0
+        delay = self.base_delay(unchanged_polls, polls)
         delay *= 1 + rng.uniform(-self.jitter, self.jitter)
+        if done_at is not None:
+            # the predicted end, a little after it (at most ``first``): no jitter, which would
+            # spread a 10-minute prediction by a minute
+            predicted = self.predicted((done_at - now).total_seconds(), age)
+            delay = min(delay, predicted + rng.uniform(0, self.first))
         at = now + dt.timedelta(seconds=delay)
         if expires_at is not None and now < expires_at < at:
             # Wake up just after expiry, when the provider should report it.
             at = expires_at + dt.timedelta(seconds=min(self.initial, 60.0))
         return at
+
+
+def eta(
+    *,
+    status: str | None,
+    counts: Mapping[str, Any] | None,
+    started_at: dt.datetime | None,
+    now: dt.datetime,
+) -> dt.datetime | None:
+    """When a batch ``in_progress`` since ``started_at`` will have run all its requests, at the
+    pace its ``request_counts`` show so far; None when they show no pace (nothing done yet, all
+    done, or no counts)."""
+    if status != "in_progress" or not counts or started_at is None:
+        return None
+    total, done = _count(counts, "total"), _count(counts, "completed") + _count(counts, "failed")
+    ran = (now - started_at).total_seconds()
+    if total <= 0 or done <= 0 or done >= total or ran <= 0:
+        return None
+    return now + dt.timedelta(seconds=ran * (total - done) / done)
+
+
+def _count(counts: Mapping[str, Any], key: str) -> int:
+    value = counts.get(key)
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def polls_within(schedule: PollSchedule, seconds: float, *, changes: int = 3) -> int:
+    """The most polls ``schedule`` makes of one batch in its first ``seconds``, when its status
+    changes ``changes`` times (validating → in_progress → finalizing → completed: 3), each at the
+    worst moment (when the backoff has reached its maximum, so that it starts again from
+    ``initial``), the early polls come as early as allowed, every poll predicts an end as near as
+    allowed, and the jitter always shortens the wait."""
+    shrink = 1 - schedule.jitter
+    t, polls, unchanged, left = 0.0, 0, 0, changes
+    while True:
+        delay = min(schedule.base_delay(unchanged, polls) * shrink, schedule.shortest(t))
+        t += delay
+        if t > seconds:
+            return polls
+        polls += 1
+        unchanged += 1
+        if left and schedule.base_delay(unchanged) >= schedule.maximum:
+            unchanged, left = 0, left - 1
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,9 +5,13 @@ import random
 
 import pytest
 
-from orchestrator.domain.backoff import PollSchedule, RetrySchedule
+from orchestrator.domain.backoff import PollSchedule, RetrySchedule, eta, polls_within
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+def SECONDS(n: float) -> dt.timedelta:
+    return dt.timedelta(seconds=n)
 
 
 @pytest.mark.parametrize(
@@ -61,3 +65,50 @@ def test_retry_backoff_is_capped_exponential_with_jitter(attempt: int, ceiling: 
     delays = [RetrySchedule(base=2, maximum=300).delay(attempt, rng) for _ in range(200)]
     assert all(ceiling / 2 <= d <= ceiling for d in delays)
     assert len({round(d, 6) for d in delays}) > 100
+
+
+# -- early polls, the predicted end, and what a batch costs a day ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("polls", "expected"),
+    [(0, 1.0), (1, 1.5), (2, 2.25), (3, 3.375), (6, 11.390625), (7, 15.0), (30, 15.0)],
+)
+def test_a_young_batch_is_polled_early_then_as_before(polls: int, expected: float) -> None:
+    # the n-th poll after the create comes at most 1 × 1.5^n s after the one before, and never
+    # later than the backoff would (15 s for a status that just changed)
+    assert PollSchedule().base_delay(0, polls) == pytest.approx(expected)
+    # an old batch whose status has not changed for a while waits as before
+    assert PollSchedule().base_delay(9, 30) == pytest.approx(576.650390625)
+
+
+def test_the_end_the_providers_pace_predicts_is_when_it_is_polled_next() -> None:
+    # 2,000 of 10,000 requests done in the 100 s since in_progress: 400 s more at that pace
+    counts = {"total": 10_000, "completed": 1_900, "failed": 100}
+    done_at = eta(status="in_progress", counts=counts, started_at=T0, now=T0 + SECONDS(100))
+    assert done_at == T0 + SECONDS(500)
+    schedule = PollSchedule()
+    # the backoff says 600 s; the prediction says 400 s: 400 s
+    assert schedule.delay(unchanged_polls=20, polls=20, age=130, done_in=400) == 400
+    # a prediction sooner than a tenth of the batch's age waits that tenth (13 s at 130 s)
+    assert schedule.delay(unchanged_polls=20, polls=20, age=130, done_in=3) == 13
+    # and never sooner than the first delay
+    assert schedule.delay(unchanged_polls=20, polls=20, age=2, done_in=0.1) == 1.0
+    # no pace, no prediction: nothing done yet, everything done, or not running
+    for status, c in [
+        ("in_progress", {"total": 10, "completed": 0, "failed": 0}),
+        ("in_progress", {"total": 10, "completed": 7, "failed": 3}),
+        ("finalizing", counts),
+        ("in_progress", None),
+    ]:
+        assert eta(status=status, counts=c, started_at=T0, now=T0 + SECONDS(5)) is None
+
+
+def test_a_batch_is_polled_at_most_226_times_in_its_first_day() -> None:
+    # README "Guarantees": the worst case the schedule allows (every status change at the worst
+    # moment, every poll predicting an end as near as allowed, the jitter always shortening)
+    assert polls_within(PollSchedule(), 86_400) == 226
+    # against 188 for the schedule without early polls and predictions
+    assert polls_within(PollSchedule(first=1e9, age_share=1e9), 86_400) == 188
+    # a schedule that let a prediction bring polls nearer than a tenth of the age would cost more
+    assert polls_within(PollSchedule(age_share=0.0), 86_400) > 1_000
