@@ -184,17 +184,8 @@ class BatchItem(Base):
     """Which requests a batch holds, and at which attempt of each."""
 
     __tablename__ = "batch_items"
-    __table_args__ = (
-        sa.ForeignKeyConstraint(
-            ["job_id", "custom_id"],
-            [f"{SCHEMA}.requests.job_id", f"{SCHEMA}.requests.custom_id"],
-            ondelete="CASCADE",
-        ),
-        # the foreign key's own index: deleting a request (a job) finds its items by it, not by
-        # reading every batch item (84 ms a request at 500,000 items without it); custom_id first,
-        # see migration 0006
-        sa.Index("ix_batch_items_request", "custom_id", "job_id"),
-    )
+    # No foreign key to ``requests``: items are written from the requests themselves, and go
+    # with their batch (migration 0008).
 
     batch_id: Mapped[int] = mapped_column(
         sa.BigInteger, sa.ForeignKey(f"{SCHEMA}.batches.id", ondelete="CASCADE"), primary_key=True
@@ -242,7 +233,8 @@ class Event(Base):
     __table_args__ = (sa.Index(None, "job_id", "id"), sa.Index("ix_events_at", "at"))
 
     id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
-    at: Mapped[dt.datetime] = mapped_column(server_default=NOW)
+    # when it was written (not when its transaction began: migration 0008)
+    at: Mapped[dt.datetime] = mapped_column(server_default=sa.text("clock_timestamp()"))
     job_id: Mapped[int | None] = mapped_column(sa.BigInteger)
     batch_id: Mapped[int | None] = mapped_column(sa.BigInteger)
     kind: Mapped[str]

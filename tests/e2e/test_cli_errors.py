@@ -195,7 +195,7 @@ def test_every_mistake_is_one_line_with_its_exit_code_and_no_traceback(
              f"is at schema revision 0005, older than the {HEAD} this orchestrator needs; run "
              "orchestrator migrate", env={"ORCHESTRATOR_DATABASE_URL": old_db_url}),
         Case("run newer schema", ("run",), 1,
-             "is at schema revision 0099, which this orchestrator (0.1.0, schema 0007) does not "
+             f"is at schema revision 0099, which this orchestrator (0.1.0, schema {HEAD}) does not "
              "know: a newer version migrated it; upgrade the orchestrator package",
              env={"ORCHESTRATOR_DATABASE_URL": newer_db_url}),
         # a busy metrics port: refused before the worker row is registered
