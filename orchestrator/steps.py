@@ -330,6 +330,7 @@ def poll(deps: Deps, b: Claimed) -> bool:
         _remote_fields(remote),
         poll_count=ledger.POLL_COUNT_PLUS_ONE,
         unchanged_polls=unchanged,
+        polled_at=now,
         **ledger.RECOVERED,
     )
     if not remote_terminal(remote.status):
@@ -348,7 +349,8 @@ def poll(deps: Deps, b: Claimed) -> bool:
             done_at=backoff.eta(
                 status=remote.status,
                 counts=remote.request_counts,
-                started_at=from_unix(remote.in_progress_at) or created,
+                before=b.request_counts,
+                since=b.polled_at,
                 now=now,
             ),
         )

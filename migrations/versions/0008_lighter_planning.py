@@ -12,6 +12,9 @@ Create Date: 2026-11-30 14:20:00
   dangle: an item goes with its batch (its other foreign key, kept), a batch with its job, and
   the requests with the job; requests are never deleted on their own (``cleanup`` deletes a
   job's items before its requests). Deleting a request no longer reads ``batch_items``.
+* ``batches.polled_at``: when the daemon last polled the batch, by its own clock, beside the
+  ``request_counts`` it saw then: the provider's pace between two polls, on one clock, says when
+  the batch will be done (``domain/backoff.py``), whatever the provider's clock says.
 * ``events.at`` defaults to ``clock_timestamp()``, the moment the row is written, not
   ``now()``, the start of its transaction: a job's phases read from its events (planning takes
   one transaction, of a second for 50,000 requests) are where they happened.
@@ -36,9 +39,13 @@ def upgrade() -> None:
     op.drop_constraint("fk_batch_items_job_id_requests", "batch_items", schema=S)
     op.drop_index("ix_batch_items_request", table_name="batch_items", schema=S)
     op.alter_column("events", "at", server_default=sa.text("clock_timestamp()"), schema=S)
+    op.add_column(
+        "batches", sa.Column("polled_at", sa.DateTime(timezone=True), nullable=True), schema=S
+    )
 
 
 def downgrade() -> None:
+    op.drop_column("batches", "polled_at", schema=S)
     op.alter_column("events", "at", server_default=sa.text("now()"), schema=S)
     op.create_index("ix_batch_items_request", "batch_items", ["custom_id", "job_id"], schema=S)
     op.create_foreign_key(

@@ -156,6 +156,8 @@ class Batch(Base):
     next_run_at: Mapped[dt.datetime]
     poll_count: Mapped[int] = mapped_column(server_default="0")
     unchanged_polls: Mapped[int] = mapped_column(server_default="0")
+    # the daemon's clock at the last poll, when request_counts were seen (migration 0008)
+    polled_at: Mapped[dt.datetime | None]
     step_failures: Mapped[int] = mapped_column(server_default="0")
     failing_since: Mapped[dt.datetime | None]  # when the current run of failed steps began
     lease_owner: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))

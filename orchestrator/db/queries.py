@@ -45,7 +45,8 @@ class Claimed:
     COLUMNS: ClassVar[str] = """
         b.id, b.job_id, b.lease_token AS token, b.state, b.target, b.endpoint, b.round,
         b.remote_batch_id, b.input_file_id, b.idempotency_key, b.step_failures,
-        b.failing_since, b.unchanged_polls, b.poll_count, b.remote_status, b.expires_at, b.cancel_sent_at,
+        b.failing_since, b.unchanged_polls, b.poll_count, b.polled_at, b.request_counts,
+        b.remote_status, b.expires_at, b.cancel_sent_at,
         b.cancel_attempts, b.cancel_retry_at,
         b.create_attempted_at, b.request_count, b.model, b.estimated_tokens, b.waiting_since,
         j.completion_window AS job_completion_window, j.max_attempts AS job_max_attempts,
@@ -66,6 +67,8 @@ class Claimed:
     failing_since: dt.datetime | None
     unchanged_polls: int
     poll_count: int
+    polled_at: dt.datetime | None
+    request_counts: dict[str, Any] | None
     remote_status: str | None
     expires_at: dt.datetime | None
     cancel_sent_at: dt.datetime | None

@@ -92,19 +92,25 @@ def eta(
     *,
     status: str | None,
     counts: Mapping[str, Any] | None,
-    started_at: dt.datetime | None,
+    before: Mapping[str, Any] | None,
+    since: dt.datetime | None,
     now: dt.datetime,
 ) -> dt.datetime | None:
-    """When a batch ``in_progress`` since ``started_at`` will have run all its requests, at the
-    pace its ``request_counts`` show so far; None when they show no pace (nothing done yet, all
-    done, or no counts)."""
-    if status != "in_progress" or not counts or started_at is None:
+    """When a batch ``in_progress`` will have run all its requests, at the pace between the poll
+    at ``since`` (which saw ``before``) and this one at ``now`` (which sees ``counts``): both on
+    the daemon's clock, so the provider's clock, right or wrong, plays no part. None when there is
+    no pace to go by (no earlier poll, nothing done since, or all done)."""
+    if status != "in_progress" or not counts or since is None:
         return None
-    total, done = _count(counts, "total"), _count(counts, "completed") + _count(counts, "failed")
-    ran = (now - started_at).total_seconds()
-    if total <= 0 or done <= 0 or done >= total or ran <= 0:
+    total, done = _count(counts, "total"), _done(counts)
+    gained, took = done - (_done(before) if before else 0), (now - since).total_seconds()
+    if total <= 0 or done >= total or gained <= 0 or took <= 0:
         return None
-    return now + dt.timedelta(seconds=ran * (total - done) / done)
+    return now + dt.timedelta(seconds=took * (total - done) / gained)
+
+
+def _done(counts: Mapping[str, Any]) -> int:
+    return _count(counts, "completed") + _count(counts, "failed")
 
 
 def _count(counts: Mapping[str, Any], key: str) -> int:

@@ -83,10 +83,14 @@ def test_a_young_batch_is_polled_early_then_as_before(polls: int, expected: floa
 
 
 def test_the_end_the_providers_pace_predicts_is_when_it_is_polled_next() -> None:
-    # 2,000 of 10,000 requests done in the 100 s since in_progress: 400 s more at that pace
+    # 1,000 more requests done (1,000 to 2,000 of 10,000) in the 50 s since the last poll, on
+    # the daemon's clock: 8,000 left at 20 a second, 400 s more
+    before = {"total": 10_000, "completed": 990, "failed": 10}
     counts = {"total": 10_000, "completed": 1_900, "failed": 100}
-    done_at = eta(status="in_progress", counts=counts, started_at=T0, now=T0 + SECONDS(100))
-    assert done_at == T0 + SECONDS(500)
+    done_at = eta(
+        status="in_progress", counts=counts, before=before, since=T0, now=T0 + SECONDS(50)
+    )
+    assert done_at == T0 + SECONDS(450)
     schedule = PollSchedule()
     # the backoff says 600 s; the prediction says 400 s: 400 s
     assert schedule.delay(unchanged_polls=20, polls=20, age=130, done_in=400) == 400
@@ -94,14 +98,16 @@ def test_the_end_the_providers_pace_predicts_is_when_it_is_polled_next() -> None
     assert schedule.delay(unchanged_polls=20, polls=20, age=130, done_in=3) == 13
     # and never sooner than the first delay
     assert schedule.delay(unchanged_polls=20, polls=20, age=2, done_in=0.1) == 1.0
-    # no pace, no prediction: nothing done yet, everything done, or not running
-    for status, c in [
-        ("in_progress", {"total": 10, "completed": 0, "failed": 0}),
-        ("in_progress", {"total": 10, "completed": 7, "failed": 3}),
-        ("finalizing", counts),
-        ("in_progress", None),
+    # no pace, no prediction: nothing done since the last poll, everything done, not running,
+    # or no earlier poll to measure from
+    for status, c, since in [
+        ("in_progress", before, T0),
+        ("in_progress", {"total": 10_000, "completed": 9_000, "failed": 1_000}, T0),
+        ("finalizing", counts, T0),
+        ("in_progress", None, T0),
+        ("in_progress", counts, None),
     ]:
-        assert eta(status=status, counts=c, started_at=T0, now=T0 + SECONDS(5)) is None
+        assert eta(status=status, counts=c, before=before, since=since, now=T0 + SECONDS(5)) is None
 
 
 def test_a_batch_is_polled_at_most_226_times_in_its_first_day() -> None:
