@@ -211,6 +211,7 @@ def start_daemon(
         ORCHESTRATOR_DATABASE_URL=db_url,
         ORCHESTRATOR_CONFIG=str(config),
         ORCHESTRATOR_LOG_FORMAT="json",
+        ORCHESTRATOR_LOG_LEVEL=os.environ.get("BENCH_LOG_LEVEL", "info"),
         ORCHESTRATOR_HTTP_ADDR="off",
         BENCH_KEY=API_KEY,
     )

@@ -62,6 +62,9 @@ class BatchRecord:
     echo: str = ""
     # Held while the result files are written, so two readers do not both write them.
     results_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    # The result files of its uninterrupted course, written ahead (``prepare_results``), and the
+    # snapshot they are for: used if that is how it ends.
+    prepared: tuple[Any, Any] | None = None
     # Sorted rows that end in the error file after running (config failures, per-line 429/500).
     fail_rows: array[int] = dataclasses.field(init=False)
 

@@ -68,6 +68,10 @@ class EmulatorConfig:
     # Whether its token_limit_exceeded message states the limit (OpenAI's does; False: a message
     # that names no number, as other providers word it).
     token_limit_states_limit: bool = True
+    # Write a batch's result files in the background as soon as it is created, for the course it
+    # takes if nothing interrupts it, as a provider has its output ready when it says
+    # "completed" (``orchestrator emulator`` does; in-process tests write them when first asked).
+    prepare_results: bool = False
     # Where file contents live; None means a private temporary directory removed on close().
     storage_dir: Path | None = None
 

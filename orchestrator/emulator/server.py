@@ -198,6 +198,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-file-bytes", type=int, default=200 * 1024 * 1024)
     parser.add_argument("--output-order", choices=("input", "shuffled"), default="input")
     parser.add_argument(
+        "--lazy-results",
+        action="store_true",
+        help="write a batch's result files when first asked for, not ahead while it runs",
+    )
+    parser.add_argument(
         "--enqueued-token-limit",
         type=int,
         default=None,
@@ -235,6 +240,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         max_file_bytes=args.max_file_bytes,
         output_order=args.output_order,
         enqueued_token_limit=args.enqueued_token_limit,
+        prepare_results=not args.lazy_results,
         storage_dir=args.storage_dir,
     )
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 from orchestrator.clock import Clock
 from orchestrator.emulator.batches import BatchRecord, CreateParams, ResultFiles, render
@@ -58,6 +59,11 @@ class State:
         self._order: list[str] = []
         self._ids = IdGenerator(config.seed, config.instance)
         self.blobs = BlobDir(config.storage_dir)
+        self._prepare = (
+            ThreadPoolExecutor(1, thread_name_prefix="emulator-results")
+            if config.prepare_results
+            else None
+        )
 
     def now(self) -> float:
         return self._clock.now().timestamp()
@@ -148,6 +154,8 @@ class State:
             )  # fmt: skip
             self._batches[record.id] = record
             self._order.append(record.id)
+        if self._prepare is not None and plan.valid and fault is None:
+            self._prepare.submit(self._prepare_results, record)
         self._ledger.record_batch(
             BatchEntry(
                 record.id, params.input_file_id, params.endpoint, params.metadata, int(now),
@@ -246,17 +254,32 @@ class State:
             self._write_results(record, current)
         return render(record, current, self._config, self.now())
 
+    def _prepare_results(self, record: BatchRecord) -> None:
+        """Write the result files of the batch's uninterrupted course ahead (``prepare_results``),
+        for :meth:`_write_results` to use if that is how it ends."""
+        final = snapshot(record.plan, record.plan.completes)
+        if final.status != "completed":
+            return
+        with record.results_lock:
+            if record.results is None:
+                record.prepared = (final, write_results(self._job(record, final), self.blobs))
+
+    def _job(self, record: BatchRecord, current: Snapshot) -> ResultJob:
+        return ResultJob(
+            self._config, record.id, record.params.endpoint, record.input_path,
+            record.index, record.plan, current.status, current.processed,
+            record.line_faults, record.fault is not None and record.fault.shuffle,
+            record.echo,
+        )  # fmt: skip
+
     def _write_results(self, record: BatchRecord, current: Snapshot) -> None:
         with record.results_lock:
             if record.results is not None:
                 return
-            job = ResultJob(
-                self._config, record.id, record.params.endpoint, record.input_path,
-                record.index, record.plan, current.status, current.processed,
-                record.line_faults, record.fault is not None and record.fault.shuffle,
-                record.echo,
-            )  # fmt: skip
-            written = write_results(job, self.blobs)
+            if record.prepared is not None and record.prepared[0] == current:
+                written = record.prepared[1]
+            else:
+                written = write_results(self._job(record, current), self.blobs)
             finished = current.completed_at or current.cancelled_at or current.expired_at
             self._register_results(record, written, int(finished or self.now()))
 
@@ -289,6 +312,8 @@ class State:
         )  # fmt: skip
 
     def close(self) -> None:
+        if self._prepare is not None:
+            self._prepare.shutdown(wait=True, cancel_futures=True)
         self.blobs.close()
 
 
