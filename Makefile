@@ -10,7 +10,7 @@ RUNTIME := $(VENV)/.installed-embedded
 DEV     := $(VENV)/.installed-dev
 PIP     := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: setup demo test lint bench bench-e2e bench-reports clean mutants
+.PHONY: setup demo test lint bench bench-e2e bench-overhead bench-reports clean mutants
 
 setup: $(DEV)
 
@@ -48,6 +48,10 @@ bench: $(DEV)
 # E.g. make bench-e2e BENCH_E2E_ARGS='--jobs 200 --workers 8'
 bench-e2e: $(DEV)
 	$(BIN)/python scripts/bench_e2e.py $(BENCH_E2E_ARGS)
+
+# The daemon's overhead over the provider's own time, by phase (issue 14)
+bench-overhead: $(DEV)
+	$(BIN)/python scripts/bench_overhead.py $(BENCH_OVERHEAD_ARGS)
 
 # The reporting views on 5 million results over 90 days (a few minutes; figures, no assertions).
 # E.g. make bench-reports BENCH_REPORTS_ARGS='--results 500000'

@@ -122,6 +122,13 @@ class Daemon:
                 with self._lock:
                     self._inflight[b.id] = b.token
                 started.append(self._submit(self._run, b))
+        if len(started) < free:
+            # Room to spare: tick again when the next batch falls due (a poll due in 1 s), not
+            # only at the next timer (tick_seconds).
+            with unit_of_work(self.deps.sessions) as s:
+                due = queries.next_due(s, after=now)
+            if due is not None:
+                self._tick_in((due - self.deps.clock.now()).total_seconds())
         self.last_tick_at = self.deps.clock.now()
         self.metrics.last_tick.set(self.last_tick_at.timestamp())
         if wait:
@@ -469,9 +476,19 @@ class Daemon:
 
     def wake(self) -> None:
         """Tick now (a job was enqueued or cancelled)."""
-        if self._scheduler is not None and not self._stop.is_set():
-            with contextlib.suppress(JobLookupError, SchedulerNotRunningError):  # stopping
-                self._scheduler.modify_job("tick", next_run_time=wall_now())
+        self._tick_in(0.0)
+
+    def _tick_in(self, seconds: float) -> None:
+        """Tick in ``seconds`` (at once if not positive), if that is sooner than the timer's next
+        tick; a later time changes nothing."""
+        if self._scheduler is None or self._stop.is_set():
+            return
+        at = wall_now() + dt.timedelta(seconds=max(0.0, seconds))
+        with contextlib.suppress(JobLookupError, SchedulerNotRunningError):  # stopping
+            job = self._scheduler.get_job("tick")
+            if job is not None and job.next_run_time is not None and job.next_run_time <= at:
+                return
+            self._scheduler.modify_job("tick", next_run_time=at)
 
     def _listen(self) -> None:
         """LISTEN for enqueues; reconnect on failure. Polling (tick_seconds) covers any gap."""

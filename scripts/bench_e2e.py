@@ -58,6 +58,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -167,14 +168,16 @@ class EmulatorProcess:
         self.url = f"http://127.0.0.1:{int(self.port_file.read_text())}"
 
 
-def start_emulator(work: Path, time_scale: float) -> EmulatorProcess:
-    port_file = work / "emulator.port"
+def start_emulator(
+    work: Path, time_scale: float, extra: Sequence[str] = (), label: str = "emulator"
+) -> EmulatorProcess:
+    port_file = work / f"{label}.port"
     command = [
         sys.executable, "-m", "orchestrator", "emulator", "--port", "0",
         "--port-file", str(port_file), "--api-key", API_KEY, "--log-level", "warning",
-        "--time-scale", str(time_scale), "--storage-dir", str(work / "emulator-store"),
+        "--time-scale", str(time_scale), "--storage-dir", str(work / f"{label}-store"), *extra,
     ]  # fmt: skip
-    with (work / "emulator.log").open("ab") as log:
+    with (work / f"{label}.log").open("ab") as log:
         process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=child_env()
         )
@@ -194,12 +197,21 @@ def toml_values(values: dict[str, Any]) -> str:
 
 
 def start_daemon(
-    db_url: str, base_url: str, workers: int, work: Path, label: str
+    db_url: str,
+    base_url: str,
+    workers: int,
+    work: Path,
+    label: str,
+    *,
+    fast: bool = True,
 ) -> subprocess.Popen[bytes]:
-    """``orchestrator run`` with FAST_DAEMON's pacing (as the tests' daemon processes)."""
+    """``orchestrator run`` with FAST_DAEMON's pacing (as the tests' daemon processes), or with
+    the default settings (``fast=False``)."""
     from orchestrator.config import FAST_DAEMON
 
-    pacing = {k: v for k, v in dataclasses.asdict(FAST_DAEMON).items() if v is not None}
+    pacing = (
+        {k: v for k, v in dataclasses.asdict(FAST_DAEMON).items() if v is not None} if fast else {}
+    )
     config = work / f"daemon-{label}.toml"
     config.write_text(
         "[daemon]\n"

@@ -466,6 +466,19 @@ def price_in_force(session: Session, target: str, model: str, at: dt.datetime) -
     return None if row is None else PriceRow(*row)
 
 
+def next_due(session: Session, *, after: dt.datetime) -> dt.datetime | None:
+    """When the next open batch falls due after ``after`` (the first entry of the partial index
+    ``ix_batches_runnable``), for the daemon to tick then rather than at its next timer."""
+    due: dt.datetime | None = session.execute(
+        sa.text(
+            f"SELECT next_run_at FROM orchestrator.batches WHERE {OPEN_BATCH} "
+            "AND next_run_at > :after ORDER BY next_run_at LIMIT 1"
+        ),
+        {"after": after},
+    ).scalar_one_or_none()
+    return due
+
+
 # -- capacity ------------------------------------------------------------------------------------
 # What admission counts, read through the partial index ix_batches_capacity (its predicate spelled
 # as the index spells it): the batches in flight (creating, submitted) and those waiting for
