@@ -107,6 +107,7 @@ class Daemon:
         if pending and self._begin_planning():
             started.append(self._submit(self._plan_pending, executor=self._planner))
         free = self._free()
+        due = None
         if free > 0:
             with unit_of_work(self.deps.sessions) as s:
                 claimed = ledger.claim_batches(
@@ -116,19 +117,18 @@ class Daemon:
                     ttl=self.settings.lease_seconds,
                     limit=free,
                 )
+                if len(claimed) < free:
+                    # Room to spare: tick again when the next batch falls due (a poll due in
+                    # 1 s), not only at the next timer (tick_seconds). Same transaction.
+                    due = queries.next_due(s, after=now)
             for b in claimed:
                 if b.taken_over:
                     self.metrics.lease_takeovers.inc()
                 with self._lock:
                     self._inflight[b.id] = b.token
                 started.append(self._submit(self._run, b))
-        if len(started) < free:
-            # Room to spare: tick again when the next batch falls due (a poll due in 1 s), not
-            # only at the next timer (tick_seconds).
-            with unit_of_work(self.deps.sessions) as s:
-                due = queries.next_due(s, after=now)
-            if due is not None:
-                self._tick_in((due - self.deps.clock.now()).total_seconds())
+        if due is not None:
+            self._tick_in((due - self.deps.clock.now()).total_seconds())
         self.last_tick_at = self.deps.clock.now()
         self.metrics.last_tick.set(self.last_tick_at.timestamp())
         if wait:

@@ -64,6 +64,7 @@ def validate_and_pack(session: Session, job: Job, target: TargetConfig) -> Valid
         result.problems.append(endpoint_problem)
         result.invalid = 1
         return result
+    heads = rq.LineHeads(endpoint=job.endpoint, include_provider=target.requires_provider)
     learned = queries.learned_limits(session, target.name)
     packers: dict[str, Packer] = {}
 
@@ -81,7 +82,7 @@ def validate_and_pack(session: Session, job: Job, target: TargetConfig) -> Valid
 
     for r in queries.job_requests(session, job.id):
         row = rq.RequestRow(r.custom_id, r.provider, r.method, r.url)
-        head = rq.line_head(row, endpoint=job.endpoint, include_provider=target.requires_provider)
+        head = heads(row)
         size = rq.line_size(head, r.body_bytes)
         result.total += 1
         problem = rq.request_problem(row, r.body_shape, size, rules)

@@ -103,21 +103,23 @@ def _write_input_file(deps: Deps, b: Claimed, target: TargetConfig, path: Path) 
 
 def _write_lines(deps: Deps, b: Claimed, target: TargetConfig, path: Path) -> tuple[int, int]:
     written = count = 0
+    heads = rq.LineHeads(endpoint=b.endpoint, include_provider=target.requires_provider)
     with unit_of_work(deps.sessions) as s, path.open("wb") as fh:
         for page in queries.batch_requests(s, b.id):
+            parts: list[bytes] = []  # a page's lines, written at once (the bodies not copied)
             for r in page:
-                row = rq.RequestRow(r.custom_id, r.provider, r.method, r.url)
-                head = rq.line_head(
-                    row, endpoint=b.endpoint, include_provider=target.requires_provider
-                )
-                fh.write(head)
+                head = heads(rq.RequestRow(r.custom_id, r.provider, r.method, r.url))
                 if r.body is None:
+                    fh.writelines(parts)
+                    parts.clear()
+                    fh.write(head)
                     fh.writelines(queries.body_slices(s, r))
+                    fh.write(rq.LINE_END)
                 else:
-                    fh.write(r.body)
-                fh.write(rq.LINE_END)
+                    parts += (head, r.body, rq.LINE_END)
                 written += rq.line_size(head, r.body_bytes)
                 count += 1
+            fh.writelines(parts)
     return written, count
 
 

@@ -5,6 +5,7 @@ import pytest
 
 from orchestrator.domain.requests import (
     LINE_END,
+    LineHeads,
     RequestRow,
     Rules,
     endpoint_problem,
@@ -117,3 +118,19 @@ def test_an_unsupported_endpoint_is_a_job_level_problem() -> None:
         max_line_bytes=1,
     )
     assert "not supported by this target" in str(endpoint_problem(rules))
+
+
+@pytest.mark.parametrize("include_provider", [True, False])
+def test_line_heads_are_line_head_byte_for_byte(include_provider: bool) -> None:
+    heads = LineHeads(endpoint="/v1/chat/completions", include_provider=include_provider)
+    rows = [
+        RequestRow("a", "openai", "POST", None),
+        RequestRow('q"uote\\é😀\n', "anthropic", None, "/v1/chat/completions"),
+        RequestRow("b", None, "POST", "/v1/embeddings"),
+        RequestRow("c", "openai", "POST", None),  # the first combination again
+    ]
+    for row in rows:
+        expected = line_head(
+            row, endpoint="/v1/chat/completions", include_provider=include_provider
+        )
+        assert heads(row) == expected
