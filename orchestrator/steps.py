@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -71,19 +69,28 @@ def _cancel_if_requested(deps: Deps, b: Claimed, stage: str) -> bool:
 
 
 def upload(deps: Deps, b: Claimed) -> bool:
+    """Build the batch's JSONL while it is sent: its size first (from the bodies' sizes, none
+    read), then each page of bodies read, turned into lines and sent before the next is read. The
+    read-only snapshot stays open for the upload; nothing is written, and no file is spooled."""
     if _cancel_if_requested(deps, b, "planned"):
         return False
     target = deps.settings.target(b.target)
-    with tempfile.TemporaryDirectory(prefix="orchestrator-up-", dir=deps.tmp_dir()) as tmp:
-        path = Path(tmp) / f"batch-{b.id}-round-{b.round}.jsonl"
-        written, count = _write_input_file(deps, b, target, path)
-        uploaded = deps.clients(b.target).upload_file(path, filename=path.name)
+    heads = rq.LineHeads(endpoint=b.endpoint, include_provider=target.requires_provider)
+    name = f"batch-{b.id}-round-{b.round}.jsonl"
+    with unit_of_work(deps.sessions) as s:
+        reader = queries.BatchReader(s, b.id)
+        size, count = _measure(reader, heads), len(reader.items)
+        lines = _lines(s, reader, heads)
+        uploaded = deps.clients(b.target).upload(lines, size=size, filename=name)
+    # Pages of up to 32 MB leave freed memory that the allocator keeps; give it back, so that an
+    # idle daemon does not hold it.
+    memory.release()
     with unit_of_work(deps.sessions) as s:
         ledger.mark_uploaded(
             s,
             b,
             file_id=uploaded.id,
-            size=written,
+            size=size,
             requests=count,
             next_run_at=deps.clock.now(),
             worker=_worker(deps),
@@ -91,36 +98,31 @@ def upload(deps: Deps, b: Claimed) -> bool:
     return True
 
 
-def _write_input_file(deps: Deps, b: Claimed, target: TargetConfig, path: Path) -> tuple[int, int]:
-    """Build the JSONL a page of bodies at a time (a page is bounded in bytes, not only in rows),
-    each line written in parts so that no body is copied; returns (bytes, lines)."""
-    written, count = _write_lines(deps, b, target, path)
-    # Pages of up to 32 MB leave freed memory that the allocator keeps; give it back, so that an
-    # idle daemon does not hold it.
-    memory.release()
-    return written, count
+def _measure(reader: queries.BatchReader, heads: rq.LineHeads) -> int:
+    """The bytes of the batch's JSONL, from the bodies' sizes (none read)."""
+    return sum(
+        rq.line_size(heads(rq.RequestRow(cid, provider, method, url)), body_bytes)
+        for _, body_bytes, cid, provider, method, url in reader.items
+    )
 
 
-def _write_lines(deps: Deps, b: Claimed, target: TargetConfig, path: Path) -> tuple[int, int]:
-    written = count = 0
-    heads = rq.LineHeads(endpoint=b.endpoint, include_provider=target.requires_provider)
-    with unit_of_work(deps.sessions) as s, path.open("wb") as fh:
-        for page in queries.batch_requests(s, b.id):
-            parts: list[bytes] = []  # a page's lines, written at once (the bodies not copied)
-            for r in page:
-                head = heads(rq.RequestRow(r.custom_id, r.provider, r.method, r.url))
-                if r.body is None:
-                    fh.writelines(parts)
-                    parts.clear()
-                    fh.write(head)
-                    fh.writelines(queries.body_slices(s, r))
-                    fh.write(rq.LINE_END)
-                else:
-                    parts += (head, r.body, rq.LINE_END)
-                written += rq.line_size(head, r.body_bytes)
-                count += 1
-            fh.writelines(parts)
-    return written, count
+def _lines(s: Session, reader: queries.BatchReader, heads: rq.LineHeads) -> Iterator[bytes]:
+    """The batch's JSONL, a page of lines at a time (a body larger than a page in slices, so
+    that none is held whole)."""
+    for page in reader.pages():
+        parts: list[bytes] = []
+        for r in page:
+            head = heads(rq.RequestRow(r.custom_id, r.provider, r.method, r.url))
+            if r.body is None:
+                yield b"".join(parts)
+                parts.clear()
+                yield head
+                yield from queries.body_slices(s, r)
+                yield rq.LINE_END
+            else:
+                parts += (head, r.body, rq.LINE_END)
+        yield b"".join(parts)
+        parts.clear()
 
 
 # -- uploaded → creating → submitted -----------------------------------------------------

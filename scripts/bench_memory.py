@@ -130,7 +130,6 @@ def install_baseline() -> None:
     import sqlalchemy as sa
 
     from orchestrator import plan, steps
-    from orchestrator.db.session import unit_of_work
     from orchestrator.domain import requests as rq
     from orchestrator.domain.packing import Packer
 
@@ -174,27 +173,22 @@ def install_baseline() -> None:
             result.chunks.append(last)
         return result
 
-    def write_input_file(deps: Any, b: Any, target: Any, path: Path) -> tuple[int, int]:
-        written = count = 0
-        with unit_of_work(deps.sessions) as s, path.open("wb") as fh:
-            rows = s.execute(
-                sa.text(
-                    "SELECT r.custom_id, r.provider, r.method, r.url, r.body::text AS body, "
-                    "r.seq FROM orchestrator.batch_items bi JOIN orchestrator.requests r "
-                    "  ON r.job_id = bi.job_id AND r.custom_id = bi.custom_id "
-                    "WHERE bi.batch_id = :b ORDER BY bi.seq"
-                ),
-                {"b": b.id},
-            ).yield_per(BASELINE_FETCH_ROWS)
-            for r in rows:
-                line = build_line(r, endpoint=b.endpoint, include_provider=target.requires_provider)
-                fh.write(line)
-                written += len(line)
-                count += 1
-        return written, count
+    def lines(s: Any, reader: Any, heads: Any) -> Iterator[bytes]:
+        rows = s.execute(
+            sa.text(
+                "SELECT r.custom_id, r.provider, r.method, r.url, r.body::text AS body, "
+                "r.seq FROM orchestrator.batch_items bi JOIN orchestrator.requests r "
+                "  ON r.job_id = bi.job_id AND r.custom_id = bi.custom_id "
+                "WHERE bi.batch_id = :b ORDER BY bi.seq"
+            ),
+            {"b": reader.batch_id},
+        ).yield_per(BASELINE_FETCH_ROWS)
+        for r in rows:
+            head = heads(rq.RequestRow(r.custom_id, r.provider, r.method, r.url))
+            yield b"%s%s}\n" % (head, r.body.encode())  # each line built whole
 
     plan.validate_and_pack = validate_and_pack  # type: ignore[assignment]
-    steps._write_input_file = write_input_file  # type: ignore[assignment]
+    steps._lines = lines  # type: ignore[assignment]
 
 
 # -- the child: one case, one mode, in a fresh interpreter ----------------------------------------

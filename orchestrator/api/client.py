@@ -14,7 +14,8 @@ error messages, and from there it would reach the logs and the database (``last_
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -37,6 +38,9 @@ from orchestrator.api.errors import (
 from orchestrator.api.schemas import BatchObject, BatchPage, FileObject
 from orchestrator.config import TargetConfig
 from orchestrator.observability import Metrics, Scrubber
+
+# What an upload of a file on disk reads at a time.
+UPLOAD_PIECE = 1024 * 1024
 
 log = structlog.get_logger(__name__)
 
@@ -113,10 +117,38 @@ class BatchApiClient:
     def upload_file(self, path: Path, *, filename: str, purpose: str = "batch") -> FileObject:
         """Upload a JSONL file, streamed from disk."""
         with path.open("rb") as fh:
-            files = {"file": (filename, fh, "application/jsonl")}
-            response = self._send(
-                "POST", "files", route=FILES, files=files, data={"purpose": purpose}
-            )
+            pieces = iter(lambda: fh.read(UPLOAD_PIECE), b"")
+            return self.upload(pieces, size=path.stat().st_size, filename=filename, purpose=purpose)
+
+    def upload(
+        self, pieces: Iterable[bytes], *, size: int, filename: str, purpose: str = "batch"
+    ) -> FileObject:
+        """Upload a JSONL file of ``size`` bytes as ``pieces`` come (built while it is sent, in
+        constant memory): one multipart/form-data body with its Content-Length, as a form with a
+        file would send it, not a chunked one (which not every server takes)."""
+        boundary = uuid.uuid4().hex
+        head = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\n{purpose}\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"'
+            "\r\nContent-Type: application/jsonl\r\n\r\n"
+        ).encode()
+        tail = f"\r\n--{boundary}--\r\n".encode()
+
+        def body() -> Iterator[bytes]:
+            yield head
+            sent = 0
+            for piece in pieces:
+                sent += len(piece)
+                yield piece
+            if sent != size:  # the file is not the one measured: send no file at all
+                raise RuntimeError(f"{filename}: {sent} bytes where {size} were measured")
+            yield tail
+
+        headers = {
+            "Content-Type": f"multipart/form-data; boundary={boundary}",
+            "Content-Length": str(len(head) + size + len(tail)),
+        }
+        response = self._send("POST", "files", route=FILES, content=body(), headers=headers)
         return FileObject.from_json(self._json(response))
 
     def download_file(self, file_id: str, dest: IO[bytes]) -> int:

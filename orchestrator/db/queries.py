@@ -350,47 +350,73 @@ _BATCH_ITEMS = (
 )
 
 
+class BatchReader:
+    """The requests of a batch in the batch's order, for its input file, in one snapshot.
+
+    Made first in its transaction (it makes the transaction REPEATABLE READ), it reads what each
+    line needs but the body, and each body's size (:attr:`items`), so that the file's size is
+    known before any body is read; :meth:`pages` then reads the bodies a page at a time: at most
+    ``page_bytes`` (default :data:`PAGE_BYTES`) of body text, at most :data:`PAGE_ROWS` requests
+    and at least one, so a body larger than a page comes alone and without its text
+    (:func:`body_slices` reads it). Each page is emptied when the next one is asked for. A
+    connection that read a body over :data:`KEEP_CONNECTION_BYTES` is closed at the end of the
+    transaction."""
+
+    def __init__(self, session: Session, batch_id: int, *, page_bytes: int | None = None) -> None:
+        self._session = session
+        self._batch_id = batch_id
+        self._page_bytes = page_bytes or PAGE_BYTES
+        session.execute(sa.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
+        self._job_id = session.get_one(Batch, batch_id).job_id
+        with raw_connection(session).cursor() as cur:
+            cur.execute(
+                f"SELECT bi.seq, octet_length({BODY_TEXT}), r.custom_id, r.provider, r.method, "
+                f"r.url {_BATCH_ITEMS} ORDER BY bi.seq",
+                (batch_id,),
+            )
+            # (seq, body bytes, custom_id, provider, method, url) of every request
+            self.items: list[tuple[int, int, str, str | None, str | None, str | None]] = (
+                cur.fetchall()
+            )
+        if any(size > KEEP_CONNECTION_BYTES for _, size, *_ in self.items):
+            session.connection().detach()
+
+    @property
+    def batch_id(self) -> int:
+        return self._batch_id
+
+    def pages(self) -> Iterator[list[RequestText]]:
+        conn = raw_connection(self._session)
+        sizes = [(seq, size) for seq, size, *_ in self.items]
+        for page in packing.pages(sizes, max_bytes=self._page_bytes, max_count=PAGE_ROWS):
+            alone = page.count == 1 and page.bytes > self._page_bytes  # in slices, not here
+            with conn.cursor(binary=True) as cur:
+                cur.execute(
+                    "SELECT bi.seq, bi.job_id, r.custom_id, r.provider, r.method, r.url, "
+                    f"{'NULL::bytea' if alone else BODY_TEXT} {_BATCH_ITEMS} "
+                    "AND r.job_id = %s AND r.seq BETWEEN %s AND %s ORDER BY bi.seq",
+                    (self._batch_id, self._job_id, page.first_seq, page.last_seq),
+                )
+                rows = [
+                    RequestText(
+                        seq, job, cid, provider, method, url,
+                        page.bytes if body is None else len(body), body,
+                    )
+                    for seq, job, cid, provider, method, url, body in cur
+                ]  # fmt: skip
+            if len(rows) != page.count:
+                raise RuntimeError(
+                    f"batch {self._batch_id}: {len(rows)} requests where {page.count} were"
+                )
+            yield rows
+            rows.clear()
+
+
 def batch_requests(
     session: Session, batch_id: int, *, page_bytes: int | None = None
 ) -> Iterator[list[RequestText]]:
-    """The requests of a batch in the batch's order, a page at a time: a page holds at most
-    ``page_bytes`` (default :data:`PAGE_BYTES`) of body text, at most :data:`PAGE_ROWS` requests
-    and at least one, so a body larger than a page comes alone and without its text
-    (:func:`body_slices` reads it). Pages are cut from the bodies' sizes, read first; the
-    transaction is made one snapshot (this must be its first statement), so that they stay the
-    sizes of the bodies read. Each page is emptied when the next one is asked for. A connection
-    that read a body over :data:`KEEP_CONNECTION_BYTES` is closed at the end of the transaction."""
-    page_bytes = page_bytes or PAGE_BYTES
-    session.execute(sa.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
-    job_id = session.get_one(Batch, batch_id).job_id
-    conn = raw_connection(session)
-    with conn.cursor() as cur:
-        cur.execute(
-            f"SELECT bi.seq, octet_length({BODY_TEXT}) {_BATCH_ITEMS} ORDER BY bi.seq", (batch_id,)
-        )
-        sizes: list[tuple[int, int]] = cur.fetchall()
-    if any(size > KEEP_CONNECTION_BYTES for _, size in sizes):
-        session.connection().detach()
-    for page in packing.pages(sizes, max_bytes=page_bytes, max_count=PAGE_ROWS):
-        alone = page.count == 1 and page.bytes > page_bytes  # read in slices, not here
-        with conn.cursor(binary=True) as cur:
-            cur.execute(
-                "SELECT bi.seq, bi.job_id, r.custom_id, r.provider, r.method, r.url, "
-                f"{'NULL::bytea' if alone else BODY_TEXT} {_BATCH_ITEMS} "
-                "AND r.job_id = %s AND r.seq BETWEEN %s AND %s ORDER BY bi.seq",
-                (batch_id, job_id, page.first_seq, page.last_seq),
-            )
-            rows = [
-                RequestText(
-                    seq, job, cid, provider, method, url,
-                    page.bytes if body is None else len(body), body,
-                )
-                for seq, job, cid, provider, method, url, body in cur
-            ]  # fmt: skip
-        if len(rows) != page.count:
-            raise RuntimeError(f"batch {batch_id}: {len(rows)} requests where {page.count} were")
-        yield rows
-        rows.clear()
+    """:meth:`BatchReader.pages` of a new reader (the transaction's first statement)."""
+    yield from BatchReader(session, batch_id, page_bytes=page_bytes).pages()
 
 
 def body_slices(

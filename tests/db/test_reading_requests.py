@@ -8,7 +8,6 @@ import itertools
 import json
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -20,7 +19,7 @@ from orchestrator import steps
 from orchestrator.db import queries
 from orchestrator.db.session import make_engine, make_sessionmaker, unit_of_work
 from orchestrator.domain import requests as rq
-from tests.support import make_settings, query
+from tests.support import query
 
 PAGE = 64 * 1024
 # Body contents (characters; multi-byte ones where marked, so that bytes and characters differ and
@@ -127,16 +126,16 @@ def test_the_input_file_is_built_page_by_page_and_slice_by_slice_byte_for_byte(
 ) -> None:
     monkeypatch.setattr(queries, "PAGE_BYTES", PAGE)
     job, batch = _enqueue_batch(db_url, CONTENTS)
-    settings = make_settings(db_url, "http://127.0.0.1:9/v1")
-    target = settings.target("fastrouter")
-    deps: Any = SimpleNamespace(sessions=sessions)
-    claimed: Any = SimpleNamespace(id=batch, endpoint="/v1/chat/completions")
-    path = tmp_path / "in.jsonl"
-
-    written, count = steps._write_input_file(deps, claimed, target, path)
-
-    data = path.read_bytes()
-    assert (written, count) == (len(data), len(CONTENTS))
+    heads = rq.LineHeads(endpoint="/v1/chat/completions", include_provider=True)
+    with unit_of_work(sessions) as s:
+        reader = queries.BatchReader(s, batch)
+        measured = steps._measure(reader, heads)
+        pieces = list(steps._lines(s, reader, heads))
+    data = b"".join(pieces)
+    # the size sent ahead (the upload's Content-Length) is the file's, to the byte
+    assert (measured, len(reader.items)) == (len(data), len(CONTENTS))
+    # and no piece holds more than a page of body text (a body over a page came in slices)
+    assert max(len(p) for p in pieces) <= 2 * PAGE
     lines = data.splitlines(keepends=True)
     stored = _stored(db_url, job)
     assert len(lines) == len(stored)
