@@ -17,9 +17,9 @@ For each: the time from the commit of the (last) INSERT to the job(s) ``complete
 provider's own create → completed time (the emulator's plan, checked against the remote
 timestamps); their difference, the daemon's **overhead**; and where it went, from the events of
 the (slowest) job: commit → planned, planned → uploaded, uploaded → created, the wait between the
-provider finishing and the daemon seeing it, seen → ingested. For 50k the run also measures the
-**floor** on the same database, as the baseline: one read of the 50,000 rows (``COPY … TO``)
-and one ``COPY`` of its 50,000 results into a table like ``results``.
+provider finishing and the daemon seeing it, seen → ingested; and the daemon's peak RSS. For 50k
+the run also measures the **floor** on the same database, as the baseline: one read of the
+50,000 rows (``COPY … TO``) and one ``COPY`` of its 50,000 results into a table like ``results``.
 
 Databases are created on the PostgreSQL at 127.0.0.1:5432 (or the server of ``--db-url``), else
 in an embedded one, and dropped at the end. Figures only; the exit status is non-zero unless every
@@ -144,6 +144,14 @@ def phases(url: str, case: Case, committed: dt.datetime) -> dict[str, float]:
     }
 
 
+def peak_rss(pid: int) -> float:
+    """The process's peak resident memory so far, in MB (VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def floor(url: str) -> dict[str, float]:
     """The physical floor of the 50k case on this database: one read of the requests' rows and
     one COPY of their results (the results the run wrote, into a table like ``results``)."""
@@ -187,6 +195,7 @@ def run(case: Case, dbs: Databases, template: str, work: Path, workers: int) -> 
             wait_registered(url, [daemon], work)
             last, committed = insert(url, case)
             done, why = wait_done(url, [daemon], last + 600, [0])
+            peak = peak_rss(daemon.pid)
         finally:
             stop(daemon)
     finally:
@@ -211,6 +220,7 @@ def run(case: Case, dbs: Databases, template: str, work: Path, workers: int) -> 
         "why": why if not ok else "",
         "commit_to_completed": None if done is None else done - last,
         "provider": case.provider_seconds(),
+        "daemon_peak_rss_mb": peak,
     }
     if ok:
         out["overhead"] = out["commit_to_completed"] - case.provider_seconds()
@@ -242,6 +252,7 @@ def report(results: list[dict[str, Any]]) -> str:
         rows.append(
             (f"… {phase}", [cell(r["phases"][phase]) if r["ok"] else "n/a" for r in results])
         )
+    rows.append(("daemon peak RSS", [f"{r['daemon_peak_rss_mb']:.0f} MB" for r in results]))
     for name, values in rows:
         lines.append(f"| {name} | " + " | ".join(values) + " |")
     for r in results:
