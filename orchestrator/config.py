@@ -189,9 +189,10 @@ class DaemonSettings:
     poll_initial_seconds: float = 15.0
     poll_factor: float = 1.5
     poll_max_seconds: float = 600.0
-    # A new batch is polled sooner: its n-th poll comes at most poll_first_seconds × poll_factor^n
-    # after the one before (domain/backoff.py PollSchedule)
+    # A new batch is polled sooner: its n-th poll comes at most poll_first_seconds ×
+    # poll_first_factor^n after the one before (domain/backoff.py PollSchedule)
     poll_first_seconds: float = 1.0
+    poll_first_factor: float = 1.25
     poll_jitter: float = 0.1
     retry_base_seconds: float = 2.0  # 5xx / timeouts: capped exponential backoff with jitter
     retry_max_seconds: float = 300.0

@@ -168,6 +168,7 @@ class Deps:
             d.poll_max_seconds,
             d.poll_jitter,
             first=d.poll_first_seconds,
+            first_factor=d.poll_first_factor,
         )
 
     @property

@@ -70,18 +70,19 @@ def _cancel_if_requested(deps: Deps, b: Claimed, stage: str) -> bool:
 
 def upload(deps: Deps, b: Claimed) -> bool:
     """Build the batch's JSONL while it is sent: its size first (from the bodies' sizes, none
-    read), then each page of bodies read, turned into lines and sent before the next is read. The
-    read-only snapshot stays open for the upload; nothing is written, and no file is spooled."""
+    read), then a page of bodies at a time, each read in a short transaction of its own, turned
+    into lines and sent before the next is read. No transaction is open while bytes are sent,
+    and no file is spooled."""
     if _cancel_if_requested(deps, b, "planned"):
         return False
     target = deps.settings.target(b.target)
     heads = rq.LineHeads(endpoint=b.endpoint, include_provider=target.requires_provider)
-    name = f"batch-{b.id}-round-{b.round}.jsonl"
     with unit_of_work(deps.sessions) as s:
         reader = queries.BatchReader(s, b.id)
-        size, count = _measure(reader, heads), len(reader.items)
-        lines = _lines(s, reader, heads)
-        uploaded = deps.clients(b.target).upload(lines, size=size, filename=name)
+    size, count = _measure(reader, heads), len(reader.items)
+    uploaded = deps.clients(b.target).upload(
+        _lines(deps, reader, heads), size=size, filename=f"batch-{b.id}-round-{b.round}.jsonl"
+    )
     # Pages of up to 32 MB leave freed memory that the allocator keeps; give it back, so that an
     # idle daemon does not hold it.
     memory.release()
@@ -106,21 +107,28 @@ def _measure(reader: queries.BatchReader, heads: rq.LineHeads) -> int:
     )
 
 
-def _lines(s: Session, reader: queries.BatchReader, heads: rq.LineHeads) -> Iterator[bytes]:
-    """The batch's JSONL, a page of lines at a time (a body larger than a page in slices, so
-    that none is held whole)."""
+def _lines(deps: Deps, reader: queries.BatchReader, heads: rq.LineHeads) -> Iterator[bytes]:
+    """The batch's JSONL, a page of lines at a time; a body larger than a page in slices, so that
+    none is held whole. Each read is its own transaction, closed before its bytes go out."""
     for page in reader.pages():
+        with unit_of_work(deps.sessions) as s:
+            rows = reader.read(s, page)
         parts: list[bytes] = []
-        for r in page:
+        for r in rows:
             head = heads(rq.RequestRow(r.custom_id, r.provider, r.method, r.url))
             if r.body is None:
                 yield b"".join(parts)
                 parts.clear()
                 yield head
-                yield from queries.body_slices(s, r)
+                for start in range(0, r.body_bytes, queries.PAGE_BYTES):
+                    with unit_of_work(deps.sessions) as s:
+                        piece = queries.body_slice(s, r, start, queries.PAGE_BYTES)
+                    yield piece
+                    del piece  # not held while the next slice is read
                 yield rq.LINE_END
             else:
                 parts += (head, r.body, rq.LINE_END)
+        rows.clear()
         yield b"".join(parts)
         parts.clear()
 
@@ -342,14 +350,13 @@ def poll(deps: Deps, b: Claimed) -> bool:
         if overdue is not None:
             _fail(deps, b, overdue, PATIENCE_EXHAUSTED, **fields)
             return False
-        created = from_unix(remote.created_at) or b.create_attempted_at
         at = deps.poll_schedule.next_poll(
             now=now,
             unchanged_polls=unchanged,
             rng=deps.rng,
             expires_at=from_unix(remote.expires_at),
             polls=b.poll_count + 1,
-            created_at=created,
+            created_at=b.create_attempted_at,  # the daemon's clock, as now
             done_at=backoff.eta(
                 status=remote.status,
                 counts=remote.request_counts,

@@ -130,6 +130,7 @@ def install_baseline() -> None:
     import sqlalchemy as sa
 
     from orchestrator import plan, steps
+    from orchestrator.db.session import unit_of_work
     from orchestrator.domain import requests as rq
     from orchestrator.domain.packing import Packer
 
@@ -173,7 +174,11 @@ def install_baseline() -> None:
             result.chunks.append(last)
         return result
 
-    def lines(s: Any, reader: Any, heads: Any) -> Iterator[bytes]:
+    def lines(deps: Any, reader: Any, heads: Any) -> Iterator[bytes]:
+        with unit_of_work(deps.sessions) as s:
+            yield from _lines_in(s, reader, heads)
+
+    def _lines_in(s: Any, reader: Any, heads: Any) -> Iterator[bytes]:
         rows = s.execute(
             sa.text(
                 "SELECT r.custom_id, r.provider, r.method, r.url, r.body::text AS body, "

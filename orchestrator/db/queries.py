@@ -3,6 +3,7 @@ are :mod:`orchestrator.db.ledger`'s), and none commits: the caller frames the tr
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import datetime as dt
 import uuid
@@ -351,22 +352,22 @@ _BATCH_ITEMS = (
 
 
 class BatchReader:
-    """The requests of a batch in the batch's order, for its input file, in one snapshot.
+    """The requests of a batch in the batch's order, for its input file, read in short
+    transactions, none of them open while the file is sent.
 
-    Made first in its transaction (it makes the transaction REPEATABLE READ), it reads what each
-    line needs but the body, and each body's size (:attr:`items`), so that the file's size is
-    known before any body is read; :meth:`pages` then reads the bodies a page at a time: at most
-    ``page_bytes`` (default :data:`PAGE_BYTES`) of body text, at most :data:`PAGE_ROWS` requests
-    and at least one, so a body larger than a page comes alone and without its text
-    (:func:`body_slices` reads it). Each page is emptied when the next one is asked for. A
-    connection that read a body over :data:`KEEP_CONNECTION_BYTES` is closed at the end of the
-    transaction."""
+    Made in one (the caller's), it reads what each line needs but the body, and each body's size
+    (:attr:`items`), so that the file's size is known before any body is read. :meth:`pages` cuts
+    them into pages: at most ``page_bytes`` (default :data:`PAGE_BYTES`) of body text, at most
+    :data:`PAGE_ROWS` requests and at least one, so a body larger than a page comes alone; and
+    :meth:`read` reads one page's bodies, in a transaction of its own (a body alone in its page
+    comes without its text: :func:`body_slice` reads it, a slice per transaction). Requests never
+    change once enqueued; should one change all the same, a page's count or a body's size no longer
+    matches what was measured, and the read fails rather than send another file. A connection that
+    read a body over :data:`KEEP_CONNECTION_BYTES` is closed at the end of its transaction."""
 
     def __init__(self, session: Session, batch_id: int, *, page_bytes: int | None = None) -> None:
-        self._session = session
         self._batch_id = batch_id
         self._page_bytes = page_bytes or PAGE_BYTES
-        session.execute(sa.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
         self._job_id = session.get_one(Batch, batch_id).job_id
         columns = f"octet_length({BODY_TEXT}), r.custom_id, r.provider, r.method, r.url"
         with raw_connection(session).cursor() as cur:
@@ -391,79 +392,87 @@ class BatchReader:
             self.items: list[tuple[int, int, str, str | None, str | None, str | None]] = (
                 cur.fetchall()
             )
-        if any(size > KEEP_CONNECTION_BYTES for _, size, *_ in self.items):
-            session.connection().detach()
 
     @property
     def batch_id(self) -> int:
         return self._batch_id
 
-    def pages(self) -> Iterator[list[RequestText]]:
-        conn = raw_connection(self._session)
+    def pages(self) -> list[packing.Chunk]:
         sizes = [(seq, size) for seq, size, *_ in self.items]
-        for page in packing.pages(sizes, max_bytes=self._page_bytes, max_count=PAGE_ROWS):
-            alone = page.count == 1 and page.bytes > self._page_bytes  # in slices, not here
-            body = "NULL::bytea" if alone else BODY_TEXT
-            with conn.cursor(binary=True) as cur:
-                if page.last_seq - page.first_seq + 1 == page.count:
-                    # every seq of the range is the batch's (seq is unique in a job): read the
-                    # requests by their own index, without joining the items (a page of a
-                    # first-round batch of one model, nearly always: 2.5 times faster)
-                    cur.execute(
-                        "SELECT r.seq, r.job_id, r.custom_id, r.provider, r.method, r.url, "
-                        f"{body} FROM orchestrator.requests r "
-                        "WHERE r.job_id = %s AND r.seq BETWEEN %s AND %s ORDER BY r.seq",
-                        (self._job_id, page.first_seq, page.last_seq),
-                    )
-                else:
-                    cur.execute(
-                        "SELECT bi.seq, bi.job_id, r.custom_id, r.provider, r.method, r.url, "
-                        f"{body} {_BATCH_ITEMS} "
-                        "AND r.job_id = %s AND r.seq BETWEEN %s AND %s ORDER BY bi.seq",
-                        (self._batch_id, self._job_id, page.first_seq, page.last_seq),
-                    )
-                rows = [
-                    RequestText(
-                        seq, job, cid, provider, method, url,
-                        page.bytes if body is None else len(body), body,
-                    )
-                    for seq, job, cid, provider, method, url, body in cur
-                ]  # fmt: skip
-            if len(rows) != page.count:
-                raise RuntimeError(
-                    f"batch {self._batch_id}: {len(rows)} requests where {page.count} were"
+        return list(packing.pages(sizes, max_bytes=self._page_bytes, max_count=PAGE_ROWS))
+
+    def read(self, session: Session, page: packing.Chunk) -> list[RequestText]:
+        """One page of :meth:`pages`, its bodies read in ``session``."""
+        alone = page.count == 1 and page.bytes > self._page_bytes  # in slices, not here
+        at = bisect.bisect_left(self.items, (page.first_seq,))
+        sizes = {seq: size for seq, size, *_ in self.items[at : at + page.count]}
+        if not alone and max(sizes.values()) > KEEP_CONNECTION_BYTES:
+            session.connection().detach()
+        body = "NULL::bytea" if alone else BODY_TEXT
+        with raw_connection(session).cursor(binary=True) as cur:
+            if page.last_seq - page.first_seq + 1 == page.count:
+                # every seq of the range is the batch's (seq is unique in a job): read the
+                # requests by their own index, without joining the items (a page of a
+                # first-round batch of one model, nearly always: 2.5 times faster)
+                cur.execute(
+                    "SELECT r.seq, r.job_id, r.custom_id, r.provider, r.method, r.url, "
+                    f"{body} FROM orchestrator.requests r "
+                    "WHERE r.job_id = %s AND r.seq BETWEEN %s AND %s ORDER BY r.seq",
+                    (self._job_id, page.first_seq, page.last_seq),
                 )
-            yield rows
-            rows.clear()
+            else:
+                cur.execute(
+                    "SELECT bi.seq, bi.job_id, r.custom_id, r.provider, r.method, r.url, "
+                    f"{body} {_BATCH_ITEMS} "
+                    "AND r.job_id = %s AND r.seq BETWEEN %s AND %s ORDER BY bi.seq",
+                    (self._batch_id, self._job_id, page.first_seq, page.last_seq),
+                )
+            rows = [
+                RequestText(seq, job, cid, provider, method, url, sizes.get(seq, -1), text)
+                for seq, job, cid, provider, method, url, text in cur
+            ]
+        if len(rows) != page.count or any(
+            r.body_bytes < 0 or (r.body is not None and len(r.body) != r.body_bytes) for r in rows
+        ):
+            raise RuntimeError(f"batch {self._batch_id}: its requests changed while read")
+        return rows
 
 
 def batch_requests(
     session: Session, batch_id: int, *, page_bytes: int | None = None
 ) -> Iterator[list[RequestText]]:
-    """:meth:`BatchReader.pages` of a new reader (the transaction's first statement)."""
-    yield from BatchReader(session, batch_id, page_bytes=page_bytes).pages()
+    """Every page of a new :class:`BatchReader`, read in ``session``."""
+    reader = BatchReader(session, batch_id, page_bytes=page_bytes)
+    for page in reader.pages():
+        yield reader.read(session, page)
+
+
+def body_slice(session: Session, request: RequestText, start: int, length: int) -> bytes:
+    """``length`` bytes (fewer at its end) of the body of a request that came without it, from
+    ``start``. Each slice renders the body again on the server: slow for hundreds of MB, but this
+    process never holds more than a slice."""
+    if length > KEEP_CONNECTION_BYTES:
+        session.connection().detach()
+    with raw_connection(session).cursor(binary=True) as cur:
+        cur.execute(
+            f"SELECT substring({BODY_TEXT} FROM %s FOR %s) FROM orchestrator.requests r "
+            "WHERE r.job_id = %s AND r.custom_id = %s",
+            (start + 1, length, request.job_id, request.custom_id),
+        )
+        piece: bytes | None = (cur.fetchone() or (None,))[0]
+    if piece is None or len(piece) != min(length, request.body_bytes - start):
+        raise RuntimeError(f"request {request.custom_id!r}: its body changed while read")
+    return piece
 
 
 def body_slices(
     session: Session, request: RequestText, *, slice_bytes: int | None = None
 ) -> Iterator[bytes]:
     """The body of a request that came without it, ``slice_bytes`` (default :data:`PAGE_BYTES`)
-    at a time. Each slice renders the body again on the server: slow for hundreds of MB, but this
-    process never holds more than a slice (write them with ``writelines``, which lets each go)."""
+    at a time (:func:`body_slice`), in ``session``."""
     slice_bytes = slice_bytes or PAGE_BYTES
-    conn = raw_connection(session)
     for start in range(0, request.body_bytes, slice_bytes):
-        with conn.cursor(binary=True) as cur:
-            cur.execute(
-                f"SELECT substring({BODY_TEXT} FROM %s FOR %s) FROM orchestrator.requests r "
-                "WHERE r.job_id = %s AND r.custom_id = %s",
-                (start + 1, slice_bytes, request.job_id, request.custom_id),
-            )
-            piece: bytes | None = (cur.fetchone() or (None,))[0]
-        if piece is None or len(piece) != min(slice_bytes, request.body_bytes - start):
-            raise RuntimeError(f"request {request.custom_id!r}: its body changed while read")
-        yield piece
-        del piece  # not held while the next slice is read
+        yield body_slice(session, request, start, slice_bytes)
 
 
 def batch_members(session: Session, batch_id: int) -> dict[str, int]:
@@ -779,11 +788,11 @@ def learned_limit(session: Session, target: str, model: str | None) -> int | Non
 # priority, then turn (the n-th of its job, counting the job's batches created so far on this
 # target), then id. Read through the partial index ix_batches_capacity, plus each waiting job's
 # batches by job_id for its turn.
-_LOAD = """
+_LOAD = f"""
     WITH open AS (
         SELECT b.id, b.job_id, b.priority, b.state, b.model, b.estimated_tokens
           FROM orchestrator.batches b
-         WHERE b.target = :target AND b.state IN ('uploaded', 'creating', 'submitted')
+         WHERE b.target = :target AND b.{CAPACITY_BATCHES}
     ), served AS (
         SELECT x.job_id, count(*) AS n
           FROM orchestrator.batches x
@@ -799,10 +808,10 @@ _LOAD = """
     )
     SELECT
         (SELECT COALESCE(sum(estimated_tokens), 0) FROM open
-          WHERE state <> 'uploaded' AND model IS NOT DISTINCT FROM :model) AS tokens_in_flight,
+          WHERE {IN_FLIGHT} AND model IS NOT DISTINCT FROM :model) AS tokens_in_flight,
         COALESCE(sum(l.estimated_tokens) FILTER (WHERE l.model IS NOT DISTINCT FROM :model), 0)
             AS tokens_ahead,
-        (SELECT count(*) FROM open WHERE state <> 'uploaded') AS batches_in_flight,
+        (SELECT count(*) FROM open WHERE {IN_FLIGHT}) AS batches_in_flight,
         count(l.id) AS batches_ahead
       FROM line me
       LEFT JOIN line l

@@ -17,8 +17,8 @@ class PollSchedule:
     * The delay starts at ``initial``, grows by ``factor`` with every poll that saw no change, and
       stops growing at ``maximum``.
     * A young batch is polled sooner: the n-th poll after the create comes at most ``first`` ×
-      ``factor``^n after the one before (1, 1.5, 2.25… s), so a small batch that the provider
-      finishes in seconds is seen done in seconds, not after ``initial``.
+      ``first_factor``^n after the one before (1, 1.25, 1.56… s), so a small batch that the
+      provider finishes in seconds is seen done in seconds, not after ``initial``.
     * While the provider reports progress (``in_progress``, with some requests done), the next
       poll comes no later than when that pace says the batch will be done (:func:`eta`), but
       never sooner than ``first`` and a tenth of the batch's age: a pace that keeps slowing down
@@ -35,13 +35,16 @@ class PollSchedule:
     maximum: float = 600.0
     jitter: float = 0.1
     first: float = 1.0
+    first_factor: float = 1.25
     # the shortest wait for a predicted end, as a share of the batch's age
     age_share: float = 0.1
 
     def base_delay(self, unchanged_polls: int, polls: int | None = None) -> float:
         delay = min(self.initial * self.factor ** min(max(0, unchanged_polls), 64), self.maximum)
         if polls is not None:
-            delay = min(delay, self.first * self.factor ** min(max(0, polls), 64))
+            early = self.first * self.first_factor ** min(max(0, polls), 64)
+            if early < self.initial:  # young: until its polls come as seldom as the backoff's
+                delay = min(delay, early)
         return float(delay)
 
     def shortest(self, age: float) -> float:

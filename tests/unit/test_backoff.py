@@ -72,10 +72,11 @@ def test_retry_backoff_is_capped_exponential_with_jitter(attempt: int, ceiling: 
 
 @pytest.mark.parametrize(
     ("polls", "expected"),
-    [(0, 1.0), (1, 1.5), (2, 2.25), (3, 3.375), (6, 11.390625), (7, 15.0), (30, 15.0)],
-)
+    [(0, 1.0), (1, 1.25), (2, 1.5625), (3, 1.953125), (6, 3.814697265625), (12, 14.551915228366852),
+     (13, 15.0), (30, 15.0)],
+)  # fmt: skip
 def test_a_young_batch_is_polled_early_then_as_before(polls: int, expected: float) -> None:
-    # the n-th poll after the create comes at most 1 × 1.5^n s after the one before, and never
+    # the n-th poll after the create comes at most 1 × 1.25^n s after the one before, and never
     # later than the backoff would (15 s for a status that just changed)
     assert PollSchedule().base_delay(0, polls) == pytest.approx(expected)
     # an old batch whose status has not changed for a while waits as before
