@@ -1061,6 +1061,17 @@ MUTATIONS: list[Mutation] = [
         tests=["tests/e2e/test_latency.py::"
                "test_the_daemon_process_on_its_defaults_completes_a_3_request_job_in_under_6_s"],
     ),
+    Mutation(
+        name="upload-holds-transaction-while-sending",
+        promise="no transaction is open while the input file is sent",
+        path="orchestrator/steps.py",
+        old="                        piece = queries.body_slice(s, r, start, queries.PAGE_BYTES)\n"
+            "                    yield piece\n",
+        new="                        piece = queries.body_slice(s, r, start, queries.PAGE_BYTES)\n"
+            "                        yield piece\n",
+        tests=["tests/db/test_reading_requests.py::"
+               "test_no_transaction_is_open_while_the_input_file_is_sent"],
+    ),
 ]
 # fmt: on
 

@@ -259,3 +259,28 @@ def test_a_connection_that_read_a_large_body_is_closed_not_pooled(
     finally:
         engine.dispose()
     assert (after == backend) is pooled
+
+
+def test_no_transaction_is_open_while_the_input_file_is_sent(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a batch of pages and slices (the upload sends each piece as the generator yields it)
+    monkeypatch.setattr(queries, "PAGE_BYTES", PAGE)
+    _, batch = _enqueue_batch(db_url, CONTENTS)
+    engine = make_engine(db_url)
+    sessions = make_sessionmaker(engine)
+    heads = rq.LineHeads(endpoint="/v1/chat/completions", include_provider=True)
+    try:
+        with unit_of_work(sessions) as s:
+            reader = queries.BatchReader(s, batch)
+        # When the lines are read, as the upload reads them
+        open_while_sending = []
+        sent = 0
+        for piece in steps._lines(SimpleNamespace(sessions=sessions), reader, heads):
+            open_while_sending.append(engine.pool.checkedout())  # type: ignore[attr-defined]
+            sent += len(piece)
+    finally:
+        engine.dispose()
+    # Then every piece went out with no connection taken from the pool (so no transaction open)
+    assert sent == steps._measure(reader, heads)
+    assert len(open_while_sending) > len(CONTENTS) // 60 and set(open_while_sending) == {0}
