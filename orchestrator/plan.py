@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from collections.abc import Callable
 
 from orchestrator.config import TargetConfig
 from orchestrator.db import ledger, queries
@@ -80,6 +81,9 @@ def validate_and_pack(session: Session, job: Job, target: TargetConfig) -> Valid
             )
         return packer
 
+    grouped = _pack_groups(queries.job_request_groups(session, job.id), rules, heads, packer_for)
+    if grouped is not None:
+        return grouped
     for r in queries.job_requests(session, job.id):
         row = rq.RequestRow(r.custom_id, r.provider, r.method, r.url)
         head = heads(row)
@@ -103,6 +107,54 @@ def validate_and_pack(session: Session, job: Job, target: TargetConfig) -> Valid
         last = packer.finish()
         if last:
             result.chunks.append(last)
+    return result
+
+
+def _pack_groups(
+    groups: list[queries.RequestGroup],
+    rules: rq.Rules,
+    heads: rq.LineHeads,
+    packer_for: Callable[[str], Packer],
+) -> Validation | None:
+    """The plan of a job whose requests all pass and whose models each fit one chunk, from its
+    groups alone (:func:`queries.job_request_groups`): the same chunks as packing it request by
+    request, which would close none. None when that cannot be told from the groups (a custom_id
+    that is not plain, a group with a problem, a model over a file's limits): then it is planned
+    request by request, which names what is wrong.
+
+    Each group's checks run once, on the group's worst case: its longest custom_id and its
+    longest line (every other check reads only what the whole group shares)."""
+    result = Validation()
+    models: dict[str, list[int]] = {}  # model → [count, bytes, tokens, first seq, last seq]
+    for g in groups:
+        if not g.plain_ids:
+            return None
+        # a plain custom_id is its own length in bytes plus two quotes: the head of an empty one,
+        # and the line end, are what every line of the group adds to its custom_id and body
+        fixed = len(heads(rq.RequestRow("", g.provider, g.method, g.url))) + len(rq.LINE_END)
+        worst = rq.RequestRow("x" * g.longest_id, g.provider, g.method, g.url)
+        if rq.request_problem(worst, g.body_shape, fixed + g.longest, rules):
+            return None
+        model = g.body_shape["model"]  # a string: the checks passed
+        size = fixed * g.count + g.id_bytes + g.body_bytes
+        totals = models.setdefault(model, [0, 0, 0, g.first_seq, g.last_seq])
+        totals[0] += g.count
+        totals[1] += size
+        totals[2] += g.tokens
+        totals[3] = min(totals[3], g.first_seq)
+        totals[4] = max(totals[4], g.last_seq)
+    # in the order their models first come, as the packers close them
+    for model, (count, size, tokens, first, last) in sorted(models.items(), key=lambda m: m[1][3]):
+        packer = packer_for(model)
+        if (
+            count > packer.max_requests
+            or size > packer.max_bytes
+            or (packer.max_tokens is not None and tokens > packer.max_tokens)
+        ):
+            return None
+        result.chunks.append(Chunk(first, last, count, size, tokens, model))
+        result.total += count
+        result.bytes += size
     return result
 
 

@@ -355,7 +355,8 @@ def poll(deps: Deps, b: Claimed) -> bool:
             unchanged_polls=unchanged,
             rng=deps.rng,
             expires_at=from_unix(remote.expires_at),
-            polls=b.poll_count + 1,
+            # finalizing: its requests have all run; early polls again, from that change
+            polls=unchanged if remote.status == RemoteStatus.FINALIZING else b.poll_count + 1,
             created_at=b.create_attempted_at,  # the daemon's clock, as now
             done_at=backoff.eta(
                 status=remote.status,

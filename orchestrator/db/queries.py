@@ -331,6 +331,69 @@ def job_requests(session: Session, job_id: int) -> Iterator[PlannedRequest]:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class RequestGroup:
+    """The requests of a job that share their envelope and the shape of their body, summed up
+    (:func:`job_request_groups`): what planning's checks and packer need of them when their
+    custom_ids are :data:`PLAIN_ID`, so that one row stands for all."""
+
+    provider: str | None
+    method: str | None
+    url: str | None
+    body_shape: Any  # :func:`body_shape`
+    plain_ids: bool  # every custom_id is PLAIN_ID
+    longest_id: int  # characters (= bytes, when plain)
+    count: int
+    first_seq: int
+    last_seq: int
+    id_bytes: int  # the custom_ids' bytes, summed
+    body_bytes: int  # the bodies' bytes as JSONL text, summed
+    longest: int  # the most bytes of one request's custom_id and body together
+    tokens: int  # estimated prompt tokens, summed (domain/capacity.py)
+
+
+# A custom_id that JSON writes as itself between quotes, one byte per character: printable ASCII
+# but the quote and the backslash (a space, whitespace of any kind, is not in it either).
+PLAIN_ID = (
+    "r.custom_id ~ '^[\\x21-\\x7e]+$' AND strpos(r.custom_id, '\"') = 0 "
+    "AND strpos(r.custom_id, '\\') = 0"
+)
+
+
+def job_request_groups(session: Session, job_id: int) -> list[RequestGroup]:
+    """The job's requests grouped by what planning checks (provider, method, url, the body's
+    shape), with what packing adds up: one pass over the job's rows in the database, none sent
+    here. A job of 50,000 requests is a few rows (0.15 s, against 0.4 s row by row)."""
+    rows = session.execute(
+        sa.text(
+            f"""
+            SELECT provider, method, url, body_type, model, messages_kind, input_kind,
+                   bool_and(plain), max(octet_length(custom_id)), count(*), min(seq), max(seq),
+                   sum(octet_length(custom_id)), sum(body_bytes),
+                   max(octet_length(custom_id) + body_bytes), sum((body_bytes + 3) / 4)
+              FROM (SELECT r.custom_id, r.provider, r.method, r.url, r.seq,
+                           {PLAIN_ID} AS plain,
+                           octet_length({BODY_TEXT}) AS body_bytes, {BODY_SHAPE}
+                      FROM orchestrator.requests r WHERE r.job_id = :job) q
+             GROUP BY provider, method, url, body_type, model, messages_kind, input_kind
+            """
+        ),
+        {"job": job_id, "whitespace": WHITESPACE},
+    ).all()
+    groups = []
+    for row in rows:
+        provider, method, url, kind, model, messages, input_, plain, *sums = row
+        longest_id, n, first, last, id_bytes, body_bytes, longest, tokens = map(int, sums)
+        shape = body_shape(kind, model, messages, input_)
+        groups.append(
+            RequestGroup(
+                provider, method, url, shape, bool(plain), longest_id, n, first, last,
+                id_bytes, body_bytes, longest, tokens,
+            )
+        )  # fmt: skip
+    return groups
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class RequestText:
     """A request of a batch as its input line needs it."""
 

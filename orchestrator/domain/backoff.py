@@ -18,13 +18,17 @@ class PollSchedule:
       stops growing at ``maximum``.
     * A young batch is polled sooner: the n-th poll after the create comes at most ``first`` ×
       ``first_factor``^n after the one before (1, 1.25, 1.56… s), so a small batch that the
-      provider finishes in seconds is seen done in seconds, not after ``initial``.
+      provider finishes in seconds is seen done in seconds, not after ``initial``. So is a batch
+      just seen ``finalizing`` (its requests have all run; the provider is writing the files), its
+      polls counted from that change (``polls=unchanged_polls``): it is done soon, as a rule.
     * While the provider reports progress (``in_progress``, with some requests done), the next
       poll comes no later than when that pace says the batch will be done (:func:`eta`), but
       never sooner than ``first`` and a tenth of the batch's age: a pace that keeps slowing down
-      cannot make polls frequent.
-    * ``±jitter`` spreads batches created together (a predicted end is polled up to ``first``
-      after it instead). The delay never steps over the batch's ``expires_at``: the poll right
+      cannot make polls frequent. Nor does the backoff bring a poll just before a predicted end
+      (nearer it than that least delay): the poll waits for the end instead.
+    * ``±jitter`` spreads batches created together (a predicted end is polled between half
+      ``first`` and ``first`` after it instead: never before it, when the last requests may still
+      be running). The delay never steps over the batch's ``expires_at``: the poll right
       after expiry is what collects the partial results.
 
     What this costs a batch per day is bounded: :func:`polls_within` counts the most polls the
@@ -82,8 +86,13 @@ class PollSchedule:
         if done_at is not None:
             # the predicted end, a little after it (at most ``first``): no jitter, which would
             # spread a 10-minute prediction by a minute
-            predicted = self.predicted((done_at - now).total_seconds(), age)
-            delay = min(delay, predicted + rng.uniform(0, self.first))
+            done_in = (done_at - now).total_seconds()
+            predicted = self.predicted(done_in, age) + rng.uniform(self.first / 2, self.first)
+            if delay < done_in < delay + self.shortest(age + delay):
+                # a poll at the backoff would find the end nearer than it may then wait for,
+                # and see it done only a tenth of its age later: wait for the end instead
+                delay = predicted
+            delay = min(delay, predicted)
         at = now + dt.timedelta(seconds=delay)
         if expires_at is not None and now < expires_at < at:
             # Wake up just after expiry, when the provider should report it.
@@ -126,11 +135,13 @@ def polls_within(schedule: PollSchedule, seconds: float, *, changes: int = 3) ->
     changes ``changes`` times (validating → in_progress → finalizing → completed: 3), each at the
     worst moment (when the backoff has reached its maximum, so that it starts again from
     ``initial``), the early polls come as early as allowed, every poll predicts an end as near as
-    allowed, and the jitter always shortens the wait."""
+    allowed, and the jitter always shortens the wait. From the second change on (the batch
+    may be ``finalizing``), the early polls are counted from the last change."""
     shrink = 1 - schedule.jitter
     t, polls, unchanged, left = 0.0, 0, 0, changes
     while True:
-        delay = min(schedule.base_delay(unchanged, polls) * shrink, schedule.shortest(t))
+        early = unchanged if changes - left >= 2 else polls
+        delay = min(schedule.base_delay(unchanged, early) * shrink, schedule.shortest(t))
         t += delay
         if t > seconds:
             return polls

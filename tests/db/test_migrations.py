@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import psycopg
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -13,7 +14,7 @@ from alembic.runtime.migration import MigrationContext
 from orchestrator.db.base import SCHEMA, Base
 from orchestrator.db.migrate import downgrade, upgrade
 from orchestrator.db.session import make_engine
-from tests.support import scalar
+from tests.support import count, enqueue, harness, scalar, simple_requests
 
 TABLES = {
     "jobs",
@@ -111,3 +112,17 @@ def test_enqueue_notifies_the_daemons(db_url: str) -> None:
         notes = list(raw.notifies(timeout=5, stop_after=1))  # type: ignore[attr-defined]
     engine.dispose()
     assert [n.channel for n in notes] == ["orchestrator"]
+
+
+def test_a_batchs_items_go_with_it_whatever_deletes_it(db_url: str) -> None:
+    """Items have no foreign key to their batch (migration 0009: its check per row was half the
+    cost of writing them); a trigger deletes them with it, here through a user's job delete."""
+    keep, drop = enqueue(db_url, simple_requests(3)), enqueue(db_url, simple_requests(2))
+    with harness(db_url) as h:
+        h.daemon.tick(wait=True)  # plans both jobs
+    assert count(db_url, "batch_items") == 5
+    with psycopg.connect(db_url) as conn:
+        conn.execute("DELETE FROM orchestrator.jobs WHERE id = %s", (drop,))
+    assert count(db_url, "batches", "job_id = %s", drop) == 0
+    assert count(db_url, "batch_items", "job_id = %s", drop) == 0
+    assert count(db_url, "batch_items", "job_id = %s", keep) == 3

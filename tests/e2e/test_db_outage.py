@@ -80,7 +80,8 @@ def failures(
 def outage_logged(logs: str) -> bool:
     """Every path that needs the database has failed, and said so, at least once (the metrics
     refresh runs every 15 s: this waits for its first run after the daemon started)."""
-    lines = [json.loads(line) for line in logs.splitlines() if line.strip()]
+    whole = logs[: logs.rfind("\n") + 1]  # not a last line the daemon is still writing
+    lines = [json.loads(line) for line in whole.splitlines() if line.strip()]
     return (
         len(failures(lines, "timer_failed", timer="tick")) >= 10
         and len(failures(lines, "timer_failed", timer="heartbeat")) >= 2

@@ -76,6 +76,19 @@ def test_a_long_batch_is_seen_done_when_the_providers_pace_says_not_at_the_next_
     assert polls == 14, polls
 
 
+def test_a_batch_seen_finalizing_is_polled_early_again_not_at_the_backoff(db_url: str) -> None:
+    # Given a provider that runs 1,200 requests at 10 a second (1 s validating, 120 s running)
+    # and then finalizes for 5 s, and a daemon with the default settings
+    with _defaults(db_url, rows_per_second=10, finalizing_seconds=5) as h:
+        took, polls = _run(h, db_url, requests=1_200, step=0.25)
+    # Then it is seen done within 3 s of its end (126 s after the create): the poll at the
+    # predicted end of the rows (121.5 to 122 s) sees it finalizing, and the polls after that
+    # change come early again (1, 1.25, 1.56, 1.95 s apart), where the backoff would have waited
+    # 15 s (seen done at about 137 s)
+    assert 126 <= took < 129, took
+    assert polls == 17, polls
+
+
 @pytest.mark.parametrize("tick_seconds", [None, 10.0])
 def test_the_daemon_process_on_its_defaults_completes_a_3_request_job_in_under_6_s(
     db_url: str, tmp_path: Path, tick_seconds: float | None

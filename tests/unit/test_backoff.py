@@ -111,10 +111,46 @@ def test_the_end_the_providers_pace_predicts_is_when_it_is_polled_next() -> None
         assert eta(status=status, counts=c, before=before, since=since, now=T0 + SECONDS(5)) is None
 
 
-def test_a_batch_is_polled_at_most_226_times_in_its_first_day() -> None:
+def test_a_predicted_end_is_polled_just_after_it_never_before() -> None:
+    # the last requests may still run at the very moment the pace predicts: a poll then would see
+    # it unfinished and wait a tenth of its age more; so it comes half to one ``first`` after
+    schedule = PollSchedule()
+    created, now = T0, T0 + SECONDS(3_000)
+    waits = {
+        (
+            schedule.next_poll(
+                now=now, unchanged_polls=20, rng=random.Random(seed), polls=20,
+                created_at=created, done_at=now + SECONDS(400),
+            ) - now
+        ).total_seconds()
+        for seed in range(200)
+    }  # fmt: skip
+    assert min(waits) >= 400.5 and max(waits) <= 401.0
+    assert max(waits) - min(waits) > 0.4  # spread, for batches created together
+
+
+def test_no_poll_comes_just_before_a_predicted_end_to_wait_a_tenth_of_the_age_after_it() -> None:
+    # A batch 100 s old whose status just changed: the backoff says 15 s (±10%). Its end is
+    # predicted 20 s away: a poll at 15 s would see it all but done, and could look again only
+    # 11.5 s later (a tenth of its age then), 6.5 s after the end. It waits for the end instead.
+    schedule = PollSchedule()
+
+    def wait(done_in: float, seed: int) -> float:
+        at = schedule.next_poll(
+            now=T0 + SECONDS(100), unchanged_polls=0, rng=random.Random(seed), polls=30,
+            created_at=T0, done_at=T0 + SECONDS(100 + done_in),
+        )  # fmt: skip
+        return (at - T0).total_seconds() - 100
+
+    assert all(20.5 <= wait(20, seed) <= 21 for seed in range(100))
+    # an end far enough beyond the backoff's poll leaves that poll as it was
+    assert all(13.5 <= wait(40, seed) <= 16.5 for seed in range(100))
+
+
+def test_a_batch_is_polled_at_most_233_times_in_its_first_day() -> None:
     # README "Guarantees": the worst case the schedule allows (every status change at the worst
     # moment, every poll predicting an end as near as allowed, the jitter always shortening)
-    assert polls_within(PollSchedule(), 86_400) == 226
+    assert polls_within(PollSchedule(), 86_400) == 233
     # against 188 for the schedule without early polls and predictions
     assert polls_within(PollSchedule(first=1e9, age_share=1e9), 86_400) == 188
     # a schedule that let a prediction bring polls nearer than a tenth of the age would cost more
