@@ -79,6 +79,12 @@ class IngestStats:
     cached_tokens: int = 0
     reasoning_tokens: int = 0
     upserted: bool = False
+    unattributed: int = 0  # results written without a model (the provider named none)
+
+    @property
+    def needs_models(self) -> bool:
+        """Whether a result of the batch may lack its model: one written so, or one upserted."""
+        return self.upserted or self.unattributed > 0
 
     def count(self, usage: ln.Usage) -> None:
         """Tokens per model are summed from the results in SQL (``ledger.record_model_costs``)."""
@@ -276,6 +282,7 @@ class _Pass:
             _row(self.job, self.batch, custom_id, attempt, True, status, body, None, usage, model)
         )
         self.stats.succeeded += 1
+        self.stats.unattributed += model is None
         self.stats.count(usage)
 
     def _feed_other(self, line: Any, raw: bytes) -> None:
@@ -339,6 +346,7 @@ class _Pass:
                 self.spool.seek(failure.offset)
                 self.copy.write(self.spool.read(failure.length))
                 self.stats.failed += 1
+                self.stats.unattributed += failure.model is None
                 self.stats.count(failure.usage)
             else:
                 retry[cid] = failure.error
@@ -367,6 +375,7 @@ class _Pass:
                     )
                 )
                 self.stats.failed += 1
+                self.stats.unattributed += 1
         self.stats.retry = len(retry)
         self.stats.members = len(self.members)
         return retry

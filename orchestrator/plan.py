@@ -15,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
 
 from orchestrator.config import TargetConfig
 from orchestrator.db import ledger, queries
@@ -35,6 +37,8 @@ class Validation:
     invalid: int = 0
     total: int = 0
     bytes: int = 0
+    # What the job's estimate adds up per model, when planning had it at hand (from its groups)
+    totals: list[queries.ModelTotals] | None = None
 
     def message(self) -> str:
         listed = "; ".join(self.problems)
@@ -81,7 +85,10 @@ def validate_and_pack(session: Session, job: Job, target: TargetConfig) -> Valid
             )
         return packer
 
-    grouped = _pack_groups(queries.job_request_groups(session, job.id), rules, heads, packer_for)
+    groups = queries.job_request_groups(
+        session, job.id, embeddings=job.endpoint.endswith("/embeddings")
+    )
+    grouped = _pack_groups(groups, rules, heads, packer_for)
     if grouped is not None:
         return grouped
     for r in queries.job_requests(session, job.id):
@@ -126,6 +133,7 @@ def _pack_groups(
     longest line (every other check reads only what the whole group shares)."""
     result = Validation()
     models: dict[str, list[int]] = {}  # model → [count, bytes, tokens, first seq, last seq]
+    estimate: dict[str, list[Any]] = {}  # model → [unbounded, max output]
     for g in groups:
         if not g.plain_ids:
             return None
@@ -143,6 +151,9 @@ def _pack_groups(
         totals[2] += g.tokens
         totals[3] = min(totals[3], g.first_seq)
         totals[4] = max(totals[4], g.last_seq)
+        outputs = estimate.setdefault(model, [0, Decimal(0)])
+        outputs[0] += g.unbounded
+        outputs[1] += g.max_output
     # in the order their models first come, as the packers close them
     for model, (count, size, tokens, first, last) in sorted(models.items(), key=lambda m: m[1][3]):
         packer = packer_for(model)
@@ -155,6 +166,13 @@ def _pack_groups(
         result.chunks.append(Chunk(first, last, count, size, tokens, model))
         result.total += count
         result.bytes += size
+    # The estimate's model is the body's, whole: the packers' (MODEL_TEXT) is cut at 1,024
+    # characters; a model that long is estimated from the requests, read again.
+    if all(len(model) < queries.MODEL_TEXT_CHARACTERS for model in models):
+        result.totals = [
+            queries.ModelTotals(model, count, tokens, *estimate[model])
+            for model, (count, _, tokens, _, _) in sorted(models.items())
+        ]
     return result
 
 
@@ -175,7 +193,7 @@ def plan_job(session: Session, job: Job, target: TargetConfig | None, now: dt.da
             now,
             "the job has no requests; insert them in the same transaction as the job",
         )
-    over_budget = _estimate(session, job, target, now)
+    over_budget = _estimate(session, job, target, now, validation.totals)
     if over_budget:
         return fail_job(session, job, now, over_budget)
     # A chunk is a run of seq of one model: the other models' requests in that run are left
@@ -205,11 +223,17 @@ def plan_job(session: Session, job: Job, target: TargetConfig | None, now: dt.da
     return JobStatus.RUNNING
 
 
-def _estimate(session: Session, job: Job, target: TargetConfig, now: dt.datetime) -> str | None:
+def _estimate(
+    session: Session,
+    job: Job,
+    target: TargetConfig,
+    now: dt.datetime,
+    totals: list[queries.ModelTotals] | None,
+) -> str | None:
     """Store the job's estimate; with a ``max_cost``, say why the job cannot be run within it
     (its upper bound is over it, or cannot be known), or None if it can."""
     models = queries.job_estimate(
-        session, job_id=job.id, target=target.name, endpoint=job.endpoint, at=now
+        session, job_id=job.id, target=target.name, endpoint=job.endpoint, at=now, totals=totals
     )
     verdict = budget.judge(models, job.max_cost)
     ledger.estimate_job(

@@ -101,21 +101,23 @@ def upload(deps: Deps, b: Claimed) -> bool:
 
 def _measure(reader: queries.BatchReader, heads: rq.LineHeads) -> int:
     """The bytes of the batch's JSONL, from the bodies' sizes (none read)."""
+    head = heads.head
     return sum(
-        rq.line_size(heads(rq.RequestRow(cid, provider, method, url)), body_bytes)
+        len(head(cid, provider, method, url)) + body_bytes
         for _, body_bytes, cid, provider, method, url in reader.items
-    )
+    ) + len(rq.LINE_END) * len(reader.items)
 
 
 def _lines(deps: Deps, reader: queries.BatchReader, heads: rq.LineHeads) -> Iterator[bytes]:
     """The batch's JSONL, a page of lines at a time; a body larger than a page in slices, so that
     none is held whole. Each read is its own transaction, closed before its bytes go out."""
+    line_head, end = heads.head, rq.LINE_END
     for page in reader.pages():
         with unit_of_work(deps.sessions) as s:
             rows = reader.read(s, page)
         parts: list[bytes] = []
         for r in rows:
-            head = heads(rq.RequestRow(r.custom_id, r.provider, r.method, r.url))
+            head = line_head(r.custom_id, r.provider, r.method, r.url)
             if r.body is None:
                 yield b"".join(parts)
                 parts.clear()
@@ -127,7 +129,7 @@ def _lines(deps: Deps, reader: queries.BatchReader, heads: rq.LineHeads) -> Iter
                     del piece  # not held while the next slice is read
                 yield rq.LINE_END
             else:
-                parts += (head, r.body, rq.LINE_END)
+                parts += (head, r.body, end)
         rows.clear()
         yield b"".join(parts)
         parts.clear()
@@ -624,7 +626,7 @@ def _ingest_transaction(
             if short:
                 # Raised inside the transaction: nothing read is kept, nothing is sent again.
                 raise ApiIncompleteOutput(f"{short} (files read: {files})")
-        cost, source, usage = _batch_cost(s, b, remote, now)
+        cost, source, usage = _batch_cost(s, b, remote, now, unattributed=stats.needs_models)
         ledger.finish_ingest(
             s,
             b,
@@ -650,11 +652,13 @@ def _ingest_transaction(
 
 
 def _batch_cost(
-    session: Session, b: Claimed, remote: dict[str, Any], at: dt.datetime
+    session: Session, b: Claimed, remote: dict[str, Any], at: dt.datetime, *, unattributed: bool
 ) -> tuple[Decimal | None, str, ledger.ModelCosts]:
     """Our prices, per model, are always recorded (``batch_model_costs``); the provider's figure,
     when it reports one, is the batch's cost."""
-    computed = ledger.record_model_costs(session, batch_id=b.id, target=b.target, at=at)
+    computed = ledger.record_model_costs(
+        session, batch_id=b.id, target=b.target, at=at, unattributed=unattributed
+    )
     if computed.unpriced:
         log.warning("batch_models_unpriced", models=computed.unpriced)
     cost, source = costs.batch_cost(costs.provider_cost(remote), computed.cost)

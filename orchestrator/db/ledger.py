@@ -1284,11 +1284,18 @@ class ModelCosts(NamedTuple):
 
 
 def record_model_costs(
-    session: Session, *, batch_id: int, target: str, at: dt.datetime
+    session: Session, *, batch_id: int, target: str, at: dt.datetime, unattributed: bool = True
 ) -> ModelCosts:
     """Per model of the batch's results: tokens, the price in force at ``at`` (when the batch
     finished) and the cost at that price, in ``batch_model_costs``. Results without a model (a
-    failure the provider did not attribute) take the model their request asked for."""
+    failure the provider did not attribute) take the model their request asked for; with
+    ``unattributed=False`` (ingest wrote none) they are not looked for."""
+    if unattributed:
+        _attribute_models(session, batch_id)
+    return _model_costs(session, batch_id=batch_id, target=target, at=at)
+
+
+def _attribute_models(session: Session, batch_id: int) -> None:
     session.execute(
         sa.text(
             """
@@ -1300,6 +1307,9 @@ def record_model_costs(
         ),
         {"b": batch_id},
     )
+
+
+def _model_costs(session: Session, *, batch_id: int, target: str, at: dt.datetime) -> ModelCosts:
     rows = session.execute(
         sa.text(
             """

@@ -66,7 +66,13 @@ class LineHeads:
         self._tails: dict[tuple[str | None, str | None, str | None], bytes] = {}
 
     def __call__(self, row: RequestRow) -> bytes:
-        key = (row.provider, row.method, row.url)
+        return self.head(row.custom_id, row.provider, row.method, row.url)
+
+    def head(
+        self, custom_id: str, provider: str | None, method: str | None, url: str | None
+    ) -> bytes:
+        """The same, from the row's values (a page of an upload makes no RequestRow)."""
+        key = (provider, method, url)
         tail = self._tails.get(key)
         if tail is None:
             head = line_head(
@@ -75,7 +81,7 @@ class LineHeads:
                 include_provider=self._include_provider,
             )
             tail = self._tails[key] = head[len(b'{"custom_id":""') :]
-        return b'{"custom_id":' + orjson.dumps(row.custom_id) + tail
+        return b'{"custom_id":' + orjson.dumps(custom_id) + tail
 
 
 def line_size(head: bytes, body_bytes: int) -> int:

@@ -97,13 +97,15 @@ def batch(
     engine = make_engine(db_url)
     try:
         with unit_of_work(make_sessionmaker(engine)) as s:
-            ingest_lines(
+            stats = ingest_lines(
                 s, job_id=job, batch_id=batch_id, lines=iter(lines), max_attempts=1,
                 resubmit=False,
             )  # fmt: skip
+            # as the daemon does: results without a model are looked for when ingest wrote some
             computed = ledger.record_model_costs(
-                s, batch_id=batch_id, target="fastrouter", at=finished
-            )
+                s, batch_id=batch_id, target="fastrouter", at=finished,
+                unattributed=stats.needs_models,
+            )  # fmt: skip
     finally:
         engine.dispose()
     cost, source = costs.batch_cost(costs.provider_cost(remote or {}), computed.cost)

@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
+from psycopg import connect as psycopg_connect
 
 from orchestrator import plan, steps
 from orchestrator.config import TargetConfig
@@ -94,15 +96,17 @@ def test_the_plan_from_groups_is_the_plan_request_by_request(
             plan.rules_for(job, target),
             rq.LineHeads(endpoint=job.endpoint, include_provider=target.requires_provider),
         )
-        groups = queries.job_request_groups(s, job_id)
+        groups = queries.job_request_groups(s, job_id, embeddings=False)
         grouped = plan._pack_groups(groups, rules, heads, _packers(target))
         planned = plan.validate_and_pack(s, job, target)
         monkeypatch.setattr(plan, "_pack_groups", lambda *_: None)
         by_request = plan.validate_and_pack(s, job, target)
     assert (grouped is not None) is by_groups, name
-    assert planned == by_request, name
+    assert by_request.totals is None  # request by request, the estimate reads them again
+    assert dataclasses.replace(planned, totals=None) == by_request, name
     if grouped is not None:
-        assert grouped == by_request
+        assert grouped == planned
+        assert dataclasses.replace(grouped, totals=None) == by_request
         assert sum(g.count for g in groups) == len(requests)
         assert len(groups) < len(requests) / 5  # a few rows stand for all
 
@@ -142,3 +146,54 @@ def test_the_bytes_planned_from_groups_are_the_input_files_bytes(
         sent = b"".join(steps._lines(deps, reader, heads))  # type: ignore[arg-type]
         assert steps._measure(reader, heads) == planned == len(sent)
         assert sent.count(b"\n") == count == 45
+
+
+def test_the_estimate_from_groups_is_the_estimate_from_the_requests(
+    db_url: str, sessions: Any
+) -> None:
+    """Two models, one priced; output bounds of every kind (max_tokens, max_completion_tokens,
+    max_output_tokens, a fraction, a string that is no bound, none at all)."""
+    bounds: list[dict[str, Any]] = [
+        {"max_tokens": 100}, {"max_completion_tokens": 250, "max_tokens": 9}, {},
+        {"max_output_tokens": 70}, {"max_tokens": 12.5}, {"max_tokens": "300"}, {"max_tokens": 1},
+    ]  # fmt: skip
+    requests = [
+        {"custom_id": f"e{i}", "body": {**chat_body("y" * i, model=model), **bounds[i % 7]}}
+        for i in range(70)
+        for model in [MODEL_A if i % 3 else MODEL_B]
+    ]
+    job_id = enqueue(db_url, requests)
+    with psycopg_connect(db_url) as conn:
+        conn.execute(
+            "INSERT INTO orchestrator.prices (target, model, valid_from, input_per_mtok, "
+            "output_per_mtok) VALUES ('fastrouter', %s, now() - interval '1 day', 0.1, 0.4)",
+            (MODEL_A,),
+        )
+    target = _target(db_url, {})
+    at = dt.datetime.now(dt.UTC)
+    with unit_of_work(sessions) as s:
+        job = s.get_one(Job, job_id)
+        totals = plan.validate_and_pack(s, job, target).totals
+        assert totals is not None and [t.model for t in totals] == sorted([MODEL_A, MODEL_B])
+        estimate = dict(job_id=job_id, target="fastrouter", endpoint=job.endpoint, at=at)
+        from_groups = queries.job_estimate(s, **estimate, totals=totals)  # type: ignore[arg-type]
+        from_requests = queries.job_estimate(s, **estimate)  # type: ignore[arg-type]
+    assert from_groups == from_requests
+    a = next(e for e in from_groups if e.model == MODEL_A)
+    assert a.priced and a.max_cost is not None and a.unbounded > 0 and a.max_output_tokens > 0
+
+
+def test_a_large_job_is_grouped_by_parallel_workers_with_the_same_groups(
+    db_url: str, sessions: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job_id = enqueue(db_url, _two_models(300))
+    plans, settings = [], []
+    for threshold in (10**9, 1):  # never parallel, then always
+        monkeypatch.setattr(queries, "PARALLEL_FROM", threshold)
+        with unit_of_work(sessions) as s:
+            groups = queries.job_request_groups(s, job_id, embeddings=False)
+            # the planner's own judgement is back for what the transaction does next
+            settings.append(s.execute(sa.text("SHOW parallel_setup_cost")).scalar_one())
+            plans.append(sorted(groups, key=lambda g: (g.first_seq, g.provider or "")))
+    assert plans[0] == plans[1] and len(plans[0]) == 4
+    assert settings == ["1000", "1000"]
