@@ -73,29 +73,56 @@ class IngestStats:
     duplicate_lines: int = 0
     malformed_lines: int = 0
     members: int = 0  # requests in the batch
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
-    cached_tokens: int = 0
-    reasoning_tokens: int = 0
     upserted: bool = False
-    unattributed: int = 0  # results written without a model (the provider named none)
+    # Per model of the results written (None: the provider named none): results, then their
+    # prompt, completion, total, cached and reasoning tokens, as ``ledger.ModelTotals`` sums them.
+    models: dict[str | None, list[int]] = dataclasses.field(default_factory=dict)
+
+    def count(self, usage: ln.Usage, model: str | None) -> None:
+        """One result written."""
+        sums = self.models.get(model)
+        if sums is None:
+            sums = self.models[model] = [0, 0, 0, 0, 0, 0]
+        sums[0] += 1
+        if usage[2]:  # total
+            prompt, completion, total, cached, reasoning = usage
+            sums[1] += prompt
+            sums[2] += completion
+            sums[3] += total
+            sums[4] += cached
+            sums[5] += reasoning
+
+    def _sum(self, i: int) -> int:
+        return sum(sums[i] for sums in self.models.values())
 
     @property
-    def needs_models(self) -> bool:
-        """Whether a result of the batch may lack its model: one written so, or one upserted."""
-        return self.upserted or self.unattributed > 0
+    def prompt_tokens(self) -> int:
+        return self._sum(1)
 
-    def count(self, usage: ln.Usage) -> None:
-        """Tokens per model are summed from the results in SQL (``ledger.record_model_costs``)."""
-        prompt, completion, total, cached, reasoning = usage
-        if not total:
-            return
-        self.prompt_tokens += prompt
-        self.completion_tokens += completion
-        self.total_tokens += total
-        self.cached_tokens += cached
-        self.reasoning_tokens += reasoning
+    @property
+    def completion_tokens(self) -> int:
+        return self._sum(2)
+
+    @property
+    def total_tokens(self) -> int:
+        return self._sum(3)
+
+    @property
+    def cached_tokens(self) -> int:
+        return self._sum(4)
+
+    @property
+    def reasoning_tokens(self) -> int:
+        return self._sum(5)
+
+    def model_totals(self) -> list[ledger.ModelTotals] | None:
+        """What the batch's results add up to per model, as written here: None where that is
+        not all the batch's results hold (results upserted beside earlier ones) or a result still
+        needs its model from its request (the provider named none): the database then sums them."""
+        if self.upserted or None in self.models:
+            return None
+        named = {model: sums for model, sums in self.models.items() if model is not None}
+        return [ledger.ModelTotals(model, *named[model]) for model in sorted(named)]
 
     @property
     def covered(self) -> int:
@@ -276,14 +303,13 @@ class _Pass:
         model: str | None,
     ) -> None:
         self.succeeded.add(custom_id)
-        if self.failures.pop(custom_id, None) is not None:
+        if self.failures and self.failures.pop(custom_id, None) is not None:
             self.stats.duplicate_lines += 1
         self.copy.write(
             _row(self.job, self.batch, custom_id, attempt, True, status, body, None, usage, model)
         )
         self.stats.succeeded += 1
-        self.stats.unattributed += model is None
-        self.stats.count(usage)
+        self.stats.count(usage, model)
 
     def _feed_other(self, line: Any, raw: bytes) -> None:
         if self.scrub is not None and self.scrub.found_in_json(raw):
@@ -346,8 +372,7 @@ class _Pass:
                 self.spool.seek(failure.offset)
                 self.copy.write(self.spool.read(failure.length))
                 self.stats.failed += 1
-                self.stats.unattributed += failure.model is None
-                self.stats.count(failure.usage)
+                self.stats.count(failure.usage, failure.model)
             else:
                 retry[cid] = failure.error
         missing_json = orjson.dumps(missing_error).decode()
@@ -375,7 +400,7 @@ class _Pass:
                     )
                 )
                 self.stats.failed += 1
-                self.stats.unattributed += 1
+                self.stats.count(ln.NO_USAGE, None)
         self.stats.retry = len(retry)
         self.stats.members = len(self.members)
         return retry

@@ -626,7 +626,7 @@ def _ingest_transaction(
             if short:
                 # Raised inside the transaction: nothing read is kept, nothing is sent again.
                 raise ApiIncompleteOutput(f"{short} (files read: {files})")
-        cost, source, usage = _batch_cost(s, b, remote, now, unattributed=stats.needs_models)
+        cost, source, usage = _batch_cost(s, b, remote, now, totals=stats.model_totals())
         ledger.finish_ingest(
             s,
             b,
@@ -652,12 +652,17 @@ def _ingest_transaction(
 
 
 def _batch_cost(
-    session: Session, b: Claimed, remote: dict[str, Any], at: dt.datetime, *, unattributed: bool
+    session: Session,
+    b: Claimed,
+    remote: dict[str, Any],
+    at: dt.datetime,
+    *,
+    totals: list[ledger.ModelTotals] | None,
 ) -> tuple[Decimal | None, str, ledger.ModelCosts]:
     """Our prices, per model, are always recorded (``batch_model_costs``); the provider's figure,
     when it reports one, is the batch's cost."""
     computed = ledger.record_model_costs(
-        session, batch_id=b.id, target=b.target, at=at, unattributed=unattributed
+        session, batch_id=b.id, target=b.target, at=at, totals=totals
     )
     if computed.unpriced:
         log.warning("batch_models_unpriced", models=computed.unpriced)

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, NamedTuple, Protocol
 
@@ -1283,15 +1283,35 @@ class ModelCosts(NamedTuple):
     models: list[ModelUsage]
 
 
+class ModelTotals(NamedTuple):
+    """What one model's results of a batch add up to (a row of ``batch_model_costs`` before
+    its price)."""
+
+    model: str
+    results: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    cached_tokens: int
+    reasoning_tokens: int
+
+
 def record_model_costs(
-    session: Session, *, batch_id: int, target: str, at: dt.datetime, unattributed: bool = True
+    session: Session,
+    *,
+    batch_id: int,
+    target: str,
+    at: dt.datetime,
+    totals: Sequence[ModelTotals] | None = None,
 ) -> ModelCosts:
     """Per model of the batch's results: tokens, the price in force at ``at`` (when the batch
     finished) and the cost at that price, in ``batch_model_costs``. Results without a model (a
-    failure the provider did not attribute) take the model their request asked for; with
-    ``unattributed=False`` (ingest wrote none) they are not looked for."""
-    if unattributed:
-        _attribute_models(session, batch_id)
+    failure the provider did not attribute) take the model their request asked for. With
+    ``totals`` (ingest summed what it wrote, every result with its model), the results are not
+    read again."""
+    if totals is not None:
+        return _model_costs(session, batch_id=batch_id, target=target, at=at, totals=totals)
+    _attribute_models(session, batch_id)
     return _model_costs(session, batch_id=batch_id, target=target, at=at)
 
 
@@ -1309,21 +1329,53 @@ def _attribute_models(session: Session, batch_id: int) -> None:
     )
 
 
-def _model_costs(session: Session, *, batch_id: int, target: str, at: dt.datetime) -> ModelCosts:
-    rows = session.execute(
+# A batch's results per model: summed from the table, or as ingest summed them (the same columns).
+_RESULTS_PER_MODEL = """
+    SELECT COALESCE(r.model, '') AS model, count(*) AS results,
+           sum(r.prompt_tokens) AS prompt, sum(r.completion_tokens) AS completion,
+           sum(r.cached_tokens) AS cached, sum(r.reasoning_tokens) AS reasoning,
+           sum(r.total_tokens) AS total
+      FROM orchestrator.results r WHERE r.batch_id = :b
+     GROUP BY 1
+"""
+_GIVEN_PER_MODEL = """
+    SELECT * FROM unnest(CAST(:models AS text[]), CAST(:results AS bigint[]),
+                         CAST(:prompt AS bigint[]), CAST(:completion AS bigint[]),
+                         CAST(:cached AS bigint[]), CAST(:reasoning AS bigint[]),
+                         CAST(:total AS bigint[]))
+           AS g(model, results, prompt, completion, cached, reasoning, total)
+"""
+
+
+def _model_costs(
+    session: Session,
+    *,
+    batch_id: int,
+    target: str,
+    at: dt.datetime,
+    totals: Sequence[ModelTotals] | None = None,
+) -> ModelCosts:
+    given: dict[str, Any] = {}
+    if totals is not None:
+        given = {
+            "models": [t.model for t in totals],
+            "results": [t.results for t in totals],
+            "prompt": [t.prompt_tokens for t in totals],
+            "completion": [t.completion_tokens for t in totals],
+            "cached": [t.cached_tokens for t in totals],
+            "reasoning": [t.reasoning_tokens for t in totals],
+            "total": [t.total_tokens for t in totals],
+        }
+    per_model = _RESULTS_PER_MODEL if totals is None else _GIVEN_PER_MODEL
+    result = session.execute(
         sa.text(
-            """
+            f"""
             INSERT INTO orchestrator.batch_model_costs AS m
                    (batch_id, model, price_id, results, prompt_tokens, completion_tokens,
                     cached_tokens, reasoning_tokens, total_tokens, cost)
             SELECT :b, t.model, p.id, t.results, t.prompt, t.completion, t.cached, t.reasoning,
                    t.total, orchestrator.token_cost(p, t.prompt, t.cached, t.completion)
-              FROM (SELECT COALESCE(r.model, '') AS model, count(*) AS results,
-                           sum(r.prompt_tokens) AS prompt, sum(r.completion_tokens) AS completion,
-                           sum(r.cached_tokens) AS cached, sum(r.reasoning_tokens) AS reasoning,
-                           sum(r.total_tokens) AS total
-                      FROM orchestrator.results r WHERE r.batch_id = :b
-                     GROUP BY 1) t
+              FROM ({per_model}) t
               LEFT JOIN LATERAL orchestrator.price_in_force(:target, t.model, :at) p ON true
             ON CONFLICT (batch_id, model) DO UPDATE SET
                 price_id = EXCLUDED.price_id, results = EXCLUDED.results,
@@ -1335,8 +1387,9 @@ def _model_costs(session: Session, *, batch_id: int, target: str, at: dt.datetim
             RETURNING m.model, m.cost, m.total_tokens, m.prompt_tokens, m.completion_tokens
             """
         ),
-        {"b": batch_id, "target": target, "at": at},
-    ).all()
+        {"b": batch_id, "target": target, "at": at, **given},
+    )
+    rows = sorted(result.all(), key=lambda row: str(row.model))
     unpriced = sorted(row.model for row in rows if row.cost is None and row.total_tokens)
     priced = [row.cost for row in rows if row.cost is not None]
     models = [

@@ -67,6 +67,10 @@ def conn(db_url: str) -> Any:
         yield c
 
 
+# per batch() call: whether ingest's own sums were used (else the results were summed again)
+kinds: list[bool] = []
+
+
 def batch(
     conn: Any, db_url: str, job: int, cids: dict[str, str], lines: list[bytes], finished: dt.datetime,
     remote: dict[str, Any] | None = None,
@@ -101,11 +105,17 @@ def batch(
                 s, job_id=job, batch_id=batch_id, lines=iter(lines), max_attempts=1,
                 resubmit=False,
             )  # fmt: skip
-            # as the daemon does: results without a model are looked for when ingest wrote some
+            # as the daemon does: from what ingest summed, unless a result needs its model from
+            # its request (then the database sums them); both ways must agree
+            totals = stats.model_totals()
             computed = ledger.record_model_costs(
-                s, batch_id=batch_id, target="fastrouter", at=finished,
-                unattributed=stats.needs_models,
-            )  # fmt: skip
+                s, batch_id=batch_id, target="fastrouter", at=finished, totals=totals
+            )
+            by_table = ledger.record_model_costs(
+                s, batch_id=batch_id, target="fastrouter", at=finished
+            )
+            assert by_table == computed
+            kinds.append(totals is not None)
     finally:
         engine.dispose()
     cost, source = costs.batch_cost(costs.provider_cost(remote or {}), computed.cost)
@@ -148,6 +158,9 @@ def test_costs_are_exact_per_result_batch_model_and_day(conn: Any, db_url: str) 
         DAY + dt.timedelta(hours=15), remote={"usage": {"cost": 0.01}},
     )  # fmt: skip
     assert (cost3, source3) == (Decimal("0.01"), "provider")
+    # b1 has a failure the provider named no model for: summed from the table, after its model
+    # came from its request; b2 and b3 from what ingest summed
+    assert kinds[-3:] == [False, True, True]
     a3 = Decimal("0.003")  # 2000 × 3.00 × 0.5 / 10^6
     b3_est = Decimal("0.0005")  # (1000 × 0.10 + 1000 × 0.40) / 10^6
     # Per batch and model: the price row used and the cost at it
