@@ -4,10 +4,13 @@ Both used to escape the API client as crashes; they are API errors like any othe
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 
 from orchestrator.emulator.faults import Garbage, Redirect
-from tests.support import count, enqueue, harness, query, simple_requests
+from orchestrator.db import queries
+from tests.support import count, enqueue, harness, make_settings, query, simple_requests
 
 pytestmark = pytest.mark.e2e
 
@@ -62,3 +65,26 @@ def test_a_redirect_loop_pauses_the_target_until_it_is_gone(db_url: str) -> None
         assert h.run_job(job_id) == "completed"
     assert count(db_url, "results", "succeeded") == 10
     assert query(db_url, "SELECT paused FROM orchestrator.target_state") == [(False,)]
+
+
+def test_a_failed_step_frees_what_it_read_at_once_not_at_the_next_full_collection(
+    db_url: str,
+) -> None:
+    """An upload that fails (the provider is unreachable) holds a 50,000-request batch's reads
+    (16 MB) in its traceback's frames. Nothing may keep that traceback in a reference cycle:
+    only the interpreter's rare full collections would free it, and a daemon retrying every few
+    seconds grew to 1.4 GB between two of them."""
+    enqueue(db_url, simple_requests(200))
+    unreachable = lambda _base: make_settings(db_url, "http://127.0.0.1:9/v1")  # noqa: E731
+    with harness(db_url, settings=unreachable) as h:
+        h.daemon.tick(wait=True)  # planned
+        gc.collect()
+        gc.disable()
+        try:
+            h.step()  # the upload fails to connect
+            h.step()  # and again, after its retry delay
+            alive = [o for o in gc.get_objects() if isinstance(o, queries.BatchReader)]
+        finally:
+            gc.enable()
+    assert count(db_url, "batches", "step_failures >= 2") == 1
+    assert alive == []
