@@ -4,6 +4,7 @@ failure with one fenced write. Also plans one pending job. Called from the daemo
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -52,16 +53,16 @@ def _one_step(deps: Deps, b: Claimed) -> Claimed | None:
         outcome = "target_blocked"
         at = deps.clock.now() + dt.timedelta(seconds=exc.retry_after or 1.0)
         _write(deps, lambda s: ledger.reschedule(s, b, next_run_at=at))
-    # The exception goes to the write as a default value, never into a local of this frame: this
-    # frame is in its traceback, and a local holding it would make a cycle that keeps every frame
-    # of the step alive (an upload's reads among them, 16 MB for 50,000 requests) until the
-    # interpreter's next full collection.
+    # The exception goes to the write bound in a partial, never into a local of this frame: this
+    # frame is in its traceback, and a local holding it (a closure's cell too) would make a cycle
+    # that keeps every frame of the step alive (an upload's reads among them, 16 MB for 50,000
+    # requests) until the interpreter's next full collection.
     except ApiError as exc:
         outcome = "api_error"
-        _write(deps, lambda s, error=exc: _apply_failure(deps, s, b, step, error))
+        _write(deps, functools.partial(_apply_failure, deps, b=b, step=step, exc=exc))
     except Exception as exc:  # the outer guard: a bug must not kill the worker or lose the batch
         log.exception("step_crashed", step=step)
-        _write(deps, lambda s, crash=exc: _crashed(deps, s, b, crash))
+        _write(deps, functools.partial(_crashed, deps, b=b, exc=exc))
     finally:
         deps.metrics.observe_step(step, outcome, time.monotonic() - started)
     return None

@@ -8,8 +8,8 @@ import gc
 
 import pytest
 
-from orchestrator.emulator.faults import Garbage, Redirect
 from orchestrator.db import queries
+from orchestrator.emulator.faults import Garbage, Redirect
 from tests.support import count, enqueue, harness, make_settings, query, simple_requests
 
 pytestmark = pytest.mark.e2e
