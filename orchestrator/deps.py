@@ -23,6 +23,7 @@ from orchestrator.db.session import make_engine, make_sessionmaker, unit_of_work
 from orchestrator.domain.backoff import PollSchedule, RetrySchedule
 from orchestrator.domain.decide import Policy
 from orchestrator.observability import Metrics
+from orchestrator.prefetch import Prefetch
 
 
 class TargetGate:
@@ -153,8 +154,11 @@ class Deps:
     # The metrics of this process, served on /metrics by the daemon: make_deps gives the API
     # clients and the ledger's committed events the same object.
     metrics: Metrics = dataclasses.field(default_factory=Metrics)
+    # What planning reads ahead for the upload of the batches it writes (orchestrator/prefetch.py)
+    prefetch: Prefetch = dataclasses.field(default_factory=Prefetch)
 
     def close(self) -> None:
+        self.prefetch.close()
         self.clients.close()
         if self.engine is not None:
             self.engine.dispose()

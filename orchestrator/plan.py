@@ -176,8 +176,17 @@ def _pack_groups(
     return result
 
 
-def plan_job(session: Session, job: Job, target: TargetConfig | None, now: dt.datetime) -> str:
-    """Validate and plan a locked pending job. Returns the job's new status."""
+def plan_job(
+    session: Session,
+    job: Job,
+    target: TargetConfig | None,
+    now: dt.datetime,
+    *,
+    planned: Callable[[list[Chunk]], None] | None = None,
+) -> str:
+    """Validate and plan a locked pending job. Returns the job's new status. ``planned`` hears
+    the chunks of a job sure to run, each a whole run of seq, before they are written (the
+    transaction is still open: the batches are not there yet)."""
     if job.cancel_requested_at is not None:
         ledger.end_pending_job(session, job.id, JobStatus.CANCELLED, now, stage="pending")
         return JobStatus.CANCELLED
@@ -199,6 +208,8 @@ def plan_job(session: Session, job: Job, target: TargetConfig | None, now: dt.da
     # A chunk is a run of seq of one model: the other models' requests in that run are left
     # out by model, which only a job of several models needs (it reads the bodies again).
     several_models = len({chunk.model for chunk in validation.chunks}) > 1
+    if planned is not None and not several_models:
+        planned(validation.chunks)
     for chunk in sorted(validation.chunks, key=lambda c: c.first_seq):
         ledger.insert_planned_batch(
             session,

@@ -19,6 +19,7 @@ from orchestrator.db.session import TRANSIENT_DB_ERRORS, Session, unit_of_work
 from orchestrator.deps import Deps
 from orchestrator.domain import decide as dc
 from orchestrator.domain.decide import Step
+from orchestrator.domain.packing import Chunk
 from orchestrator.errors import ConfigError, LeaseLost
 
 log = structlog.get_logger(__name__)
@@ -141,6 +142,28 @@ def _crashed(deps: Deps, s: Session, b: Claimed, exc: Exception) -> None:
     )
 
 
+# A chunk this large has its upload's first read started while planning writes it (the read
+# takes 0.07 s for 50,000 requests; for a few hundred it is not worth a thread's hop).
+READ_AHEAD_FROM = 5_000
+
+
+def _read_ahead(deps: Deps, job_id: int) -> Callable[[list[Chunk]], None]:
+    def start(chunks: list[Chunk]) -> None:
+        for chunk in chunks:
+            if chunk.count >= READ_AHEAD_FROM:
+                deps.prefetch.start(
+                    (job_id, chunk.first_seq, chunk.last_seq),
+                    functools.partial(_read_items, deps, job_id, chunk.first_seq, chunk.last_seq),
+                )
+
+    return start
+
+
+def _read_items(deps: Deps, job_id: int, first: int, last: int) -> list[queries.ReaderItem]:
+    with unit_of_work(deps.sessions) as s:
+        return queries.range_items(s, job_id, first, last)
+
+
 def plan_one(deps: Deps, job_id: int) -> str | None:
     """Plan the job if it is still pending and nobody else is at it. Returns its new status.
 
@@ -158,7 +181,9 @@ def plan_one(deps: Deps, job_id: int) -> str | None:
                     target = deps.settings.target(job.target)
                 except ConfigError:
                     target = None
-                return plan.plan_job(s, job, target, deps.clock.now())
+                return plan.plan_job(
+                    s, job, target, deps.clock.now(), planned=_read_ahead(deps, job_id)
+                )
         except TRANSIENT_DB_ERRORS as exc:
             log.warning("job_plan_deferred", error=f"{type(exc).__name__}: {exc}"[:300])
             return None

@@ -78,7 +78,9 @@ def upload(deps: Deps, b: Claimed) -> bool:
     target = deps.settings.target(b.target)
     heads = rq.LineHeads(endpoint=b.endpoint, include_provider=target.requires_provider)
     with unit_of_work(deps.sessions) as s:
-        reader = queries.BatchReader(s, b.id)
+        reader = queries.BatchReader(
+            s, b.id, prefetched=lambda job, first, last: deps.prefetch.take((job, first, last))
+        )
     size, count = _measure(reader, heads), len(reader.items)
     uploaded = deps.clients(b.target).upload(
         _lines(deps, reader, heads), size=size, filename=f"batch-{b.id}-round-{b.round}.jsonl"

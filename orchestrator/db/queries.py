@@ -7,7 +7,7 @@ import bisect
 import dataclasses
 import datetime as dt
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from decimal import Decimal
 from typing import Any, ClassVar, NamedTuple
 
@@ -462,6 +462,23 @@ _BATCH_ITEMS = (
 )
 
 
+# What an upload reads of each request before its first byte: (seq, body bytes, custom_id,
+# provider, method, url).
+ReaderItem = tuple[int, int, str, str | None, str | None, str | None]
+_ITEM_COLUMNS = f"octet_length({BODY_TEXT}), r.custom_id, r.provider, r.method, r.url"
+
+
+def range_items(session: Session, job_id: int, first: int, last: int) -> list[ReaderItem]:
+    """The :data:`ReaderItem` of the job's requests ``first`` to ``last`` (seq), in order."""
+    with raw_connection(session).cursor() as cur:
+        cur.execute(
+            f"SELECT r.seq, {_ITEM_COLUMNS} FROM orchestrator.requests r "
+            "WHERE r.job_id = %s AND r.seq BETWEEN %s AND %s ORDER BY r.seq",
+            (job_id, first, last),
+        )
+        return cur.fetchall()
+
+
 class BatchReader:
     """The requests of a batch in the batch's order, for its input file, read in short
     transactions, none of them open while the file is sent.
@@ -476,11 +493,19 @@ class BatchReader:
     matches what was measured, and the read fails rather than send another file. A connection that
     read a body over :data:`KEEP_CONNECTION_BYTES` is closed at the end of its transaction."""
 
-    def __init__(self, session: Session, batch_id: int, *, page_bytes: int | None = None) -> None:
+    def __init__(
+        self,
+        session: Session,
+        batch_id: int,
+        *,
+        page_bytes: int | None = None,
+        prefetched: Callable[[int, int, int], list[ReaderItem] | None] | None = None,
+    ) -> None:
+        """``prefetched(job_id, first_seq, last_seq)``: :func:`range_items` of that range, if
+        they were read already (``orchestrator/prefetch.py``), else None."""
         self._batch_id = batch_id
         self._page_bytes = page_bytes or PAGE_BYTES
         self._job_id = session.get_one(Batch, batch_id).job_id
-        columns = f"octet_length({BODY_TEXT}), r.custom_id, r.provider, r.method, r.url"
         with raw_connection(session).cursor() as cur:
             cur.execute(
                 "SELECT min(seq), max(seq), count(*) FROM orchestrator.batch_items "
@@ -489,20 +514,21 @@ class BatchReader:
             )
             row = cur.fetchone()
             first, last, count = row if row and row[2] else (0, 0, 0)
+            items = None
             if count and last - first + 1 == count:
                 # its seqs are a whole range (a first-round batch of one model): the requests
                 # by their own index, without joining the items
-                cur.execute(
-                    f"SELECT r.seq, {columns} FROM orchestrator.requests r "
-                    "WHERE r.job_id = %s AND r.seq BETWEEN %s AND %s ORDER BY r.seq",
-                    (self._job_id, first, last),
-                )
+                if prefetched is not None:
+                    items = prefetched(self._job_id, first, last)
+                if items is None:
+                    items = range_items(session, self._job_id, first, last)
             else:
-                cur.execute(f"SELECT bi.seq, {columns} {_BATCH_ITEMS} ORDER BY bi.seq", (batch_id,))
+                cur.execute(
+                    f"SELECT bi.seq, {_ITEM_COLUMNS} {_BATCH_ITEMS} ORDER BY bi.seq", (batch_id,)
+                )
+                items = cur.fetchall()
             # (seq, body bytes, custom_id, provider, method, url) of every request
-            self.items: list[tuple[int, int, str, str | None, str | None, str | None]] = (
-                cur.fetchall()
-            )
+            self.items: list[ReaderItem] = items
 
     @property
     def batch_id(self) -> int:
