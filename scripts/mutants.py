@@ -1046,7 +1046,7 @@ MUTATIONS: list[Mutation] = [
     ),
     Mutation(
         name="prediction-without-floor",
-        promise="a batch is polled at most 226 times in its first day",
+        promise="a batch is polled at most 233 times in its first day",
         path="orchestrator/domain/backoff.py",
         old="        return max(done_in, self.shortest(age))\n",
         new="        return done_in\n",
@@ -1071,6 +1071,90 @@ MUTATIONS: list[Mutation] = [
             "                        yield piece\n",
         tests=["tests/db/test_reading_requests.py::"
                "test_no_transaction_is_open_while_the_input_file_is_sent"],
+    ),
+    Mutation(
+        name="groups-plan-a-non-plain-custom-id",
+        promise="planning from groups gives the plan request by request gives, or declines",
+        path="orchestrator/plan.py",
+        old="        if not g.plain_ids:\n            return None\n",
+        new="",
+        tests=["tests/db/test_planning.py"],
+    ),
+    Mutation(
+        name="groups-skip-the-checks",
+        promise="nothing is sent that is sure to fail (a job planned from its groups)",
+        path="orchestrator/plan.py",
+        old="        if rq.request_problem(worst, g.body_shape, fixed + g.longest, rules):\n",
+        new="        if False:\n",
+        tests=["tests/db/test_planning.py"],
+    ),
+    Mutation(
+        name="estimate-from-groups-without-bounds",
+        promise="a job's estimate from its groups is its estimate from its requests",
+        path="orchestrator/plan.py",
+        old="        outputs[1] += g.max_output\n",
+        new="        outputs[1] += 0\n",
+        tests=["tests/db/test_planning.py::"
+               "test_the_estimate_from_groups_is_the_estimate_from_the_requests"],
+    ),
+    Mutation(
+        name="finalizing-not-polled-early",
+        promise="a batch seen finalizing is seen done within seconds of its end",
+        path="orchestrator/steps.py",
+        old="            polls=unchanged if remote.status == RemoteStatus.FINALIZING else b.poll_count + 1,\n",
+        new="            polls=b.poll_count + 1,\n",
+        tests=["tests/e2e/test_latency.py::"
+               "test_a_batch_seen_finalizing_is_polled_early_again_not_at_the_backoff"],
+    ),
+    Mutation(
+        name="predicted-end-polled-before-it",
+        promise="a predicted end is polled just after it, never before it",
+        path="orchestrator/domain/backoff.py",
+        old="rng.uniform(self.first / 2, self.first)",
+        new="rng.uniform(-self.first / 2, self.first)",
+        tests=["tests/unit/test_backoff.py"],
+    ),
+    Mutation(
+        name="backoff-polls-just-before-predicted-end",
+        promise="no poll comes just before a predicted end, to wait a tenth of the age after it",
+        path="orchestrator/domain/backoff.py",
+        old="            if delay < done_in < delay + self.shortest(age + delay):\n",
+        new="            if False:\n",
+        tests=["tests/unit/test_backoff.py"],
+    ),
+    Mutation(
+        name="failed-step-kept-in-a-cycle",
+        promise="a failed step frees what it read at once (a daemon retrying stays small)",
+        path="orchestrator/runner.py",
+        old="        outcome = \"api_error\"\n",
+        new="        outcome = \"api_error\"\n        error = exc\n",
+        tests=["tests/e2e/test_http_failures.py::"
+               "test_a_failed_step_frees_what_it_read_at_once_not_at_the_next_full_collection"],
+    ),
+    Mutation(
+        name="ingest-sums-miss-prompt-tokens",
+        promise="every cost is checked against a hand computation (from ingest's own sums)",
+        path="orchestrator/ingest.py",
+        old="            sums[1] += prompt\n",
+        new="            sums[1] += 0\n",
+        tests=["tests/db/test_costs.py"],
+    ),
+    Mutation(
+        name="read-ahead-never-taken",
+        promise="the upload takes what planning read ahead",
+        path="orchestrator/steps.py",
+        old="deps.prefetch.take((job, first, last))",
+        new="deps.prefetch.take((job, first, last + 1))",
+        tests=["tests/e2e/test_read_ahead.py"],
+    ),
+    Mutation(
+        name="items-outlive-their-batch",
+        promise="a batch's items go with it, whatever deletes it",
+        path="migrations/versions/0009_items_without_row_checks.py",
+        old="DELETE FROM {S}.batch_items bi USING gone_batches g WHERE bi.batch_id = g.id;",
+        new="PERFORM 1;",
+        tests=["tests/db/test_migrations.py::"
+               "test_a_batchs_items_go_with_it_whatever_deletes_it"],
     ),
 ]
 # fmt: on
