@@ -31,9 +31,11 @@ job completed with every request succeeded. Written to ``bench-results/overhead.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime as dt
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -180,6 +182,15 @@ def floor(url: str) -> dict[str, float]:
     return {"read": read_s, "copy": write_s, "read_bytes": read}
 
 
+def settle(url: str) -> None:
+    """Start a run on a quiet machine: what the runs before wrote (some 150 MB each, and the
+    databases dropped) flushed to disk first, not while this one is timed."""
+    with contextlib.suppress(psycopg.Error), psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CHECKPOINT")  # a superuser's; elsewhere the run simply starts
+    os.sync()
+    time.sleep(1)
+
+
 def run(
     case: Case, dbs: Databases, template: str, work: Path, workers: int, attempt: int = 1
 ) -> dict[str, Any]:
@@ -189,6 +200,7 @@ def run(
     )
     name = dbs.create(f"o{case.jobs}x{case.requests_per_job}_{attempt}", template=template)
     url = dbs.url(name)
+    settle(url)
     emulator = start_emulator(
         work,
         case.time_scale,
@@ -234,6 +246,11 @@ def run(
         out["phases"] = phases(url, case, committed)
         if case.requests_per_job >= 50_000:
             out["floor"] = floor(url)
+        print(
+            f"  overhead {out['overhead']:.2f} s: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in out["phases"].items() if k != "remote"),
+            flush=True,
+        )
     dbs.drop(name)
     return out
 

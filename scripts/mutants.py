@@ -1101,7 +1101,8 @@ MUTATIONS: list[Mutation] = [
         name="finalizing-not-polled-early",
         promise="a batch seen finalizing is seen done within seconds of its end",
         path="orchestrator/steps.py",
-        old="            polls=unchanged if remote.status == RemoteStatus.FINALIZING else b.poll_count + 1,\n",
+        old="            polls=unchanged if remote.status == RemoteStatus.FINALIZING"
+            " else b.poll_count + 1,\n",
         new="            polls=b.poll_count + 1,\n",
         tests=["tests/e2e/test_latency.py::"
                "test_a_batch_seen_finalizing_is_polled_early_again_not_at_the_backoff"],
