@@ -74,4 +74,5 @@ class Prefetch:
         with self._lock:
             for key in list(self._entries):
                 self._drop(key)
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        # a read under way finishes on its own (stopping does not wait for a database it waits on)
+        self._executor.shutdown(wait=False, cancel_futures=True)
