@@ -88,9 +88,12 @@ def validate_and_pack(session: Session, job: Job, target: TargetConfig) -> Valid
     groups = queries.job_request_groups(
         session, job.id, embeddings=job.endpoint.endswith("/embeddings")
     )
-    grouped = _pack_groups(groups, rules, heads, packer_for)
+    grouped, totals = _pack_groups(groups, rules, heads, packer_for)
     if grouped is not None:
         return grouped
+    # Request by request: to name what is wrong, or to cut a model's requests into several files
+    # (then the groups, all fine, still give the estimate: the bodies are not read a third time).
+    result.totals = totals
     for r in queries.job_requests(session, job.id):
         row = rq.RequestRow(r.custom_id, r.provider, r.method, r.url)
         head = heads(row)
@@ -122,12 +125,13 @@ def _pack_groups(
     rules: rq.Rules,
     heads: rq.LineHeads,
     packer_for: Callable[[str], Packer],
-) -> Validation | None:
+) -> tuple[Validation | None, list[queries.ModelTotals] | None]:
     """The plan of a job whose requests all pass and whose models each fit one chunk, from its
     groups alone (:func:`queries.job_request_groups`): the same chunks as packing it request by
-    request, which would close none. None when that cannot be told from the groups (a custom_id
-    that is not plain, a group with a problem, a model over a file's limits): then it is planned
-    request by request, which names what is wrong.
+    request, which would close none; and what its estimate adds up per model. No plan when that
+    cannot be told from the groups (a custom_id that is not plain, a group with a problem, a model
+    over a file's limits): then it is planned request by request, which names what is wrong or
+    cuts the model's requests into files. No totals when a group is not fine either.
 
     Each group's checks run once, on the group's worst case: its longest custom_id and its
     longest line (every other check reads only what the whole group shares)."""
@@ -136,13 +140,13 @@ def _pack_groups(
     estimate: dict[str, list[Any]] = {}  # model → [unbounded, max output]
     for g in groups:
         if not g.plain_ids:
-            return None
+            return None, None
         # a plain custom_id is its own length in bytes plus two quotes: the head of an empty one,
         # and the line end, are what every line of the group adds to its custom_id and body
         fixed = len(heads(rq.RequestRow("", g.provider, g.method, g.url))) + len(rq.LINE_END)
         worst = rq.RequestRow("x" * g.longest_id, g.provider, g.method, g.url)
         if rq.request_problem(worst, g.body_shape, fixed + g.longest, rules):
-            return None
+            return None, None
         model = g.body_shape["model"]  # a string: the checks passed
         size = fixed * g.count + g.id_bytes + g.body_bytes
         totals = models.setdefault(model, [0, 0, 0, g.first_seq, g.last_seq])
@@ -154,6 +158,13 @@ def _pack_groups(
         outputs = estimate.setdefault(model, [0, Decimal(0)])
         outputs[0] += g.unbounded
         outputs[1] += g.max_output
+    # The estimate's model is the body's, whole: the packers' (MODEL_TEXT) is cut at 1,024
+    # characters; a model that long is estimated from the requests, read again.
+    if all(len(model) < queries.MODEL_TEXT_CHARACTERS for model in models):
+        result.totals = [
+            queries.ModelTotals(model, count, tokens, *estimate[model])
+            for model, (count, _, tokens, _, _) in sorted(models.items())
+        ]
     # in the order their models first come, as the packers close them
     for model, (count, size, tokens, first, last) in sorted(models.items(), key=lambda m: m[1][3]):
         packer = packer_for(model)
@@ -162,18 +173,11 @@ def _pack_groups(
             or size > packer.max_bytes
             or (packer.max_tokens is not None and tokens > packer.max_tokens)
         ):
-            return None
+            return None, result.totals
         result.chunks.append(Chunk(first, last, count, size, tokens, model))
         result.total += count
         result.bytes += size
-    # The estimate's model is the body's, whole: the packers' (MODEL_TEXT) is cut at 1,024
-    # characters; a model that long is estimated from the requests, read again.
-    if all(len(model) < queries.MODEL_TEXT_CHARACTERS for model in models):
-        result.totals = [
-            queries.ModelTotals(model, count, tokens, *estimate[model])
-            for model, (count, _, tokens, _, _) in sorted(models.items())
-        ]
-    return result
+    return result, result.totals
 
 
 def plan_job(

@@ -1076,7 +1076,7 @@ MUTATIONS: list[Mutation] = [
         name="groups-plan-a-non-plain-custom-id",
         promise="planning from groups gives the plan request by request gives, or declines",
         path="orchestrator/plan.py",
-        old="        if not g.plain_ids:\n            return None\n",
+        old="        if not g.plain_ids:\n            return None, None\n",
         new="",
         tests=["tests/db/test_planning.py"],
     ),

@@ -97,13 +97,16 @@ def test_the_plan_from_groups_is_the_plan_request_by_request(
             rq.LineHeads(endpoint=job.endpoint, include_provider=target.requires_provider),
         )
         groups = queries.job_request_groups(s, job_id, embeddings=False)
-        grouped = plan._pack_groups(groups, rules, heads, _packers(target))
+        grouped, totals = plan._pack_groups(groups, rules, heads, _packers(target))
         planned = plan.validate_and_pack(s, job, target)
-        monkeypatch.setattr(plan, "_pack_groups", lambda *_: None)
+        monkeypatch.setattr(plan, "_pack_groups", lambda *_: (None, None))
         by_request = plan.validate_and_pack(s, job, target)
     assert (grouped is not None) is by_groups, name
     assert by_request.totals is None  # request by request, the estimate reads them again
     assert dataclasses.replace(planned, totals=None) == by_request, name
+    # a job cut into several files, its groups all fine, still has its estimate from them
+    assert planned.totals == totals
+    assert (totals is not None) is (by_groups or "takes" in name or "token budget" in name), name
     if grouped is not None:
         assert grouped == planned
         assert dataclasses.replace(grouped, totals=None) == by_request
