@@ -92,28 +92,9 @@ class IngestStats:
             sums[4] += cached
             sums[5] += reasoning
 
-    def _sum(self, i: int) -> int:
-        return sum(sums[i] for sums in self.models.values())
-
-    @property
-    def prompt_tokens(self) -> int:
-        return self._sum(1)
-
-    @property
-    def completion_tokens(self) -> int:
-        return self._sum(2)
-
-    @property
-    def total_tokens(self) -> int:
-        return self._sum(3)
-
-    @property
-    def cached_tokens(self) -> int:
-        return self._sum(4)
-
-    @property
-    def reasoning_tokens(self) -> int:
-        return self._sum(5)
+    def tokens(self) -> ln.Usage:
+        """The tokens of every result written, all models together."""
+        return ln.Usage(*(sum(sums[i] for sums in self.models.values()) for i in range(1, 6)))
 
     def model_totals(self) -> list[ledger.ModelTotals] | None:
         """What the batch's results add up to per model, as written here: None where that is
@@ -141,9 +122,8 @@ class IngestStats:
                 "unknown_lines",
                 "duplicate_lines",
                 "malformed_lines",
-                "total_tokens",
             )
-        }
+        } | {"total_tokens": self.tokens().total_tokens}
 
 
 def _text(value: str) -> bytes:

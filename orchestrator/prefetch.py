@@ -59,7 +59,8 @@ class Prefetch:
         except Exception as exc:  # noqa: BLE001 (the step reads for itself: a database blip, say)
             log.info("prefetch_missed", error=f"{type(exc).__name__}: {exc}"[:300])
             return None
-        self.hits += 1
+        with self._lock:
+            self.hits += 1
         return result
 
     def __len__(self) -> int:

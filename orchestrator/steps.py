@@ -129,7 +129,7 @@ def _lines(deps: Deps, reader: queries.BatchReader, heads: rq.LineHeads) -> Iter
                         piece = queries.body_slice(s, r, start, queries.PAGE_BYTES)
                     yield piece
                     del piece  # not held while the next slice is read
-                yield rq.LINE_END
+                yield end
             else:
                 parts += (head, r.body, end)
         rows.clear()
@@ -637,11 +637,7 @@ def _ingest_transaction(
                 "succeeded_count": stats.succeeded,
                 "failed_count": stats.failed,
                 "retried_count": stats.retry,
-                "prompt_tokens": stats.prompt_tokens,
-                "completion_tokens": stats.completion_tokens,
-                "total_tokens": stats.total_tokens,
-                "cached_tokens": stats.cached_tokens,
-                "reasoning_tokens": stats.reasoning_tokens,
+                **stats.tokens()._asdict(),
             },
             cost=cost,
             cost_source=source,

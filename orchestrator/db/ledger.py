@@ -1296,25 +1296,6 @@ class ModelTotals(NamedTuple):
     reasoning_tokens: int
 
 
-def record_model_costs(
-    session: Session,
-    *,
-    batch_id: int,
-    target: str,
-    at: dt.datetime,
-    totals: Sequence[ModelTotals] | None = None,
-) -> ModelCosts:
-    """Per model of the batch's results: tokens, the price in force at ``at`` (when the batch
-    finished) and the cost at that price, in ``batch_model_costs``. Results without a model (a
-    failure the provider did not attribute) take the model their request asked for. With
-    ``totals`` (ingest summed what it wrote, every result with its model), the results are not
-    read again."""
-    if totals is not None:
-        return _model_costs(session, batch_id=batch_id, target=target, at=at, totals=totals)
-    _attribute_models(session, batch_id)
-    return _model_costs(session, batch_id=batch_id, target=target, at=at)
-
-
 def _attribute_models(session: Session, batch_id: int) -> None:
     session.execute(
         sa.text(
@@ -1347,7 +1328,7 @@ _GIVEN_PER_MODEL = """
 """
 
 
-def _model_costs(
+def record_model_costs(
     session: Session,
     *,
     batch_id: int,
@@ -1355,8 +1336,15 @@ def _model_costs(
     at: dt.datetime,
     totals: Sequence[ModelTotals] | None = None,
 ) -> ModelCosts:
+    """Per model of the batch's results: tokens, the price in force at ``at`` (when the batch
+    finished) and the cost at that price, in ``batch_model_costs``. Results without a model (a
+    failure the provider did not attribute) take the model their request asked for. With
+    ``totals`` (ingest summed what it wrote, every result with its model), the results are not
+    read again."""
     given: dict[str, Any] = {}
-    if totals is not None:
+    if totals is None:
+        _attribute_models(session, batch_id)
+    else:
         given = {
             "models": [t.model for t in totals],
             "results": [t.results for t in totals],
