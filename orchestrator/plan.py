@@ -38,7 +38,7 @@ class Validation:
     total: int = 0
     bytes: int = 0
     # What the job's estimate adds up per model, when planning had it at hand (from its groups)
-    totals: list[queries.ModelTotals] | None = None
+    totals: list[queries.EstimateTotals] | None = None
 
     def message(self) -> str:
         listed = "; ".join(self.problems)
@@ -125,7 +125,7 @@ def _pack_groups(
     rules: rq.Rules,
     heads: rq.LineHeads,
     packer_for: Callable[[str], Packer],
-) -> tuple[Validation | None, list[queries.ModelTotals] | None]:
+) -> tuple[Validation | None, list[queries.EstimateTotals] | None]:
     """The plan of a job whose requests all pass and whose models each fit one chunk, from its
     groups alone (:func:`queries.job_request_groups`): the same chunks as packing it request by
     request, which would close none; and what its estimate adds up per model. No plan when that
@@ -162,7 +162,7 @@ def _pack_groups(
     # characters; a model that long is estimated from the requests, read again.
     if all(len(model) < queries.MODEL_TEXT_CHARACTERS for model in models):
         result.totals = [
-            queries.ModelTotals(model, count, tokens, *estimate[model])
+            queries.EstimateTotals(model, count, tokens, *estimate[model])
             for model, (count, _, tokens, _, _) in sorted(models.items())
         ]
     # in the order their models first come, as the packers close them
@@ -243,7 +243,7 @@ def _estimate(
     job: Job,
     target: TargetConfig,
     now: dt.datetime,
-    totals: list[queries.ModelTotals] | None,
+    totals: list[queries.EstimateTotals] | None,
 ) -> str | None:
     """Store the job's estimate; with a ``max_cost``, say why the job cannot be run within it
     (its upper bound is over it, or cannot be known), or None if it can."""

@@ -105,9 +105,9 @@ def _measure(reader: queries.BatchReader, heads: rq.LineHeads) -> int:
     """The bytes of the batch's JSONL, from the bodies' sizes (none read)."""
     head = heads.head
     return sum(
-        len(head(cid, provider, method, url)) + body_bytes
+        rq.line_size(head(cid, provider, method, url), body_bytes)
         for _, body_bytes, cid, provider, method, url in reader.items
-    ) + len(rq.LINE_END) * len(reader.items)
+    )
 
 
 def _lines(deps: Deps, reader: queries.BatchReader, heads: rq.LineHeads) -> Iterator[bytes]:

@@ -1320,10 +1320,10 @@ _RESULTS_PER_MODEL = """
      GROUP BY 1
 """
 _GIVEN_PER_MODEL = """
-    SELECT * FROM unnest(CAST(:models AS text[]), CAST(:results AS bigint[]),
-                         CAST(:prompt AS bigint[]), CAST(:completion AS bigint[]),
-                         CAST(:cached AS bigint[]), CAST(:reasoning AS bigint[]),
-                         CAST(:total AS bigint[]))
+    SELECT * FROM unnest(CAST(:model AS text[]), CAST(:results AS bigint[]),
+                         CAST(:prompt_tokens AS bigint[]), CAST(:completion_tokens AS bigint[]),
+                         CAST(:cached_tokens AS bigint[]), CAST(:reasoning_tokens AS bigint[]),
+                         CAST(:total_tokens AS bigint[]))
            AS g(model, results, prompt, completion, cached, reasoning, total)
 """
 
@@ -1345,15 +1345,7 @@ def record_model_costs(
     if totals is None:
         _attribute_models(session, batch_id)
     else:
-        given = {
-            "models": [t.model for t in totals],
-            "results": [t.results for t in totals],
-            "prompt": [t.prompt_tokens for t in totals],
-            "completion": [t.completion_tokens for t in totals],
-            "cached": [t.cached_tokens for t in totals],
-            "reasoning": [t.reasoning_tokens for t in totals],
-            "total": [t.total_tokens for t in totals],
-        }
+        given = queries.unnest_params(totals, ModelTotals._fields)
     per_model = _RESULTS_PER_MODEL if totals is None else _GIVEN_PER_MODEL
     result = session.execute(
         sa.text(

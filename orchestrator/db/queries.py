@@ -1046,14 +1046,20 @@ _ESTIMATE = _PRICED.format(
 _ESTIMATE_OF_TOTALS = _PRICED.format(
     totals="""
         SELECT model, requests, prompt, unbounded, max_output::bigint AS max_output
-          FROM unnest(CAST(:models AS text[]), CAST(:requests AS bigint[]),
-                      CAST(:prompts AS bigint[]), CAST(:unbounded AS bigint[]),
-                      CAST(:max_outputs AS numeric[]))
+          FROM unnest(CAST(:model AS text[]), CAST(:requests AS bigint[]),
+                      CAST(:prompt_tokens AS bigint[]), CAST(:unbounded AS bigint[]),
+                      CAST(:max_output_tokens AS numeric[]))
                AS g(model, requests, prompt, unbounded, max_output)"""
 )
 
 
-class ModelTotals(NamedTuple):
+def unnest_params(rows: Sequence[NamedTuple], fields: Sequence[str]) -> dict[str, list[Any]]:
+    """Rows as one array per field, named after it: the parameters of an ``unnest(:field, …)``
+    that turns them back into rows on the server, in one statement."""
+    return {field: [getattr(row, field) for row in rows] for field in fields}
+
+
+class EstimateTotals(NamedTuple):
     """What :data:`_ESTIMATE` adds up for one model, added up already (from a job's groups)."""
 
     model: str
@@ -1070,22 +1076,14 @@ def job_estimate(
     target: str,
     endpoint: str,
     at: dt.datetime,
-    totals: Sequence[ModelTotals] | None = None,
+    totals: Sequence[EstimateTotals] | None = None,
 ) -> list[ModelEstimate]:
     """The job's estimate per model, at the prices in force at ``at`` (the one price rule); from
     its ``totals`` per model when planning has them (its requests are not read again)."""
     if totals is not None:
         rows = session.execute(
             sa.text(_ESTIMATE_OF_TOTALS),
-            {
-                "models": [t.model for t in totals],
-                "requests": [t.requests for t in totals],
-                "prompts": [t.prompt_tokens for t in totals],
-                "unbounded": [t.unbounded for t in totals],
-                "max_outputs": [t.max_output_tokens for t in totals],
-                "target": target,
-                "at": at,
-            },
+            {"target": target, "at": at, **unnest_params(totals, EstimateTotals._fields)},
         ).all()
         return [ModelEstimate(*row) for row in rows]
     rows = session.execute(
