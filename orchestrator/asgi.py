@@ -38,15 +38,23 @@ class _Server(uvicorn.Server):
 
 
 class ServerThread:
-    """uvicorn on a daemon thread; ``port=0`` picks a free port. Use as a context manager."""
+    """uvicorn on a daemon thread; ``port=0`` picks a free port. Use as a context manager.
+    With ``tls`` (a PEM certificate file and its key file) it serves HTTPS."""
 
     def __init__(
-        self, app: Any, *, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"
+        self,
+        app: Any,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        log_level: str = "warning",
+        tls: tuple[str, str] | None = None,
     ) -> None:
         self.app = app
         self.host = host
         self._requested_port = port
         self._log_level = log_level
+        self._tls = tls
         self._socket: socket.socket | None = None
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -59,7 +67,8 @@ class ServerThread:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        scheme = "https" if self._tls else "http"
+        return f"{scheme}://{self.host}:{self.port}"
 
     def start(self) -> ServerThread:
         sock = listen(self.host, self._requested_port)
@@ -73,6 +82,8 @@ class ServerThread:
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=1,
+            ssl_certfile=self._tls[0] if self._tls else None,
+            ssl_keyfile=self._tls[1] if self._tls else None,
         )
         self._server = _Server(config)
         self._thread = threading.Thread(

@@ -34,6 +34,7 @@ from apscheduler.schedulers import SchedulerNotRunningError
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from orchestrator import __version__, retention, runner, sweep
+from orchestrator.api.client import tls_context
 from orchestrator.asgi import ServerThread
 from orchestrator.clock import wall_now
 from orchestrator.db import ledger, queries
@@ -377,6 +378,7 @@ class Daemon:
         if install_signals:
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
+        tls_context()  # read the CA bundle now, not in the first batch's upload
         listener = threading.Thread(target=self._listen, name="listen", daemon=True)
         listener.start()
         self._scheduler = self._start_timers()

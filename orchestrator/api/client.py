@@ -13,6 +13,8 @@ error messages, and from there it would reach the logs and the database (``last_
 
 from __future__ import annotations
 
+import functools
+import ssl
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -62,10 +64,18 @@ BATCH = "/batches/{id}"
 BATCH_CANCEL = "/batches/{id}/cancel"
 
 
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """The TLS settings every client of the process shares (httpx's defaults: certifi's CA
+    bundle, or ``SSL_CERT_FILE``/``SSL_CERT_DIR``). Reading the CA bundle takes 50-80 ms; built
+    once, not once per client, and before the first batch (``Daemon.serve``), not during it."""
+    return httpx.create_ssl_context()
+
+
 def make_http_client(
     target: TargetConfig, *, transport: httpx.BaseTransport | None = None
 ) -> httpx.Client:
-    """An ``httpx.Client`` for one target: base URL, bearer key, timeouts."""
+    """An ``httpx.Client`` for one target: base URL, bearer key, timeouts, :func:`tls_context`."""
     headers = {"User-Agent": "batch-orchestrator"}
     if target.api_key is not None:
         headers["Authorization"] = f"Bearer {target.api_key.reveal()}"
@@ -75,6 +85,7 @@ def make_http_client(
         timeout=httpx.Timeout(target.timeout_seconds, connect=target.connect_timeout_seconds),
         transport=transport,
         follow_redirects=True,
+        verify=tls_context(),
     )
 
 
@@ -292,6 +303,7 @@ class BatchApiClient:
         none escapes as a crash. The message names the call and what went wrong, never httpx's
         own text (which may quote a URL or a body), and is scrubbed all the same."""
         what = type(exc).__name__
+        logged = what
         cls: type[ApiError]
         if isinstance(exc, httpx.TimeoutException):
             cls, message = ApiTimeout, f"no answer in time ({what})"
@@ -305,9 +317,15 @@ class BatchApiClient:
             # A body that does not match its Content-Encoding (a proxy mangling gzip): the call
             # may have been carried out, and trying again later is expected to work.
             cls, message = ApiDecodeError, f"the answer's body could not be decoded ({what})"
+        elif (refused := _certificate_refused(exc)) is not None:
+            cls, logged = ApiTransportError, f"{what}: TLS certificate refused ({refused})"
+            message = (
+                f"the server's TLS certificate was not accepted ({refused}); if the server is "
+                "the right one, trust its certificate authority with SSL_CERT_FILE"
+            )
         else:  # TransportError, and any other RequestError
             cls, message = ApiTransportError, what
-        self._log_failure(call, None, "timeout" if cls is ApiTimeout else what)
+        self._log_failure(call, None, "timeout" if cls is ApiTimeout else logged)
         return cls(self._scrub(f"{call.method} {call.path}: {message}"))
 
     def _status_error(self, response: httpx.Response, call: _Call) -> ApiError:
@@ -402,6 +420,17 @@ def _content_length(response: httpx.Response) -> int | None:
         return int(raw)
     except ValueError:
         return None
+
+
+def _certificate_refused(exc: BaseException) -> str | None:
+    """What the TLS check said, when ``exc`` comes from a certificate it refused (OpenSSL's
+    words: "self-signed certificate", "certificate has expired", ...); else None."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return str(seen.verify_message or seen.reason or "certificate verify failed")
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _ms(started: float) -> int:

@@ -145,8 +145,9 @@ class EmulatorServer(ServerThread):
         host: str = "127.0.0.1",
         port: int = 0,
         log_level: str = "warning",
+        tls: tuple[str, str] | None = None,
     ) -> None:
-        super().__init__(create_app(emulator), host=host, port=port, log_level=log_level)
+        super().__init__(create_app(emulator), host=host, port=port, log_level=log_level, tls=tls)
         self.emulator = emulator
 
     @property
