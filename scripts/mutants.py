@@ -1157,6 +1157,22 @@ MUTATIONS: list[Mutation] = [
         tests=["tests/db/test_migrations.py::"
                "test_a_batchs_items_go_with_it_whatever_deletes_it"],
     ),
+    Mutation(
+        name="tls-context-per-client",
+        promise="every client shares the process's TLS settings (read once, at daemon start)",
+        path="orchestrator/api/client.py",
+        old="        verify=tls_context(),\n",
+        new="",
+        tests=["tests/api/test_tls.py"],
+    ),
+    Mutation(
+        name="certificate-refusal-unexplained",
+        promise="a refused certificate says so, and what to do",
+        path="orchestrator/api/client.py",
+        old="        if isinstance(seen, ssl.SSLCertVerificationError):",
+        new="        if isinstance(seen, ssl.SSLZeroReturnError):",
+        tests=["tests/api/test_tls.py"],
+    ),
 ]
 # fmt: on
 
