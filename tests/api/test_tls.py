@@ -67,6 +67,7 @@ def test_a_certificate_nobody_trusts_is_refused(server: EmulatorServer) -> None:
         "(self-signed certificate); if the server is the right one, trust its certificate "
         "authority with SSL_CERT_FILE"
     )
+    assert server.emulator.ledger.calls == []  # refused at the handshake: no request was sent
 
 
 @pytest.mark.usefixtures("fresh_tls")
@@ -76,6 +77,7 @@ def test_a_certificate_trusted_through_ssl_cert_file_is_accepted(
     monkeypatch.setenv("SSL_CERT_FILE", certificate[0])
     with pytest.raises(e.ApiNotFound):  # through TLS to the emulator, which knows no such batch
         _client(server).get_batch("fr_batch-none")
+    assert [call.status for call in server.emulator.ledger.calls] == [404]
 
 
 def test_every_client_shares_the_process_tls_settings() -> None:
