@@ -13,7 +13,10 @@ while the provider works on the batch.
   batch whose 50,000 lines all failed costs no more memory than one that succeeded.
 * A failure is final when it is not retryable or the request has used its ``max_attempts``; it is
   then written too. Retryable ones, and requests missing from both files, are left without a result
-  and go into the next round's batch (``ledger.resubmit``).
+  and go into the next round's batch (``ledger.resubmit``). A request the provider never ran (its
+  line says ``batch_expired``) has used no attempt: it is sent again whatever its attempt number,
+  as long as the patience since its requests were first sent lasts (``resend_not_run``); then it
+  is final too.
 
 Memory holds the batch's member ids and a small index of its failures, bounded by the request limit
 of one batch (50,000), never by the size of the files.
@@ -69,6 +72,8 @@ class IngestStats:
     failed: int = 0  # final failures written
     retry: int = 0  # left for the next round
     missing: int = 0  # in neither file
+    not_run: int = 0  # lines saying the provider never ran the request (batch_expired)
+    not_run_final: int = 0  # of those, given up: their patience to be sent again is spent
     unknown_lines: int = 0
     duplicate_lines: int = 0
     malformed_lines: int = 0
@@ -119,6 +124,8 @@ class IngestStats:
                 "failed",
                 "retry",
                 "missing",
+                "not_run",
+                "not_run_final",
                 "unknown_lines",
                 "duplicate_lines",
                 "malformed_lines",
@@ -226,6 +233,7 @@ class _Failure(NamedTuple):
     error: str
     usage: ln.Usage
     model: str | None
+    ran: bool  # False: the provider never ran it (no attempt used)
 
 
 class _Pass:
@@ -234,6 +242,7 @@ class _Pass:
     def __init__(
         self, *, job_id: int, batch_id: int, members: dict[str, int], copy: ResultCopy,
         spool: IO[bytes], max_attempts: int, resubmit: bool, scrub: Scrubber | None = None,
+        resend_not_run: bool = True,
     ) -> None:  # fmt: skip
         self.scrub = scrub if scrub else None
         # The secrets whole, as bytes: the fast path's only check.
@@ -245,6 +254,7 @@ class _Pass:
         self.spool = spool
         self.max_attempts = max_attempts
         self.resubmit = resubmit
+        self.resend_not_run = resend_not_run
         self.stats = IngestStats()
         self.succeeded: set[str] = set()
         self.failures: dict[str, _Failure] = {}
@@ -332,7 +342,11 @@ class _Pass:
         )
         offset = self.spool.tell()
         self.spool.write(row)
-        final = not (outcome.retryable and self.resubmit and attempt < self.max_attempts)
+        ran = not ln.not_run(outcome)
+        if ran:
+            final = not (outcome.retryable and self.resubmit and attempt < self.max_attempts)
+        else:  # no attempt used: bounded by the patience, not by max_attempts
+            final = not (self.resubmit and self.resend_not_run)
         return _Failure(
             outcome.retryable,
             final,
@@ -341,20 +355,25 @@ class _Pass:
             orjson.dumps(outcome.error or {}).decode(),
             outcome.usage,
             outcome.model,
+            ran,
         )
 
-    def settle(self, missing_error: dict[str, Any]) -> dict[str, str]:
-        """Write the final failures; return the retryable ones (custom_id → error JSON)."""
-        retry: dict[str, str] = {}
+    def settle(self, missing_error: dict[str, Any]) -> dict[str, ledger.Retry]:
+        """Write the final failures; return the ones to send again (custom_id → error, ran)."""
+        retry: dict[str, ledger.Retry] = {}
         self.spool.flush()
         for cid, failure in self.failures.items():  # in spool order: sequential reads
+            if not failure.ran:
+                self.stats.not_run += 1
             if failure.final:
                 self.spool.seek(failure.offset)
                 self.copy.write(self.spool.read(failure.length))
                 self.stats.failed += 1
                 self.stats.count(failure.usage, failure.model)
+                if not failure.ran and self.resubmit:
+                    self.stats.not_run_final += 1
             else:
-                retry[cid] = failure.error
+                retry[cid] = ledger.Retry(failure.error, failure.ran)
         missing_json = orjson.dumps(missing_error).decode()
         for cid, attempt in self.members.items():
             if cid in self.succeeded or cid in self.failures:
@@ -363,7 +382,7 @@ class _Pass:
             if not self.resubmit:
                 continue  # a cancelled job: the request never ran, there is nothing to record
             if attempt < self.max_attempts:
-                retry[cid] = missing_json
+                retry[cid] = ledger.Retry(missing_json, True)  # it may have run: lines get lost
             else:
                 self.copy.write(
                     _row(
@@ -397,9 +416,12 @@ def ingest_lines(
     missing_error: dict[str, Any] | None = None,
     spool_dir: Path | None = None,
     scrub: Scrubber | None = None,
+    resend_not_run: bool = True,
 ) -> IngestStats:
     """Read result lines into ``results`` (inside the caller's fenced transaction); ``scrub``
-    takes the secrets (the API key the lines were fetched with) out of what is stored."""
+    takes the secrets (the API key the lines were fetched with) out of what is stored;
+    ``resend_not_run``: whether requests the provider never ran may still be sent again (their
+    patience lasts), else their failure is final."""
     members = queries.batch_members(session, batch_id)
     upsert = queries.results_exist(session, batch_id)
     table = ledger.create_result_staging(session) if upsert else "orchestrator.results"
@@ -414,6 +436,7 @@ def ingest_lines(
             max_attempts=max_attempts,
             resubmit=resubmit,
             scrub=scrub,
+            resend_not_run=resend_not_run,
         )
         for raw in lines:
             reading.feed(raw)

@@ -563,6 +563,7 @@ def ingest(deps: Deps, b: Claimed) -> bool:
             if failed
             else None
         )
+        first_sent = batch.first_sent_at or batch.create_attempted_at
     files = ", ".join(file_ids) if file_ids else "none"
     _ingest_transaction(
         deps,
@@ -571,10 +572,21 @@ def ingest(deps: Deps, b: Claimed) -> bool:
         remote_obj,
         missing,
         check=None if failed else (counts, files),
+        resend_not_run=_patience_lasts(deps, first_sent),
     )
     # Committed: the results are safe. Only now may the provider's copies go (where asked).
     retention.delete_provider_files(deps, b, file_ids)
     return False
+
+
+def _patience_lasts(deps: Deps, first_sent: dt.datetime | None) -> bool:
+    """Whether requests the provider never ran may be sent again: until the daemon's
+    ``patience_seconds`` have passed since they were first sent (they use no attempt, so this is
+    what bounds their rounds)."""
+    if first_sent is None:
+        return True
+    waited = (deps.clock.now() - first_sent).total_seconds()
+    return waited < deps.policy.patience_seconds
 
 
 def _streamed(client: BatchApiClient, file_ids: list[str]) -> Iterator[bytes]:
@@ -597,6 +609,7 @@ def _ingest_transaction(
     missing: dict[str, Any] | None,
     *,
     check: tuple[Any, str] | None = None,
+    resend_not_run: bool = True,
 ) -> None:
     """Read the files into results and close the batch, in one transaction. With ``check``
     (the provider's request_counts and the file ids read): files that fall far short of the
@@ -616,6 +629,7 @@ def _ingest_transaction(
             missing_error=missing,
             spool_dir=deps.tmp_dir(),
             scrub=deps.clients(b.target).scrub,
+            resend_not_run=resend_not_run,
         )
         if check is not None:
             counts, files = check

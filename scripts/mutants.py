@@ -382,6 +382,26 @@ MUTATIONS: list[Mutation] = [
                "test_attempts_stop_at_max_attempts_and_the_last_error_is_kept"],
     ),
     Mutation(
+        name="not-run-uses-an-attempt",
+        promise="a request the provider never ran (batch_expired) goes into the next round at "
+                "the same attempt",
+        path="orchestrator/db/ledger.py",
+        old="bi.attempt + CASE WHEN bi.ran IS FALSE THEN 0 ELSE 1 END",
+        new="bi.attempt + 1",
+        tests=["tests/e2e/test_scale.py::"
+               "test_requests_the_provider_never_ran_are_sent_again_without_using_an_attempt"],
+    ),
+    Mutation(
+        name="not-run-resent-for-ever",
+        promise="requests the provider never runs are sent again only within the patience since "
+                "they were first sent",
+        path="orchestrator/steps.py",
+        old="return waited < deps.policy.patience_seconds",
+        new="return True",
+        tests=["tests/e2e/test_scale.py::"
+               "test_requests_the_provider_never_runs_end_once_their_patience_is_spent"],
+    ),
+    Mutation(
         name="cost-wrong-price-row",
         promise="cost from the prices table uses the price in force when the batch finished "
                 "(one SQL rule for the daemon and the views)",

@@ -518,14 +518,16 @@ def _new_batch(
     now: dt.datetime,
     model: str | None,
     tokens: int,
+    first_sent_at: dt.datetime | None = None,
 ) -> int:
-    """A ``planned`` batch of ``job_id``, sent where ``like`` goes."""
+    """A ``planned`` batch of ``job_id``, sent where ``like`` goes; ``first_sent_at``: when its
+    requests were first sent, for a later round or a part of a split."""
     return session.execute(
         sa.insert(Batch)
         .values(
             job_id=job_id, target=like.target, endpoint=like.endpoint, priority=like.priority,
             round=round_, state=BatchState.PLANNED, request_count=count, bytes=size,
-            next_run_at=now, model=model, estimated_tokens=tokens,
+            next_run_at=now, model=model, estimated_tokens=tokens, first_sent_at=first_sent_at,
         )
         .returning(Batch.id)
     ).scalar_one()  # fmt: skip
@@ -812,10 +814,12 @@ def wait_for_capacity(
 
 
 def begin_create(session: Session, lease: Lease, *, key: uuid.UUID, at: dt.datetime) -> None:
-    """uploaded → creating: the intent, committed before ``POST /batches`` is sent."""
+    """uploaded → creating: the intent, committed before ``POST /batches`` is sent. The first
+    create of a batch's requests is when they were first sent (``first_sent_at``)."""
     move(
         session, lease, _B.CREATING, idempotency_key=key, create_attempted_at=at,
         create_attempts=Batch.create_attempts + 1, waiting_since=None, waiting_reason=None,
+        first_sent_at=sa.func.coalesce(Batch.first_sent_at, at),
     )  # fmt: skip
     session.execute(sa.insert(CreateKey).values(key=key, batch_id=lease.id))
     _log_on_commit(session, "info", "batch_create_started", lease, idempotency_key=str(key))
@@ -1106,8 +1110,11 @@ _NO_RESULT = (
 def resubmit(session: Session, batch_id: int, now: dt.datetime) -> tuple[int, int] | None:
     """A new batch (next round) with the requests of ``batch_id`` that have no result yet.
 
-    Returns ``(new_batch_id, requests)``, or None when there is nothing to send again. The new
-    batch is a subset of a batch that fitted the target's limits, so it fits too.
+    Each goes at its next attempt if the provider ran it in ``batch_id``, and at the same attempt
+    if it never did (``batch_items.ran`` is false: its line said ``batch_expired``): a request
+    the provider did not run has not used an attempt. Returns ``(new_batch_id, requests)``, or
+    None when there is nothing to send again. The new batch is a subset of a batch that fitted
+    the target's limits, so it fits too.
     """
     source = session.get_one(Batch, batch_id)
     count = session.execute(
@@ -1125,11 +1132,13 @@ def resubmit(session: Session, batch_id: int, now: dt.datetime) -> tuple[int, in
     new_id = _new_batch(
         session, source.job_id, source, round_=source.round + 1, count=count, size=0, now=now,
         model=source.model, tokens=tokens,
+        first_sent_at=source.first_sent_at or source.create_attempted_at,
     )  # fmt: skip
     session.execute(
         sa.text(
             "INSERT INTO orchestrator.batch_items (batch_id, custom_id, job_id, seq, attempt) "
-            "SELECT :new, bi.custom_id, bi.job_id, bi.seq, bi.attempt + 1 "
+            "SELECT :new, bi.custom_id, bi.job_id, bi.seq, "
+            "bi.attempt + CASE WHEN bi.ran IS FALSE THEN 0 ELSE 1 END "
             "FROM orchestrator.batch_items bi WHERE bi.batch_id = :b AND" + _NO_RESULT
         ),
         {"new": new_id, "b": batch_id},
@@ -1183,7 +1192,7 @@ def split(
     for first, last, count, tokens in parts:
         new_id = _new_batch(
             session, source.job_id, source, round_=source.round, count=count, size=0, now=now,
-            model=source.model, tokens=int(tokens),
+            model=source.model, tokens=int(tokens), first_sent_at=source.first_sent_at,
         )  # fmt: skip
         session.execute(
             sa.text(
@@ -1459,19 +1468,34 @@ def upsert_results_from_staging(session: Session) -> None:
     ))  # fmt: skip
 
 
-def note_retry_errors(session: Session, batch_id: int, retry: Mapping[str, str]) -> None:
-    """Keep, on each batch item to be sent again, the retryable error it ended with."""
+class Retry(NamedTuple):
+    """A request of an ingested batch to be sent again: the error it ended with (JSON text), and
+    whether the provider ran it (False: it never did, and it used no attempt)."""
+
+    error: str
+    ran: bool
+
+
+def note_retry_errors(session: Session, batch_id: int, retry: Mapping[str, Retry]) -> None:
+    """Keep, on each batch item to be sent again, the retryable error it ended with and whether
+    the provider ran it (what the next round's attempt number follows: ``resubmit``)."""
     if not retry:
         return
     session.execute(
         sa.text(
             """
-            UPDATE orchestrator.batch_items bi SET error = v.error::jsonb
-              FROM unnest(CAST(:ids AS text[]), CAST(:errors AS text[])) AS v(custom_id, error)
+            UPDATE orchestrator.batch_items bi SET error = v.error::jsonb, ran = v.ran
+              FROM unnest(CAST(:ids AS text[]), CAST(:errors AS text[]), CAST(:ran AS boolean[]))
+                   AS v(custom_id, error, ran)
              WHERE bi.batch_id = :b AND bi.custom_id = v.custom_id
             """
         ),
-        {"b": batch_id, "ids": list(retry), "errors": list(retry.values())},
+        {
+            "b": batch_id,
+            "ids": list(retry),
+            "errors": [r.error for r in retry.values()],
+            "ran": [r.ran for r in retry.values()],
+        },
     )
 
 

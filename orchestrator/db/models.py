@@ -165,6 +165,10 @@ class Batch(Base):
     lease_expires_at: Mapped[dt.datetime | None]
     idempotency_key: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
     create_attempted_at: Mapped[dt.datetime | None]
+    # When its requests were first sent (the first create of their first round; carried on to
+    # later rounds and split parts): requests the provider never runs are sent again until the
+    # daemon's patience_seconds have passed since then.
+    first_sent_at: Mapped[dt.datetime | None]
     create_attempts: Mapped[int] = mapped_column(server_default="0")
     ambiguous_creates: Mapped[int] = mapped_column(server_default="0")
     cancel_sent_at: Mapped[dt.datetime | None]
@@ -197,6 +201,9 @@ class BatchItem(Base):
     attempt: Mapped[int] = mapped_column(server_default="1")
     # The retryable error this attempt ended with, if it is to be sent again.
     error: Mapped[dict[str, Any] | None]
+    # Whether the provider ran it in this batch: False for a line saying it never did
+    # (batch_expired), which uses no attempt; None until the batch is ingested.
+    ran: Mapped[bool | None]
 
 
 class Result(Base):

@@ -19,8 +19,8 @@ from orchestrator import __version__
 from orchestrator.errors import ConfigError, DatabaseUnavailable, SchemaNotReady
 
 # Every revision of migrations/versions, oldest first; the last is the one this code needs.
-REVISIONS = ("0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009")
-HEAD = "0009"
+REVISIONS = ("0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009", "0010")
+HEAD = "0010"
 # What read_revision returns when this role may not read the version table (it cannot tell).
 UNREADABLE = "unreadable"
 PACKAGE = "batch-orchestrator"

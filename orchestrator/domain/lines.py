@@ -111,6 +111,23 @@ def classify(line: Any) -> LineOutcome:
     return LineOutcome(custom_id, False, retryable, status_code, body, error, usage, model)
 
 
+# Codes of a line that says the provider never ran the request because its window closed first:
+# sending it again uses no attempt (``ingest``, ``ledger.resubmit``). A batch cancelled by the
+# provider (``batch_cancelled``) still uses one, so that a provider that cancels every batch
+# cannot keep the daemon sending them for ever.
+NOT_RUN_CODES = frozenset({"batch_expired"})
+
+
+def not_run(outcome: LineOutcome) -> bool:
+    """Whether ``outcome`` says the provider never ran the request (no response; an error code
+    of :data:`NOT_RUN_CODES`), so that it has not used an attempt."""
+    return (
+        outcome.status_code is None
+        and outcome.error is not None
+        and outcome.error.get("code") in NOT_RUN_CODES
+    )
+
+
 def _never_ran(custom_id: str, top_error: Any) -> LineOutcome:
     error = _normalise_error(top_error, None)
     retryable = error.get("code") in RETRYABLE_ERROR_CODES

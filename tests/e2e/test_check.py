@@ -67,7 +67,7 @@ def test_check_passes_on_a_migrated_database_with_keys_the_targets_accept(
     database = db_url.rsplit("/", 1)[1]
     assert [line.split(" (PostgreSQL")[0] for line in lines] == [
         f"ok    database          127.0.0.1:5432/{database} answers",
-        "ok    schema            at revision 0009, the one this orchestrator needs",
+        "ok    schema            at revision 0010, the one this orchestrator needs",
         f"ok    target fastrouter key accepted by {fastrouter} (GET /batches/{{id}}: 404, as "
         "expected for an unknown id)",
         f"ok    target openai     key accepted by {openai} (GET /batches?limit=1)",
@@ -120,9 +120,9 @@ def test_check_fails_on_a_schema_not_at_the_codes_revision(empty_db_url: str, ch
     # stamped in turn with each revision, stands for a database at that revision.
     says = {
         None: "has no orchestrator schema (it was never migrated); run orchestrator migrate",
-        "0005": "is at schema revision 0005, older than the 0009 this orchestrator needs; run "
+        "0005": "is at schema revision 0005, older than the 0010 this orchestrator needs; run "
         "orchestrator migrate",
-        "0099": "is at schema revision 0099, which this orchestrator (0.1.0, schema 0009) does "
+        "0099": "is at schema revision 0099, which this orchestrator (0.1.0, schema 0010) does "
         "not know: a newer version migrated it; upgrade the orchestrator package (pip install "
         "--upgrade batch-orchestrator)",
     }

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+
 import psycopg
 import pytest
 
 from orchestrator.emulator import EmulatorConfig
 from tests.support import (
     API_KEY,
+    FAST,
+    assert_results_match_provider,
     count,
     enqueue,
     enqueue_generated,
@@ -53,6 +58,7 @@ def test_an_expired_batch_keeps_its_results_and_resubmits_only_the_rest(db_url: 
         job_id = enqueue(db_url, simple_requests(100))
         assert h.run_job(job_id, seconds=5) == "completed"
         uploads = [f.num_rows for f in h.emulator.ledger.files if f.purpose == "batch"]
+        assert assert_results_match_provider(db_url, h.emulator) == 100
     rounds = query(
         db_url,
         "SELECT round, request_count, succeeded_count, remote_status "
@@ -66,26 +72,104 @@ def test_an_expired_batch_keeps_its_results_and_resubmits_only_the_rest(db_url: 
     assert uploads[:2] == [100, 100 - ok1]
     assert count(db_url, "results", "job_id = %s AND succeeded", job_id) == 100
     # the first round's results were kept, not redone
-    assert count(db_url, "results", "job_id = %s AND attempt = 1", job_id) == ok1
+    first_batch = scalar(
+        db_url, "SELECT min(id) FROM orchestrator.batches WHERE job_id = %s", job_id
+    )
+    assert count(db_url, "results", "job_id = %s AND batch_id = %s", job_id, first_batch) == ok1
+    # and the rest ran once too, at their first attempt: the provider never ran them in round 1
+    assert count(db_url, "results", "job_id = %s AND attempt = 1", job_id) == 100
     assert "batch_resubmitted" in events(db_url, job_id)
 
 
 def test_attempts_stop_at_max_attempts_and_the_last_error_is_kept(db_url: str) -> None:
-    # the provider never gets to these requests before the window closes
-    config = EmulatorConfig(api_key=API_KEY, rows_per_second=0.001, completion_window_seconds=30)
-    with harness(db_url, emulator_config=config) as h:
+    # the provider runs every request, and answers each one 500, every time
+    with harness(db_url) as h:
+        h.emulator.faults.add_batch_fault(line_500=1.0, times=None)
         job_id = enqueue(db_url, simple_requests(6), max_attempts=2)
         assert h.run_job(job_id, seconds=5) == "completed"
         uploads = [f.num_rows for f in h.emulator.ledger.files if f.purpose == "batch"]
+        assert assert_results_match_provider(db_url, h.emulator) == 0
     assert uploads == [6, 6]  # sent twice, then no more
     rows = query(
         db_url,
-        "SELECT attempt, succeeded, error->>'code' FROM orchestrator.results WHERE job_id = %s",
+        "SELECT custom_id, attempt, succeeded, status_code, error->>'type', error->>'message' "
+        "FROM orchestrator.results WHERE job_id = %s ORDER BY custom_id",
         job_id,
     )
-    assert len(rows) == 6
-    assert all(r == (2, False, "batch_expired") for r in rows)
+    message = "The server had an error while processing your request. Sorry about that!"
+    assert rows == [(f"req-{i:05d}", 2, False, 500, "server_error", message) for i in range(6)]
     assert scalar(db_url, "SELECT failed_count FROM orchestrator.jobs WHERE id = %s", job_id) == 6
+
+
+def test_requests_the_provider_never_ran_are_sent_again_without_using_an_attempt(
+    db_url: str,
+) -> None:
+    # A slow provider: 10 requests a second, and a batch expires 8 s after it was created (the
+    # first second validating), so each round runs 70 requests and returns the rest
+    # batch_expired. Before, each round used an attempt of every request it returned: with
+    # max_attempts = 3, 120 of these 330 requests ended as failures without ever having run.
+    config = EmulatorConfig(
+        api_key=API_KEY, rows_per_second=10, validation_seconds=1, completion_window_seconds=8
+    )
+    with harness(db_url, emulator_config=config) as h:
+        job_id = enqueue(db_url, simple_requests(330), max_attempts=3)
+        assert h.run_job(job_id, seconds=2) == "completed"
+        uploads = [f.num_rows for f in h.emulator.ledger.files if f.purpose == "batch"]
+        assert assert_results_match_provider(db_url, h.emulator) == 330
+    assert uploads == [330, 260, 190, 120, 50]
+    # every request ran once, at its first attempt: the rounds it waited through were not attempts
+    assert query(
+        db_url, "SELECT attempt, succeeded, count(*) FROM orchestrator.results GROUP BY 1, 2"
+    ) == [(1, True, 330)]
+    assert query(db_url, "SELECT DISTINCT attempt FROM orchestrator.batch_items") == [(1,)]
+    ingested = [
+        r[0]
+        for r in query(
+            db_url,
+            "SELECT detail FROM orchestrator.events WHERE kind = 'batch_ingested' ORDER BY id",
+        )
+    ]
+    assert [(d["succeeded"], d["not_run"], d["retry"]) for d in ingested] == [
+        (70, 260, 260), (70, 190, 190), (70, 120, 120), (70, 50, 50), (50, 0, 0),
+    ]  # fmt: skip
+
+
+def test_requests_the_provider_never_runs_end_once_their_patience_is_spent(db_url: str) -> None:
+    # A provider that never gets to them before its 30 s window closes, and a daemon whose
+    # patience is 5 minutes: they are sent again, round after round, more often than
+    # max_attempts (none of those rounds was an attempt), until 5 minutes after they were first
+    # sent; then each ends as a failure with the provider's batch_expired, at attempt 1.
+    config = EmulatorConfig(api_key=API_KEY, rows_per_second=0.001, completion_window_seconds=30)
+    daemon = dataclasses.replace(FAST, patience_seconds=300)
+    with harness(db_url, emulator_config=config, settings=settings_for(db_url, daemon=daemon)) as h:
+        job_id = enqueue(db_url, simple_requests(6), max_attempts=2)
+        assert h.run_job(job_id, seconds=5) == "completed"
+        uploads = [f.num_rows for f in h.emulator.ledger.files if f.purpose == "batch"]
+        assert assert_results_match_provider(db_url, h.emulator) == 0
+    assert len(uploads) >= 5 and set(uploads) == {6}
+    rows = query(
+        db_url,
+        "SELECT custom_id, attempt, succeeded, status_code, error->>'code' "
+        "FROM orchestrator.results WHERE job_id = %s ORDER BY custom_id",
+        job_id,
+    )
+    assert rows == [(f"req-{i:05d}", 1, False, None, "batch_expired") for i in range(6)]
+    rounds = query(
+        db_url,
+        "SELECT first_sent_at, finished_at FROM orchestrator.batches WHERE job_id = %s "
+        "ORDER BY round",
+        job_id,
+    )
+    first = rounds[0][0]
+    assert {r[0] for r in rounds} == {first}  # every round carries when they were first sent
+    patience_end = first + dt.timedelta(seconds=300)
+    assert all(finished < patience_end for _, finished in rounds[:-1])
+    assert rounds[-1][1] >= patience_end
+    last = query(
+        db_url,
+        "SELECT detail FROM orchestrator.events WHERE kind = 'batch_ingested' ORDER BY id DESC",
+    )[0][0]
+    assert (last["not_run"], last["not_run_final"], last["failed"], last["retry"]) == (6, 6, 6, 0)
 
 
 def test_cancel_a_pending_job_makes_no_api_call(db_url: str) -> None:

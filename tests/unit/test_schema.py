@@ -27,9 +27,9 @@ def test_the_revision_constants_are_alembics_chain_and_its_head() -> None:
     ("revision", "says"),
     [
         (None, "has no orchestrator schema (it was never migrated); run orchestrator migrate"),
-        ("0005", "at schema revision 0005, older than the 0009 this orchestrator needs; run "
+        ("0005", "at schema revision 0005, older than the 0010 this orchestrator needs; run "
                  "orchestrator migrate"),
-        ("0099", "at schema revision 0099, which this orchestrator (0.1.0, schema 0009) does "
+        ("0099", "at schema revision 0099, which this orchestrator (0.1.0, schema 0010) does "
                  "not know: a newer version migrated it; upgrade the orchestrator package"),
     ],
 )  # fmt: skip
