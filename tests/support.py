@@ -278,7 +278,7 @@ class DaemonProcess:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "orchestrator", "run"],
-                env=self.env,
+                env=child_env(self.env),
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
@@ -316,6 +316,14 @@ class DaemonProcess:
 
     def logs(self) -> str:
         return self.log.read_text() if self.log.exists() else ""
+
+
+def child_env(env: dict[str, str]) -> dict[str, str]:
+    """``env`` for a process a test starts, with the mutant under test when a mutation tool runs
+    the test (mutmut's ``MUTANT_UNDER_TEST``, ``make mutation-db``): the daemon or command the test
+    starts then runs the mutant too, as the test's own process does."""
+    mutant = os.environ.get("MUTANT_UNDER_TEST")
+    return {**env, "MUTANT_UNDER_TEST": mutant} if mutant else env
 
 
 def _toml(values: dict[str, Any]) -> str:

@@ -14,7 +14,7 @@ from alembic.runtime.migration import MigrationContext
 from orchestrator.db.base import SCHEMA, Base
 from orchestrator.db.migrate import downgrade, upgrade
 from orchestrator.db.session import make_engine
-from tests.support import count, enqueue, harness, scalar, simple_requests
+from tests.support import child_env, count, enqueue, harness, scalar, simple_requests
 
 TABLES = {
     "jobs",
@@ -57,7 +57,7 @@ def test_migrate_creates_the_schema_and_is_idempotent(empty_db_url: str) -> None
 
 
 def test_two_processes_migrating_at_once_both_succeed(empty_db_url: str) -> None:
-    env = {"ORCHESTRATOR_DATABASE_URL": empty_db_url, "PATH": "/usr/bin:/bin"}
+    env = child_env({"ORCHESTRATOR_DATABASE_URL": empty_db_url, "PATH": "/usr/bin:/bin"})
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "orchestrator", "migrate"],

@@ -22,7 +22,15 @@ from orchestrator.clock import ScaledClock
 from orchestrator.emulator import Emulator, EmulatorConfig, EmulatorServer
 from tests.deploy.rules import rules
 from tests.private_postgres import free_port
-from tests.support import API_KEY, DaemonProcess, enqueue, scalar, simple_requests, wait_for
+from tests.support import (
+    API_KEY,
+    DaemonProcess,
+    child_env,
+    enqueue,
+    scalar,
+    simple_requests,
+    wait_for,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboard.json"
@@ -250,7 +258,7 @@ class GuardedDaemon(DaemonProcess):
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, str(WX_GUARD), sys.executable, "-m", "orchestrator", "run"],
-                env=self.env,
+                env=child_env(self.env),
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )

@@ -24,6 +24,7 @@ import pytest
 from orchestrator.cli import main
 from orchestrator.db.schema import HEAD
 from tests.support import (
+    child_env,
     downgrade_to,
     free_port,
     fresh_databases,
@@ -65,6 +66,7 @@ def _run(case: Case) -> Outcome:
         "ORCHESTRATOR_LOG_FORMAT": "json",
         **case.env,
     }
+    env = child_env(env)
     command = [sys.executable, "-m", "orchestrator", *case.argv]
     if case.reader_gone:
         proc = subprocess.Popen(

@@ -19,7 +19,16 @@ import pytest
 from orchestrator.cli import main
 from orchestrator.db import queries
 from orchestrator.emulator import EmulatorConfig
-from tests.support import API_KEY, chat_body, enqueue, enqueue_generated, harness, query, scalar
+from tests.support import (
+    API_KEY,
+    chat_body,
+    child_env,
+    enqueue,
+    enqueue_generated,
+    harness,
+    query,
+    scalar,
+)
 
 # Inserted in this order, which is not the order of their names.
 CUSTOM_IDS = ["zulu", "alpha", "mike", "bravo", "yankee", "charlie", "golf"]
@@ -374,7 +383,7 @@ def test_status_and_results_piped_into_head_stop_quietly(db_url: str) -> None:
         "RETURNING id",
     )
     job_id = enqueue_generated(db_url, 5000)
-    env = {"PATH": "/usr/bin:/bin", "ORCHESTRATOR_DATABASE_URL": db_url}
+    env = child_env({"PATH": "/usr/bin:/bin", "ORCHESTRATOR_DATABASE_URL": db_url})
     for command, first in (
         ("status --limit 2000", "job"),
         (f"results {job_id}", '{"custom_id":"r000001"'),

@@ -41,6 +41,7 @@ from orchestrator.observability import REDACTED, configure_logging
 from tests.support import (
     API_KEY,
     DaemonProcess,
+    child_env,
     enqueue,
     harness,
     scalar,
@@ -69,7 +70,7 @@ def cli(env: dict[str, str], *args: str) -> str:
     """An ``orchestrator`` command as a user runs it; its stdout and stderr."""
     done = subprocess.run(
         [sys.executable, "-m", "orchestrator", *args],
-        env=env,
+        env=child_env(env),
         capture_output=True,
         timeout=60,  # about 1 s each here
         check=False,

@@ -31,6 +31,7 @@ from orchestrator import zero_setup
 from orchestrator.config import Settings
 from orchestrator.embedded import EmbeddedPostgresFailed
 from orchestrator.errors import ConfigError
+from tests.support import child_env
 
 pytestmark = pytest.mark.e2e
 
@@ -41,14 +42,16 @@ KEPT = re.compile(r"stays up until you press Ctrl-C")
 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    return {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(tmp_path / "home"),
-        "PYTHONPATH": str(ROOT),
-        "ORCHESTRATOR_LOG_FORMAT": "json",
-        "ORCHESTRATOR_HTTP_ADDR": "off",
-        **extra,
-    }
+    return child_env(
+        {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(tmp_path / "home"),
+            "PYTHONPATH": str(ROOT),
+            "ORCHESTRATOR_LOG_FORMAT": "json",
+            "ORCHESTRATOR_HTTP_ADDR": "off",
+            **extra,
+        }
+    )
 
 
 def _orchestrator(*args: str) -> list[str]:
