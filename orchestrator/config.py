@@ -339,8 +339,7 @@ def _top(cfg: Mapping[str, Any], key: str, kind: type, path: str, default: Any =
     value = cfg.get(key, default)
     if value is not None and not isinstance(value, kind):
         raise ConfigError(
-            f"{path}: {key} must be {_EXPECTED.get(kind, kind.__name__)}, not {_said(value)}; "
-            "fix it in that file"
+            f"{path}: {key} must be {_EXPECTED[kind]}, not {_said(value)}; fix it in that file"
         )
     return value
 
