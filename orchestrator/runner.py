@@ -77,9 +77,28 @@ def _write(deps: Deps, write: Callable[[Session], None]) -> None:
         log.warning("lease_lost", error=str(exc))
 
 
+# A step run later than this after it was due was not tried meanwhile (no daemon ran it: all
+# stopped, or down): that time does not count against the batch's patience.
+LATE_SECONDS = 300.0
+
+
+def failing_since(b: Claimed, now: dt.datetime) -> dt.datetime | None:
+    """When the batch's current run of failures began, as its patience counts it: moved forward
+    by the time its retry waited past when it was due (beyond ``LATE_SECONDS``), so that the
+    patience counts only time in which a daemon kept trying. Without it, a daemon back from an
+    outage longer than the patience would give a batch up at its first try, files and all."""
+    if b.failing_since is None or b.next_run_at is None:
+        return b.failing_since
+    late = (now - b.next_run_at).total_seconds() - LATE_SECONDS
+    if late <= 0:
+        return b.failing_since
+    return min(b.failing_since + dt.timedelta(seconds=late), now)
+
+
 def _apply_failure(deps: Deps, s: Session, b: Claimed, step: Step, exc: ApiError) -> None:
     now = deps.clock.now()
     failures = b.step_failures + 1
+    since = failing_since(b, now)
     decision = dc.decide(
         exc.kind,
         step=step,
@@ -89,12 +108,12 @@ def _apply_failure(deps: Deps, s: Session, b: Claimed, step: Step, exc: ApiError
         now=now,
         policy=deps.policy,
         rng=deps.rng,
-        since=b.failing_since,
+        since=since,
     )
     values: dict[str, Any] = {
         "step_failures": failures,
         "last_error": str(exc)[:2000],
-        "failing_since": b.failing_since or now,
+        "failing_since": since or now,
     }
     log.warning(
         "step_failed",
@@ -136,7 +155,7 @@ def _crashed(deps: Deps, s: Session, b: Claimed, exc: Exception) -> None:
         s,
         b,
         step_failures=failures,
-        failing_since=b.failing_since or deps.clock.now(),
+        failing_since=failing_since(b, deps.clock.now()) or deps.clock.now(),
         last_error=f"internal error: {type(exc).__name__}: {exc}"[:2000],
         next_run_at=deps.clock.now() + dt.timedelta(seconds=delay),
     )

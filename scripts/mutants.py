@@ -402,6 +402,15 @@ MUTATIONS: list[Mutation] = [
                "test_requests_the_provider_never_runs_end_once_their_patience_is_spent"],
     ),
     Mutation(
+        name="patience-counts-an-outage",
+        promise="time in which no daemon ran a batch's retry does not count against its patience",
+        path="orchestrator/runner.py",
+        old="    if late <= 0:\n        return b.failing_since",
+        new="    if True:\n        return b.failing_since",
+        tests=["tests/e2e/test_field_faults.py::"
+               "test_time_no_daemon_was_running_does_not_count_against_the_patience"],
+    ),
+    Mutation(
         name="cost-wrong-price-row",
         promise="cost from the prices table uses the price in force when the batch finished "
                 "(one SQL rule for the daemon and the views)",

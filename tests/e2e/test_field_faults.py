@@ -7,6 +7,7 @@ cannot be finished says so, visibly, and can be collected later."""
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import logging
 import math
 from collections.abc import Iterator
@@ -294,6 +295,33 @@ def test_status_calls_failing_for_ever_show_as_stuck_then_fail_with_the_last_err
         assert h.run_job(job_id) == "completed"
         assert assert_results_match_provider(db_url, h.emulator) == 5
         assert len(h.emulator.ledger.batches) == 1
+
+
+def test_time_no_daemon_was_running_does_not_count_against_the_patience(db_url: str) -> None:
+    # (found by the lifecycle model: a daemon back from an outage longer than the patience gave a
+    # batch up at its first try, although its files were fine)
+    daemon = dataclasses.replace(FAST, patience_seconds=4 * 3600.0)
+    with openai_harness(db_url, daemon=daemon) as h:
+        job_id = enqueue(db_url, simple_requests(5), target="openai")
+        h.run_until(lambda: count(db_url, "batches", "state = 'submitted'") == 1, seconds=1)
+        # Given a status call that failed once (a blip), and fails once more
+        h.emulator.faults.add("get_batch", status=503, message="upstream down", times=2)
+        h.run_until(lambda: scalar(db_url, "SELECT step_failures FROM orchestrator.batches") == 1)
+        # When no daemon runs for 5 hours, longer than the patience (the provider finishes)
+        h.clock.advance(5 * 3600)
+        # and the first try after that fails again
+        h.daemon.tick(wait=True)
+        # Then the batch is not given up: nobody tried meanwhile, so those hours are not failing
+        # ones; its failures are counted from the end of the outage
+        state, failures, error, since = query(
+            db_url,
+            "SELECT state, step_failures, last_error, failing_since FROM orchestrator.batches",
+        )[0]
+        assert (state, failures) == ("submitted", 2) and "upstream down" in error
+        assert since >= h.clock.now() - dt.timedelta(seconds=600)
+        # and it goes on to collect every result
+        assert h.run_job(job_id) == "completed"
+        assert assert_results_match_provider(db_url, h.emulator) == 5
 
 
 def test_a_batch_stuck_in_finalizing_past_expires_at_shows_as_stuck_then_is_given_up(
