@@ -142,10 +142,11 @@ def _patiently(
     message: str,
     since: dt.datetime | None,
 ) -> Decision:
-    age = (now - since).total_seconds() if since is not None else 0.0
+    start = now if since is None else since  # None: the run of failures begins with this one
+    age = (now - start).total_seconds()
     if age >= policy.patience_seconds:
         return Fail(
-            f"gave up after {duration(age)} of failures (since {since:%Y-%m-%d %H:%M:%S} UTC); "
+            f"gave up after {duration(age)} of failures (since {start:%Y-%m-%d %H:%M:%S} UTC); "
             f"the last one: {message}",
             code=PATIENCE_EXHAUSTED,
         )

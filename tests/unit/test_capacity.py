@@ -37,6 +37,8 @@ from orchestrator.domain.capacity import EnqueuedLimit, enqueued_limit
         ("", None),
         (None, None),
         ("Limit: 0 tokens", None),
+        # the least limit there is is still a limit
+        ("Limit: 1 token", EnqueuedLimit(None, 1)),
     ],
 )
 def test_the_limit_and_its_model_are_read_from_the_message(
@@ -84,6 +86,35 @@ def test_a_batch_over_the_budget_alone_is_split_and_a_single_request_is_tried_al
 def test_the_cap_on_batches_in_flight_counts_those_ahead_in_line() -> None:
     assert _admit(1, cap.Load(batches_in_flight=1), max_batches=2) == cap.Admit()
     waits = _admit(1, cap.Load(batches_in_flight=1, batches_ahead=1), max_batches=2)
-    assert isinstance(waits, cap.Wait)
-    assert "1 batch(es) in flight and 1 ahead in line" in waits.reason
-    assert "max_batches_in_flight is 2" in waits.reason
+    assert waits == cap.Wait(
+        "waiting_for_capacity: 1 batch(es) in flight and 1 ahead in line; the target's "
+        "max_batches_in_flight is 2"
+    )
+
+
+@pytest.mark.parametrize(
+    ("tokens", "requests", "expected"),
+    [
+        # exactly the budget, alone: it fits
+        (1_000, 10, cap.Admit()),
+        # over it: split, even two requests (one each side)
+        (1_001, 2, cap.Split(1_000)),
+        # one request cannot be split: with nothing in flight or ahead, it is tried
+        (1_001, 1, cap.Admit()),
+    ],
+)
+def test_a_batch_alone_is_split_only_when_over_the_budget_and_splittable(
+    tokens: int, requests: int, expected: cap.Admission
+) -> None:
+    assert _admit(tokens, cap.Load(), requests=requests) == expected
+
+
+def test_a_batch_planned_with_no_model_stated_waits_saying_the_model() -> None:
+    waits = cap.admit(
+        model=None, tokens=2_500, requests=3, load=cap.Load(tokens_in_flight=1_500_000),
+        budget=1_501_000, max_batches=None,
+    )  # fmt: skip
+    assert waits == cap.Wait(
+        "waiting_for_capacity: the model needs ~2,500 enqueued tokens; 1,500,000 are in flight "
+        "and 0 ahead in line, of a budget of 1,501,000"
+    )

@@ -10,7 +10,7 @@ import pytest
 from orchestrator.config import make_target
 from orchestrator.db.queries import CapacityUsage
 from orchestrator.domain.capacity import Budget, budget_in_force
-from orchestrator.domain.capacity_report import report, why_waiting
+from orchestrator.domain.capacity_report import ModelCapacity, report, why_waiting
 
 AT = dt.datetime(2026, 11, 30, 12, tzinfo=dt.UTC)
 
@@ -76,3 +76,39 @@ def test_the_report_holds_named_learned_and_busy_models_and_unconfigured_targets
         None,
     )
     assert [(m.model, m.budget) for m in gone.models] == [("c", Budget(9, "learned"))]
+
+
+def test_each_model_of_the_report_carries_its_target_budgets_and_waiting_figures() -> None:
+    since = AT - dt.timedelta(minutes=5)
+    target = make_target(
+        "openai", "openai", base_url="http://x", enqueued_token_budgets={"low": 100, "high": 900}
+    )
+    usage = [CapacityUsage("openai", "low", 80, 2, 3, since, "waiting_for_capacity: low is full")]
+    learned = [Learned("openai", "low", 200), Learned("openai", "high", 500)]
+    (openai,) = report({"openai": target}, usage, learned)
+    assert openai.models == (
+        # learned 500 under the configured 900: the learned one is in force
+        ModelCapacity(
+            target="openai", model="high", configured=900, learned=500, learned_at=AT,
+            learned_message="Limit: 1 enqueued tokens", budget=Budget(500, "learned"),
+        ),
+        # learned 200 over the configured 100: it never raises a budget
+        ModelCapacity(
+            target="openai", model="low", configured=100, learned=200, learned_at=AT,
+            learned_message="Limit: 1 enqueued tokens", budget=Budget(100, "configured"),
+            in_flight_tokens=80, in_flight_batches=2, waiting_batches=3,
+            oldest_waiting_since=since, waiting_reason="waiting_for_capacity: low is full",
+        ),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("reason", "shown"),
+    [
+        ("waiting_for_capacity: m needs ~5 enqueued tokens", "m needs ~5 enqueued tokens"),
+        ("another reason", "another reason"),
+        (None, ""),
+    ],
+)
+def test_why_waiting_is_the_reason_without_its_head(reason: str | None, shown: str) -> None:
+    assert why_waiting(reason) == shown

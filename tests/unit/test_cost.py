@@ -30,7 +30,7 @@ def test_a_cost_sent_as_a_json_number_is_read_as_the_decimal_it_spells_not_as_a_
     assert isinstance(body["usage"]["cost"], float)
     assert Decimal(body["usage"]["cost"]) != Decimal("0.1")  # what a float gives
     assert provider_cost(body) == Decimal("0.1")  # what the provider wrote
-    assert sum([provider_cost(body)] * 3, Decimal(0)) == Decimal("0.3")  # type: ignore[misc]
+    assert sum([provider_cost(body)] * 3, Decimal(0)) == Decimal("0.3")  # type: ignore[type-var]
     # every digit of a cost in the ledger's 8 places, however small or large
     for text in ("0.00026371", "1e-08", "0.00000001", "1234567.12345678", "0.3", "1.1"):
         reported = provider_cost(orjson.loads(b'{"cost": %s}' % text.encode()))
@@ -50,3 +50,22 @@ def test_a_cost_is_kept_to_8_places_rounded_half_away_from_zero_as_postgresql_ro
     assert format(as_stored(Decimal("-0.000000005")), "f") == "-0.00000001"
     assert format(as_stored(Decimal("0.00026")), "f") == "0.00026000"
     assert as_stored(None) is None
+
+
+@pytest.mark.parametrize(
+    ("batch", "expected"),
+    [
+        # a key that holds no readable cost does not hide the next one
+        ({"usage": {"cost": True, "total_cost": "0.25"}}, "0.25"),
+        ({"usage": {"cost": "n/a", "total_cost": "0.25"}}, "0.25"),
+        ({"usage": {"cost": {"usd": 1}, "total_cost": "0.25"}}, "0.25"),
+        ({"usage": {"cost": "1e12", "cost_usd": 0.5}}, "0.5"),
+        # usage first, then the top level
+        ({"usage": {"cost": "abc"}, "credits_used": "3"}, "3"),
+        ({"usage": {"cost": "0.1"}, "cost": "9"}, "0.1"),
+    ],
+)
+def test_provider_cost_is_the_first_readable_one_among_its_keys(
+    batch: dict[str, object], expected: str
+) -> None:
+    assert provider_cost(batch) == Decimal(expected)

@@ -138,3 +138,74 @@ def test_an_output_file_not_found_is_not_gone_after_a_few_tries() -> None:
 )
 def test_durations_read_as_people_say_them(seconds: float, shown: str) -> None:
     assert dc.duration(seconds) == shown
+
+
+@pytest.mark.parametrize("retry_after", [0, -5])
+def test_429_with_a_retry_after_of_zero_or_less_throttles_until_now_not_later(
+    retry_after: float,
+) -> None:
+    assert _decide(ErrorKind.RATE_LIMITED, retry_after=retry_after) == dc.Throttle(until=NOW)
+
+
+@pytest.mark.parametrize(
+    ("kind", "step", "message"),
+    [
+        # only an upload can be split: a 413 elsewhere is the provider's refusal
+        (ErrorKind.TOO_LARGE, Step.CREATE, "HTTP 413: too large"),
+        (ErrorKind.TOO_LARGE, Step.POLL, "HTTP 413: too large"),
+        # and only a 413 splits an upload
+        (ErrorKind.INVALID, Step.UPLOAD, "HTTP 400: bad file"),
+        (ErrorKind.NOT_FOUND, Step.UPLOAD, "HTTP 404: not found"),
+        # "cannot find file" means "not ready yet" only at the create
+        (ErrorKind.INVALID, Step.UPLOAD, "Cannot find file file-abc"),
+        (ErrorKind.INVALID, Step.POLL, "Cannot find file file-abc"),
+    ],
+)
+def test_decide_fails_other_refusals_with_the_providers_message(
+    kind: ErrorKind, step: Step, message: str
+) -> None:
+    assert _decide(kind, step=step, message=message) == dc.Fail(message)
+
+
+@pytest.mark.parametrize(
+    ("kind", "step", "failures"),
+    [
+        (ErrorKind.TRANSIENT, Step.UPLOAD, 1),
+        (ErrorKind.NOT_FOUND, Step.INGEST, 30),
+        (ErrorKind.NOT_FOUND, Step.CREATE, dc.CREATE_NOT_FOUND_RETRIES),
+        (ErrorKind.NOT_FOUND, Step.POLL, dc.GONE_AFTER - 1),
+        (ErrorKind.NOT_FOUND, Step.CANCEL, 1),
+        (ErrorKind.NOT_FOUND, Step.RECONCILE, 1),
+    ],
+)
+def test_a_retry_says_which_failure_it_retries(kind: ErrorKind, step: Step, failures: int) -> None:
+    decision = _decide(kind, step=step, failures=failures, message="HTTP 404: no such batch")
+    assert isinstance(decision, dc.Retry)
+    assert decision.reason == "HTTP 404: no such batch"
+
+
+def test_a_passing_failure_is_given_up_once_exactly_the_patience_has_passed() -> None:
+    assert _since(3600, ErrorKind.TRANSIENT) == dc.Fail(
+        "gave up after 1h 0m of failures (since 2025-12-31 23:00:00 UTC); "
+        "the last one: HTTP 503: down",
+        code=dc.PATIENCE_EXHAUSTED,
+    )
+
+
+def test_with_no_patience_the_first_passing_failure_is_given_up_at_once() -> None:
+    # patience_seconds = 0 is a valid setting; the first failure of a run has no ``since`` yet
+    decision = dc.decide(
+        ErrorKind.TRANSIENT,
+        step=Step.POLL,
+        failures=1,
+        message="HTTP 503: down",
+        retry_after=None,
+        now=NOW,
+        policy=dc.Policy(retry=RetrySchedule(), pause_seconds=120, patience_seconds=0),
+        rng=random.Random(1),
+    )
+    assert decision == dc.Fail(
+        "gave up after 0s of failures (since 2026-01-01 00:00:00 UTC); "
+        "the last one: HTTP 503: down",
+        code=dc.PATIENCE_EXHAUSTED,
+    )

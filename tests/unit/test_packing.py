@@ -18,8 +18,8 @@ def test_chunks_respect_the_request_count() -> None:
 
 def test_chunks_respect_the_byte_budget() -> None:
     chunks = list(pack(((i, 400) for i in range(10)), max_requests=100, max_bytes=1000))
-    assert [c.count for c in chunks] == [2, 2, 2, 2, 2]
-    assert all(c.bytes <= 1000 for c in chunks)
+    # two of 400 bytes fit in 1,000, not three; no token estimate given: 0 tokens, no model
+    assert chunks == [Chunk(i, i + 1, 2, 800, 0, None) for i in range(0, 10, 2)]
 
 
 def test_a_request_larger_than_the_budget_is_refused() -> None:
@@ -71,4 +71,52 @@ def test_chunks_stay_within_a_token_budget_and_carry_their_tokens_and_model() ->
         Chunk(2, 2, 1, 10, 100, "m"),
         Chunk(3, 3, 1, 10, 300, "m"),
         Chunk(4, 4, 1, 10, 20, "m"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("max_requests", "max_bytes", "max_tokens"),
+    [(0, 10, None), (10, 0, None), (10, 10, 0), (-1, -1, -1)],
+)
+def test_a_packer_refuses_limits_that_are_not_positive(
+    max_requests: int, max_bytes: int, max_tokens: int | None
+) -> None:
+    with pytest.raises(ValueError, match=r"^limits must be positive$"):
+        Packer(max_requests=max_requests, max_bytes=max_bytes, max_tokens=max_tokens)
+
+
+@pytest.mark.parametrize(("max_bytes", "max_count"), [(0, 10), (10, 0)])
+def test_pages_refuse_limits_that_are_not_positive(max_bytes: int, max_count: int) -> None:
+    with pytest.raises(ValueError, match=r"^limits must be positive$"):
+        list(pages([(1, 1)], max_bytes=max_bytes, max_count=max_count))
+
+
+def test_the_smallest_limits_make_one_request_chunks() -> None:
+    packer = Packer(max_requests=1, max_bytes=1, max_tokens=1, model="m")
+    assert [packer.add(seq, 1, 1) for seq in (5, 6, 7)] == [
+        None,
+        Chunk(5, 5, 1, 1, 1, "m"),
+        Chunk(6, 6, 1, 1, 1, "m"),
+    ]
+    assert packer.finish() == Chunk(7, 7, 1, 1, 1, "m")
+    assert packer.finish() is None  # nothing left to close
+    assert list(pages([(5, 1), (6, 1)], max_bytes=1, max_count=1)) == [
+        Chunk(5, 5, 1, 1),
+        Chunk(6, 6, 1, 1),
+    ]
+
+
+def test_a_chunk_may_fill_its_limits_exactly() -> None:
+    # 100 + 150 tokens = the budget of 250, 60 + 40 bytes = the 100 allowed, 2 = the count allowed
+    packer = Packer(max_requests=2, max_bytes=100, max_tokens=250)
+    assert [
+        packer.add(seq, size, tokens) for seq, size, tokens in [(1, 60, 100), (2, 40, 150)]
+    ] == [
+        None,
+        None,
+    ]
+    assert packer.add(3, 1, 1) == Chunk(1, 2, 2, 100, 250)
+    assert list(pages([(1, 60), (2, 40), (3, 50)], max_bytes=100, max_count=5)) == [
+        Chunk(1, 2, 2, 100),
+        Chunk(3, 3, 1, 50),
     ]
