@@ -411,6 +411,15 @@ MUTATIONS: list[Mutation] = [
                "test_time_no_daemon_was_running_does_not_count_against_the_patience"],
     ),
     Mutation(
+        name="openai-file-too-large-fails",
+        promise="an upload OpenAI refuses with 400 'File is too large.' is split, like a 413",
+        path="orchestrator/domain/decide.py",
+        old='return kind is ErrorKind.INVALID and "file is too large" in message.lower()',
+        new="return False",
+        tests=["tests/e2e/test_reliability.py::"
+               "test_413_splits_the_chunk_and_both_halves_complete"],
+    ),
+    Mutation(
         name="cost-wrong-price-row",
         promise="cost from the prices table uses the price in force when the batch finished "
                 "(one SQL rule for the daemon and the views)",

@@ -127,7 +127,7 @@ def decide(
         # An output file "not found" for a while after completion is seen in the wild: it is
         # as passing as a 5xx, and giving up would abandon results that exist.
         return _patiently(now, policy, failures, rng, message, since)
-    if kind is ErrorKind.TOO_LARGE and step is Step.UPLOAD:
+    if step is Step.UPLOAD and (kind is ErrorKind.TOO_LARGE or _is_file_too_large(kind, message)):
         return Split()
     if kind is ErrorKind.NOT_FOUND or _is_file_not_ready(kind, step, message):
         return _not_found(step, failures, now, policy, rng, message)
@@ -173,6 +173,12 @@ def _retry(
 ) -> Retry:
     delay = policy.retry.delay(failures, rng)
     return Retry(at=now + dt.timedelta(seconds=delay), reason=reason)
+
+
+def _is_file_too_large(kind: ErrorKind, message: str) -> bool:
+    # OpenAI answers an upload over its size limit with 400 "File is too large." (spec X7), where
+    # the spec says 413: the same refusal, split the same way (found by the lifecycle model).
+    return kind is ErrorKind.INVALID and "file is too large" in message.lower()
 
 
 def _is_file_not_ready(kind: ErrorKind, step: Step, message: str) -> bool:

@@ -197,14 +197,20 @@ def test_fastrouter_policy_pause_waits_for_an_operator(db_url: str, monkeypatch)
         assert len(h.emulator.ledger.batches) == 1
 
 
-def test_413_splits_the_chunk_and_both_halves_complete(db_url: str) -> None:
-    # The provider's limit is lower than the one configured for the target
-    config = EmulatorConfig(api_key=API_KEY, max_file_bytes=6_000)
-    with harness(db_url, emulator_config=config) as h:
-        job_id = enqueue(db_url, simple_requests(40))  # ~9 KB of JSONL
+@pytest.mark.parametrize(("mode", "refusal"), [("fastrouter", 413), ("openai", 400)])
+def test_413_splits_the_chunk_and_both_halves_complete(
+    db_url: str, mode: str, refusal: int
+) -> None:
+    # The provider's limit is lower than the one configured for the target. FastRouter answers
+    # 413; OpenAI answers 400 "File is too large." (spec X7), which splits the same way.
+    config = EmulatorConfig(mode=mode, api_key=API_KEY, max_file_bytes=6_000)  # type: ignore[arg-type]
+    settings = settings_for(db_url, preset=mode, target=mode)
+    with harness(db_url, emulator_config=config, settings=settings) as h:
+        job_id = enqueue(db_url, simple_requests(40), target=mode)  # ~9 KB of JSONL
         assert h.run_job(job_id) == "completed"
-        assert len(h.emulator.ledger.calls_to("upload_file", status=413)) >= 1
+        assert len(h.emulator.ledger.calls_to("upload_file", status=refusal)) >= 1
         assert len(h.emulator.ledger.batches) >= 2
+        assert assert_results_match_provider(db_url, h.emulator) == 40
     assert count(db_url, "batches", "state = 'superseded'") >= 1
     assert count(db_url, "results", "succeeded") == 40
     assert "batch_split" in events(db_url, job_id)

@@ -60,6 +60,16 @@ def test_too_large_at_upload_splits() -> None:
     assert _decide(ErrorKind.TOO_LARGE, step=Step.UPLOAD) == dc.Split()
 
 
+@pytest.mark.parametrize(
+    "message", ["File is too large.", "HTTP 400: file is TOO LARGE (max 200MB)"]
+)
+def test_openais_400_file_too_large_at_upload_splits_like_a_413(message: str) -> None:
+    # OpenAI answers 400 "File is too large." where the spec says 413 (spec X7)
+    assert _decide(ErrorKind.INVALID, step=Step.UPLOAD, message=message) == dc.Split()
+    # and the same words at another step are the provider's refusal
+    assert _decide(ErrorKind.INVALID, step=Step.CREATE, message=message) == dc.Fail(message)
+
+
 def test_file_not_found_right_after_upload_is_retried_then_reuploaded() -> None:
     for failures in range(1, dc.CREATE_NOT_FOUND_RETRIES + 1):
         assert isinstance(
