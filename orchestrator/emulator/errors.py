@@ -76,6 +76,12 @@ _DEFAULTS: dict[int, _Default] = {
         "server_error", "service_unavailable", "Service Unavailable",
         "server_error", None, "The engine is currently overloaded, please try again later.",
     ),
+    # A gateway in front of the provider giving up on a slow answer (the call may well have been
+    # carried out behind it): the commonest lost answer of all.
+    504: _Default(
+        "server_error", "gateway_timeout", "Gateway Timeout",
+        "server_error", None, "Gateway timeout.",
+    ),
 }  # fmt: skip
 
 SUPPORTED_ERROR_STATUSES: frozenset[int] = frozenset(_DEFAULTS)
