@@ -420,6 +420,15 @@ MUTATIONS: list[Mutation] = [
                "test_413_splits_the_chunk_and_both_halves_complete"],
     ),
     Mutation(
+        name="poll-400-gives-up",
+        promise="a 400 to a status call or a download is asked again within the patience",
+        path="orchestrator/domain/decide.py",
+        old="if kind is ErrorKind.INVALID and step in _READS_OF_A_LIVE_BATCH:",
+        new="if False:",
+        tests=["tests/e2e/test_reliability.py::"
+               "test_a_400_to_a_status_call_or_a_download_is_asked_again_not_taken_for_a_refusal"],
+    ),
+    Mutation(
         name="cost-wrong-price-row",
         promise="cost from the prices table uses the price in force when the batch finished "
                 "(one SQL rule for the daemon and the views)",

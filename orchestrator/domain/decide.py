@@ -127,6 +127,11 @@ def decide(
         # An output file "not found" for a while after completion is seen in the wild: it is
         # as passing as a 5xx, and giving up would abandon results that exist.
         return _patiently(now, policy, failures, rng, message, since)
+    if kind is ErrorKind.INVALID and step in _READS_OF_A_LIVE_BATCH:
+        # A 400 to a status call, a download or a list is no verdict on our requests (they were
+        # accepted): the provider failed to answer. Giving the batch up at once would abandon what
+        # it produces (found by the lifecycle model); within the patience, it is asked again.
+        return _patiently(now, policy, failures, rng, message, since)
     if step is Step.UPLOAD and (kind is ErrorKind.TOO_LARGE or _is_file_too_large(kind, message)):
         return Split()
     if kind is ErrorKind.NOT_FOUND or _is_file_not_ready(kind, step, message):
@@ -151,6 +156,10 @@ def _patiently(
             code=PATIENCE_EXHAUSTED,
         )
     return _retry(now, policy, failures, rng, message)
+
+
+# The steps that only read a batch the provider accepted: its status, its files, the list.
+_READS_OF_A_LIVE_BATCH = frozenset({Step.POLL, Step.INGEST, Step.RECONCILE})
 
 
 def duration(seconds: float) -> str:

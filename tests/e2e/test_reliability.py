@@ -216,6 +216,22 @@ def test_413_splits_the_chunk_and_both_halves_complete(
     assert "batch_split" in events(db_url, job_id)
 
 
+def test_a_400_to_a_status_call_or_a_download_is_asked_again_not_taken_for_a_refusal(
+    db_url: str,
+) -> None:
+    # (found by the lifecycle model: a 400 to a status call gave the batch up, abandoning what
+    # the provider went on to produce)
+    with harness(db_url) as h:
+        h.emulator.faults.add("get_batch", status=400, message="bad request", times=2)
+        h.emulator.faults.add("file_content", status=400, message="bad request", times=1)
+        job_id = enqueue(db_url, simple_requests(5))
+        assert h.run_job(job_id) == "completed"
+        assert len(h.emulator.ledger.calls_to("get_batch", status=400)) == 2
+        assert len(h.emulator.ledger.calls_to("file_content", status=400)) == 1
+        assert assert_results_match_provider(db_url, h.emulator) == 5
+        assert len(h.emulator.ledger.batches) == 1
+
+
 def test_a_400_fails_the_batch_with_the_providers_message_on_the_job(db_url: str) -> None:
     with harness(db_url) as h:
         h.emulator.faults.add(

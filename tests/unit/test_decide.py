@@ -168,7 +168,7 @@ def test_429_with_a_retry_after_of_zero_or_less_throttles_until_now_not_later(
         (ErrorKind.NOT_FOUND, Step.UPLOAD, "HTTP 404: not found"),
         # "cannot find file" means "not ready yet" only at the create
         (ErrorKind.INVALID, Step.UPLOAD, "Cannot find file file-abc"),
-        (ErrorKind.INVALID, Step.POLL, "Cannot find file file-abc"),
+        (ErrorKind.INVALID, Step.CANCEL, "Cannot find file file-abc"),
     ],
 )
 def test_decide_fails_other_refusals_with_the_providers_message(
@@ -216,6 +216,21 @@ def test_with_no_patience_the_first_passing_failure_is_given_up_at_once() -> Non
     )
     assert decision == dc.Fail(
         "gave up after 0s of failures (since 2026-01-01 00:00:00 UTC); "
+        "the last one: HTTP 503: down",
+        code=dc.PATIENCE_EXHAUSTED,
+    )
+
+
+@pytest.mark.parametrize("step", [Step.POLL, Step.INGEST, Step.RECONCILE])
+def test_a_400_to_a_read_of_an_accepted_batch_is_asked_again_within_the_patience(
+    step: Step,
+) -> None:
+    # a status call, a download or a list answered 400: no verdict on the requests, which the
+    # provider accepted; giving up at once would abandon what it produces
+    decision = _decide(ErrorKind.INVALID, step=step, message="HTTP 400: bad request")
+    assert isinstance(decision, dc.Retry) and decision.reason == "HTTP 400: bad request"
+    assert _since(3600, ErrorKind.INVALID, step=step) == dc.Fail(
+        "gave up after 1h 0m of failures (since 2025-12-31 23:00:00 UTC); "
         "the last one: HTTP 503: down",
         code=dc.PATIENCE_EXHAUSTED,
     )
