@@ -76,5 +76,12 @@ mutation-score: $(DEV)
 mutation-db: $(DEV)
 	$(BIN)/python scripts/mutation_score.py --suite db $(MUTATION_ARGS)
 
+# The lifecycle model (tests/model/lifecycle.py) over thousands of random interleavings of faults,
+# kills, cancels, a second daemon and a skewed clock; its figures, and every run that broke a
+# promise with its seed (20-30 minutes). E.g. SOAK_ARGS='--examples 200 --seed 42', or
+# SOAK_ARGS='--planted --examples 300': plant each bug of scripts/soak.py and find it.
+soak: $(DEV)
+	$(BIN)/python scripts/soak.py $(SOAK_ARGS)
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .mutation

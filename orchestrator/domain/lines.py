@@ -198,9 +198,9 @@ def read_usage(body: Any) -> tuple[Usage, str | None]:
     total = usage.get("total_tokens")
     if type(prompt) is int and type(completion) is int and type(total) is int:
         details = usage.get("prompt_tokens_details")
-        cached = details.get("cached_tokens", 0) if type(details) is dict else 0
+        cached = details.get("cached_tokens") if type(details) is dict else 0
         out = usage.get("completion_tokens_details")
-        reasoning = out.get("reasoning_tokens", 0) if type(out) is dict else 0
+        reasoning = out.get("reasoning_tokens") if type(out) is dict else 0
         return Usage(
             prompt,
             completion,
