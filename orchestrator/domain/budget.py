@@ -51,7 +51,12 @@ def judge(models: Sequence[ModelEstimate], budget: Decimal | None) -> Verdict:
         cost = sum((m.max_cost or Decimal(0) for m in models), Decimal(0))
     problem = None
     if budget is not None:
-        if unpriced:
+        if not (budget.is_finite() and budget >= 0):  # NUMERIC holds 'NaN'; a typo holds -5
+            problem = (
+                f"max_cost is {budget}, which is no amount of money; set it to the most the job "
+                "may cost in USD (e.g. 5.00) or clear it (NULL: no budget)"
+            )
+        elif unpriced:
             problem = (
                 f"max_cost is {_money(budget)} but the cost cannot be bounded: no price in "
                 f"force for {', '.join(unpriced)}; add it to orchestrator.prices or clear max_cost"

@@ -98,3 +98,16 @@ def test_without_a_budget_an_unbounded_job_runs_and_its_estimate_says_unknown(db
     assert query(
         db_url, "SELECT estimated_max_output_tokens, estimated_max_cost FROM orchestrator.jobs"
     ) == [(None, None)]
+
+
+def test_a_max_cost_that_is_no_amount_of_money_fails_the_job_saying_so(db_url: str) -> None:
+    # PostgreSQL's NUMERIC holds 'NaN' (found while testing the budget's mutants: such a job
+    # failed with "internal error while planning: InvalidOperation")
+    with harness(db_url) as h:
+        job = _job(db_url, 2, max_cost="NaN")
+        assert h.run_job(job) == "failed"
+        assert h.emulator.ledger.calls_to("upload_file") == []
+    assert scalar(db_url, "SELECT error FROM orchestrator.jobs WHERE id = %s", job) == (
+        "max_cost is NaN, which is no amount of money; set it to the most the job may cost in "
+        "USD (e.g. 5.00) or clear it (NULL: no budget)"
+    )

@@ -144,3 +144,15 @@ def test_judge_shows_money_at_least_to_the_cent_and_exact_to_its_last_digit(
         f"max_cost is {shown} but the cost cannot be bounded: 1 request(s) set no max_tokens "
         "(or max_completion_tokens, max_output_tokens); set one on every request or clear max_cost"
     )
+
+
+@pytest.mark.parametrize("budget", [Decimal("NaN"), Decimal("-5"), Decimal("Infinity")])
+def test_judge_refuses_a_max_cost_that_is_no_amount_of_money(budget: Decimal) -> None:
+    # (a NUMERIC column holds 'NaN'; before, comparing with it raised InvalidOperation and the
+    # job failed with "internal error while planning")
+    verdict = judge([NANO], budget)
+    assert verdict.problem == (
+        f"max_cost is {budget}, which is no amount of money; set it to the most the job may cost "
+        "in USD (e.g. 5.00) or clear it (NULL: no budget)"
+    )
+    assert (verdict.prompt_tokens, verdict.max_cost) == (1_234, Decimal("0.00026"))
