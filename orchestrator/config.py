@@ -472,10 +472,15 @@ def _http_addr(raw: str, where: str) -> str | None:
     addr = raw.strip()
     if addr.lower() in ("", "off", "none"):
         return None
-    _, colon, port = addr.rpartition(":")
+    host, colon, port = addr.rpartition(":")
     if not colon or not port.isdigit() or int(port) > 65535:
         raise ConfigError(
             f"{where} must be host:port (for example 127.0.0.1:9464) or off, not {raw!r}; fix it"
+        )
+    if ":" in host or host.startswith("["):  # the listener is IPv4 (asgi.listen)
+        raise ConfigError(
+            f"{where} is an IPv6 address ({raw!r}), which is not served; give an IPv4 one "
+            "(127.0.0.1:9464, or 0.0.0.0:9464 for every interface)"
         )
     return addr
 

@@ -130,6 +130,17 @@ def test_http_addr_that_is_not_host_port_is_refused(raw: str) -> None:
     )
 
 
+@pytest.mark.parametrize("raw", ["[::1]:9464", "::1:9464", "[::]:0"])
+def test_http_addr_in_ipv6_is_refused_as_the_listener_cannot_serve_it(raw: str) -> None:
+    # (found testing config's mutants: it passed the check, then could never be served)
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"ORCHESTRATOR_HTTP_ADDR": raw})
+    assert str(caught.value) == (
+        f"ORCHESTRATOR_HTTP_ADDR is an IPv6 address ({raw!r}), which is not served; give an "
+        "IPv4 one (127.0.0.1:9464, or 0.0.0.0:9464 for every interface)"
+    )
+
+
 @pytest.mark.parametrize(
     ("toml", "table", "expected"),
     [
