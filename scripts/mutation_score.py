@@ -66,6 +66,11 @@ class Suite:
     tests: tuple[str, ...]
     bar: float  # the least share of mutants to kill
     sample: int | None = None  # None: every mutant
+    # mutmut stops a mutant's tests after (their time in the clean run + constant) x multiplier
+    # and counts it killed (it made them hang); mutmut's own 15 x lets a mutant that makes a
+    # daemon loop hold a worker for many minutes
+    timeout_multiplier: float = 15.0
+    timeout_constant: float = 1.0
 
 
 SUITES = {
@@ -103,6 +108,8 @@ SUITES = {
         ("tests/unit", "tests/db", "tests/api", "tests/e2e"),
         0.80,
         sample=400,
+        timeout_multiplier=5.0,
+        timeout_constant=10.0,
     ),
 }
 
@@ -160,6 +167,8 @@ def mutmut_config(suite: Suite) -> str:
         f"pytest_add_cli_args_test_selection = {toml_list(suite.tests)}\n"
         # in-process: mutmut forks a pytest per mutant (no xdist), and keeps no pytest cache
         'pytest_add_cli_args = ["-p", "no:cacheprovider", "-p", "no:xdist"]\n'
+        f"timeout_multiplier = {suite.timeout_multiplier}\n"
+        f"timeout_constant = {suite.timeout_constant}\n"
     )
 
 
@@ -275,7 +284,8 @@ def changed_lines(diff: str) -> str:
 def reasons(suite: str) -> dict[str, str]:
     """Mutant (short name, without ``orchestrator.``) → the reason the README gives for leaving it,
     from the table between ``<!-- survivors:<suite> -->`` and ``<!-- /survivors:<suite> -->``.
-    A row names one or more mutants in backticks in its first cell; its last cell is the reason."""
+    A row names one or more mutants in backticks in its first cell (``domain.x.x_f__mutmut_3``,
+    then ``_7`` for ``domain.x.x_f__mutmut_7``); its last cell is the reason."""
     text = (REPO / "README.md").read_text()
     match = re.search(rf"<!-- survivors:{suite} -->(.*?)<!-- /survivors:{suite} -->", text, re.S)
     found: dict[str, str] = {}
@@ -285,8 +295,13 @@ def reasons(suite: str) -> dict[str, str]:
         cells = [c.strip() for c in row.strip().strip("|").split("|")]
         if len(cells) < 2 or set(cells[0]) <= {"-", " ", ":"}:
             continue
-        for name in re.findall(r"`([^`]+__mutmut_\d+)`", cells[0]):
-            found[name] = cells[-1]
+        prefix = ""
+        for token in re.findall(r"`([^`]+)`", cells[0]):
+            if re.fullmatch(r"_\d+", token) and prefix:
+                found[prefix + token[1:]] = cells[-1]
+            elif "__mutmut_" in token:
+                prefix = token[: token.rindex("_") + 1]
+                found[token] = cells[-1]
     return found
 
 
