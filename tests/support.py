@@ -372,19 +372,24 @@ def _line_succeeded(line: Any) -> bool:
     )
 
 
-def assert_results_match_provider(db_url: str, emulator: Emulator) -> int:
+def assert_results_match_provider(
+    db_url: str, emulator: Emulator, *, job_id: int | None = None
+) -> int:
     """Every result says what the provider produced for its request, not merely that a row exists.
 
     For each result, the lines its batch's remote output and error files hold for its
     ``custom_id`` (read from the emulator's storage, not through the daemon): a success line means a
     success result with that very body; failure lines only, a failure with one of their statuses;
     no line, a failure. And no success is ever lost: a request with a success line in any remote
-    batch of ours has a success result. Returns the number of successes checked."""
+    batch of ours has a success result. ``job_id``: that job's batches and results only (for a
+    test whose earlier jobs ran against another emulator). Returns the number of successes
+    checked."""
+    of_job = "true" if job_id is None else f"job_id = {int(job_id)}"
     remote_of = dict(
         query(
             db_url,
             "SELECT id, remote_batch_id FROM orchestrator.batches "
-            "WHERE remote_batch_id IS NOT NULL",
+            f"WHERE remote_batch_id IS NOT NULL AND {of_job}",
         )
     )
     produced: dict[str, dict[str, list[Any]]] = {}
@@ -400,7 +405,7 @@ def assert_results_match_provider(db_url: str, emulator: Emulator) -> int:
     rows = query(
         db_url,
         "SELECT job_id, custom_id, batch_id, succeeded, status_code, response "
-        "FROM orchestrator.results",
+        f"FROM orchestrator.results WHERE {of_job}",
     )
     succeeded = 0
     for job_id, custom_id, batch_id, ok, status, response in rows:
@@ -498,3 +503,23 @@ def plan_of(db_url: str, statement: str, params: Any) -> str:
     """EXPLAIN of a statement kept by :func:`recorded_session`."""
     with psycopg.connect(db_url) as conn:
         return "\n".join(r[0] for r in conn.execute(f"EXPLAIN {statement}", params).fetchall())
+
+
+def failures(db_url: str, where: str = "true", *params: Any) -> set[tuple[Any, ...]]:
+    """(custom_id, status_code, error code, error message) of every failed result that ``where``
+    selects: what a test holds failures against, not only how many there are."""
+    return set(
+        query(
+            db_url,
+            "SELECT custom_id, status_code, error->>'code', error->>'message' "
+            f"FROM orchestrator.results WHERE NOT succeeded AND ({where})",
+            *params,
+        )
+    )
+
+
+def listed_failure(custom_id: str) -> tuple[str, int, None, str]:
+    """The failure the emulator answers for a request in its ``fail_custom_ids``, as
+    :func:`failures` gives it."""
+    message = f"Emulated failure: custom_id {custom_id!r} is in fail_custom_ids."
+    return (custom_id, 400, None, message)

@@ -4,6 +4,7 @@ exception, and the happy path parses every response."""
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from tests.support import API_KEY, chat_body
 
 LINES = "".join(
     f'{{"custom_id": "r{i}", "provider": "openai", "method": "POST", '
-    f'"url": "/v1/chat/completions", "body": {__import__("json").dumps(chat_body(i))}}}\n'
+    f'"url": "/v1/chat/completions", "body": {json.dumps(chat_body(i))}}}\n'
     for i in range(5)
 )
 
@@ -62,6 +63,12 @@ def test_the_documented_flow_parses_every_response(env) -> None:  # type: ignore
     sink = io.BytesIO()
     assert client.download_file(done.output_file_id, sink) == len(sink.getvalue()) > 0
     assert sink.getvalue().count(b"\n") == 5
+    # the five lines of the provider's output file, as it stored them: a success for each request
+    lines = [json.loads(line) for line in sink.getvalue().splitlines()]
+    assert lines == _emulator.produced(batch.id)
+    assert [(line["custom_id"], line["response"]["status_code"]) for line in lines] == [
+        (f"r{i}", 200) for i in range(5)
+    ]
 
 
 @pytest.mark.parametrize(

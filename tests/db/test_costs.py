@@ -192,6 +192,15 @@ def test_costs_are_exact_per_result_batch_model_and_day(conn: Any, db_url: str) 
     assert flat["r2"][0] == b_cost and flat["r4"][0] == a2
     assert flat["r3"][0] == 0 and flat["r3"][3] == "gpt-b"  # a failure: no tokens, attributed
     assert flat["r5"][0] == a3 and flat["r6"][0] == b3_est  # estimates beside the provider's
+    # each result its own answer; the failure the provider's error
+    assert {cid: row[1] for cid, row in flat.items()} == {
+        **{cid: f"answer {cid}" for cid in ("r1", "r2", "r4", "r5", "r6")},
+        "r3": None,
+    }
+    assert query(
+        db_url,
+        "SELECT succeeded, status_code, error FROM orchestrator.results WHERE custom_id = 'r3'",
+    ) == [(False, None, {"code": "bad", "message": "no"})]
     # Per day × target × model: computed and provider cost side by side, exact underneath
     day = {
         r[0]: r[1:]

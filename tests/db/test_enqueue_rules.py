@@ -8,7 +8,7 @@ import threading
 import psycopg
 import pytest
 
-from tests.support import chat_body, count, enqueue, scalar, simple_requests
+from tests.support import chat_body, count, enqueue, scalar, simple_requests, wait_for
 
 
 def _add_request(db_url: str, job_id: int, custom_id: str = "late") -> None:
@@ -60,10 +60,15 @@ def test_an_insert_racing_the_planner_waits_for_it_then_is_refused(db_url: str) 
         except psycopg.Error as exc:
             outcome.append(exc)
 
-    # When a request is inserted meanwhile, it waits for the planner's transaction
+    # When a request is inserted meanwhile, it waits for the planner's transaction (its backend
+    # is seen waiting on a lock: an event, not a guess at how long it takes to get there)
     racer = threading.Thread(target=insert)
     racer.start()
-    racer.join(timeout=1.0)
+    blocked = (
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO orchestrator.requests%%'"
+    )
+    assert wait_for(lambda: scalar(db_url, blocked) == 1, timeout=30, interval=0.02)
     assert racer.is_alive() and outcome == []
     # and once the planner commits, it is refused: it would never have been sent
     planner.commit()

@@ -100,6 +100,17 @@ def results(db_url: str) -> dict[str, tuple[Any, ...]]:
     return {r[0]: r[1:] for r in rows}
 
 
+def content(db_url: str) -> dict[str, tuple[Any, ...]]:
+    """What each result says, by custom_id: (succeeded, status_code, the answer or None, the
+    error's code and message or None, attempt)."""
+    rows = query(
+        db_url,
+        "SELECT custom_id, succeeded, status_code, response #>> '{choices,0,message,content}', "
+        "error->>'code', error->>'message', attempt FROM orchestrator.results",
+    )
+    return {r[0]: r[1:] for r in rows}
+
+
 def test_one_pass_sorts_lines_into_results_and_retries(
     db_url: str, batch: tuple[int, int], tmp_path: Path
 ) -> None:
@@ -129,6 +140,21 @@ def test_one_pass_sorts_lines_into_results_and_retries(
         == "nul \ufffd and \\ backslash, ünïcode"
     )
     assert rows["c"][:2] == (False, 400) and rows["c"][3]["message"] == "max_tokens is too large"
+    # each result holds its own line's answer or error: the first line for a, not the duplicate
+    # nor the later 500 in the error file
+    assert rows["a"][2] == ok("a")["response"]["body"]
+    assert rows["c"][2] == failed("c", 400, "max_tokens is too large")["response"]["body"]
+    assert rows["c"][3] == {
+        "code": None,
+        "message": "max_tokens is too large",
+        "type": "t",
+        "status_code": 400,
+    }
+    assert content(db_url) == {
+        "a": (True, 200, "hello", None, None, 1),
+        ODD_ID: (True, 200, "nul \ufffd and \\ backslash, ünïcode", None, None, 1),
+        "c": (False, 400, None, None, "max_tokens is too large", 1),
+    }
     retry = dict(
         query(
             db_url,
@@ -146,6 +172,11 @@ def test_reingesting_the_same_files_changes_nothing(
     files = [write(tmp_path / "out.jsonl", [ok("a"), ok("b"), failed("c", 400)])]
     ingest(db_url, job, batch_id, files)
     before = results(db_url)
+    assert content(db_url) == {
+        "a": (True, 200, "hello", None, None, 1),
+        "b": (True, 200, "hello", None, None, 1),
+        "c": (False, 400, None, None, "nope", 1),
+    }
     stats = ingest(db_url, job, batch_id, files)
     assert stats.upserted
     assert results(db_url) == before  # same rows, same timestamps: nothing rewritten
@@ -160,6 +191,10 @@ def test_a_success_is_never_replaced_by_a_failure(
     ingest(db_url, job, batch_id, [write(tmp_path / "2.jsonl", [failed("a", 400), ok("b")])])
     rows = results(db_url)
     assert rows["a"][0] is True and rows["b"][0] is True
+    assert content(db_url) == {
+        "a": (True, 200, "hello", None, None, 1),
+        "b": (True, 200, "hello", None, None, 1),
+    }
 
 
 def another_batch(db_url: str, job: int, custom_ids: list[str], attempt: int = 2) -> int:
@@ -196,6 +231,7 @@ def test_a_success_is_never_replaced_by_a_failure_from_another_batch(
     assert rows["a"] == before
     assert rows["a"][2]["choices"][0]["message"]["content"] == "first answer"
     assert rows["b"][0] is True and rows["b"][4] == 2  # attempt 2, from the second batch
+    assert rows["b"][:3] == (True, 200, ok("b")["response"]["body"])
     owner = dict(query(db_url, "SELECT custom_id, batch_id FROM orchestrator.results"))
     assert owner == {"a": first, "b": second}
 
@@ -214,6 +250,11 @@ def test_a_failure_then_a_success_for_one_request_in_one_file_lands_the_success(
     assert rows["a"][2]["choices"][0]["message"]["content"] == "second try"
     assert rows["b"][:2] == (False, 400)
     assert (stats.succeeded, stats.failed, stats.duplicate_lines) == (2, 1, 2)
+    assert content(db_url) == {
+        "a": (True, 200, "second try", None, None, 1),
+        "b": (False, 400, None, None, "nope", 1),
+        "c": (True, 200, "hello", None, None, 1),
+    }
     retry = query(db_url, "SELECT custom_id FROM orchestrator.batch_items WHERE error IS NOT NULL")
     assert sorted(r[0] for r in retry) == ["d", ODD_ID]  # only the missing ones go again
 
@@ -243,6 +284,10 @@ def test_without_resubmission_retryable_failures_are_final_and_missing_ones_left
     )
     assert (stats.succeeded, stats.failed, stats.retry, stats.missing) == (1, 1, 0, 3)
     assert set(results(db_url)) == {"a", "b"}
+    assert content(db_url) == {
+        "a": (True, 200, "hello", None, None, 1),
+        "b": (False, None, None, "batch_cancelled", "cancelled", 1),
+    }
 
 
 def test_the_last_attempt_makes_a_retryable_failure_final(
@@ -255,6 +300,14 @@ def test_the_last_attempt_makes_a_retryable_failure_final(
     assert stats.retry == 0 and stats.failed == 5  # a's 429 and four missing, all final
     rows = results(db_url)
     assert rows["a"][:2] == (False, 429) and rows["b"][3]["code"] == "missing_result"
+    missing = "the provider returned no line for this request in the output or error file"
+    assert content(db_url) == {
+        "a": (False, 429, None, None, "nope", 1),
+        **{
+            cid: (False, None, None, "missing_result", missing, 1)
+            for cid in ("b", "c", "d", ODD_ID)
+        },
+    }
 
 
 def test_a_key_quoted_in_a_line_is_stored_nowhere_whole_or_cut_short(
@@ -285,6 +338,9 @@ def test_a_key_quoted_in_a_line_is_stored_nowhere_whole_or_cut_short(
     finally:
         engine.dispose()
     assert (stats.succeeded, stats.failed, stats.retry) == (2, 2, 1)
+    assert {cid: row[:2] for cid, row in content(db_url).items()} == {
+        "a": (True, 200), "b": (True, 200), "c": (False, 400), "d": (False, 401),
+    }  # fmt: skip
     stored = results(db_url)
     assert stored["a"][2]["choices"][0]["message"]["content"] == f"the key you sent is {REDACTED}"
     assert stored["b"][2]["choices"][0]["message"]["content"] == "nothing to hide here"

@@ -14,7 +14,7 @@ from alembic.runtime.migration import MigrationContext
 from orchestrator.db.base import SCHEMA, Base
 from orchestrator.db.migrate import downgrade, upgrade
 from orchestrator.db.session import make_engine
-from tests.support import child_env, count, enqueue, harness, scalar, simple_requests
+from tests.support import child_env, count, enqueue, harness, query, scalar, simple_requests
 
 TABLES = {
     "jobs",
@@ -126,3 +126,6 @@ def test_a_batchs_items_go_with_it_whatever_deletes_it(db_url: str) -> None:
     assert count(db_url, "batches", "job_id = %s", drop) == 0
     assert count(db_url, "batch_items", "job_id = %s", drop) == 0
     assert count(db_url, "batch_items", "job_id = %s", keep) == 3
+    assert query(
+        db_url, "SELECT job_id, custom_id FROM orchestrator.batch_items ORDER BY custom_id"
+    ) == [(keep, f"req-{i:05d}") for i in range(3)]

@@ -30,6 +30,7 @@ from orchestrator.db.migrate import downgrade, upgrade
 from orchestrator.db.session import make_engine, make_sessionmaker, unit_of_work
 from tests.support import (
     FAST,
+    assert_results_match_provider,
     enqueue,
     harness,
     query,
@@ -190,6 +191,11 @@ def test_the_reporting_role_reads_every_table_and_view_and_may_not_write_any(
         assert conn.execute(
             "SELECT count(*) FROM orchestrator.request_results WHERE job_id = %s", (job_id,)
         ).fetchone() == (3,)
+        assert conn.execute(
+            "SELECT custom_id, status, answer, error_message FROM orchestrator.request_results "
+            "WHERE job_id = %s ORDER BY seq",
+            (job_id,),
+        ).fetchall() == [(c, "pending", None, None) for c in ("france", "japan", "kenya")]
         # And every write is refused, on every table
         for name in tables:
             column = conn.execute(
@@ -298,7 +304,9 @@ def test_the_daemon_role_runs_a_job_end_to_end_and_may_not_change_the_schema(
     # When a daemon connected as the daemon user runs
     with harness(daemon_url) as h:
         assert h.run_job(job_id) == "completed"
-    # Then every request has its answer
+        answered = assert_results_match_provider(roles_db, h.emulator)
+    # Then every request has its answer, the one the provider wrote for it
+    assert answered == 3
     assert query(
         roles_db,
         "SELECT custom_id, succeeded FROM orchestrator.results WHERE job_id = %s "
@@ -344,10 +352,12 @@ def test_the_daemon_role_gives_a_batch_up_and_the_operator_reingests_it_as_the_d
         assert _cli(monkeypatch, daemon_url, "reingest", str(batch_id)) == 0
         # Then the daemon user collects them and sends the 500s again, to the end
         assert h.run_job(job_id) == "completed"
+        answered = assert_results_match_provider(roles_db, h.emulator)
     assert query(roles_db, "SELECT round FROM orchestrator.batches ORDER BY id") == [(1,), (2,)]
     assert query(roles_db, "SELECT succeeded_count, failed_count FROM orchestrator.jobs") == [
         (12, 0)
     ]
+    assert answered == 12  # each with the answer the provider wrote for it, in either round
 
 
 def test_a_migration_login_migrates_an_empty_database_and_the_roles_use_what_it_made(

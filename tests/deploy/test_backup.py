@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from orchestrator.db.session import with_database
-from tests.support import enqueue_generated, harness, query, scalar
+from tests.support import assert_results_match_provider, enqueue_generated, harness, query, scalar
 
 
 @pytest.fixture
@@ -31,6 +31,7 @@ def test_a_dump_of_the_schema_restores_into_an_empty_database_with_every_row(
     job_id = enqueue_generated(db_url, 12)
     with harness(db_url) as h:
         assert h.run_job(job_id) == "completed"
+        assert assert_results_match_provider(db_url, h.emulator) == 12
     dump = tmp_path / "orchestrator-2026-11-30.dump"
     for tool in ("pg_dump", "pg_restore", "createdb"):
         assert shutil.which(tool), f"{tool} is needed (Debian: postgresql-client)"
@@ -62,5 +63,13 @@ def test_a_dump_of_the_schema_restores_into_an_empty_database_with_every_row(
         "SELECT job_id, status, succeeded_count, total_tokens, cost FROM orchestrator.job_summary"
     )
     assert query(restored, summary) == query(db_url, summary)
+    # and each row holds what it held: every result, and the costs it was reported at
+    for sql in (
+        "SELECT job_id, custom_id, batch_id, attempt, succeeded, status_code, response, error, "
+        "total_tokens FROM orchestrator.results ORDER BY job_id, custom_id",
+        "SELECT batch_id, model, results, total_tokens, cost FROM orchestrator.batch_model_costs "
+        "ORDER BY 1, 2",
+    ):
+        assert query(restored, sql) == query(db_url, sql)
     version = "SELECT version_num FROM orchestrator.alembic_version"
     assert scalar(restored, version) == scalar(db_url, version)

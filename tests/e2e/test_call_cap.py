@@ -174,6 +174,7 @@ def test_a_create_that_meets_the_cap_is_not_sent_and_waits_for_the_next_minute(
             (0, 1)
         ]
         assert query(db_url, "SELECT count(*) FROM orchestrator.results WHERE succeeded") == [(2,)]
+        assert assert_results_match_provider(db_url, h.emulator) == 2
         assert not {"step_failed", "step_crashed"} & {line["event"] for line in lines}
 
 

@@ -15,6 +15,7 @@ import psycopg
 from orchestrator.emulator import EmulatorConfig
 from tests.support import (
     API_KEY,
+    assert_results_match_provider,
     count,
     enqueue,
     enqueue_generated,
@@ -78,6 +79,8 @@ def test_five_jobs_needing_three_times_the_budget_all_complete_within_it(db_url:
         for job_id in jobs.values():
             assert h.run_job(job_id, seconds=5, max_steps=2000) == "completed"
         created = h.emulator.ledger.batches
+        # each answer is the one the provider wrote for its request, in the batch that ran it
+        assert assert_results_match_provider(db_url, h.emulator) == 600
     # Then every job completed with all its results, and no batch failed
     assert count(db_url, "results", "succeeded") == 600
     assert count(db_url, "batches", "state = 'failed'") == 0
@@ -125,6 +128,7 @@ def test_a_learned_limit_survives_a_restart_and_plans_the_next_job(db_url: str) 
         first = enqueue(db_url, simple_requests(40, prefix="a-"))
         assert h.run_job(first) == "completed"
         assert len([e for e in h.emulator.ledger.batches if _refused(e)]) == 1
+        assert assert_results_match_provider(db_url, h.emulator) == 40
     assert scalar(db_url, "SELECT learned_tokens FROM orchestrator.capacity") == 300
     # When another daemon starts (nothing in memory), against a fresh provider with that limit
     # (another seed: a restarted emulator must not hand out the same batch ids again)
@@ -132,6 +136,7 @@ def test_a_learned_limit_survives_a_restart_and_plans_the_next_job(db_url: str) 
         second = enqueue(db_url, simple_requests(40, prefix="b-"))
         assert h.run_job(second) == "completed"
         created = h.emulator.ledger.batches
+        assert assert_results_match_provider(db_url, h.emulator, job_id=second) == 40
     # Then the job was planned within the learned limit from the start: nothing was refused
     assert created and not [e.id for e in created if e.problems]
     rows = query(
@@ -222,6 +227,8 @@ def test_a_job_of_two_models_is_planned_as_one_batch_per_model(db_url: str) -> N
         job = enqueue(db_url, requests)
         # When it runs
         assert h.run_job(job) == "completed"
+        # (each request answered by its own model's batch, as the provider answered it)
+        assert assert_results_match_provider(db_url, h.emulator) == 10
     # Then each batch holds one model's requests, all of them, and says which model
     rows = query(
         db_url,
@@ -243,3 +250,6 @@ def test_a_job_of_two_models_is_planned_as_one_batch_per_model(db_url: str) -> N
             model,
         )
     assert count(db_url, "results", "succeeded") == 10
+    assert query(
+        db_url, "SELECT custom_id, model FROM orchestrator.results ORDER BY custom_id"
+    ) == [(f"r{i:02d}", m) for i, m in enumerate([MODEL, other] * 5)]

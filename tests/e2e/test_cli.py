@@ -10,7 +10,7 @@ import pytest
 import structlog
 
 from orchestrator.cli import main
-from tests.support import harness, query, scalar
+from tests.support import assert_results_match_provider, harness, query, scalar
 
 
 def test_enqueue_a_jsonl_file_run_it_and_print_the_results(
@@ -40,10 +40,17 @@ def test_enqueue_a_jsonl_file_run_it_and_print_the_results(
     )
     with harness(db_url) as h:
         assert h.run_job(job_id) == "completed"
+        assert assert_results_match_provider(db_url, h.emulator) == 7
     assert main(["results", str(job_id)]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["custom_id"] for r in lines] == [f"q{i}" for i in range(7)]
     assert all(r["status"] == "succeeded" and r["answer"] for r in lines)
+    # each printed answer is the provider's answer to that very request
+    answers = query(
+        db_url,
+        "SELECT custom_id, response #>> '{choices,0,message,content}' FROM orchestrator.results",
+    )
+    assert {r["custom_id"]: r["answer"] for r in lines} == dict(answers)
     assert main(["status", str(job_id)]) == 0
     assert "completed" in capsys.readouterr().out
 

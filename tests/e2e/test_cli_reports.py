@@ -21,11 +21,14 @@ from orchestrator.db import queries
 from orchestrator.emulator import EmulatorConfig
 from tests.support import (
     API_KEY,
+    assert_results_match_provider,
     chat_body,
     child_env,
     enqueue,
     enqueue_generated,
+    failures,
     harness,
+    listed_failure,
     query,
     scalar,
 )
@@ -75,6 +78,9 @@ def finished_job(db_url: str) -> int:
             max_attempts=1,
         )
         assert h.run_job(job_id) == "completed"
+        # the six answers are the provider's, each under its own custom_id; the seventh its refusal
+        assert assert_results_match_provider(db_url, h.emulator) == len(CUSTOM_IDS) - 1
+    assert failures(db_url) == {listed_failure(FAILING)}
     return job_id
 
 
@@ -113,6 +119,8 @@ def test_results_as_csv_and_jsonl_in_insertion_order_the_failures_and_to_a_file(
 ) -> None:
     results = stored(db_url, finished_job)
     assert not results[FAILING]["succeeded"] and results[FAILING]["error"]
+    _, status_code, _, message = listed_failure(FAILING)
+    assert (results[FAILING]["status_code"], results[FAILING]["error"]) == (status_code, message)
     assert sum(r["succeeded"] for r in results.values()) == len(CUSTOM_IDS) - 1
 
     # CSV: a header row, then one row per request in the order they were inserted
@@ -260,6 +268,15 @@ def test_status_shows_progress_age_duration_tokens_and_cost_and_says_it_as_json(
     tokens = scalar(
         db_url, "SELECT total_tokens FROM orchestrator.jobs WHERE id = %s", finished_job
     )
+    # the job's tokens are its results'; its cost the provider's own figure (FastRouter reports
+    # one): the emulator's list price for the model, the very PRICE_IN and PRICE_OUT the results
+    # are costed at, with its 50 % batch discount, to the last digit
+    results = stored(db_url, finished_job).values()
+    assert tokens == sum(r["total_tokens"] for r in results)
+    assert scalar(
+        db_url, "SELECT cost_source FROM orchestrator.jobs WHERE id = %s", finished_job
+    ) == ("provider")
+    assert cost == sum(r["cost"] for r in results) / 2
 
     # The text: a table of jobs, newest first, then open batches, targets and daemons
     code, out, err = run(capsys, "status")

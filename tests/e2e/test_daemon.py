@@ -23,6 +23,7 @@ from orchestrator.observability import configure_logging
 from tests.support import (
     API_KEY,
     FAST,
+    assert_results_match_provider,
     count,
     enqueue,
     harness,
@@ -99,6 +100,7 @@ def test_429_and_5xx_are_retried_not_failed(db_url: str) -> None:
         faults.add("file_content", status=503, times=2)
         job_id = enqueue(db_url, simple_requests(20))
         assert h.run_job(job_id) == "completed"
+        assert assert_results_match_provider(db_url, h.emulator) == 20
     assert (
         scalar(
             db_url,

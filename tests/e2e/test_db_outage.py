@@ -38,7 +38,15 @@ from orchestrator.emulator import Emulator, EmulatorConfig, EmulatorServer
 from orchestrator.emulator.faults import FaultContext, Proceed
 from orchestrator.emulator.messages import EmuResponse
 from tests.private_postgres import PrivatePostgres, free_port
-from tests.support import API_KEY, DaemonProcess, count, enqueue, simple_requests, wait_for
+from tests.support import (
+    API_KEY,
+    DaemonProcess,
+    assert_results_match_provider,
+    count,
+    enqueue,
+    simple_requests,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -144,6 +152,8 @@ def test_a_database_outage_under_a_running_daemon_logs_no_password(tmp_path: Pat
                 ), daemon.logs()[-3000:]
             finally:
                 daemon.stop()
+            # every answer the provider's, for its own request, outage and all
+            assert assert_results_match_provider(pg.url, emulator) == 10
         assert count(pg.url, "results", "succeeded") == 10
 
     logs = daemon.logs()

@@ -27,6 +27,7 @@ from tests.support import (
     count,
     enqueue,
     events,
+    failures,
     harness,
     query,
     scalar,
@@ -142,6 +143,7 @@ def test_the_sweep_leaves_alone_a_create_in_flight_and_batches_of_other_installa
         h.clock.advance(3600)
         assert h.run_job(job_id) == "completed"
         assert len(h.emulator.ledger.batches) == 1
+        assert assert_results_match_provider(db_url, h.emulator) == 4
 
 
 # -- items 3 and 4: a completed batch whose files cannot be read whole (yet) --------------------
@@ -205,6 +207,10 @@ def test_files_that_stay_unreadable_past_the_patience_fail_the_batch_clearly_and
         assert len(h.emulator.ledger.batches) == 1
         gave_up = "NOT succeeded AND error->>'code' = 'patience_exhausted'"
         assert count(db_url, "results", gave_up) == 12
+        # every request carries the batch's reason, with no status: none of its lines was read
+        assert failures(db_url) == {
+            (f"req-{i:05d}", None, "patience_exhausted", error) for i in range(12)
+        }
         # When the files show up and an operator runs reingest
         h.clock.advance(5 * 3600)
         assert _cli(monkeypatch, db_url, "reingest", str(batch_id)) == 0
@@ -217,6 +223,14 @@ def test_files_that_stay_unreadable_past_the_patience_fail_the_batch_clearly_and
         )
         assert rounds[0] == (1, remote) and [r for r, _ in rounds] == [1, 2]
         assert count(db_url, "results", "attempt = 2") > 0
+        # (those sent again are the ones the provider answered 500 in the first batch)
+        first_500s = {
+            line["custom_id"]
+            for line in h.emulator.produced(remote)
+            if (line.get("response") or {}).get("status_code") == 500
+        }
+        again = query(db_url, "SELECT custom_id FROM orchestrator.results WHERE attempt = 2")
+        assert first_500s and {r[0] for r in again} == first_500s
         assert query(
             db_url, "SELECT succeeded_count, failed_count, error FROM orchestrator.jobs"
         ) == [(12, 0, None)]
@@ -234,6 +248,11 @@ def test_a_404_on_the_output_file_past_the_patience_names_the_file(db_url: str) 
         error = scalar(db_url, "SELECT error FROM orchestrator.jobs")
         assert output and f"result file {output}" in error and "gave up after 30m" in error
         assert len(h.emulator.ledger.batches) == 1
+    # and so does every request of it
+    assert error.startswith("ingest failed: ")
+    assert failures(db_url) == {
+        (f"req-{i:05d}", None, "patience_exhausted", error) for i in range(3)
+    }
 
 
 def test_reingest_refuses_a_batch_that_is_not_failed(

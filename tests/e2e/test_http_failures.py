@@ -10,7 +10,15 @@ import pytest
 
 from orchestrator.db import queries
 from orchestrator.emulator.faults import Garbage, Redirect
-from tests.support import count, enqueue, harness, make_settings, query, simple_requests
+from tests.support import (
+    assert_results_match_provider,
+    count,
+    enqueue,
+    harness,
+    make_settings,
+    query,
+    simple_requests,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -29,6 +37,7 @@ def test_a_poll_answered_with_a_broken_gzip_body_is_retried_not_crashed(db_url: 
         # and the job completes once the answers are readable again
         assert h.run_job(job_id) == "completed"
         steps = h.deps.metrics.registry.get_sample_value
+        assert assert_results_match_provider(db_url, h.emulator) == 10
     assert garbage.fired == 2
     count_of = "orchestrator_step_duration_seconds_count"
     assert steps(count_of, {"step": "poll", "outcome": "api_error"}) == 2
@@ -63,6 +72,7 @@ def test_a_redirect_loop_pauses_the_target_until_it_is_gone(db_url: str) -> None
         # When the address is fixed, the job completes by itself
         h.emulator.faults.clear()
         assert h.run_job(job_id) == "completed"
+        assert assert_results_match_provider(db_url, h.emulator) == 10
     assert count(db_url, "results", "succeeded") == 10
     assert query(db_url, "SELECT paused FROM orchestrator.target_state") == [(False,)]
 

@@ -36,6 +36,7 @@ from tests.private_postgres import free_port
 from tests.support import (
     API_KEY,
     DaemonProcess,
+    assert_results_match_provider,
     count,
     enqueue,
     harness,
@@ -147,6 +148,7 @@ def test_a_daemon_s_metrics_match_the_calls_the_rows_and_the_prices(
                 sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
                 sock.recv(1024)
         logs = daemon.logs()
+        as_produced = assert_results_match_provider(db_url, emulator)
 
     # Then the series of a problem that is gone read 0 on this scrape
     assert value(after, "orchestrator_target_paused", target="fastrouter") == 0
@@ -209,6 +211,10 @@ def test_a_daemon_s_metrics_match_the_calls_the_rows_and_the_prices(
         "GROUP BY model",
     )
     assert others == [] and prompt > 0 and completion > 0
+    # by hand: ten answers as the provider wrote them, each of 11 prompt tokens (its messages,
+    # '[{"content":"Say hello to #N","role":"user"}]', are 45 characters) and 15 completion
+    # tokens (60 characters)
+    assert as_produced == 10 and (prompt, completion) == (110, 150)
     tokens = "orchestrator_tokens_total"
     assert value(after, tokens, target="fastrouter", model=model, kind="prompt") == prompt
     assert value(after, tokens, target="fastrouter", model=model, kind="completion") == completion

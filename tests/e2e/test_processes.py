@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from orchestrator.clock import ScaledClock
@@ -120,11 +121,25 @@ def test_sigkill_at_random_moments_loses_nothing_and_pays_once(
         faults.add("file_content", truncate=0.5, times=3)  # downloads cut off mid-body
         daemon = DaemonProcess(db_url, server.base_url, tmp_path, preset=mode).start()
         mid_step = 0  # kills that landed while the daemon held a lease (a step under way)
+        events = psycopg.connect(db_url, autocommit=True)
+
+        def written() -> int:
+            """How many events the daemons have written (read on a connection of its own)."""
+            row = events.execute("SELECT count(*) FROM orchestrator.events").fetchone()
+            assert row is not None
+            return int(row[0])
+
         try:
+            since = written()  # the events written by the time of the last kill
             for n in range(kills):
                 # the jobs arrive while the daemon is being killed, so there is always work
                 enqueue(db_url, simple_requests(size, prefix=f"j{n}-"), target=mode)
-                time.sleep(rng.uniform(0.3, 1.4))
+                # the kill lands at a seeded random moment of the work: once the daemons have
+                # written 1 to 8 events (each a step of a job or a batch done) since the last
+                # kill; the job just enqueued writes more than 8 on its own before it is done
+                due = since + rng.randint(1, 8)
+                reached = wait_for(lambda d=due: written() >= d, timeout=60, interval=0.01)
+                assert reached, daemon.logs()[-3000:]
                 if n % 4 == 0:  # a burst of 429s
                     faults.add("*", status=429, retry_after=1, times=5)
                 mid_step += (
@@ -138,13 +153,15 @@ def test_sigkill_at_random_moments_loses_nothing_and_pays_once(
                     > 0
                 )
                 daemon.kill()
+                since = written()
                 daemon.start()
-                # let the new process come up before the next random wait, so that on a loaded
-                # machine the kills still land in a working daemon, not in one still importing
+                # let the new process come up before the next kill, so that on a loaded machine
+                # the kills still land in a working daemon, not in one still importing
                 assert wait_for(lambda: registered(db_url, daemon.pid), timeout=60)
-            finished = wait_for(lambda: all_terminal(db_url), timeout=240, interval=0.5)
+            finished = wait_for(lambda: all_terminal(db_url), timeout=240, interval=0.1)
         finally:
             daemon.stop()
+            events.close()
         assert finished, daemon.logs()[-3000:]
         assert daemon.starts == kills + 1
         print(f"{mode}: {mid_step} of {kills} kills landed mid-step")
@@ -171,7 +188,7 @@ def test_three_daemons_share_the_work(db_url: str, tmp_path: Path) -> None:
             for n in range(3)
         ]
         try:
-            finished = wait_for(lambda: all_terminal(db_url), timeout=180, interval=0.5)
+            finished = wait_for(lambda: all_terminal(db_url), timeout=180, interval=0.1)
         finally:
             for d in daemons:
                 d.stop()
@@ -285,13 +302,20 @@ def test_a_second_signal_exits_at_once(db_url: str, tmp_path: Path) -> None:
         ).start()
         assert wait_for(lambda: bool(server.emulator.ledger.calls_to("upload_file")), timeout=30)
         daemon.signal(signal.SIGTERM)
-        time.sleep(0.5)
-        assert daemon.alive()  # still finishing its step within the grace period
+        # once it has taken the signal (its log says it is stopping, with its grace period),
+        assert wait_for(lambda: '"event": "daemon_stopping"' in daemon.logs(), timeout=30), (
+            daemon.logs()[-3000:]
+        )
+        assert '"grace_seconds": 30.0' in daemon.logs()
+        assert daemon.alive()  # it is still finishing its step within the grace period
         started = time.monotonic()
         daemon.signal(signal.SIGTERM)
         assert daemon.wait(timeout=30) != 0
         # at once: measured here in well under 0.1 s, against a 20 s step and a 30 s grace
         assert time.monotonic() - started < 5
+        # by the second signal, not at the end of a graceful stop that the first one began
+        logs = daemon.logs()
+        assert '"event": "daemon_killed"' in logs and '"event": "daemon_stopped"' not in logs
 
 
 def test_a_heartbeat_keeps_a_long_upload_from_being_taken_over(db_url: str, tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from tests.support import (
     count,
     enqueue,
     events,
+    failures,
     harness,
     query,
     scalar,
@@ -58,6 +59,7 @@ def test_a_revoked_key_pauses_the_target_jobs_wait_and_resume_by_themselves(
         # When the key works again, the job completes with no one touching it
         h.emulator.restore_key()
         assert h.run_job(job_id) == "completed"
+        assert assert_results_match_provider(db_url, h.emulator) == 10
     assert count(db_url, "results", "succeeded") == 10
     assert "target_resumed" in [r[0] for r in query(db_url, "SELECT kind FROM orchestrator.events")]
     assert query(db_url, "SELECT paused FROM orchestrator.target_state") == [(False,)]
@@ -76,9 +78,11 @@ def test_after_a_429_with_retry_after_30_nobody_calls_the_target_for_30_s(db_url
         for _ in range(45):
             h.step(1)
         later = [c.at - refused_at for c in h.emulator.ledger.calls if c.at > refused_at]
+        matched = assert_results_match_provider(db_url, h.emulator)
     # Then the next call to the target comes 30 s or more after the 429, and then work resumes
     assert later and min(later) >= 30
     assert count(db_url, "jobs", "status = 'completed'") == 4
+    assert matched == 20  # every request of the four jobs, with the provider's answer
 
 
 @pytest.mark.parametrize(
@@ -150,6 +154,7 @@ def test_openai_a_create_lost_before_it_arrived_is_created_after_checking(db_url
         assert h.run_job(job_id) == "completed"
         assert len(h.emulator.ledger.batches) == 1
         assert h.emulator.ledger.calls_to("list_batches")  # it looked before creating again
+        assert assert_results_match_provider(db_url, h.emulator) == 10
     kinds = events(db_url, job_id)
     assert kinds.count("batch_create_ambiguous") == 1 and "batch_create_reconciled" in kinds
 
@@ -164,6 +169,8 @@ def test_fastrouter_an_ambiguous_create_follows_the_recreate_policy_with_an_even
         job_id = enqueue(db_url, simple_requests(10))
         assert h.run_job(job_id) == "completed"
         created = h.emulator.ledger.batches
+        # the results are the adopted batch's, as the provider produced them
+        assert assert_results_match_provider(db_url, h.emulator) == 10
     # FastRouter cannot list batches: the documented policy creates again, at most once per
     # ambiguous create, and records it
     ambiguous = scalar(db_url, "SELECT sum(ambiguous_creates) FROM orchestrator.batches")
@@ -195,6 +202,7 @@ def test_fastrouter_policy_pause_waits_for_an_operator(db_url: str, monkeypatch)
             structlog.reset_defaults()
         assert h.run_job(job_id) == "completed"
         assert len(h.emulator.ledger.batches) == 1
+        assert assert_results_match_provider(db_url, h.emulator) == 4
 
 
 @pytest.mark.parametrize(("mode", "refusal"), [("fastrouter", 413), ("openai", 400)])
@@ -246,6 +254,8 @@ def test_a_400_fails_the_batch_with_the_providers_message_on_the_job(db_url: str
         db_url, "SELECT error->>'message' FROM orchestrator.results WHERE job_id = %s", job_id
     )
     assert len(rows) == 5 and all("endpoint is not allowed" in r[0] for r in rows)
+    assert error == "create failed: endpoint is not allowed for this key"
+    assert failures(db_url) == {(f"req-{i:05d}", None, "batch_failed", error) for i in range(5)}
 
 
 def test_a_file_not_found_right_after_upload_is_retried(db_url: str) -> None:
@@ -254,6 +264,7 @@ def test_a_file_not_found_right_after_upload_is_retried(db_url: str) -> None:
         job_id = enqueue(db_url, simple_requests(5))
         assert h.run_job(job_id) == "completed"
         assert len(h.emulator.ledger.calls_to("upload_file")) == 1
+        assert assert_results_match_provider(db_url, h.emulator) == 5
     assert count(db_url, "results", "succeeded") == 5
 
 
@@ -292,6 +303,8 @@ def test_token_limit_exceeded_without_a_stated_limit_means_later_not_failed(db_u
         assert h.run_job(second, seconds=60) == "completed"
         uploads = [f for f in h.emulator.ledger.files if f.purpose == "batch"]
         created = h.emulator.ledger.batches
+        # both jobs' answers, from the batches the provider did run
+        assert assert_results_match_provider(db_url, h.emulator) == 60
     limited = query(
         db_url,
         "SELECT detail->>'error', detail->'limit_tokens', detail->>'limit_model' "
@@ -313,7 +326,9 @@ def test_a_batch_id_the_provider_hands_out_twice_fails_the_batch_instead_of_payi
     # Given a provider that restarted and hands out ids from the start again (an emulator run
     # twice with the same seed and no instance), after a first job has used them
     with harness(db_url) as first:
-        assert first.run_job(enqueue(db_url, simple_requests(3), name="first")) == "completed"
+        first_job = enqueue(db_url, simple_requests(3), name="first")
+        assert first.run_job(first_job) == "completed"
+        assert assert_results_match_provider(db_url, first.emulator) == 3
     with harness(db_url) as h:
         job_id = enqueue(db_url, simple_requests(3), name="second")
         # When the second job's create is answered with the id the first batch already has
@@ -322,4 +337,13 @@ def test_a_batch_id_the_provider_hands_out_twice_fails_the_batch_instead_of_payi
         assert len(h.emulator.ledger.calls_to("create_batch")) == 1
     error = scalar(db_url, "SELECT error FROM orchestrator.jobs WHERE id = %s", job_id)
     assert "which batch 1 already has; ids must never repeat" in error
+    # its requests fail with that reason; the first job's answers stand
+    assert (
+        failures(db_url)
+        == failures(db_url, "job_id = %s", job_id)
+        == {(f"req-{i:05d}", None, "remote_id_taken", error) for i in range(3)}
+    )
+    assert query(
+        db_url, "SELECT job_id, custom_id FROM orchestrator.results WHERE succeeded ORDER BY 2"
+    ) == [(first_job, f"req-{i:05d}") for i in range(3)]
     assert "batch_create_reconciled" not in events(db_url, job_id)

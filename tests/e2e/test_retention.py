@@ -26,13 +26,18 @@ from orchestrator.api.errors import ApiNotFound
 from orchestrator.cli import main
 from orchestrator.config import Settings
 from orchestrator.emulator import EmulatorConfig
+from orchestrator.emulator.lines import completion_text
 from tests.support import (
     API_KEY,
     FAST,
+    assert_results_match_provider,
+    chat_body,
     count,
     enqueue,
     events,
+    failures,
     harness,
+    listed_failure,
     query,
     scalar,
     settings_for,
@@ -165,6 +170,7 @@ def test_cleanup_deletes_old_events_in_batches_of_bounded_size_while_a_daemon_ru
             daemon.join()
         h.emulator.release_stuck()
         status = h.run_job(job_id)
+        answered = assert_results_match_provider(db_url, h.emulator)
 
     assert code == 0
     assert _printed(capsys.readouterr().out) == {"events": OLD_EVENTS, "workers": 2}
@@ -194,6 +200,7 @@ def test_cleanup_deletes_old_events_in_batches_of_bounded_size_while_a_daemon_ru
     assert [r[0] for r in query(db_url, "SELECT hostname FROM orchestrator.workers")] == ["alive"]
     assert status == "completed"
     assert count(db_url, "results", "job_id = %s", job_id) == 20
+    assert answered == 20  # each the provider's answer to its request, cleanup or not
     assert count(db_url, "requests", "job_id = %s", job_id) == 20
     assert count(db_url, "jobs") == 1
     assert _deletes(db_url, "results") == _deletes(db_url, "requests") == []
@@ -208,6 +215,7 @@ def _run_jobs(db_url: str, sizes: list[int]) -> list[int]:
             for i, n in enumerate(sizes)
         ]
         h.run_until(lambda: count(db_url, "jobs", "status = 'completed'") == len(job_ids))
+        assert assert_results_match_provider(db_url, h.emulator) == sum(sizes)
     return job_ids
 
 
@@ -258,6 +266,12 @@ def test_jobs_older_than_deletes_only_finished_old_jobs_in_chunks_and_dry_run_de
         )
     _log_statements(db_url, "results", "requests", "batch_items", "events", "jobs")
     before = _rows_of(db_url, old, recent, open_batch, pending)
+    kept = (
+        "SELECT job_id, custom_id, batch_id, succeeded, response, error FROM orchestrator.results "
+        "WHERE job_id <> %s ORDER BY 1, 2"
+    )
+    kept_before = query(db_url, kept, old)
+    assert len(kept_before) == 10
     assert (count(db_url, "batch_model_costs"), count(db_url, "create_keys")) == (3, 3)
     assert before[old]["results"] == 25 and before[old]["events"] > 0
 
@@ -292,6 +306,7 @@ def test_jobs_older_than_deletes_only_finished_old_jobs_in_chunks_and_dry_run_de
     assert {job: after[job] for job in (recent, open_batch, pending)} == {
         job: before[job] for job in (recent, open_batch, pending)
     }
+    assert query(db_url, kept, old) == kept_before  # their results hold what they held
 
 
 def test_the_daemon_timer_sweeps_events_and_workers_and_never_a_jobs_results(
@@ -323,6 +338,7 @@ def test_the_daemon_timer_sweeps_events_and_workers_and_never_a_jobs_results(
         assert halted.statements == 0 and count(db_url, "events") == old + 5
         # When the retention timer fires (the function it calls)
         report = h.daemon.sweep_retention()
+        answered = assert_results_match_provider(db_url, h.emulator)
 
     # Then old events and workers rows are gone, 4,000 rows at most per statement
     assert count(db_url, "events", "kind <> 'test_recent'") == 0
@@ -331,6 +347,7 @@ def test_the_daemon_timer_sweeps_events_and_workers_and_never_a_jobs_results(
     assert report.tables["events"].largest <= 4000 and report.tables["events"].statements >= 5
     # and the job, its requests, batches and results are all there
     assert count(db_url, "results", "job_id = %s", job_id) == 6
+    assert answered == 6  # each still the provider's answer to its request
     assert count(db_url, "requests", "job_id = %s", job_id) == 6
     assert count(db_url, "batches", "job_id = %s", job_id) == 1
     assert count(db_url, "jobs") == 1
@@ -401,7 +418,21 @@ def test_provider_files_are_deleted_after_a_committed_ingest_when_asked(
         # Then its input, output and error files are gone at the provider (404), and an event
         # says so, if it was asked to; else they are all still there
         assert [_exists(h, f) for f in files] == [not delete] * 3
+        if not delete:
+            assert assert_results_match_provider(db_url, h.emulator) == 4
     assert count(db_url, "results", "job_id = %s", job_id) == 5
+    # (files deleted or not) each success holds the answer the emulator writes for its request,
+    # and the one it refuses its refusal
+    answers = query(
+        db_url,
+        "SELECT custom_id, response #>> '{choices,0,message,content}' FROM orchestrator.results "
+        "WHERE succeeded ORDER BY custom_id",
+    )
+    assert answers == [
+        (f"req-{i:05d}", completion_text(config, f"req-{i:05d}", chat_body(i)))
+        for i in (0, 1, 3, 4)
+    ]
+    assert failures(db_url) == {listed_failure("req-00002")}
     recorded = query(
         db_url,
         "SELECT detail->'file_ids' FROM orchestrator.events "
@@ -432,9 +463,11 @@ def test_a_failed_file_deletion_is_a_warning_and_the_job_completes(db_url: str) 
         status = h.run_job(job_id)
         files = _file_ids(db_url, job_id)
         still_there = [_exists(h, f) for f in files]
+        answered = assert_results_match_provider(db_url, h.emulator)
     # Then it completed with all its results, the files are still there, and a warning says why
     assert status == "completed"
     assert count(db_url, "results", "job_id = %s", job_id) == 4
+    assert answered == 4
     assert still_there == [True] * len(files)
     assert "provider_files_deleted" not in events(db_url, job_id)
     failed = [line for line in lines if line["event"] == "provider_files_delete_failed"]

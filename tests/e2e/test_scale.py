@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from decimal import Decimal
+from typing import Any
 
+import orjson
 import psycopg
 import pytest
 
-from orchestrator.emulator import EmulatorConfig
+from orchestrator.emulator import Emulator, EmulatorConfig
 from tests.support import (
     API_KEY,
     FAST,
@@ -17,12 +20,43 @@ from tests.support import (
     enqueue,
     enqueue_generated,
     events,
+    failures,
     harness,
     query,
     scalar,
     settings_for,
     simple_requests,
 )
+
+# What the provider says of a line it never ran (error shape b).
+CANCELLED = "This request was not executed because the batch was cancelled."
+EXPIRED = "This request could not be executed before the completion window expired."
+
+
+def _successes_as_produced(db_url: str, emulator: Emulator, job_id: int) -> int:
+    """``assert_results_match_provider`` for a job whose every request succeeded, at the pace of
+    120,000 results (the bodies parsed with orjson): each result is a success holding the very
+    body of the provider's success line for its custom_id. Returns how many were checked."""
+    produced: dict[str, Any] = {}
+    for (remote,) in query(
+        db_url, "SELECT remote_batch_id FROM orchestrator.batches WHERE job_id = %s", job_id
+    ):
+        for line in emulator.produced(remote):
+            assert line["custom_id"] not in produced, line["custom_id"]
+            produced[line["custom_id"]] = line
+    rows = query(
+        db_url,
+        "SELECT custom_id, succeeded, status_code, response::text FROM orchestrator.results "
+        "WHERE job_id = %s",
+        job_id,
+    )
+    for custom_id, succeeded, status_code, response in rows:
+        line = produced.pop(custom_id)
+        assert line["error"] is None and line["response"]["status_code"] == 200, line
+        assert (succeeded, status_code) == (True, 200), custom_id
+        assert orjson.loads(response) == line["response"]["body"], custom_id
+    assert produced == {}  # no line of the provider's left without its result
+    return len(rows)
 
 
 @pytest.mark.slow
@@ -32,6 +66,8 @@ def test_a_job_of_120000_requests_runs_as_3_batches(db_url: str) -> None:
         job_id = enqueue_generated(db_url, 120_000)
         assert h.run_job(job_id, seconds=10) == "completed"
         files = h.emulator.ledger.files
+        # every one of them with the very answer the provider wrote for its custom_id
+        assert _successes_as_produced(db_url, h.emulator, job_id) == 120_000
     sizes = [
         r[0]
         for r in query(
@@ -76,6 +112,13 @@ def test_an_expired_batch_keeps_its_results_and_resubmits_only_the_rest(db_url: 
         db_url, "SELECT min(id) FROM orchestrator.batches WHERE job_id = %s", job_id
     )
     assert count(db_url, "results", "job_id = %s AND batch_id = %s", job_id, first_batch) == ok1
+    # (the provider runs the lines in order: the first ok1 of them, before the window closed)
+    kept = query(
+        db_url,
+        "SELECT custom_id FROM orchestrator.results WHERE batch_id = %s ORDER BY custom_id",
+        first_batch,
+    )
+    assert [r[0] for r in kept] == [f"req-{i:05d}" for i in range(ok1)]
     # and the rest ran once too, at their first attempt: the provider never ran them in round 1
     assert count(db_url, "results", "job_id = %s AND attempt = 1", job_id) == 100
     assert "batch_resubmitted" in events(db_url, job_id)
@@ -149,11 +192,11 @@ def test_requests_the_provider_never_runs_end_once_their_patience_is_spent(db_ur
     assert len(uploads) >= 5 and set(uploads) == {6}
     rows = query(
         db_url,
-        "SELECT custom_id, attempt, succeeded, status_code, error->>'code' "
+        "SELECT custom_id, attempt, succeeded, status_code, error->>'code', error->>'message' "
         "FROM orchestrator.results WHERE job_id = %s ORDER BY custom_id",
         job_id,
     )
-    assert rows == [(f"req-{i:05d}", 1, False, None, "batch_expired") for i in range(6)]
+    assert rows == [(f"req-{i:05d}", 1, False, None, "batch_expired", EXPIRED) for i in range(6)]
     rounds = query(
         db_url,
         "SELECT first_sent_at, finished_at FROM orchestrator.batches WHERE job_id = %s "
@@ -181,6 +224,15 @@ def test_cancel_a_pending_job_makes_no_api_call(db_url: str) -> None:
             )
         assert h.run_job(job_id) == "cancelled"
         assert h.emulator.ledger.calls == []
+
+
+def _first_ran_then(db_url: str, done: int, code: str, message: str) -> None:
+    """Of 100 requests, the first ``done`` (in the order the provider runs them) succeeded and
+    the rest ended with the provider's ``code`` and ``message``, never run."""
+    assert query(
+        db_url, "SELECT custom_id FROM orchestrator.results WHERE succeeded ORDER BY custom_id"
+    ) == [(f"req-{i:05d}",) for i in range(done)]
+    assert failures(db_url) == {(f"req-{i:05d}", None, code, message) for i in range(done, 100)}
 
 
 def _cancel(db_url: str, job_id: int) -> None:
@@ -228,12 +280,16 @@ def test_cancel_in_progress_cancels_remotely_and_keeps_the_partial_results(db_ur
         assert h.run_job(job_id) == "cancelled"
         assert len(h.emulator.ledger.calls_to("cancel_batch")) == 1
         assert len(h.emulator.ledger.batches) == 1  # nothing resubmitted
+        matched = assert_results_match_provider(db_url, h.emulator)
     done = count(db_url, "results", "job_id = %s AND succeeded", job_id)
     cancelled = count(
         db_url, "results", "job_id = %s AND error->>'code' = 'batch_cancelled'", job_id
     )
     assert 20 <= done < 100
     assert done + cancelled == 100  # every line the provider returned was kept
+    # the first lines, in the order the provider ran them, with its answers; the rest not run
+    assert matched == done
+    _first_ran_then(db_url, done, "batch_cancelled", CANCELLED)
     assert scalar(db_url, "SELECT remote_status FROM orchestrator.batches") == "cancelled"
 
 
@@ -251,9 +307,12 @@ def test_cancel_while_finalizing_still_collects_every_result(db_url: str) -> Non
         )
         _cancel(db_url, job_id)
         assert h.run_job(job_id, seconds=30) == "cancelled"
+        # (every line had run before it was finalizing: every one a success, as produced)
+        matched = assert_results_match_provider(db_url, h.emulator)
     # whatever the provider did with the cancel, every result it produced is in
     produced = count(db_url, "results", "job_id = %s", job_id)
     assert produced == 20
+    assert matched == 20
     assert "batch_ingested" in events(db_url, job_id)
 
 
@@ -274,8 +333,13 @@ def test_cancel_on_a_target_that_cannot_cancel_collects_results_and_resubmits_no
         assert h.run_job(job_id) == "cancelled"
         assert h.emulator.ledger.calls_to("cancel_batch") == []
         assert len(h.emulator.ledger.batches) == 1  # the expired rest is not sent again
+        matched = assert_results_match_provider(db_url, h.emulator)
     assert "batch_cancel_unsupported" in events(db_url, job_id)
-    assert 0 < count(db_url, "results", "job_id = %s AND succeeded", job_id) < 100
+    done = count(db_url, "results", "job_id = %s AND succeeded", job_id)
+    assert 0 < done < 100
+    # the lines the provider ran before its window closed, with its answers; the rest expired
+    assert matched == done
+    _first_ran_then(db_url, done, "batch_expired", EXPIRED)
 
 
 def test_per_line_429_500_and_missing_lines_are_sent_again_duplicates_are_ignored(
@@ -294,6 +358,8 @@ def test_per_line_429_500_and_missing_lines_are_sent_again_duplicates_are_ignore
         )
         job_id = enqueue(db_url, simple_requests(200))
         assert h.run_job(job_id) == "completed"
+        # each request's answer is the one of the round it succeeded in, duplicates and all
+        assert assert_results_match_provider(db_url, h.emulator) == 200
     first, second = query(
         db_url, "SELECT detail FROM orchestrator.events WHERE kind = 'batch_ingested' ORDER BY id"
     )
@@ -316,6 +382,7 @@ def test_an_empty_error_file_id_and_a_batch_without_usage_are_handled(db_url: st
             )
         job_id = enqueue(db_url, simple_requests(10))
         assert h.run_job(job_id) == "completed"
+        assert assert_results_match_provider(db_url, h.emulator) == 10
     usage, error_file, cost, source, prompt, completion = query(
         db_url,
         "SELECT usage, error_file_id, cost, cost_source, prompt_tokens, "
@@ -325,6 +392,14 @@ def test_an_empty_error_file_id_and_a_batch_without_usage_are_handled(db_url: st
     assert source == "prices"
     assert cost == (prompt * 1 + completion * 2) / __import__("decimal").Decimal(1_000_000)
     assert count(db_url, "results", "succeeded") == 10
+    # By hand: each prompt '[{"content":"Say hello to #N","role":"user"}]' is 45 characters, 11
+    # tokens by the emulator's count; each answer 60 characters, 15 tokens. At $1 and $2 per
+    # million: (110 + 150 x 2) / 10^6.
+    assert (prompt, completion) == (110, 150)
+    assert query(
+        db_url, "SELECT sum(prompt_tokens), sum(completion_tokens) FROM orchestrator.results"
+    ) == [(110, 150)]
+    assert cost == Decimal("0.00041")
 
 
 def test_a_batch_stuck_in_finalizing_is_waited_for_not_abandoned(db_url: str) -> None:
@@ -333,6 +408,7 @@ def test_a_batch_stuck_in_finalizing_is_waited_for_not_abandoned(db_url: str) ->
         job_id = enqueue(db_url, simple_requests(10))
         assert h.run_job(job_id, seconds=300, max_steps=200) == "completed"
         polls = len(h.emulator.ledger.calls_to("get_batch"))
+        assert assert_results_match_provider(db_url, h.emulator) == 10
     assert count(db_url, "results", "succeeded") == 10
     # six hours of finalizing, polled with backoff (30 s cap in the tests' settings)
     assert 20 < polls < 2000
@@ -343,6 +419,7 @@ def test_a_batch_failed_for_a_passing_reason_is_sent_again(db_url: str) -> None:
         h.emulator.faults.add_batch_fault(fail_with="server_error", times=1)
         job_id = enqueue(db_url, simple_requests(12))
         assert h.run_job(job_id) == "completed"
+        assert assert_results_match_provider(db_url, h.emulator) == 12
     rounds = query(
         db_url, "SELECT round, remote_status, request_count FROM orchestrator.batches ORDER BY id"
     )
@@ -359,6 +436,11 @@ def test_a_batch_failed_for_good_fails_the_job_with_the_providers_message(db_url
     error = scalar(db_url, "SELECT error FROM orchestrator.jobs WHERE id = %s", job_id)
     assert "invalid_model" in error and "injected fault" in error
     assert count(db_url, "results", "NOT succeeded") == 3
+    # every request carries the provider's reason, as the job does
+    assert failures(db_url) == {(f"req-{i:05d}", None, "invalid_model", error) for i in range(3)}
+    assert error.startswith("the provider failed batch ") and error.endswith(
+        ": invalid_model: The batch failed: invalid_model (injected fault)."
+    )
 
 
 def test_a_cancel_that_answers_5xx_is_retried_on_backoff_and_never_stops_polling(
@@ -385,8 +467,14 @@ def test_a_cancel_that_answers_5xx_is_retried_on_backoff_and_never_stops_polling
         # and the batch, finished by the provider, is collected: every result kept
         h.emulator.faults.clear()
         assert h.run_job(job_id) == "cancelled"
+        matched = assert_results_match_provider(db_url, h.emulator)
     done = count(db_url, "results", "job_id = %s AND succeeded", job_id)
     cancelled = count(
         db_url, "results", "job_id = %s AND error->>'code' = 'batch_cancelled'", job_id
     )
     assert done >= 1 and done + cancelled == 60
+    # the lines run before the cancel took, with the provider's answers; the rest not run
+    assert matched == done
+    assert failures(db_url) == {
+        (f"req-{i:05d}", None, "batch_cancelled", CANCELLED) for i in range(done, 60)
+    }

@@ -41,9 +41,12 @@ from orchestrator.observability import REDACTED, configure_logging
 from tests.support import (
     API_KEY,
     DaemonProcess,
+    assert_results_match_provider,
     child_env,
     enqueue,
+    failures,
     harness,
+    query,
     scalar,
     simple_requests,
     wait_for,
@@ -160,10 +163,18 @@ def test_the_key_never_reaches_a_log_line_a_command_output_or_a_row(
         finally:
             daemon.stop()
         assert quoting_polls.fired > 0 and garbage.fired == 2 and faults.rules() == []
+        # every request answered, with the very answer the provider wrote for it
+        assert assert_results_match_provider(db_url, emulator) == 20
     outputs["status"] = cli(daemon.env, "status")
     outputs["status of the job"] = cli(daemon.env, "status", str(job_id))
     outputs["results"] = cli(daemon.env, "results", str(job_id))
     assert outputs["results"].count('"status":"succeeded"') == 20
+    printed = [json.loads(line) for line in outputs["results"].splitlines() if line[:1] == "{"]
+    answers = query(
+        db_url,
+        "SELECT custom_id, response #>> '{choices,0,message,content}' FROM orchestrator.results",
+    )
+    assert {r["custom_id"]: r["answer"] for r in printed} == dict(answers)
     logs = daemon.logs()
     outputs["daemon log"] = logs
 
@@ -251,6 +262,19 @@ def test_a_key_the_provider_echoes_in_failed_lines_or_a_failed_batch_is_stored_a
         faults.add_batch_fault(echo_auth=True, fail_with="invalid_request")
         failed_job = enqueue(db_url, simple_requests(5, prefix="f-"), name="failed")
         assert h.run_job(failed_job) == "failed"
+        # (the requests the provider answered 500 again when they were sent again: final)
+        last = scalar(
+            db_url,
+            "SELECT remote_batch_id FROM orchestrator.batches WHERE job_id = %s "
+            "ORDER BY round DESC LIMIT 1",
+            lines_job,
+        )
+        again_500 = {
+            line["custom_id"]
+            for line in h.emulator.produced(last)
+            if (line.get("response") or {}).get("status_code") == 500
+        }
+        answered = assert_results_match_provider(db_url, h.emulator)
     logged = log.getvalue()
     outputs = {
         "status": run_cli(db_url, monkeypatch, capsys, "status"),
@@ -273,6 +297,21 @@ def test_a_key_the_provider_echoes_in_failed_lines_or_a_failed_batch_is_stored_a
     assert scalar(db_url, final + " AND status_code = 400", lines_job, pattern) == 1
     assert scalar(db_url, final + " AND status_code = 500", lines_job, pattern) > 0
     assert scalar(db_url, final, failed_job, pattern) == 5
+    # each failure is the provider's, with the marker where the key was; the rest its answers
+    server_error = "The server had an error while processing your request. Sorry about that!"
+    listed = "Emulated failure: custom_id 'req-00003' is in fail_custom_ids."
+    assert again_500 and failures(db_url, "job_id = %s", lines_job) == {
+        ("req-00003", 400, None, f"{listed} {marked}"),
+        *((custom_id, 500, None, f"{server_error} {marked}") for custom_id in again_500),
+    }
+    assert answered == 20 - 1 - len(again_500)
+    job_error = scalar(db_url, "SELECT error FROM orchestrator.jobs WHERE id = %s", failed_job)
+    assert job_error.endswith(
+        f": invalid_request: The batch failed: invalid_request (injected fault). {marked}"
+    )
+    assert failures(db_url, "job_id = %s", failed_job) == {
+        (f"f-{i:05d}", None, "invalid_request", job_error) for i in range(5)
+    }
     kept = "SELECT count(*) FROM orchestrator.batch_items WHERE error->>'message' LIKE %s"
     assert scalar(db_url, kept, pattern) > 0
     assert marked in scalar(db_url, "SELECT error FROM orchestrator.jobs WHERE id = %s", failed_job)

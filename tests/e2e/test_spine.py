@@ -9,9 +9,12 @@ import pytest
 from orchestrator.emulator import EmulatorConfig
 from tests.support import (
     API_KEY,
+    assert_results_match_provider,
     enqueue,
     events,
+    failures,
     harness,
+    listed_failure,
     make_settings,
     query,
     scalar,
@@ -31,6 +34,8 @@ def test_job_of_100_with_10_failing_lands_100_results(db_url: str, mode: str) ->
 
         # When the daemon runs until the job is finished
         status = h.run_job(job_id)
+        # (each completion the very one the provider wrote for its custom_id)
+        answered = assert_results_match_provider(db_url, h.emulator)
 
     # Then exactly 100 results, keyed by custom_id: 90 completions, 10 provider errors
     assert status == "completed"
@@ -48,6 +53,8 @@ def test_job_of_100_with_10_failing_lands_100_results(db_url: str, mode: str) ->
     assert {r[0] for r in ko} == failing
     assert all(r[3]["choices"][0]["message"]["content"] for r in ok)
     assert all(r[2] == 400 and r[4]["message"] for r in ko)
+    assert answered == 90
+    assert failures(db_url) == {listed_failure(custom_id) for custom_id in failing}
 
     # And usage and cost are on the batch and the job
     batch = query(
@@ -60,8 +67,21 @@ def test_job_of_100_with_10_failing_lands_100_results(db_url: str, mode: str) ->
     state, remote_status, tokens, cost, source, usage, counts = batch[0]
     assert (state, remote_status) == ("done", "completed")
     assert tokens > 0 and usage["total_tokens"] > 0
+    # By hand: 90 answers, each of 11 prompt tokens by the emulator's count (its messages,
+    # '[{"content":"Say hello to #N","role":"user"}]', are 45 or 46 characters) and 15 completion
+    # tokens (60 characters); the failures used none
+    assert (tokens, usage["total_tokens"]) == (90 * (11 + 15), 90 * (11 + 15))
+    assert query(
+        db_url,
+        "SELECT sum(prompt_tokens), sum(completion_tokens) FROM orchestrator.results "
+        "WHERE job_id = %s",
+        job_id,
+    ) == [(90 * 11, 90 * 15)]
     if mode == "fastrouter":  # FastRouter reports cost on the batch; OpenAI does not
         assert cost is not None and cost > Decimal(0) and source == "provider"
+        # its price for gpt-4.1-nano, $0.10 and $0.40 per million at half price for a batch:
+        # (990 × 0.10 + 1,350 × 0.40) × 0.5 / 10^6
+        assert cost == Decimal("0.0003195")
     else:
         assert cost is None and source == "none"  # no prices entered: unknown, and said so
     assert counts == {"total": 100, "completed": 90, "failed": 10}

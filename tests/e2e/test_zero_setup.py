@@ -30,6 +30,8 @@ import pytest
 from orchestrator import zero_setup
 from orchestrator.config import Settings
 from orchestrator.embedded import EmbeddedPostgresFailed
+from orchestrator.emulator import EmulatorConfig
+from orchestrator.emulator.lines import failure_of
 from orchestrator.errors import ConfigError
 from tests.support import child_env
 
@@ -285,6 +287,20 @@ def test_demo_keep_leaves_its_database_up_and_prints_a_url_the_readme_queries_wo
         assert conn.execute(
             "SELECT status, request_count FROM orchestrator.job_summary"
         ).fetchall() == [("completed", 5)]
+        # and its results say what the demo's provider answers (seed 7, 5 % of lines failing,
+        # 120-character answers): each request its answer, or the refusal that picked it
+        provider = EmulatorConfig(seed=7, line_failure_rate=0.05)
+        rows = conn.execute(
+            "SELECT custom_id, status, status_code, answer, error_message "
+            "FROM orchestrator.request_results ORDER BY seq"
+        ).fetchall()
+        assert len(rows) == 5
+        for custom_id, status, code, answer, error in rows:
+            failure = failure_of(provider, custom_id, {"model": "any"})
+            if failure is None:
+                assert (status, code, len(answer), error) == ("succeeded", 200, 120, None)
+            else:
+                assert (status, code, answer, error) == ("failed", 400, None, failure.message)
     # When the user presses Ctrl-C
     demo.send_signal(signal.SIGINT)
     # Then the demo ends and its temporary database goes with it

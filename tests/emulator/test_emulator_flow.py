@@ -165,6 +165,13 @@ def test_fail_custom_ids_fail_exactly_those_lines(make_api: MakeApi) -> None:
 
     assert {line["custom_id"] for line in errors} == failing
     assert len(output) == 40 - len(failing)
+    assert [line["custom_id"] for line in output] == [
+        f"r{i}" for i in range(40) if f"r{i}" not in failing
+    ]
+    assert {line["response"]["status_code"] for line in output} == {200}
+    assert {line["custom_id"]: line["response"]["body"]["error"]["message"] for line in errors} == {
+        c: f"Emulated failure: custom_id {c!r} is in fail_custom_ids." for c in failing
+    }
     assert done["request_counts"] == {"total": 40, "completed": 34, "failed": 6}
 
 
@@ -177,6 +184,10 @@ def test_output_file_id_stays_null_when_every_line_fails(make_api: MakeApi) -> N
     assert done["error_file_id"] is not None
     assert done["request_counts"] == {"total": 4, "completed": 0, "failed": 4}
     assert len(api.parse_jsonl(api.content(done["error_file_id"]))) == 4
+    assert [
+        (line["custom_id"], line["response"]["body"]["error"]["message"])
+        for line in api.parse_jsonl(api.content(done["error_file_id"]))
+    ] == [(f"r{i}", f"Emulated failure: line_failure_rate=1.0 selected 'r{i}'.") for i in range(4)]
 
 
 def test_line_failure_rate_fails_a_stable_share(make_api: MakeApi) -> None:
@@ -271,6 +282,7 @@ def test_expired_batch_keeps_partial_results(make_api: MakeApi) -> None:
     errors = api.parse_jsonl(api.content(done["error_file_id"]))
     assert [line["custom_id"] for line in output] == ["r0", "r1", "r2", "r3"]
     assert {line["error"]["code"] for line in errors} == {"batch_expired"}
+    assert [line["custom_id"] for line in errors] == [f"r{i}" for i in range(4, 10)]
     assert all(line["response"] is None for line in errors)
 
 
@@ -292,6 +304,9 @@ def test_cancel_keeps_finished_lines_and_cancels_the_rest(make_api: MakeApi) -> 
     errors = api.parse_jsonl(api.content(done["error_file_id"]))
     assert {line["error"]["code"] for line in errors} == {"batch_cancelled"}
     assert len(api.parse_jsonl(api.content(done["output_file_id"]))) == 3
+    output = api.parse_jsonl(api.content(done["output_file_id"]))
+    assert [line["custom_id"] for line in output] == ["r0", "r1", "r2"]
+    assert [line["custom_id"] for line in errors] == [f"r{i}" for i in range(3, 10)]
 
 
 def test_cancel_of_a_finished_batch_is_refused(make_api: MakeApi) -> None:
@@ -337,6 +352,10 @@ def test_deleting_the_input_file_does_not_break_a_running_batch(make_api: MakeAp
     assert api.http.get(f"/files/{file_id}").status_code == 404
     assert api.http.delete(f"/files/{file_id}").status_code == 404
     assert len(api.parse_jsonl(api.content(done["output_file_id"]))) == 3
+    output = api.parse_jsonl(api.content(done["output_file_id"]))
+    assert [(line["custom_id"], line["response"]["status_code"]) for line in output] == [
+        ("r0", 200), ("r1", 200), ("r2", 200),
+    ]  # fmt: skip
 
 
 def test_ledger_records_files_batches_and_calls(make_api: MakeApi) -> None:
