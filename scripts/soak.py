@@ -44,11 +44,11 @@ LOCAL = "postgresql://postgres@127.0.0.1:5432/postgres"
 # One bug per promise the model checks: each a plausible slip, each the model must find.
 PLANTED = [
     Mutation(
-        name="ingest-keeps-a-failure-over-a-later-success",
+        name="duplicate-success-line-taken-twice",
         promise="one final row per request, as the provider produced it",
         path="orchestrator/ingest.py",
-        old="        elif outcome.succeeded:\n",
-        new="        elif outcome.succeeded and cid not in self.failures:\n",
+        old="        self.succeeded.add(custom_id)\n        if self.failures",
+        new="        if self.failures",
         tests=[],
     ),
     Mutation(

@@ -157,6 +157,10 @@ class Harness:
 
     def step(self, seconds: float = 5.0) -> None:
         self.daemon.tick(wait=True)
+        crashed = crashed_steps(self.deps)
+        # A step that crashed is a bug (the runner logs step_crashed and retries it): no test
+        # here expects one, so say so at once rather than after hundreds of retries.
+        assert not crashed, f"a step crashed (a bug; see its step_crashed log line): {crashed}"
         self.clock.advance(seconds)
 
     def run_until(
@@ -180,6 +184,21 @@ class Harness:
             max_steps=max_steps,
         )
         return self.job_status(job_id)
+
+
+def crashed_steps(deps: Deps) -> dict[str, float]:
+    """How many steps of each kind crashed in this daemon (an exception the runner did not
+    expect: ``step_crashed``), from its own metrics."""
+    crashed: dict[str, float] = {}
+    for metric in deps.metrics.step_duration.collect():
+        for sample in metric.samples:
+            if (
+                sample.name.endswith("_count")
+                and sample.labels.get("outcome") == "crashed"
+                and sample.value
+            ):
+                crashed[sample.labels["step"]] = sample.value
+    return crashed
 
 
 @contextmanager
