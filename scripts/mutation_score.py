@@ -398,6 +398,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--report-only", action="store_true", help="write the report of the last run, run nothing"
     )
     parser.add_argument("--output", type=Path, default=None, help="the report (a Markdown file)")
+    parser.add_argument(
+        "--workspace", type=Path, default=None, help="the copy to run in (default .mutation/SUITE)"
+    )
     return parser.parse_args(argv)
 
 
@@ -405,7 +408,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     suite = SUITES[args.suite]
     sample = args.sample if args.sample is not None else suite.sample
-    workspace = REPO / ".mutation" / suite.name
+    workspace = args.workspace or REPO / ".mutation" / suite.name
     output = args.output or REPO / "docs" / "mutation" / f"{suite.name}.md"
     started = time.monotonic()
     if not args.report_only:
