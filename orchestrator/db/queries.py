@@ -50,7 +50,8 @@ class Claimed:
         b.remote_status, b.expires_at, b.cancel_sent_at,
         b.cancel_attempts, b.cancel_retry_at,
         b.create_attempted_at, b.request_count, b.model, b.estimated_tokens, b.waiting_since,
-        b.next_run_at, j.completion_window AS job_completion_window, j.max_attempts AS job_max_attempts,
+        b.next_run_at,
+        j.completion_window AS job_completion_window, j.max_attempts AS job_max_attempts,
         (j.cancel_requested_at IS NOT NULL) AS job_cancel_requested
     """
 
