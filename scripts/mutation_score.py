@@ -226,7 +226,7 @@ class Outcome:
     diffs: dict[str, str] = field(default_factory=dict)
 
 
-def read_outcome(workspace: Path, names: Sequence[str]) -> Outcome:
+def read_outcome(workspace: Path, names: Sequence[str], *, with_diffs: bool = True) -> Outcome:
     """mutmut's verdict on each of ``names`` (from its result files), and the diff of each one
     not killed."""
     from mutmut.stats import status_by_exit_code
@@ -240,8 +240,9 @@ def read_outcome(workspace: Path, names: Sequence[str]) -> Outcome:
                 outcome.status[name] = status_by_exit_code[code]
     for name in wanted - outcome.status.keys():
         outcome.status[name] = "not checked"
-    pending = [n for n, s in outcome.status.items() if s not in KILLED]
-    outcome.diffs = diffs(workspace, pending)
+    if with_diffs:
+        pending = [n for n, s in outcome.status.items() if s not in KILLED]
+        outcome.diffs = diffs(workspace, pending)
     return outcome
 
 
@@ -397,6 +398,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--report-only", action="store_true", help="write the report of the last run, run nothing"
     )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="run only the mutants the workspace has no verdict on yet (an interrupted run)",
+    )
     parser.add_argument("--output", type=Path, default=None, help="the report (a Markdown file)")
     parser.add_argument(
         "--workspace", type=Path, default=None, help="the copy to run in (default .mutation/SUITE)"
@@ -416,7 +422,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     names, total = choose(suite, workspace, sample=sample, seed=args.seed, only=args.only)
     print(f"mutation-score {suite.name}: {len(names)} of {total} mutants, workspace {workspace}")
     if not args.report_only:
-        code = run_mutmut(workspace, names, args.jobs)
+        todo = names
+        if args.resume:
+            seen = read_outcome(workspace, names, with_diffs=False).status
+            todo = [n for n in names if seen[n] == "not checked"]
+            print(f"resuming: {len(todo)} of {len(names)} mutants have no verdict yet")
+        code = run_mutmut(workspace, todo, args.jobs) if todo else 0
         if code != 0:
             print(f"mutmut exited {code}: see {workspace / 'mutmut-run.log'}", file=sys.stderr)
             return 2
