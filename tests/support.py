@@ -235,6 +235,22 @@ def harness(
             deps.close()
 
 
+@contextmanager
+def openai_harness(
+    db_url: str,
+    *,
+    behind: float = 0.0,
+    emulator_config: EmulatorConfig | None = None,
+    **overrides: Any,
+) -> Iterator[Harness]:
+    """:func:`harness` with the emulator in OpenAI's mode and the built-in ``openai`` target, which
+    can list and cancel batches (``overrides``: ``daemon`` or any target field)."""
+    config = emulator_config or EmulatorConfig(mode="openai", api_key=API_KEY)
+    settings = settings_for(db_url, preset="openai", target="openai", **overrides)
+    with harness(db_url, emulator_config=config, settings=settings, behind=behind) as h:
+        yield h
+
+
 def count(db_url: str, table: str, where: str = "true", *params: Any) -> int:
     return int(scalar(db_url, f"SELECT count(*) FROM orchestrator.{table} WHERE {where}", *params))
 

@@ -10,17 +10,13 @@ import dataclasses
 import datetime as dt
 import logging
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 import structlog
 
 from orchestrator.cli import main
-from orchestrator.emulator import EmulatorConfig
 from orchestrator.emulator.faults import Gzipped, HtmlPage, LateApply, TruncatedBody
 from tests.support import (
-    API_KEY,
     FAST,
     Harness,
     assert_results_match_provider,
@@ -28,22 +24,11 @@ from tests.support import (
     enqueue,
     events,
     failures,
-    harness,
+    openai_harness,
     query,
     scalar,
-    settings_for,
     simple_requests,
 )
-
-OPENAI = EmulatorConfig(mode="openai", api_key=API_KEY)
-
-
-@contextmanager
-def openai_harness(db_url: str, behind: float = 0.0, **overrides: object) -> Iterator[Harness]:
-    daemon = overrides.pop("daemon", FAST)
-    settings = settings_for(db_url, preset="openai", target="openai", daemon=daemon, **overrides)
-    with harness(db_url, emulator_config=OPENAI, settings=settings, behind=behind) as h:
-        yield h
 
 
 def _remote_status(h: Harness, remote_id: str) -> str:

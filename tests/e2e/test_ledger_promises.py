@@ -6,8 +6,6 @@ a create parked for an operator, a lost input file, a split, a 429 and the orpha
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -18,26 +16,17 @@ from orchestrator.emulator import EmulatorConfig
 from orchestrator.emulator.faults import LateApply
 from tests.support import (
     API_KEY,
-    Harness,
     assert_results_match_provider,
     count,
     enqueue,
     failures,
     harness,
+    openai_harness,
     query,
     scalar,
     settings_for,
     simple_requests,
 )
-
-OPENAI = EmulatorConfig(mode="openai", api_key=API_KEY)
-
-
-@contextmanager
-def openai_harness(db_url: str, **overrides: Any) -> Iterator[Harness]:
-    settings = settings_for(db_url, preset="openai", target="openai", **overrides)
-    with harness(db_url, emulator_config=OPENAI, settings=settings) as h:
-        yield h
 
 
 def _cli(monkeypatch: pytest.MonkeyPatch, db_url: str, *argv: str) -> int:

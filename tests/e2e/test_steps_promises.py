@@ -8,8 +8,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -25,20 +23,12 @@ from tests.support import (
     events,
     failures,
     harness,
+    openai_harness,
     query,
     scalar,
     settings_for,
     simple_requests,
 )
-
-OPENAI = EmulatorConfig(mode="openai", api_key=API_KEY)
-
-
-@contextmanager
-def _openai(db_url: str, **target: Any) -> Iterator[Harness]:
-    settings = settings_for(db_url, preset="openai", target="openai", **target)
-    with harness(db_url, emulator_config=OPENAI, settings=settings) as h:
-        yield h
 
 
 def _details(db_url: str, job_id: int, kind: str) -> list[dict[str, Any]]:
@@ -73,7 +63,7 @@ def _other_installation(h: Harness) -> str:
 
 
 def test_reconcile_finds_a_lost_create_behind_batches_created_since(db_url: str) -> None:
-    with _openai(db_url, timeout_seconds=3.0, create_settle_seconds=10.0) as h:
+    with openai_harness(db_url, timeout_seconds=3.0, create_settle_seconds=10.0) as h:
         # Given a create the provider carried out but whose answer was lost (a 502)
         h.emulator.faults.add("create_batch", status=502, applied=True, times=1)
         job_id = enqueue(db_url, simple_requests(4), target="openai")
@@ -94,7 +84,7 @@ def test_reconcile_finds_a_lost_create_behind_batches_created_since(db_url: str)
 
 
 def test_reconcile_a_create_that_never_happened_is_recorded_as_not_found(db_url: str) -> None:
-    with _openai(db_url, timeout_seconds=3.0, create_settle_seconds=10.0) as h:
+    with openai_harness(db_url, timeout_seconds=3.0, create_settle_seconds=10.0) as h:
         # Given a create that the provider refused with a 502 before doing anything
         h.emulator.faults.add("create_batch", status=502, times=1)
         job_id = enqueue(db_url, simple_requests(4), target="openai")

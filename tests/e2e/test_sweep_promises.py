@@ -13,8 +13,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator, MutableMapping
-from contextlib import contextmanager
+from collections.abc import MutableMapping
 from typing import Any
 
 import psycopg
@@ -22,27 +21,16 @@ import structlog
 
 from orchestrator import retention
 from orchestrator.api.schemas import BatchObject
-from orchestrator.emulator import EmulatorConfig
 from tests.support import (
-    API_KEY,
     Harness,
     chat_body,
     enqueue,
     harness,
+    openai_harness,
     query,
     scalar,
-    settings_for,
     simple_requests,
 )
-
-OPENAI = EmulatorConfig(mode="openai", api_key=API_KEY)
-
-
-@contextmanager
-def _openai(db_url: str) -> Iterator[Harness]:
-    settings = settings_for(db_url, preset="openai", target="openai")
-    with harness(db_url, emulator_config=OPENAI, settings=settings) as h:
-        yield h
 
 
 def _late_create(h: Harness, job_id: int) -> BatchObject:
@@ -96,7 +84,7 @@ def _lines(captured: list[MutableMapping[str, Any]], event: str) -> list[dict[st
 
 
 def test_sweep_cancels_an_orphan_listed_after_batches_that_are_not_orphans(db_url: str) -> None:
-    with _openai(db_url) as h:
+    with openai_harness(db_url) as h:
         # Given a job whose batch was created and completed (the adopted remote batch), then a
         # late create of it carried out by the provider (the orphan), then a batch of another
         # installation on the same account: listed newest first, the orphan comes after a batch
@@ -145,7 +133,7 @@ def test_sweep_cancels_an_orphan_listed_after_batches_that_are_not_orphans(db_ur
 def test_sweep_an_orphan_whose_cancel_fails_keeps_the_error_and_is_cancelled_next_round(
     db_url: str,
 ) -> None:
-    with _openai(db_url) as h:
+    with openai_harness(db_url) as h:
         # Given an orphan, and a provider that answers its cancel with a 500 once
         job_id = enqueue(db_url, simple_requests(3), target="openai")
         assert h.run_job(job_id) == "completed"
@@ -192,7 +180,7 @@ def test_sweep_an_orphan_whose_cancel_fails_keeps_the_error_and_is_cancelled_nex
 
 
 def test_sweep_orphans_a_list_that_fails_is_logged_with_the_providers_error(db_url: str) -> None:
-    with _openai(db_url) as h:
+    with openai_harness(db_url) as h:
         # Given a provider whose batch list answers 503
         h.emulator.faults.add("list_batches", status=503, message="list is down", times=1)
         # When the sweep runs
