@@ -477,7 +477,7 @@ def _http_addr(raw: str, where: str) -> str | None:
         raise ConfigError(
             f"{where} must be host:port (for example 127.0.0.1:9464) or off, not {raw!r}; fix it"
         )
-    if ":" in host or host.startswith("["):  # the listener is IPv4 (asgi.listen)
+    if ":" in host:  # IPv6 ("[::1]:9464"), which the listener does not serve (asgi.listen)
         raise ConfigError(
             f"{where} is an IPv6 address ({raw!r}), which is not served; give an IPv4 one "
             "(127.0.0.1:9464, or 0.0.0.0:9464 for every interface)"

@@ -156,3 +156,12 @@ def test_judge_refuses_a_max_cost_that_is_no_amount_of_money(budget: Decimal) ->
         "in USD (e.g. 5.00) or clear it (NULL: no budget)"
     )
     assert (verdict.prompt_tokens, verdict.max_cost) == (1_234, Decimal("0.00026"))
+
+
+def test_judge_takes_a_max_cost_of_zero_as_a_budget_nothing_fits_in() -> None:
+    # 0 is an amount (a job that may cost nothing), not a mistake: it is judged as any budget
+    verdict = judge([NANO], Decimal(0))
+    assert verdict.problem == (
+        "the estimated cost is up to $0.00026, over the job's max_cost of $0.00 (1,234 prompt "
+        "tokens estimated, up to 2,000 output tokens); nothing was sent"
+    )
