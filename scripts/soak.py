@@ -216,6 +216,7 @@ def _figures(t: object, done: int, wall: float, base: int, workers: int) -> None
         ("creates of unknown outcome", "ambiguous_creates"), ("orphans found", "orphans"),
         ("lines dropped cleanly, resent", "clean_drops_resent"),
         ("failed batches reingested by the operator", "reingested"),
+        ("  of them given up, reingested once well", "reingested_after_give_up"),
         ("batches open, with a reason, at the end", "open_with_reason"),
     ]  # fmt: skip
     for label, attr in rows:
