@@ -352,6 +352,23 @@ class DaemonProcess:
     def logs(self) -> str:
         return self.log.read_text() if self.log.exists() else ""
 
+    def http_url(self, timeout: float = 30.0) -> str:
+        """Where the daemon serves /healthz and /metrics, from its own ``http_started`` line.
+        Start it with ``http_addr="127.0.0.1:0"``: the port is the one it bound, so no other
+        test (nor another checkout's tests on this machine) can take it first."""
+        found: list[str] = []
+
+        def started() -> bool:
+            for line in self.logs().splitlines():
+                if '"http_started"' in line:
+                    found.append(json.loads(line)["url"])
+                    return True
+            return not self.alive()
+
+        wait_for(started, timeout=timeout, interval=0.02)
+        assert found, f"the daemon never served http:\n{self.logs()[-3000:]}"
+        return found[0]
+
 
 def child_env(env: dict[str, str]) -> dict[str, str]:
     """``env`` for a process a test starts, with the mutant under test when a mutation tool runs

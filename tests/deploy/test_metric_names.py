@@ -21,7 +21,6 @@ import pytest
 from orchestrator.clock import ScaledClock
 from orchestrator.emulator import Emulator, EmulatorConfig, EmulatorServer
 from tests.deploy.rules import rules
-from tests.private_postgres import free_port
 from tests.support import (
     API_KEY,
     DaemonProcess,
@@ -190,7 +189,6 @@ def test_the_rules_and_the_dashboard_name_only_metrics_a_running_daemon_serves(
     assert len(named) >= 20, named  # the extraction found the queries
 
     # Given a daemon process under the W^X rule, metrics on, that ran a job to the end
-    port = free_port()
     config = EmulatorConfig(api_key=API_KEY, seed=5)
     with Emulator(config, ScaledClock(60)) as emulator, EmulatorServer(emulator) as server:
         # (with a budget and a call cap, so that the capacity series are there to name)
@@ -199,7 +197,7 @@ def test_the_rules_and_the_dashboard_name_only_metrics_a_running_daemon_serves(
             "max_calls_per_minute": 10_000,
         }
         daemon = GuardedDaemon(
-            db_url, server.base_url, tmp_path, http_addr=f"127.0.0.1:{port}", target=capacity
+            db_url, server.base_url, tmp_path, http_addr="127.0.0.1:0", target=capacity
         ).start()
         try:
             job = enqueue(db_url, simple_requests(5))
@@ -213,9 +211,10 @@ def test_the_rules_and_the_dashboard_name_only_metrics_a_running_daemon_serves(
             assert done, daemon.logs()[-3000:]
             assert _seccomp_mode(daemon.pid) == 2  # the filter is on the daemon itself
             # When Prometheus would scrape it
-            health = urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10)
+            url = daemon.http_url()
+            health = urllib.request.urlopen(f"{url}/healthz", timeout=10)
             assert health.status == 200
-            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+            text = urllib.request.urlopen(f"{url}/metrics", timeout=10).read()
         finally:
             daemon.stop()
     assert daemon.proc is not None and daemon.proc.returncode == 0, daemon.logs()[-3000:]

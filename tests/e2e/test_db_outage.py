@@ -37,7 +37,7 @@ from orchestrator.db.migrate import upgrade
 from orchestrator.emulator import Emulator, EmulatorConfig, EmulatorServer
 from orchestrator.emulator.faults import FaultContext, Proceed
 from orchestrator.emulator.messages import EmuResponse
-from tests.private_postgres import PrivatePostgres, free_port
+from tests.private_postgres import PrivatePostgres
 from tests.support import (
     API_KEY,
     DaemonProcess,
@@ -115,16 +115,16 @@ def test_a_database_outage_under_a_running_daemon_logs_no_password(tmp_path: Pat
             Emulator(EmulatorConfig(api_key=API_KEY), clock) as emulator,
             EmulatorServer(emulator) as server,
         ):
-            http_port = free_port()
             daemon = DaemonProcess(
                 pg.url,
                 server.base_url,
                 tmp_path,
-                http_addr=f"127.0.0.1:{http_port}",
+                http_addr="127.0.0.1:0",
                 target={"timeout_seconds": 30.0},  # the held poll waits for its answer
             )
             daemon.start()
             try:
+                url = daemon.http_url()
                 # Given a daemon at work: its batch is created and being polled, one poll under
                 # way right now
                 submitted = "state = 'submitted' AND poll_count > 0"
@@ -141,7 +141,7 @@ def test_a_database_outage_under_a_running_daemon_logs_no_password(tmp_path: Pat
                 assert wait_for(lambda: outage_logged(daemon.logs()), timeout=30), daemon.logs()[
                     -3000:
                 ]
-                health = httpx.get(f"http://127.0.0.1:{http_port}/healthz", timeout=5)
+                health = httpx.get(f"{url}/healthz", timeout=5)
                 assert health.status_code == 503 and "database" in health.json()["error"]
                 # When it comes back, the job completes
                 pg.start()

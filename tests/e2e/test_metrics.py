@@ -32,7 +32,6 @@ from orchestrator.db import ledger, queries
 from orchestrator.emulator import Emulator, EmulatorConfig, EmulatorServer
 from orchestrator.emulator.pricing import batch_cost
 from orchestrator.observability import cost_by_model
-from tests.private_postgres import free_port
 from tests.support import (
     API_KEY,
     DaemonProcess,
@@ -86,19 +85,18 @@ def total(samples: Samples, name: str, **labels: str) -> float:
 def daemon_with_metrics(
     db_url: str, server: EmulatorServer, tmp_path: Path
 ) -> Iterator[tuple[DaemonProcess, str]]:
-    port = free_port()
     daemon = DaemonProcess(
         db_url,
         server.base_url,
         tmp_path,
-        http_addr=f"127.0.0.1:{port}",
+        http_addr="127.0.0.1:0",
         # two batches of 5; a create whose answer was lost is reconciled 1 s later
         target={"max_requests_per_file": 5, "create_settle_seconds": 0.0},
     )
     daemon.env.update(ORCHESTRATOR_LOG_LEVEL="debug", PYTHONPATH=str(REPO))
     daemon.start()
     try:
-        yield daemon, f"http://127.0.0.1:{port}"
+        yield daemon, daemon.http_url()
     finally:
         daemon.stop()
 
