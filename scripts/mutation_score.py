@@ -403,6 +403,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="run only the mutants the workspace has no verdict on yet (an interrupted run)",
     )
+    parser.add_argument(
+        "--retest-open",
+        action="store_true",
+        help="run again only the mutants the last run did not kill (after tests were added: a "
+        "new test can only kill more)",
+    )
     parser.add_argument("--output", type=Path, default=None, help="the report (a Markdown file)")
     parser.add_argument(
         "--workspace", type=Path, default=None, help="the copy to run in (default .mutation/SUITE)"
@@ -423,10 +429,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"mutation-score {suite.name}: {len(names)} of {total} mutants, workspace {workspace}")
     if not args.report_only:
         todo = names
-        if args.resume:
+        if args.resume or args.retest_open:
             seen = read_outcome(workspace, names, with_diffs=False).status
-            todo = [n for n in names if seen[n] == "not checked"]
-            print(f"resuming: {len(todo)} of {len(names)} mutants have no verdict yet")
+            if args.resume:
+                todo = [n for n in names if seen[n] == "not checked"]
+                print(f"resuming: {len(todo)} of {len(names)} mutants have no verdict yet")
+            else:
+                todo = [n for n in names if seen[n] not in KILLED]
+                print(f"testing again the {len(todo)} of {len(names)} mutants not killed")
         code = run_mutmut(workspace, todo, args.jobs) if todo else 0
         if code != 0:
             print(f"mutmut exited {code}: see {workspace / 'mutmut-run.log'}", file=sys.stderr)
