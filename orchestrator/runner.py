@@ -77,28 +77,10 @@ def _write(deps: Deps, write: Callable[[Session], None]) -> None:
         log.warning("lease_lost", error=str(exc))
 
 
-# A step run later than this after it was due was not tried meanwhile (no daemon ran it: all
-# stopped, or down): that time does not count against the batch's patience.
-LATE_SECONDS = 300.0
-
-
-def failing_since(b: Claimed, now: dt.datetime) -> dt.datetime | None:
-    """When the batch's current run of failures began, as its patience counts it: moved forward
-    by the time its retry waited past when it was due (beyond ``LATE_SECONDS``), so that the
-    patience counts only time in which a daemon kept trying. Without it, a daemon back from an
-    outage longer than the patience would give a batch up at its first try, files and all."""
-    if b.failing_since is None or b.next_run_at is None:
-        return b.failing_since
-    late = (now - b.next_run_at).total_seconds() - LATE_SECONDS
-    if late <= 0:
-        return b.failing_since
-    return min(b.failing_since + dt.timedelta(seconds=late), now)
-
-
 def _apply_failure(deps: Deps, s: Session, b: Claimed, step: Step, exc: ApiError) -> None:
     now = deps.clock.now()
     failures = b.step_failures + 1
-    since = failing_since(b, now)
+    since = steps.failing_since(b, now)
     decision = dc.decide(
         exc.kind,
         step=step,
@@ -139,12 +121,10 @@ def _apply_failure(deps: Deps, s: Session, b: Claimed, step: Step, exc: ApiError
         case dc.Reupload():
             ledger.reupload(s, b, now=now, error=exc.message, **values)
         case dc.Fail(message=message, code=code):
-            message = f"{step} failed: {message}"
-            if code == dc.PATIENCE_EXHAUSTED and b.remote_batch_id:
-                message += (
-                    f"; what the provider produced for batch {b.remote_batch_id} can be "
-                    f"collected later with: orchestrator reingest {b.id}"
-                )
+            if code == dc.PATIENCE_EXHAUSTED:
+                message = steps.given_up(step, message, b)
+            else:
+                message = f"{step} failed: {message}"
             ledger.fail_batch(s, b, now=now, message=message, code=code)
 
 
@@ -155,7 +135,7 @@ def _crashed(deps: Deps, s: Session, b: Claimed, exc: Exception) -> None:
         s,
         b,
         step_failures=failures,
-        failing_since=failing_since(b, deps.clock.now()) or deps.clock.now(),
+        failing_since=steps.failing_since(b, deps.clock.now()) or deps.clock.now(),
         last_error=f"internal error: {type(exc).__name__}: {exc}"[:2000],
         next_run_at=deps.clock.now() + dt.timedelta(seconds=delay),
     )

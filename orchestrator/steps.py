@@ -37,7 +37,14 @@ from orchestrator.domain import backoff, capacity
 from orchestrator.domain import cost as costs
 from orchestrator.domain import lines as ln
 from orchestrator.domain import requests as rq
-from orchestrator.domain.decide import PATIENCE_EXHAUSTED, ErrorKind, Step, duration
+from orchestrator.domain.decide import (
+    PATIENCE_EXHAUSTED,
+    ErrorKind,
+    Step,
+    duration,
+    gave_up,
+    patience_spent,
+)
 from orchestrator.domain.states import BatchState, RemoteStatus, remote_terminal
 from orchestrator.errors import RemoteIdTaken
 from orchestrator.ingest import ingest_lines
@@ -63,6 +70,36 @@ def _cancel_if_requested(deps: Deps, b: Claimed, stage: str) -> bool:
     with unit_of_work(deps.sessions) as s:
         ledger.cancel_locally(s, b, now=deps.clock.now(), stage=stage)
     return True
+
+
+# A step run later than this after it was due was not tried meanwhile (no daemon ran it: all
+# stopped, or down): that time does not count against the batch's patience.
+LATE_SECONDS = 300.0
+
+
+def failing_since(b: Claimed, now: dt.datetime) -> dt.datetime | None:
+    """When the batch's current run of failures began, as its patience counts it: moved forward
+    by the time its retry waited past when it was due (beyond ``LATE_SECONDS``), so that the
+    patience counts only time in which a daemon kept trying. Without it, a daemon back from an
+    outage longer than the patience would give a batch up at its first try, files and all."""
+    if b.failing_since is None or b.next_run_at is None:
+        return b.failing_since
+    late = (now - b.next_run_at).total_seconds() - LATE_SECONDS
+    if late <= 0:
+        return b.failing_since
+    return min(b.failing_since + dt.timedelta(seconds=late), now)
+
+
+def given_up(step: Step, message: str, b: Claimed) -> str:
+    """The error of a batch given up after its patience (the job's ``error``): the step, how long
+    it failed, the last failure, and how to collect later what the provider produced."""
+    text = f"{step} failed: {message}"
+    if b.remote_batch_id:
+        text += (
+            f"; what the provider produced for batch {b.remote_batch_id} can be collected later "
+            f"with: orchestrator reingest {b.id}"
+        )
+    return text
 
 
 # -- planned → uploaded ------------------------------------------------------------------
@@ -565,6 +602,8 @@ def ingest(deps: Deps, b: Claimed) -> bool:
         )
         first_sent = batch.first_sent_at or batch.create_attempted_at
     files = ", ".join(file_ids) if file_ids else "none"
+    now = deps.clock.now()
+    since = failing_since(b, now)
     _ingest_transaction(
         deps,
         b,
@@ -573,6 +612,8 @@ def ingest(deps: Deps, b: Claimed) -> bool:
         missing,
         check=None if failed else (counts, files),
         resend_not_run=_patience_lasts(deps, first_sent),
+        # files still short now, at the end of the patience: keep what they hold (below)
+        short_since=since if b.step_failures and patience_spent(now, since, deps.policy) else None,
     )
     # Committed: the results are safe. Only now may the provider's copies go (where asked).
     retention.delete_provider_files(deps, b, file_ids)
@@ -610,10 +651,14 @@ def _ingest_transaction(
     *,
     check: tuple[Any, str] | None = None,
     resend_not_run: bool = True,
+    short_since: dt.datetime | None = None,
 ) -> None:
     """Read the files into results and close the batch, in one transaction. With ``check``
     (the provider's request_counts and the file ids read): files that fall far short of the
-    counts roll everything back and raise ApiIncompleteOutput (try again later)."""
+    counts roll everything back and raise ApiIncompleteOutput (try again later); unless they have
+    been short since ``short_since``, a whole patience: then what they hold is kept, and the batch
+    fails for the rest (found by the lifecycle model: a provider that dropped most lines for good
+    had the few successes its files held thrown away with the batch)."""
     now = deps.clock.now()
     with unit_of_work(deps.sessions) as s:
         # Lock first (no write yet: see the ledger's lock order): nobody else writes this batch
@@ -631,6 +676,7 @@ def _ingest_transaction(
             scrub=deps.clients(b.target).scrub,
             resend_not_run=resend_not_run,
         )
+        give_up = None
         if check is not None:
             counts, files = check
             short = ln.short_read(
@@ -639,9 +685,12 @@ def _ingest_transaction(
                 members=stats.members,
                 malformed=stats.malformed_lines,
             )
-            if short:
+            if short and short_since is None:
                 # Raised inside the transaction: nothing read is kept, nothing is sent again.
                 raise ApiIncompleteOutput(f"{short} (files read: {files})")
+            if short:
+                message = gave_up(now, short_since, f"{short} (files read: {files})")
+                give_up = given_up(Step.INGEST, message, b)
         cost, source, usage = _batch_cost(s, b, remote, now, totals=stats.model_totals())
         ledger.finish_ingest(
             s,
@@ -659,6 +708,7 @@ def _ingest_transaction(
             retry=stats.retry,
             worker=_worker(deps),
             summary=stats.summary(),
+            give_up=give_up,
         )
     deps.metrics.observe_ingest(b.target, costs.as_stored(cost), usage.models)
 

@@ -429,6 +429,24 @@ MUTATIONS: list[Mutation] = [
                "test_a_400_to_a_status_call_or_a_download_is_asked_again_not_taken_for_a_refusal"],
     ),
     Mutation(
+        name="short-files-thrown-away-at-patience",
+        promise="files still short at the end of the patience: what they hold is kept, the rest fails",
+        path="orchestrator/steps.py",
+        old="short_since=since if b.step_failures and patience_spent(now, since, deps.policy) else None,",
+        new="short_since=None,",
+        tests=["tests/e2e/test_field_faults.py::"
+               "test_files_short_past_the_patience_keep_what_they_hold_and_fail_the_rest"],
+    ),
+    Mutation(
+        name="reingest-counts-cost-twice",
+        promise="a reingested batch's cost is counted on its job once",
+        path="orchestrator/db/ledger.py",
+        old="cost=Job.cost - batch.cost if batch.cost is not None else Job.cost,",
+        new="cost=Job.cost,",
+        tests=["tests/e2e/test_field_faults.py::"
+               "test_files_short_past_the_patience_keep_what_they_hold_and_fail_the_rest"],
+    ),
+    Mutation(
         name="cost-wrong-price-row",
         promise="cost from the prices table uses the price in force when the batch finished "
                 "(one SQL rule for the daemon and the views)",

@@ -61,6 +61,7 @@ from orchestrator.db.queries import CALL_CAP_REASON, OPEN_STATES, Claimed
 from orchestrator.db.session import raw_connection
 from orchestrator.domain import lines as ln
 from orchestrator.domain.cost import as_stored
+from orchestrator.domain.decide import PATIENCE_EXHAUSTED
 from orchestrator.domain.packing import Packer
 from orchestrator.domain.states import JOB_TERMINAL, BatchState, JobStatus, sources_of
 from orchestrator.errors import BatchNotFound, IllegalTransition, LeaseLost, RemoteIdTaken
@@ -362,10 +363,13 @@ def reopen_for_reingest(session: Session, batch_id: int, *, now: dt.datetime) ->
     never committed an ingest), the batch goes back to ``submitted`` under a new lease token (so
     it is polled, then ingested, as usual), and its job is running again until it closes."""
     batch = session.execute(
-        sa.select(Batch.id, Batch.job_id, Batch.state, Batch.remote_batch_id, Batch.last_error)
+        sa.select(
+            Batch.id, Batch.job_id, Batch.state, Batch.remote_batch_id, Batch.last_error,
+            Batch.cost,
+        )
         .where(Batch.id == batch_id)
         .with_for_update(key_share=True)
-    ).one_or_none()
+    ).one_or_none()  # fmt: skip
     if batch is None:
         raise BatchNotFound(
             f"no batch {batch_id}; list a job's batches with orchestrator status JOB"
@@ -382,9 +386,11 @@ def reopen_for_reingest(session: Session, batch_id: int, *, now: dt.datetime) ->
     removed = session.execute(
         sa.delete(Result).where(Result.batch_id == batch_id, Result.succeeded.is_(False))
     ).rowcount  # type: ignore[attr-defined]
+    # what it cost is counted again when it is ingested again (a batch given up with files
+    # short kept what they held, and its cost)
     _operator_move(
         session, batch_id, [BatchState.FAILED], BatchState.SUBMITTED, now=now,
-        finished_at=None, unchanged_polls=0, **RECOVERED,
+        finished_at=None, unchanged_polls=0, cost=None, cost_source=None, **RECOVERED,
     )  # fmt: skip
     session.execute(
         sa.update(Job)
@@ -396,6 +402,7 @@ def reopen_for_reingest(session: Session, batch_id: int, *, now: dt.datetime) ->
             ),
             finished_at=None,
             error=sa.case((Job.error == batch.last_error, None), else_=Job.error),
+            cost=Job.cost - batch.cost if batch.cost is not None else Job.cost,
             updated_at=sa.func.now(),
         )
     )
@@ -1233,25 +1240,36 @@ def finish_ingest(
     retry: int,
     worker: str,
     summary: Mapping[str, int],
+    give_up: str | None = None,
 ) -> tuple[int, int] | None:
     """Close an ingested batch (``ingesting → done``) in the transaction that wrote its results:
     its counters, the job's, the event, the next round for what is to be sent again, and the job's
-    end if this was its last open batch. Returns the resubmitted ``(batch id, requests)``."""
+    end if this was its last open batch. Returns the resubmitted ``(batch id, requests)``.
+
+    ``give_up``: the files stayed short of what the provider counts for the whole patience. What
+    they hold is kept all the same (a success is never thrown away), the batch's other requests get
+    final failures carrying ``give_up``, nothing is sent again, and the batch fails with it (the
+    job's error; ``orchestrator reingest`` collects more if the provider mends its files)."""
     cost = as_stored(cost)
+    rest = 0
+    if give_up is not None:
+        error = ln.batch_error(give_up, PATIENCE_EXHAUSTED)
+        rest = fail_requests(session, batch_id=lease.id, error=error)
+        counts = {**counts, "failed_count": counts["failed_count"] + rest, "retried_count": 0}
     move(
         session,
         lease,
-        BatchState.DONE,
+        BatchState.DONE if give_up is None else BatchState.FAILED,
         release=True,
         finished_at=now,
         cost=cost,
         cost_source=cost_source,
-        **RECOVERED,
+        **(RECOVERED if give_up is None else {"last_error": give_up}),
         **counts,
     )
     if upserted:
         recount_job(session, lease.job_id)
-        add_to_job(session, lease.job_id, cost=cost)
+        add_to_job(session, lease.job_id, cost=cost, error=give_up)
     else:
         add_to_job(
             session,
@@ -1262,10 +1280,16 @@ def finish_ingest(
             completion_tokens=counts["completion_tokens"],
             total_tokens=counts["total_tokens"],
             cost=cost,
+            error=give_up,
         )
     detail: dict[str, Any] = {"worker": worker, "cost": cost, **summary}
     record(session, "batch_ingested", job_id=lease.job_id, batch_id=lease.id, **detail)
-    again = resubmit(session, lease.id, now) if retry else None
+    if give_up is not None:
+        record(
+            session, "batch_failed", level="error", job_id=lease.job_id, batch_id=lease.id,
+            error=give_up, requests=rest,
+        )  # fmt: skip
+    again = resubmit(session, lease.id, now) if retry and give_up is None else None
     finish_job_if_done(session, lease.job_id, now)
     return again
 

@@ -147,15 +147,26 @@ def _patiently(
     message: str,
     since: dt.datetime | None,
 ) -> Decision:
-    start = now if since is None else since  # None: the run of failures begins with this one
-    age = (now - start).total_seconds()
-    if age >= policy.patience_seconds:
-        return Fail(
-            f"gave up after {duration(age)} of failures (since {start:%Y-%m-%d %H:%M:%S} UTC); "
-            f"the last one: {message}",
-            code=PATIENCE_EXHAUSTED,
-        )
+    if patience_spent(now, since, policy):
+        return Fail(gave_up(now, since, message), code=PATIENCE_EXHAUSTED)
     return _retry(now, policy, failures, rng, message)
+
+
+def patience_spent(now: dt.datetime, since: dt.datetime | None, policy: Policy) -> bool:
+    """Whether a run of failures that began ``since`` (None: with this one) has lasted the
+    policy's patience."""
+    start = now if since is None else since
+    return (now - start).total_seconds() >= policy.patience_seconds
+
+
+def gave_up(now: dt.datetime, since: dt.datetime | None, message: str) -> str:
+    """Why a batch is given up after its patience, ``message`` being the last failure."""
+    start = now if since is None else since
+    age = (now - start).total_seconds()
+    return (
+        f"gave up after {duration(age)} of failures (since {start:%Y-%m-%d %H:%M:%S} UTC); "
+        f"the last one: {message}"
+    )
 
 
 # The steps that only read a batch the provider accepted: its status, its files, the list.

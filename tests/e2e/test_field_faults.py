@@ -223,6 +223,60 @@ def test_files_that_stay_unreadable_past_the_patience_fail_the_batch_clearly_and
     assert "batch_reingest_requested" in events(db_url, job_id)
 
 
+def test_files_short_past_the_patience_keep_what_they_hold_and_fail_the_rest(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # (found by the lifecycle model: a provider whose files lacked most lines for good had the
+    # few successes they held thrown away with the batch when it was given up)
+    daemon = dataclasses.replace(FAST, patience_seconds=600.0)
+    with openai_harness(db_url, daemon=daemon) as h:
+        # Given a provider that counts 20 requests done but writes the lines of only a few
+        h.emulator.faults.add_batch_fault(missing_lines=0.8, times=1)
+        query(
+            db_url,
+            "INSERT INTO orchestrator.prices (model, valid_from, input_per_mtok, "
+            "output_per_mtok) VALUES ('openai/gpt-4.1-nano', '2020-01-01', 1, 2) RETURNING model",
+        )
+        job_id = enqueue(db_url, simple_requests(20), target="openai")
+        # When the files stay short for the whole patience
+        assert h.run_job(job_id, seconds=30) == "failed"
+        [remote] = h.emulator.ledger.batches
+        answered = {line["custom_id"] for line in h.emulator.produced(remote.id)}
+        # Then every success they held is kept, as the provider wrote it
+        assert 0 < len(answered) < 10
+        assert assert_results_match_provider(db_url, h.emulator) == len(answered)
+        assert len(h.emulator.ledger.batches) == 1  # and nothing was sent again
+        error = scalar(db_url, "SELECT error FROM orchestrator.jobs WHERE id = %s", job_id)
+        assert error.startswith("ingest failed: gave up after 10m")
+        assert f"the result files hold lines for {len(answered)} of the 20 requests" in error
+        assert error.endswith("can be collected later with: orchestrator reingest 1")
+        # and the others failed for good, saying why
+        missing = {f"req-{i:05d}" for i in range(20)} - answered
+        assert failures(db_url) == {(cid, None, "patience_exhausted", error) for cid in missing}
+        assert query(
+            db_url,
+            "SELECT state, succeeded_count, failed_count, last_error FROM orchestrator.batches",
+        ) == [("failed", len(answered), len(missing), error)]
+        cost = scalar(db_url, "SELECT cost FROM orchestrator.batches")
+        assert query(
+            db_url,
+            "SELECT succeeded_count, failed_count, cost FROM orchestrator.jobs WHERE id = %s",
+            job_id,
+        ) == [(len(answered), len(missing), cost)]
+        assert cost > 0
+        # When the operator reingests it and the files are as short as ever (found by the
+        # model: the job then counted the batch's cost twice)
+        assert _cli(monkeypatch, db_url, "reingest", "1") == 0
+        assert h.run_job(job_id, seconds=30) == "failed"
+        assert assert_results_match_provider(db_url, h.emulator) == len(answered)
+    # Then it is given up the same way, and counted once
+    assert query(
+        db_url,
+        "SELECT j.succeeded_count, j.failed_count, j.cost, b.cost FROM orchestrator.jobs j "
+        "JOIN orchestrator.batches b ON b.job_id = j.id",
+    ) == [(len(answered), len(missing), cost, cost)]
+
+
 def test_a_404_on_the_output_file_past_the_patience_names_the_file(db_url: str) -> None:
     daemon = dataclasses.replace(FAST, patience_seconds=1800.0)
     with openai_harness(db_url, daemon=daemon) as h:
