@@ -13,9 +13,10 @@ Two suites:
 ``db`` (``make mutation-db``)
     A seeded random sample (``--sample``, default 400; ``--seed``) of the mutants of the database
     and step code (ledger, queries, steps, runner, ingest, sweep, retention, plan), each run against
-    the tests that call the mutated function (``tests/unit``, ``db``, ``api``, ``e2e``; the
-    processes a test starts run the mutant too: ``tests/support.child_env``). The first run traces
-    the whole suite once (serially) to learn which test calls which function.
+    the tests that call the mutated function (``tests/unit``, ``db``, ``api``, ``e2e`` and the
+    lifecycle model; the processes a test starts run the mutant too: ``tests/support.child_env``).
+    The first run traces the whole suite once (serially) to learn which test calls which
+    function.
 
 Each suite works in a copy of the checkout of its own (``.mutation/<suite>/``, ignored by git):
 the files git knows (tracked, and untracked ones not ignored) are copied there at each run, and
@@ -105,7 +106,7 @@ SUITES = {
             "orchestrator/retention.py",
             "orchestrator/plan.py",
         ),
-        ("tests/unit", "tests/db", "tests/api", "tests/e2e"),
+        ("tests/unit", "tests/db", "tests/api", "tests/e2e", "tests/model"),
         0.80,
         sample=400,
         timeout_multiplier=5.0,
