@@ -442,7 +442,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if code != 0:
             print(f"mutmut exited {code}: see {workspace / 'mutmut-run.log'}", file=sys.stderr)
             return 2
-    seconds = time.monotonic() - started
+    # The time the mutants took, kept with the workspace: --resume and --retest-open add theirs to
+    # the run they continue, and --report-only quotes it rather than its own fraction of a second.
+    spent = workspace / "mutation-seconds"
+    seconds = float(spent.read_text()) if spent.exists() else 0.0
+    if not args.report_only:
+        ran = time.monotonic() - started
+        seconds = seconds + ran if (args.resume or args.retest_open) else ran
+        spent.write_text(f"{seconds:.1f}\n")
     outcome = read_outcome(workspace, names)
     text, passed = report(
         suite, names, outcome, seconds=seconds, seed=args.seed, sample=sample, total=total
