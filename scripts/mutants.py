@@ -128,9 +128,9 @@ MUTATIONS: list[Mutation] = [
         old="        ledger.lock(s, b, BatchState.INGESTING)\n",
         new="",
         also=[(
-            "            scrub=deps.clients(b.target).scrub,\n"
+            "            resend_not_run=resend_not_run,\n"
             "        )\n",
-            "            scrub=deps.clients(b.target).scrub,\n"
+            "            resend_not_run=resend_not_run,\n"
             "        )\n"
             "        s.connection().connection.dbapi_connection.commit()\n",
         )],
@@ -404,7 +404,7 @@ MUTATIONS: list[Mutation] = [
     Mutation(
         name="patience-counts-an-outage",
         promise="time in which no daemon ran a batch's retry does not count against its patience",
-        path="orchestrator/runner.py",
+        path="orchestrator/steps.py",
         old="    if late <= 0:\n        return b.failing_since",
         new="    if True:\n        return b.failing_since",
         tests=["tests/e2e/test_field_faults.py::"
@@ -537,8 +537,8 @@ MUTATIONS: list[Mutation] = [
         name="no-patience",
         promise="passing errors are retried within a patience, then the batch fails saying why",
         path="orchestrator/domain/decide.py",
-        old="    if age >= policy.patience_seconds:",
-        new="    if False:",
+        old="    return (now - start).total_seconds() >= policy.patience_seconds",
+        new="    return False",
         tests=["tests/e2e/test_field_faults.py::"
                "test_status_calls_failing_for_ever_show_as_stuck_then_fail_with_the_last_error_and_its_age",
                "tests/e2e/test_field_faults.py::"
