@@ -255,6 +255,18 @@ def count(db_url: str, table: str, where: str = "true", *params: Any) -> int:
     return int(scalar(db_url, f"SELECT count(*) FROM orchestrator.{table} WHERE {where}", *params))
 
 
+def assert_events_name_their_worker(db_url: str, worker_id: object, *kinds: str) -> None:
+    """Every event of these kinds names the daemon that did the work (``detail->>'worker'``:
+    which daemon uploaded, created, saw a status; what an operator of several daemons reads)."""
+    rows = query(
+        db_url,
+        "SELECT kind, detail->>'worker' FROM orchestrator.events WHERE kind = ANY(%s)",
+        list(kinds),
+    )
+    assert {kind for kind, _ in rows} == set(kinds), rows
+    assert {worker for _, worker in rows} == {str(worker_id)}, rows
+
+
 def events(db_url: str, job_id: int) -> list[str]:
     return [
         r[0]

@@ -17,7 +17,7 @@ import structlog
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.cli import main
-from orchestrator.db import ledger
+from orchestrator.db import ledger, queries
 from orchestrator.db.session import make_engine, make_sessionmaker, unit_of_work
 from tests.support import query
 
@@ -227,3 +227,123 @@ def test_reingest_of_a_failed_batch_while_another_batch_runs_keeps_the_job_runni
             {"remote_batch_id": "batch_r1", "failure_results_removed": 2},
         )
     ]
+
+
+# -- shutdown ---------------------------------------------------------------------------------
+
+
+def test_release_leases_gives_back_only_our_leases_whose_token_is_still_current(
+    db_url: str, sessions: sessionmaker[Session]
+) -> None:
+    ours, theirs = uuid.uuid4(), uuid.uuid4()
+    with psycopg.connect(db_url) as conn:
+        job_id = _job(conn, ["a", "b", "c", "d"])
+        held = {
+            cid: _batch(
+                conn,
+                job_id,
+                [cid],
+                state="submitted",
+                lease_owner=owner,
+                lease_token=7,
+                lease_expires_at=T0 + dt.timedelta(hours=1),
+            )
+            for cid, owner in (("a", ours), ("b", ours), ("c", ours), ("d", theirs))
+        }
+    # Given a daemon shutting down with three leases it believes it holds, one of which another
+    # daemon took over since (a new token), and a fourth daemon's lease of the same token number
+    with psycopg.connect(db_url) as conn:
+        conn.execute("UPDATE orchestrator.batches SET lease_token = 8 WHERE id = %s", (held["c"],))
+    tokens = {held["a"]: 7, held["b"]: 7, held["c"]: 7, held["d"]: 7}
+    # When it gives its leases back
+    with unit_of_work(sessions) as s:
+        released = ledger.release_leases(s, owner=ours, tokens=tokens)
+    # Then exactly its two current leases are free (another daemon may claim them at once), and
+    # it says so; the lease it lost and the other daemon's lease are untouched
+    assert released == 2
+    rows = query(
+        db_url,
+        "SELECT id, lease_owner, lease_token, lease_expires_at IS NULL "
+        "FROM orchestrator.batches ORDER BY id",
+    )
+    assert rows == [
+        (held["a"], None, 7, True),
+        (held["b"], None, 7, True),
+        (held["c"], ours, 8, False),
+        (held["d"], theirs, 7, False),
+    ]
+
+
+def test_a_stopped_daemon_leaves_the_list_of_live_daemons_at_once(
+    db_url: str, sessions: sessionmaker[Session]
+) -> None:
+    stopping, running = uuid.uuid4(), uuid.uuid4()
+    with unit_of_work(sessions) as s:
+        for worker in (stopping, running):
+            ledger.register_worker(s, worker_id=worker, hostname="h", pid=1, version="v")
+    # When one daemon stops (its goodbye at shutdown), a second after both heartbeated
+    with unit_of_work(sessions) as s:
+        ledger.stop_worker(s, stopping)
+    # Then status lists only the other one, although the stopped one was seen just now
+    with unit_of_work(sessions) as s:
+        assert [w.id for w in queries.live_workers(s, within_seconds=3600)] == [running]
+    rows = query(
+        db_url,
+        "SELECT stopped_at IS NOT NULL, heartbeat_at >= now() - interval '1 minute' "
+        "FROM orchestrator.workers WHERE id = %s",
+        stopping,
+    )
+    assert rows == [(True, True)]
+
+
+# -- targets and orphans ----------------------------------------------------------------------
+
+
+def test_lifting_a_pause_records_when_and_says_so_once(
+    db_url: str, sessions: sessionmaker[Session]
+) -> None:
+    with unit_of_work(sessions) as s:
+        ledger.block_target(s, "openai", until=T0, reason="invalid key", paused=True)
+    with psycopg.connect(db_url) as conn:
+        conn.execute("UPDATE orchestrator.target_state SET updated_at = now() - interval '1 day'")
+    # When a call works again, twice
+    with unit_of_work(sessions) as s:
+        assert ledger.clear_pause(s, "openai") is True
+    with unit_of_work(sessions) as s:
+        assert ledger.clear_pause(s, "openai") is False
+    # Then the target is not paused, with no reason, changed just now (what an operator reading
+    # target_state sees), and one target_resumed event says so
+    rows = query(
+        db_url,
+        "SELECT paused, reason, updated_at > now() - interval '1 minute' "
+        "FROM orchestrator.target_state WHERE target = 'openai'",
+    )
+    assert rows == [(False, None, True)]
+    kinds = query(db_url, "SELECT kind FROM orchestrator.events WHERE kind = 'target_resumed'")
+    assert kinds == [("target_resumed",)]
+
+
+def test_an_orphan_cancelled_twice_is_counted_once_and_keeps_when_it_was_first_cancelled(
+    db_url: str, sessions: sessionmaker[Session]
+) -> None:
+    with psycopg.connect(db_url) as conn:
+        job_id = _job(conn, ["a"])
+        batch_id = _batch(conn, job_id, ["a"], state="submitted")
+    where = {"remote_batch_id": "batch_orphan", "target": "openai", "batch_id": batch_id}
+    with unit_of_work(sessions) as s:
+        assert ledger.orphan_found(s, **where, job_id=job_id, status="in_progress") is True
+    # When its cancel goes through, and a second daemon's sweep cancels it again a day later
+    with unit_of_work(sessions) as s:
+        assert ledger.orphan_cancelled(s, **where, job_id=job_id) is True
+    with psycopg.connect(db_url) as conn:
+        conn.execute("UPDATE orchestrator.orphan_batches SET cancelled_at = %s", (T0,))
+    with unit_of_work(sessions) as s:
+        assert ledger.orphan_cancelled(s, **where, job_id=job_id) is False
+    # Then the batch counts one orphan cancelled, the record keeps the first cancel's time, and
+    # one event says so
+    assert query(db_url, "SELECT orphans_cancelled FROM orchestrator.batches") == [(1,)]
+    assert query(db_url, "SELECT cancelled_at FROM orchestrator.orphan_batches") == [(T0,)]
+    kinds = query(
+        db_url, "SELECT kind FROM orchestrator.events WHERE kind LIKE 'batch_orphan%%' ORDER BY id"
+    )
+    assert kinds == [("batch_orphan_found",), ("batch_orphan_cancelled",)]

@@ -73,3 +73,37 @@ def test_gauges_oldest_pending_job_age_is_that_of_the_oldest_pending_job(db_url:
         gauges = queries.gauges(s, now=NOW, stuck_after=3600)
     assert 3600 <= gauges.oldest_pending_job_age < 3600 + 60
     assert gauges.jobs == {"pending": 2, "running": 1}
+
+
+def test_gauges_count_as_stuck_only_batches_failing_or_past_their_expiry_for_the_threshold(
+    db_url: str,
+) -> None:
+    [job_id] = _jobs(db_url, "running")
+    hour, minutes = dt.timedelta(hours=2), dt.timedelta(minutes=10)
+    # Given open batches of one target: failing for 2 hours, failing for 10 minutes, still
+    # running at the provider 2 hours past their expiry (and 10 minutes past), and one the
+    # provider has finished 2 hours past its expiry (nothing stuck about it: it is read next)
+    shapes = [
+        ("submitted", NOW - hour, None, None),
+        ("uploaded", NOW - minutes, None, None),
+        ("submitted", None, NOW - hour, "in_progress"),
+        ("submitted", None, NOW - hour, "finalizing"),
+        ("submitted", None, NOW - minutes, "in_progress"),
+        ("submitted", None, NOW - hour, "completed"),
+    ]
+    with psycopg.connect(db_url) as conn:
+        for state, failing_since, expires_at, remote_status in shapes:
+            conn.execute(
+                "INSERT INTO orchestrator.batches (job_id, target, endpoint, request_count, "
+                "bytes, next_run_at, state, failing_since, expires_at, remote_status, "
+                "remote_batch_id) VALUES (%s, 'fastrouter', '/v1/chat/completions', 1, 0, "
+                "now(), %s, %s, %s, %s, CASE WHEN %s = 'submitted' THEN "
+                "'batch_' || gen_random_uuid() END)",
+                (job_id, state, failing_since, expires_at, remote_status, state),
+            )
+    # When the gauges are read with a threshold of an hour
+    with _session(db_url) as s:
+        gauges = queries.gauges(s, now=NOW, stuck_after=3600)
+    # Then the batch failing for 2 hours and the two running 2 hours past their expiry are stuck
+    assert gauges.stuck == {"fastrouter": 3}
+    assert gauges.open_batches == {"submitted": 5, "uploaded": 1}

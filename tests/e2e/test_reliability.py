@@ -12,6 +12,7 @@ from orchestrator.cli import main
 from orchestrator.emulator import EmulatorConfig
 from tests.support import (
     API_KEY,
+    assert_events_name_their_worker,
     assert_results_match_provider,
     count,
     enqueue,
@@ -298,6 +299,11 @@ def test_token_limit_exceeded_without_a_stated_limit_means_later_not_failed(db_u
             db_url, "SELECT waiting_reason FROM orchestrator.job_summary WHERE job_id = %s", second
         )
         assert reason.startswith("waiting_for_capacity: token_limit_exceeded without a stated")
+        # and the batch shows the provider's refusal as its last error (what status prints)
+        last_error = scalar(
+            db_url, "SELECT last_error FROM orchestrator.batches WHERE job_id = %s", second
+        )
+        assert "Too many tokens are enqueued" in last_error
         # Then it is created again later, from the same file, and both jobs complete
         assert h.run_job(first) == "completed"
         assert h.run_job(second, seconds=60) == "completed"
@@ -311,6 +317,7 @@ def test_token_limit_exceeded_without_a_stated_limit_means_later_not_failed(db_u
         "FROM orchestrator.events WHERE kind = 'batch_token_limited'",
     )
     error, limit_tokens, limit_model = limited[0]
+    assert_events_name_their_worker(db_url, h.deps.worker_id, "batch_token_limited")
     assert "Too many tokens are enqueued" in error
     # nothing stated, nothing learned
     assert (limit_tokens, limit_model) == (None, None)

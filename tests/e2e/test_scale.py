@@ -15,6 +15,7 @@ from orchestrator.emulator import Emulator, EmulatorConfig
 from tests.support import (
     API_KEY,
     FAST,
+    assert_events_name_their_worker,
     assert_results_match_provider,
     count,
     enqueue,
@@ -426,6 +427,8 @@ def test_a_batch_failed_for_a_passing_reason_is_sent_again(db_url: str) -> None:
     assert rounds == [(1, "failed", 12), (2, "completed", 12)]
     assert count(db_url, "results", "succeeded AND attempt = 2") == 12
     assert "batch_failed_retryable" in events(db_url, job_id)
+    kinds = ("batch_uploaded", "batch_created", "batch_failed_retryable", "batch_status_changed")
+    assert_events_name_their_worker(db_url, h.deps.worker_id, *kinds)
 
 
 def test_a_batch_failed_for_good_fails_the_job_with_the_providers_message(db_url: str) -> None:
