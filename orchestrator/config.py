@@ -585,7 +585,7 @@ def check_type(value: Any, hint: Any) -> Any:
 
 
 # Settings where 0 makes no sense (no worker; a cap that lets nothing through: leave it unset).
-AT_LEAST_ONE = ("workers", "max_batches_in_flight", "max_calls_per_minute")
+AT_LEAST_ONE = ("workers", "max_batches_in_flight", "max_calls_per_minute", "cleanup_batch_size")
 
 
 def _in_range(value: Any, where: str, key: str, fix: str) -> None:

@@ -354,3 +354,47 @@ def test_a_key_quoted_in_a_line_is_stored_nowhere_whole_or_cut_short(
     assert not [
         distinct[i : i + 8] for i in range(len(distinct) - 7) if distinct[i : i + 8] in everything
     ]
+
+
+def test_of_two_failure_lines_for_one_request_the_first_is_kept_unless_a_final_one_follows(
+    db_url: str, batch: tuple[int, int], tmp_path: Path
+) -> None:
+    job, batch_id = batch
+    # Given a file with two final failures for "a", two retryable ones for "b", and a retryable
+    # one then a final one for "c"
+    lines = [
+        failed("a", 400, "first final"),
+        failed("b", 500, "first passing"),
+        failed("c", 503, "passing"),
+        failed("a", 404, "second final"),
+        failed("b", 502, "second passing"),
+        failed("c", 422, "final"),
+    ]
+    stats = ingest(db_url, job, batch_id, [write(tmp_path / "o.jsonl", lines)])
+    assert stats.duplicate_lines == 3
+    # Then a keeps its first final failure, c the final one that followed its passing one
+    assert content(db_url) == {
+        "a": (False, 400, None, None, "first final", 1),
+        "c": (False, 422, None, None, "final", 1),
+    }
+    # and b goes into the next round with its first line's error
+    retry = dict(
+        query(
+            db_url,
+            "SELECT custom_id, error->>'message' FROM orchestrator.batch_items "
+            "WHERE error IS NOT NULL AND custom_id = 'b'",
+        )
+    )
+    assert retry == {"b": "first passing"}
+
+
+def test_a_success_keeps_the_model_its_line_names_even_one_never_seen_before(
+    db_url: str, batch: tuple[int, int], tmp_path: Path
+) -> None:
+    job, batch_id = batch
+    fresh = f"model-{tmp_path.name}"  # a name this process has not written before
+    line = ok("a")
+    line["response"]["body"]["model"] = fresh
+    ingest(db_url, job, batch_id, [write(tmp_path / "o.jsonl", [line, ok("b")])])
+    models = dict(query(db_url, "SELECT custom_id, model FROM orchestrator.results"))
+    assert models == {"a": fresh, "b": "m"}

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from orchestrator.cli import main
 from orchestrator.db import ledger, queries
 from orchestrator.db.session import make_engine, make_sessionmaker, unit_of_work
+from orchestrator.domain.states import JobStatus
 from tests.support import query
 
 T0 = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.UTC)
@@ -347,3 +348,35 @@ def test_an_orphan_cancelled_twice_is_counted_once_and_keeps_when_it_was_first_c
         db_url, "SELECT kind FROM orchestrator.events WHERE kind LIKE 'batch_orphan%%' ORDER BY id"
     )
     assert kinds == [("batch_orphan_found",), ("batch_orphan_cancelled",)]
+
+
+# -- jobs that end before any batch -----------------------------------------------------------
+
+
+def test_a_job_ended_while_pending_says_how_with_its_event_and_log_line(
+    db_url: str, sessions: sessionmaker[Session]
+) -> None:
+    with psycopg.connect(db_url) as conn:
+        bad = _job(conn, ["a"], status="pending")
+        unwanted = _job(conn, ["b"], status="pending")
+    # When one job fails validation and the other is cancelled before any batch
+    with structlog.testing.capture_logs() as logs, unit_of_work(sessions) as s:
+        ledger.end_pending_job(
+            s, bad, JobStatus.FAILED, T0, error="request 'a': no model", stage="planning"
+        )
+        ledger.end_pending_job(s, unwanted, JobStatus.CANCELLED, T0, stage="pending")
+    # Then each job's row and event say how it ended, where, for which target and why
+    assert query(
+        db_url, "SELECT id, status, error, finished_at FROM orchestrator.jobs ORDER BY id"
+    ) == [(bad, "failed", "request 'a': no model", T0), (unwanted, "cancelled", None, T0)]
+    failed = {"stage": "planning", "target": "openai", "error": "request 'a': no model"}
+    cancelled = {"stage": "pending", "target": "openai"}
+    assert query(db_url, "SELECT kind, job_id, detail FROM orchestrator.events ORDER BY id") == [
+        ("job_failed", bad, failed),
+        ("job_cancelled", unwanted, cancelled),
+    ]
+    # and the failure is logged as an error, the cancel as info
+    assert logs == [
+        {"event": "job_failed", "log_level": "error", "job_id": bad, **failed},
+        {"event": "job_cancelled", "log_level": "info", "job_id": unwanted, **cancelled},
+    ]

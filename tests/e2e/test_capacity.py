@@ -87,6 +87,13 @@ def test_five_jobs_needing_three_times_the_budget_all_complete_within_it(db_url:
     # the limit was learned from the provider's message
     learned = query(db_url, "SELECT target, model, learned_tokens FROM orchestrator.capacity")
     assert learned == [("fastrouter", MODEL, LIMIT)]
+    # and the refusal that taught it keeps, on its event, the limit it stated and for which model
+    stated = query(
+        db_url,
+        "SELECT (detail->>'limit_tokens')::bigint, detail->>'limit_model' "
+        "FROM orchestrator.events WHERE kind = 'batch_token_limited' ORDER BY id LIMIT 1",
+    )
+    assert stated == [(LIMIT, MODEL)]
     # some batches were refused before anything was known (every create of the first moments)
     assert any(_refused(e) for e in created[:before_learning])
     # after the first refusal was seen, no batch was refused for the limit

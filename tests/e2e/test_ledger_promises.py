@@ -297,3 +297,25 @@ def test_an_orphan_is_recorded_its_failed_cancel_kept_then_its_cancel_counted_on
     assert _events(db_url, "batch_orphan_cancelled") == [
         (job_id, batch_id, {"remote_batch_id": orphan, "target": "openai"})
     ]
+
+
+def test_policy_fail_fails_a_create_of_unknown_outcome_saying_why_and_sends_nothing_again(
+    db_url: str,
+) -> None:
+    settings = settings_for(db_url, timeout_seconds=0.5, ambiguous_create_policy="fail")
+    with harness(db_url, settings=settings) as h:
+        # Given a create whose answer comes after the client gave up, on a target that cannot
+        # list its batches (FastRouter), under policy 'fail'
+        h.emulator.faults.add("create_batch", delay_seconds=1.5, times=1)
+        job_id = enqueue(db_url, simple_requests(4))
+        # When the daemon runs the job
+        assert h.run_job(job_id) == "failed"
+        creates = len(h.emulator.ledger.calls_to("create_batch"))
+    # Then the batch and the job fail with the reason, and the create was never sent again
+    why = (
+        "a create may or may not have reached the provider, which cannot list batches; "
+        "policy 'fail' stops here to avoid paying twice"
+    )
+    assert creates == 1
+    assert query(db_url, "SELECT state, last_error FROM orchestrator.batches") == [("failed", why)]
+    assert scalar(db_url, "SELECT error FROM orchestrator.jobs WHERE id = %s", job_id) == why

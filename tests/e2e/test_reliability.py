@@ -64,6 +64,12 @@ def test_a_revoked_key_pauses_the_target_jobs_wait_and_resume_by_themselves(
     assert count(db_url, "results", "succeeded") == 10
     assert "target_resumed" in [r[0] for r in query(db_url, "SELECT kind FROM orchestrator.events")]
     assert query(db_url, "SELECT paused FROM orchestrator.target_state") == [(False,)]
+    # the pause's event tells the operator that nothing needs doing once the key works
+    hints = query(
+        db_url,
+        "SELECT DISTINCT detail->>'hint' FROM orchestrator.events WHERE kind = 'target_paused'",
+    )
+    assert hints == [("jobs wait; they resume by themselves once the key works",)]
 
 
 def test_after_a_429_with_retry_after_30_nobody_calls_the_target_for_30_s(db_url: str) -> None:

@@ -25,6 +25,7 @@ from orchestrator import retention
 from orchestrator.api.errors import ApiNotFound
 from orchestrator.cli import main
 from orchestrator.config import Settings
+from orchestrator.db.session import make_engine, make_sessionmaker
 from orchestrator.emulator import EmulatorConfig
 from orchestrator.emulator.lines import completion_text
 from tests.support import (
@@ -374,6 +375,34 @@ def test_the_timer_runs_every_cleanup_seconds_and_says_once_what_it_ignores() ->
         off = BackgroundScheduler(timezone="UTC")
         retention.schedule(off, lambda: None, dataclasses.replace(base, daemon=daemon))
         assert off.get_job("retention") is None
+    # a timer of one second is a timer (0 is the only "off")
+    often = BackgroundScheduler(timezone="UTC")
+    fast = dataclasses.replace(FAST, cleanup_seconds=1)
+    retention.schedule(often, lambda: None, dataclasses.replace(base, daemon=fast))
+    job = often.get_job("retention")
+    assert job is not None and job.trigger.interval.total_seconds() == 1
+
+
+def test_a_sweep_one_row_per_statement_deletes_every_old_row(db_url: str) -> None:
+    # Given three events 40 days old and one of today
+    query(
+        db_url,
+        "INSERT INTO orchestrator.events (kind, at) SELECT 'old', "
+        "now() - interval '40 days' FROM generate_series(1, 3) "
+        "UNION ALL SELECT 'new', now() RETURNING id",
+    )
+    engine = make_engine(db_url)
+    try:
+        # When a sweep that deletes at most one row per statement runs (the smallest batch size
+        # the settings allow)
+        policy = retention.Policy(events_days=30, batch_size=1)
+        report = retention.sweep(make_sessionmaker(engine), policy)
+    finally:
+        engine.dispose()
+    # Then the three old ones are gone, one statement each, and today's stays
+    assert report.counts()["events"] == 3
+    assert report.tables["events"].statements >= 3
+    assert query(db_url, "SELECT kind FROM orchestrator.events") == [("new",)]
 
 
 def _openai(db_url: str, **target: Any) -> Any:
@@ -473,6 +502,10 @@ def test_a_failed_file_deletion_is_a_warning_and_the_job_completes(db_url: str) 
     failed = [line for line in lines if line["event"] == "provider_files_delete_failed"]
     assert len(failed) == 1 and failed[0]["log_level"] == "warning"
     assert sorted(failed[0]["errors"]) == sorted(files)
+    # naming the job, the batch and the target whose files stay (what an operator looks up)
+    batch_id = scalar(db_url, "SELECT id FROM orchestrator.batches WHERE job_id = %s", job_id)
+    named = {k: failed[0][k] for k in ("job_id", "batch_id", "target")}
+    assert named == {"job_id": job_id, "batch_id": batch_id, "target": "openai"}
 
 
 def test_cleanup_settings_come_from_the_daemon_table(tmp_path: Any) -> None:

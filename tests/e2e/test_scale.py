@@ -426,6 +426,8 @@ def test_a_batch_failed_for_a_passing_reason_is_sent_again(db_url: str) -> None:
     )
     assert rounds == [(1, "failed", 12), (2, "completed", 12)]
     assert count(db_url, "results", "succeeded AND attempt = 2") == 12
+    # the job counts the batches it has, the round sent again among them
+    assert scalar(db_url, "SELECT batch_count FROM orchestrator.jobs WHERE id = %s", job_id) == 2
     assert "batch_failed_retryable" in events(db_url, job_id)
     kinds = ("batch_uploaded", "batch_created", "batch_failed_retryable", "batch_status_changed")
     assert_events_name_their_worker(db_url, h.deps.worker_id, *kinds)

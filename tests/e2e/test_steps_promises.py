@@ -11,12 +11,14 @@ import uuid
 from typing import Any
 
 import psycopg
+import structlog
 
 from orchestrator.emulator import EmulatorConfig
 from tests.support import (
     API_KEY,
     FAST,
     Harness,
+    assert_results_match_provider,
     chat_body,
     count,
     enqueue,
@@ -152,3 +154,38 @@ def test_remote_failed_each_request_gets_the_error_of_its_own_line(db_url: str) 
     assert scalar(
         db_url, "SELECT error FROM orchestrator.results WHERE custom_id = 'req-00001'"
     ) == {"code": "invalid_provider", "message": unknown, "line": 2}
+
+
+def test_our_cost_takes_the_targets_own_price_first_and_names_the_models_without_one(
+    db_url: str,
+) -> None:
+    # Given a default price and the target's own price for one model, and none for another
+    query(
+        db_url,
+        "INSERT INTO orchestrator.prices (target, model, valid_from, input_per_mtok, "
+        "output_per_mtok) VALUES ('*', 'openai/gpt-4.1-nano', '2020-01-01', 1, 2), "
+        "('fastrouter', 'openai/gpt-4.1-nano', '2020-01-01', 10, 20) RETURNING id",
+    )
+    requests = [
+        *simple_requests(3),
+        {"custom_id": "other-0", "body": chat_body(0, model="acme/unpriced")},
+    ]
+    with harness(db_url) as h, structlog.testing.capture_logs() as logs:
+        job_id = enqueue(db_url, requests)
+        # When the job runs
+        assert h.run_job(job_id) == "completed"
+        assert assert_results_match_provider(db_url, h.emulator) == 4
+    # Then each model's cost at our prices used the target's own row, and the model with no
+    # price has none, and is named in a warning
+    rows = query(
+        db_url,
+        "SELECT m.model, m.results, p.target, p.input_per_mtok, m.cost IS NULL "
+        "FROM orchestrator.batch_model_costs m "
+        "LEFT JOIN orchestrator.prices p ON p.id = m.price_id ORDER BY m.model",
+    )
+    assert rows == [
+        ("acme/unpriced", 1, None, None, True),
+        ("openai/gpt-4.1-nano", 3, "fastrouter", 10, False),
+    ]
+    unpriced = [e["models"] for e in logs if e["event"] == "batch_models_unpriced"]
+    assert unpriced == [["acme/unpriced"]]

@@ -82,6 +82,9 @@ DAEMON_KNOWN = _known(DaemonSettings)
         ("[daemon]\nworkers = 1.5\n",
          "[daemon] workers must be a whole number, not 1.5; fix it in that file"),
         ("[daemon]\nworkers = 0\n", "[daemon] workers must be at least 1, not 0; fix it in that file"),
+        # (a cleanup that may delete no row per statement would fail at every run of its timer)
+        ("[daemon]\ncleanup_batch_size = 0\n",
+         "[daemon] cleanup_batch_size must be at least 1, not 0; fix it in that file"),
     ],
 )  # fmt: skip
 def test_config_file_error_names_the_file_the_table_and_the_key(
