@@ -14,7 +14,7 @@ from orchestrator.db.session import make_engine, make_sessionmaker, unit_of_work
 from orchestrator.ingest import ingest_lines, read_files
 from tests.support import query
 
-ODD_ID = 'tab\there "quoted" back\\slash\nnewline'
+ODD_ID = 'tab\there "quoted" back\\slash\nnewline\rreturn'
 
 
 @pytest.fixture
@@ -132,6 +132,12 @@ def test_one_pass_sorts_lines_into_results_and_retries(
     stats = ingest(db_url, job, batch_id, [output, errors])
     assert (stats.succeeded, stats.failed, stats.retry, stats.missing) == (2, 1, 2, 1)
     assert (stats.malformed_lines, stats.unknown_lines, stats.duplicate_lines) == (1, 1, 2)
+    # c's final failure ran at the provider: nothing here was left unrun
+    assert (stats.not_run, stats.not_run_final) == (0, 0)
+    # a success has no error at all (SQL NULL, not a JSON null), a failure its error
+    assert query(
+        db_url, "SELECT custom_id FROM orchestrator.results WHERE error IS NULL ORDER BY custom_id"
+    ) == [("a",), (ODD_ID,)]
     rows = results(db_url)
     assert set(rows) == {"a", ODD_ID, "c"}  # b (500) and d (missing) wait for the next round
     assert rows["a"][0] is True and rows["a"][5] == 7

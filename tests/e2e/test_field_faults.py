@@ -255,8 +255,9 @@ def test_files_short_past_the_patience_keep_what_they_hold_and_fail_the_rest(
         assert failures(db_url) == {(cid, None, "patience_exhausted", error) for cid in missing}
         assert query(
             db_url,
-            "SELECT state, succeeded_count, failed_count, last_error FROM orchestrator.batches",
-        ) == [("failed", len(answered), len(missing), error)]
+            "SELECT state, succeeded_count, failed_count, retried_count, last_error "
+            "FROM orchestrator.batches",
+        ) == [("failed", len(answered), len(missing), 0, error)]
         cost = scalar(db_url, "SELECT cost FROM orchestrator.batches")
         assert query(
             db_url,
