@@ -72,6 +72,13 @@ def test_cancel_locally_records_the_batch_cancelled_on_its_job(
     assert query(
         db_url, "SELECT kind FROM orchestrator.events WHERE job_id = %s ORDER BY id", job_id
     )[-2:] == [("batch_cancelled",), ("job_cancelled",)]
+    # and the batch and the job ended at the same moment, on the daemon's clock
+    ended = query(
+        db_url,
+        "SELECT b.state, b.finished_at = j.finished_at FROM orchestrator.batches b "
+        "JOIN orchestrator.jobs j ON j.id = b.job_id",
+    )
+    assert ended == [("cancelled", True)]
 
 
 # -- a batch failed as a whole ------------------------------------------------------------------

@@ -313,6 +313,8 @@ def test_token_limit_exceeded_without_a_stated_limit_means_later_not_failed(db_u
         # Then it is created again later, from the same file, and both jobs complete
         assert h.run_job(first) == "completed"
         assert h.run_job(second, seconds=60) == "completed"
+        # no batch created since still says it waits (the create clears the reason)
+        assert count(db_url, "batches", "waiting_reason IS NOT NULL") == 0
         uploads = [f for f in h.emulator.ledger.files if f.purpose == "batch"]
         created = h.emulator.ledger.batches
         # both jobs' answers, from the batches the provider did run

@@ -431,6 +431,18 @@ def test_a_batch_failed_for_a_passing_reason_is_sent_again(db_url: str) -> None:
     assert "batch_failed_retryable" in events(db_url, job_id)
     kinds = ("batch_uploaded", "batch_created", "batch_failed_retryable", "batch_status_changed")
     assert_events_name_their_worker(db_url, h.deps.worker_id, *kinds)
+    # each upload's event says which file, how big and how many requests, as the batch row does;
+    # and each batch keeps when the provider finished it
+    uploads = query(
+        db_url,
+        "SELECT e.detail->>'file_id', (e.detail->>'bytes')::bigint, "
+        "(e.detail->>'requests')::int FROM orchestrator.events e "
+        "WHERE e.kind = 'batch_uploaded' ORDER BY e.id",
+    )
+    assert uploads == query(
+        db_url, "SELECT input_file_id, bytes, request_count FROM orchestrator.batches ORDER BY id"
+    )
+    assert count(db_url, "batches", "remote_finished_at IS NULL") == 0
 
 
 def test_a_batch_failed_for_good_fails_the_job_with_the_providers_message(db_url: str) -> None:

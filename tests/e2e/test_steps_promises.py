@@ -71,15 +71,29 @@ def test_reconcile_finds_a_lost_create_behind_batches_created_since(db_url: str)
         job_id = enqueue(db_url, simple_requests(4), target="openai")
         h.run_until(lambda: bool(h.emulator.ledger.batches), seconds=1)
         assert scalar(db_url, "SELECT state FROM orchestrator.batches") == "creating"
+        assert scalar(db_url, "SELECT last_error FROM orchestrator.batches") is not None
         ours = h.emulator.ledger.batches[0].id
         # and, before reconcile lists the batches, one created by someone else: the list,
         # newest first, shows it before ours
         theirs = _other_installation(h)
         # When the daemon reconciles, and runs the job
+        submitted = (
+            "SELECT state, step_failures, last_error, failing_since FROM orchestrator.batches"
+        )
+        h.run_until(lambda: query(db_url, submitted)[0][0] != "creating", seconds=1)
+        # (the adoption cleared the lost answer's error: the batch is well again)
+        assert query(db_url, submitted) == [("submitted", 0, None, None)]
         assert h.run_job(job_id, seconds=1) == "completed"
         # Then it found its own create behind the other one and adopted it: created once
         assert [b.id for b in h.emulator.ledger.batches] == [ours, theirs]
         assert scalar(db_url, "SELECT remote_batch_id FROM orchestrator.batches") == ours
+        # and its event names the daemon that adopted it
+        adopted = query(
+            db_url,
+            "SELECT (detail->>'worker') IS NOT NULL FROM orchestrator.events "
+            "WHERE kind = 'batch_adopted'",
+        )
+        assert adopted == [(True,)]
         assert len(h.emulator.ledger.calls_to("create_batch")) == 2
     assert "batch_adopted" in events(db_url, job_id)
     assert "batch_create_reconciled" not in events(db_url, job_id)
