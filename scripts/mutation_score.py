@@ -45,7 +45,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -227,9 +227,30 @@ class Outcome:
     diffs: dict[str, str] = field(default_factory=dict)
 
 
-def read_outcome(workspace: Path, names: Sequence[str], *, with_diffs: bool = True) -> Outcome:
-    """mutmut's verdict on each of ``names`` (from its result files), and the diff of each one
-    not killed."""
+def verdicts_file(suite: str) -> Path:
+    return REPO / "docs" / "mutation" / f"{suite}-verdicts.json"
+
+
+def recorded(suite: str) -> dict[str, str]:
+    """The verdicts the last report was written from (committed beside it): a new checkout, whose
+    workspace has none, continues from them (``--retest-open``, ``--report-only``) instead of
+    running every mutant again."""
+    path = verdicts_file(suite)
+    if not path.exists():
+        return {}
+    data = json.loads(path.read_text())
+    return {str(k): str(v) for k, v in data.get("verdicts", {}).items()}
+
+
+def read_outcome(
+    workspace: Path,
+    names: Sequence[str],
+    *,
+    with_diffs: bool = True,
+    fallback: Mapping[str, str] | None = None,
+) -> Outcome:
+    """mutmut's verdict on each of ``names`` (from its result files; ``fallback`` for those it
+    has none on), and the diff of each one not killed."""
     from mutmut.stats import status_by_exit_code
 
     wanted = set(names)
@@ -240,7 +261,7 @@ def read_outcome(workspace: Path, names: Sequence[str], *, with_diffs: bool = Tr
             if name in wanted:
                 outcome.status[name] = status_by_exit_code[code]
     for name in wanted - outcome.status.keys():
-        outcome.status[name] = "not checked"
+        outcome.status[name] = (fallback or {}).get(name, "not checked")
     if with_diffs:
         pending = [n for n, s in outcome.status.items() if s not in KILLED]
         outcome.diffs = diffs(workspace, pending)
@@ -424,6 +445,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     workspace = args.workspace or REPO / ".mutation" / suite.name
     output = args.output or REPO / "docs" / "mutation" / f"{suite.name}.md"
     started = time.monotonic()
+    before = recorded(suite.name)
     if not args.report_only:
         sync(workspace, mutmut_config(suite))
     names, total = choose(suite, workspace, sample=sample, seed=args.seed, only=args.only)
@@ -431,7 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.report_only:
         todo = names
         if args.resume or args.retest_open:
-            seen = read_outcome(workspace, names, with_diffs=False).status
+            seen = read_outcome(workspace, names, with_diffs=False, fallback=before).status
             if args.resume:
                 todo = [n for n in names if seen[n] == "not checked"]
                 print(f"resuming: {len(todo)} of {len(names)} mutants have no verdict yet")
@@ -450,13 +472,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         ran = time.monotonic() - started
         seconds = seconds + ran if (args.resume or args.retest_open) else ran
         spent.write_text(f"{seconds:.1f}\n")
-    outcome = read_outcome(workspace, names)
+    outcome = read_outcome(workspace, names, fallback=before)
     text, passed = report(
         suite, names, outcome, seconds=seconds, seed=args.seed, sample=sample, total=total
     )
     if not args.only:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(text)
+        verdicts_file(suite.name).write_text(
+            json.dumps({"verdicts": dict(sorted(outcome.status.items()))}, indent=0) + "\n"
+        )
         print(f"report: {output.relative_to(REPO)}")
     for line in text.splitlines():
         if line.startswith(("**Score", "Result", "- `")):

@@ -83,3 +83,14 @@ def test_a_step_that_crashes_is_retried_on_backoff_with_its_error_on_the_batch(
         assert assert_results_match_provider(db_url, h.emulator, job_id=job_id) == 3
         [(state, failures, last_error, _, _)] = query(db_url, SQL, job_id)
         assert (state, failures, last_error) == ("done", 0, None)
+
+
+def test_planning_a_job_starts_it_at_the_daemons_now(db_url: str) -> None:
+    with harness(db_url) as h:
+        job_id = enqueue(db_url, simple_requests(2))
+        planned_at = h.clock.now()
+        h.daemon.tick(wait=True)
+        # the job is running from the moment it was planned (what status and the views show)
+        assert query(
+            db_url, "SELECT status, started_at FROM orchestrator.jobs WHERE id = %s", job_id
+        ) == [("running", planned_at)]
