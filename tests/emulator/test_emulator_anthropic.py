@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,6 +18,7 @@ import pytest
 
 from orchestrator.clock import ManualClock
 from orchestrator.emulator import Emulator, EmulatorConfig, EmulatorServer, mock_transport
+from orchestrator.emulator.faults import LateApply
 from orchestrator.emulator.modes.anthropic_faults import MessageBatchFault, NoContentType
 from orchestrator.emulator.server import config_from_args
 
@@ -70,7 +75,7 @@ MakeApi = Callable[..., Api]
 
 
 @pytest.fixture
-def make_api(clock: ManualClock, tmp_path: Any) -> Iterator[MakeApi]:
+def make_api(clock: ManualClock, tmp_path: Path) -> Iterator[MakeApi]:
     with contextlib.ExitStack() as stack:
 
         def make(
@@ -550,3 +555,63 @@ def test_the_command_line_and_health_know_the_mode(make_api: MakeApi) -> None:
 
     assert (config.mode, config.relative_results_url) == ("anthropic", True)
     assert api.http.get("http://emulator.test/_emulator/health").json()["mode"] == "anthropic"
+
+
+def test_a_batch_bound_to_fail_but_cancelled_first_ends_canceled(make_api: MakeApi) -> None:
+    api = make_api()
+    api.emulator.faults.add_batch_fault(fail_with="server_error")
+    batch = api.submit(2)
+
+    api.http.post(f"{BATCHES}/{batch['id']}/cancel")
+    counts = api.end(batch["id"])["request_counts"]
+
+    assert (counts["canceled"], counts["errored"]) == (2, 0)
+    assert [line["result"] for line in api.lines(batch["id"])] == [{"type": "canceled"}] * 2
+
+
+def test_a_late_create_is_carried_out_after_its_error(make_api: MakeApi) -> None:
+    api = make_api()
+    api.emulator.faults.add("create_batch", LateApply(30))
+
+    refused = api.create({"requests": requests(2)})
+    nothing_yet = api.http.get(BATCHES).json()["data"]
+    api.clock.advance(30)
+    listed = api.http.get(BATCHES).json()["data"]
+
+    assert (refused.status_code, refused.json()["error"]["type"]) == (502, "api_error")
+    assert nothing_yet == []
+    assert [b["request_counts"]["processing"] for b in listed] == [2]
+    assert [entry.id for entry in api.emulator.ledger.batches] == [listed[0]["id"]]
+
+
+def test_the_command_serves_anthropic_mode_with_its_faults(tmp_path: Path) -> None:
+    port_file = tmp_path / "port"
+    command = [
+        sys.executable, "-m", "orchestrator", "emulator", "--port", "0",
+        "--port-file", str(port_file), "--mode", "anthropic", "--log-level", "warning",
+        "--fault", "get_batch:status=529,times=1",
+        "--fault", "create_batch:kind=message_batch,not_found_seconds=600,times=1",
+        "--storage-dir", str(tmp_path / "store"),
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    headers = {"x-api-key": "k", **VERSION}
+    try:
+        deadline = time.monotonic() + 20
+        while not port_file.exists():
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "the emulator did not start"
+            time.sleep(0.05)
+        base = f"http://127.0.0.1:{int(port_file.read_text())}/v1{BATCHES}"
+        health = httpx.get(f"{base.split('/v1')[0]}/_emulator/health").json()
+        overloaded = httpx.get(f"{base}/msgbatch_x", headers=headers)
+        created = httpx.post(base, json={"requests": requests(1)}, headers=headers).json()
+        fresh = httpx.get(f"{base}/{created['id']}", headers=headers)
+    finally:
+        process.terminate()
+        process.communicate(timeout=20)
+
+    assert health["mode"] == "anthropic"
+    assert (overloaded.status_code, overloaded.json()["error"]["type"]) == (529, "overloaded_error")
+    assert created["id"].startswith("msgbatch_")
+    assert fresh.status_code == 404  # within its ten minutes of invisibility
+    assert process.returncode == 0

@@ -47,7 +47,7 @@ import dataclasses
 import math
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -295,8 +295,9 @@ class AnthropicWire:
                 "an ended batch can be deleted (cancel it first)."
             )
             raise ApiProblem(400, message)
-        with batch.results_lock:
+        with self._lock:
             batch.deleted = True
+        with batch.results_lock:
             if batch.results is not None:
                 self._state.blobs.remove(batch.results.path)
                 batch.results = None
@@ -340,8 +341,12 @@ class AnthropicWire:
         if self._state.now() >= record.plan.created + shapes.ARCHIVE_SECONDS:
             raise ApiProblem(404, f"The results of message batch {record.id} were archived.")
         results = self._results_file(record, batch, snap)
+        try:
+            chunks = FileChunks(results.path)
+        except FileNotFoundError:  # deleted meanwhile
+            raise ApiProblem(404, f"No message batch found with id '{target}'.") from None
         headers = {"content-type": RESULTS_TYPE, "content-length": str(results.bytes)}
-        return EmuResponse(200, headers, FileChunks(results.path))
+        return EmuResponse(200, headers, chunks)
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -372,12 +377,13 @@ class AnthropicWire:
         """The batch's Anthropic results file, written the first time it is needed."""
         with batch.results_lock:
             if batch.results is None:
-                if snap.status == "failed":
-                    sources = [record.input_path]
-                    convert = shapes.failed_batch_line(record, self._config.seed)
-                else:
+                convert: Callable[[dict[str, Any]], dict[str, Any]]
+                if record.plan.valid:
                     sources = self._core_files(record)
                     convert = shapes.result_line
+                else:  # the core wrote no results: every request from the input
+                    sources = [record.input_path]
+                    convert = shapes.unrun_line(record, snap, self._config.seed)
                 batch.results = shapes.write_results(
                     sources,
                     convert,

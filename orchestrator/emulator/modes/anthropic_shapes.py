@@ -167,8 +167,10 @@ def errored(custom_id: object, kind: str, message: str, request_id: str | None) 
     }
 
 
-def failed_batch_line(record: BatchRecord, seed: int) -> Callable[[Json], Json]:
-    """The converter for a batch the core failed as a whole: each input line → errored."""
+def unrun_line(record: BatchRecord, snap: Snapshot, seed: int) -> Callable[[Json], Json]:
+    """The converter from input lines for a batch the core failed as a whole, where nothing
+    ran: each request ``errored`` with the batch's problem, or ``canceled`` if it was cancelled
+    before the failure showed."""
     problem = record.problems[0] if record.problems else None
     code = problem.code if problem else "server_error"
     kind = _FAILED_BATCH_TYPES.get(code, "api_error")
@@ -176,6 +178,8 @@ def failed_batch_line(record: BatchRecord, seed: int) -> Callable[[Json], Json]:
 
     def convert(line: Json) -> Json:
         custom_id = line.get("custom_id")
+        if snap.status == "cancelled":
+            return {"custom_id": custom_id, "result": {"type": "canceled"}}
         request_id = "req_" + hex_id(seed, record.id, custom_id, "failed")
         return errored(custom_id, kind, message, request_id)
 
