@@ -2,7 +2,9 @@
 
 A framework-free core (:class:`Emulator`: state, lazy lifecycle on an injected clock, fault
 injection, a ledger of what happened) with two adapters: :func:`mock_transport` for in-process
-httpx clients and :class:`EmulatorServer` / :func:`create_app` for real HTTP.
+httpx clients and :class:`EmulatorServer` / :func:`create_app` for real HTTP. Modes whose wire is
+not OpenAI's (``anthropic``: the Message Batches API) are adapters over the same core, in
+:mod:`orchestrator.emulator.modes`.
 
 Quick start::
 

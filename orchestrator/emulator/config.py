@@ -12,10 +12,10 @@ import dataclasses
 from pathlib import Path
 from typing import Literal
 
-Mode = Literal["fastrouter", "openai"]
+Mode = Literal["fastrouter", "openai", "anthropic"]
 OutputOrder = Literal["input", "shuffled"]
 
-MODES: tuple[Mode, ...] = ("fastrouter", "openai")
+MODES: tuple[Mode, ...] = ("fastrouter", "openai", "anthropic")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +74,9 @@ class EmulatorConfig:
     prepare_results: bool = False
     # Where file contents live; None means a private temporary directory removed on close().
     storage_dir: Path | None = None
+    # anthropic mode: a batch's `results_url` as a path on the API's own host instead of
+    # Anthropic's absolute URL (clients must accept either).
+    relative_results_url: bool = False
 
     def __post_init__(self) -> None:
         _check(self.mode in MODES, f"mode must be one of {MODES}")

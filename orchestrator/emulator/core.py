@@ -6,6 +6,11 @@ Per call: admin routes aside, resolve the route, refuse everything while the key
 response fault intercept, check the bearer token, then run the handler; the call is recorded in the
 ledger with the status it got. Uploads and creates that succeed also collect the marking faults
 (file not ready, batch faults) for the object they create.
+
+The handlers here speak the OpenAI-style wire (``fastrouter`` and ``openai`` modes). Other modes
+(:mod:`orchestrator.emulator.modes`) bring a wire of their own (route table, authentication,
+handlers, finishing touches on each answer) that runs on this same state, lifecycle, fault
+injection and ledger.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import Any
 import orjson
 
 from orchestrator.clock import Clock, SystemClock
-from orchestrator.emulator import admin, routes
+from orchestrator.emulator import admin, modes, routes
 from orchestrator.emulator.batches import parse_create
 from orchestrator.emulator.config import EmulatorConfig
 from orchestrator.emulator.errors import ApiProblem, error_response
@@ -43,11 +48,12 @@ class Emulator:
     """A deterministic FastRouter/OpenAI-compatible Batch API, driven by an injected clock."""
 
     def __init__(self, config: EmulatorConfig | None = None, clock: Clock | None = None) -> None:
-        self.config = config or EmulatorConfig()
+        self.config = modes.mode_config(config or EmulatorConfig())
         self.clock: Clock = clock or SystemClock()
         self.ledger = Ledger()
         self.faults = FaultInjector(self.config.seed)
         self._state = State(self.config, self.clock, self.ledger)
+        self._wire = modes.wire_for(self.config, state=self._state, faults=self.faults)
         self._later: list[tuple[float, Callable[[], EmuResponse]]] = []  # (due, call)
         self._later_lock = threading.Lock()
         self._call_numbers = itertools.count(1)
@@ -62,6 +68,8 @@ class Emulator:
             routes.GET_FILE: self._get_file,
             routes.DELETE_FILE: self._delete_file,
         }
+        if self._wire is not None:
+            self._handlers = dict(self._wire.handlers)
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -69,9 +77,14 @@ class Emulator:
         self.run_due()
         if admin.is_admin_path(request.path):
             return admin.handle(self, request)
-        matched = routes.match(request.method, request.path, self.config.path_prefix)
+        if self._wire is not None:
+            matched = self._wire.match(request.method, request.path)
+        else:
+            matched = routes.match(request.method, request.path, self.config.path_prefix)
         response, faulted = self._respond(request, matched)
-        response.headers["x-request-id"] = self._request_id()
+        response.headers["x-request-id"] = request_id = self._request_id()
+        if self._wire is not None:
+            self._wire.finish(response, request_id)
         self.ledger.record_call(
             CallEntry(
                 self._state.now(), request.method, matched.route, request.path,
@@ -112,7 +125,10 @@ class Emulator:
     def produced(self, batch_id: str) -> list[Any]:
         """Every line of the batch's output and error files, parsed, in file order (empty until
         they are written): what the provider produced, for a test to hold the ingested results
-        against. Faults that cut a download short do not change what is stored."""
+        against. Faults that cut a download short do not change what is stored.
+        In a mode with a wire of its own: the lines of its results as that wire serves them."""
+        if self._wire is not None:
+            return self._wire.produced(batch_id)
         record = self._state.batch(batch_id)
         if record is None or record.results is None:
             return []
@@ -153,7 +169,10 @@ class Emulator:
 
     def _serve(self, request: EmuRequest, matched: routes.Match) -> EmuResponse:
         try:
-            self._authenticate(request)
+            if self._wire is not None:
+                self._wire.authenticate(request)
+            else:
+                self._authenticate(request)
             if matched.route == routes.UNKNOWN or not self._offered(matched.route):
                 raise ApiProblem(404, f"Invalid URL ({request.method} {request.path})")
             return self._handlers[matched.route](request, matched.target)
@@ -165,6 +184,8 @@ class Emulator:
         return error_response(self.config.mode, problem)
 
     def _offered(self, route: str) -> bool:
+        if self._wire is not None:
+            return route in self._handlers
         return self.config.is_openai or route in routes.FASTROUTER_ROUTES
 
     def _authenticate(self, request: EmuRequest) -> None:

@@ -2,6 +2,7 @@
 
 FastRouter: ``{"error": {"message", "type", "code": str, "status": int}}``.
 OpenAI:     ``{"error": {"message", "type", "param": str|null, "code": str|null}}``.
+Other modes register their own with :func:`register_envelope`.
 
 Handlers raise :class:`ApiProblem`; the core turns it into a response with :func:`error_response`.
 """
@@ -9,7 +10,7 @@ Handlers raise :class:`ApiProblem`; the core turns it into a response with :func
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from orchestrator.emulator.config import Mode
 from orchestrator.emulator.messages import EmuResponse, json_response
@@ -82,6 +83,12 @@ _DEFAULTS: dict[int, _Default] = {
         "server_error", "gateway_timeout", "Gateway Timeout",
         "server_error", None, "Gateway timeout.",
     ),
+    # Anthropic's "overloaded" status; other providers never send it, but a client may meet it
+    # behind any gateway, so a fault may ask for it in every mode.
+    529: _Default(
+        "server_error", "overloaded", "Overloaded",
+        "server_error", None, "The engine is currently overloaded, please try again later.",
+    ),
 }  # fmt: skip
 
 SUPPORTED_ERROR_STATUSES: frozenset[int] = frozenset(_DEFAULTS)
@@ -109,11 +116,24 @@ class ApiProblem(Exception):
         self.headers = dict(headers or {})
 
 
+Envelope = Callable[[ApiProblem], dict[str, object]]
+# Error bodies of the modes that live in orchestrator.emulator.modes (they register on import).
+_ENVELOPES: dict[str, Envelope] = {}
+
+
+def register_envelope(mode: Mode, envelope: Envelope) -> None:
+    """Let a mode of :mod:`orchestrator.emulator.modes` shape its own error bodies."""
+    _ENVELOPES[mode] = envelope
+
+
 def error_response(mode: Mode, problem: ApiProblem) -> EmuResponse:
     return json_response(problem.status, error_body(mode, problem), problem.headers)
 
 
 def error_body(mode: Mode, problem: ApiProblem) -> dict[str, object]:
+    envelope = _ENVELOPES.get(mode)
+    if envelope is not None:
+        return envelope(problem)
     default = _DEFAULTS.get(problem.status, _DEFAULTS[500])
     if mode == "openai":
         return {

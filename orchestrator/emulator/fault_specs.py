@@ -2,10 +2,11 @@
 
 ``ROUTE:key=value,key=value,flag`` where ROUTE is a route name (``upload_file``,
 ``create_batch``, ``get_batch``, ``list_batches``, ``cancel_batch``, ``file_content``,
-``get_file``, ``delete_file``), ``*`` for any route, or ``batch`` for a batch fault (it marks the
-batches ``create_batch`` creates). Keys are the JSON keys of ``POST /_emulator/faults``, with
-``delay`` short for ``delay_seconds``; a bare key means ``true``. Unlike in Python and JSON, where a
-rule fires once unless told otherwise, ``times`` defaults to unlimited here: a flag describes the
+``get_file``, ``delete_file``, and anthropic mode's ``delete_batch``), ``*`` for any route, or
+``batch`` for a batch fault (it marks the batches ``create_batch`` creates). Keys are the JSON
+keys of ``POST /_emulator/faults``, with ``delay`` short for ``delay_seconds``; a bare key means
+``true``. Unlike in Python and JSON, where a rule fires once unless told otherwise, ``times``
+defaults to unlimited here: a flag describes the
 server for the whole run (``times=3`` limits it)::
 
     create_batch:status=429,retry_after=30,times=3

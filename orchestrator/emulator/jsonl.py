@@ -110,7 +110,8 @@ class JsonlScanner:
         index.offsets.append(offset)
         index.id_keys.append(id_key(line.get("custom_id")))
         self._validate(line, number)
-        if failure_of(self._config, line.get("custom_id"), line.get("body")) is not None:
+        failure = failure_of(self._config, line.get("custom_id"), line.get("body"), line.get("url"))
+        if failure is not None:
             index.fail_lines.append(number - 1)
 
     def _validate(self, line: dict[str, Any], number: int) -> None:

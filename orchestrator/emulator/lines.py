@@ -12,6 +12,7 @@ import functools
 import math
 import random
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -96,8 +97,31 @@ class LineContext:
     processed_at: int
 
 
-def failure_of(config: EmulatorConfig, custom_id: object, body: object) -> LineFailure | None:
-    """Whether this line fails, decided from the config and the line alone."""
+BodyMaker = Callable[[LineContext, object, Json], tuple[Json, LineUsage]]
+BodyCheck = Callable[[Json], LineFailure | None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Endpoint:
+    """How the emulator answers an endpoint that a mode of ``orchestrator.emulator.modes`` adds:
+    the response body of a line that succeeds, and the checks a line's body must pass."""
+
+    make_body: BodyMaker
+    check: BodyCheck | None = None
+
+
+_ENDPOINTS: dict[str, Endpoint] = {}
+
+
+def register_endpoint(url: str, endpoint: Endpoint) -> None:
+    _ENDPOINTS[url] = endpoint
+
+
+def failure_of(
+    config: EmulatorConfig, custom_id: object, body: object, url: object = None
+) -> LineFailure | None:
+    """Whether this line fails, decided from the config and the line alone (``url``: the
+    endpoint it is for, whose registered checks apply too)."""
     if isinstance(custom_id, str) and custom_id in config.fail_custom_ids:
         return LineFailure(f"Emulated failure: custom_id {custom_id!r} is in fail_custom_ids.")
     rate = config.line_failure_rate
@@ -105,12 +129,18 @@ def failure_of(config: EmulatorConfig, custom_id: object, body: object) -> LineF
         return LineFailure(f"Emulated failure: line_failure_rate={rate} selected {custom_id!r}.")
     if not isinstance(body, dict) or not isinstance(body.get("model"), str):
         return LineFailure("you must provide a model parameter", "model")
+    endpoint = _ENDPOINTS.get(url) if isinstance(url, str) else None
+    if endpoint is not None and endpoint.check is not None:
+        return endpoint.check(body)
     return None
 
 
 def success_line(ctx: LineContext, line: Json) -> tuple[Json, LineUsage]:
     body = line.get("body") or {}
-    if ctx.endpoint == EMBEDDINGS:
+    endpoint = _ENDPOINTS.get(ctx.endpoint)
+    if endpoint is not None:
+        answer, usage = endpoint.make_body(ctx, line.get("custom_id"), body)
+    elif ctx.endpoint == EMBEDDINGS:
         answer, usage = _embedding_body(ctx, line.get("custom_id"), body)
     else:
         answer, usage = _chat_body(ctx, line.get("custom_id"), body)

@@ -142,7 +142,7 @@ def _result_line(
     if row >= job.processed:
         code, message = NOT_RUN[job.outcome]
         return not_run_line(ctx, line, code, echoing(message, job.echo)), False
-    failure = failure_of(job.config, line.get("custom_id"), line.get("body"))
+    failure = failure_of(job.config, line.get("custom_id"), line.get("body"), job.endpoint)
     if failure is None:
         failure = _LINE_FAILURES.get(job.line_faults.get(row, 0))
     if failure is not None:

@@ -75,6 +75,7 @@ def create_app(emulator: Emulator) -> Starlette:
             query=dict(request.query_params),
             headers=request.headers.items(),
             body=_BodyBridge(request.stream()),
+            base_url=str(request.base_url).rstrip("/"),
         )
         emu_response = await run_in_threadpool(emulator.handle, emu_request)
         if emu_response.delay_seconds > 0:
@@ -219,6 +220,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "upload_file:not_ready=10 | batch:stuck_finalizing=300 | batch:line_429=0.1,shuffle "
         "(times defaults to unlimited)",
     )
+    parser.add_argument(
+        "--relative-results-url",
+        action="store_true",
+        help="anthropic mode: results_url as a path on this host, not an absolute URL",
+    )
     parser.add_argument("--storage-dir", type=Path, default=None, help="where files are kept")
     parser.add_argument("--log-level", default="info", help="uvicorn's log level")
 
@@ -243,6 +249,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         enqueued_token_limit=args.enqueued_token_limit,
         prepare_results=not args.lazy_results,
         storage_dir=args.storage_dir,
+        relative_results_url=args.relative_results_url,
     )
 
 

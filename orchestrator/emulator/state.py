@@ -125,17 +125,22 @@ class State:
         return source
 
     def create_batch(
-        self, params: CreateParams, fault: BatchFault | None = None, echo: str = ""
+        self,
+        params: CreateParams,
+        fault: BatchFault | None = None,
+        echo: str = "",
+        *,
+        id_prefix: str | None = None,
     ) -> BatchRecord | None:
         """The new batch, or None when the input file does not exist (or is not visible yet).
         ``echo``: what its error messages quote (an ``echo_auth`` fault: the Authorization
-        header of the create call)."""
+        header of the create call). ``id_prefix``: a mode's own (default: the mode's)."""
         now = self.now()
         source = self.input_file(params.input_file_id)
         if source is None or source.index is None:
             return None
         index = source.index
-        prefix = "batch_" if self._config.is_openai else "fr_batch-"
+        prefix = id_prefix or ("batch_" if self._config.is_openai else "fr_batch-")
         batch_id = self._ids.next("batch", prefix)
         problems = batch_problems(index, params.endpoint, self._config)
         line_faults = {}
@@ -248,11 +253,15 @@ class State:
 
     def view(self, record: BatchRecord) -> dict[str, object]:
         """The batch object now; writes its result files first if it has just finished."""
+        return render(record, self.settle(record), self._config, self.now())
+
+    def settle(self, record: BatchRecord) -> Snapshot:
+        """Where the batch is now; writes its result files first if it has just finished."""
         with self._lock:
             current = snapshot(record.plan, self.now(), record.cancel_requested)
         if current.status in WITH_RESULTS and record.needs_input():
             self._write_results(record, current)
-        return render(record, current, self._config, self.now())
+        return current
 
     def _prepare_results(self, record: BatchRecord) -> None:
         """Write the result files of the batch's uninterrupted course ahead (``prepare_results``),
