@@ -12,10 +12,14 @@ import dataclasses
 from pathlib import Path
 from typing import Literal
 
-Mode = Literal["fastrouter", "openai"]
+Mode = Literal["fastrouter", "openai", "gemini"]
 OutputOrder = Literal["input", "shuffled"]
 
-MODES: tuple[Mode, ...] = ("fastrouter", "openai")
+MODES: tuple[Mode, ...] = ("fastrouter", "openai", "gemini")
+# Each mode's completion window when none is given: OpenAI's 24 h; Gemini expires at 48 h.
+DEFAULT_WINDOW_SECONDS: dict[str, int] = {"gemini": 172_800}
+# Gemini's paths are Google's, fixed: `/v1beta/...`, `/upload/v1beta/...`, `/download/v1beta/...`.
+GEMINI_ROOT = "/v1beta"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +31,8 @@ class EmulatorConfig:
 
     # Which provider to imitate: ids, response shapes, error envelopes and the set of routes.
     mode: Mode = "fastrouter"
-    # Prefix of every API path ("/v1", or "" for none). Admin routes live outside it.
+    # Prefix of every API path ("/v1", or "" for none). Admin routes live outside it. Gemini mode
+    # ignores it: its paths are Google's (see ``api_root``).
     path_prefix: str = "/v1"
     # Seeds ids, fake completions, the failing-line choice and probabilistic faults.
     seed: int = 0
@@ -44,7 +49,8 @@ class EmulatorConfig:
     # A batch stays `finalizing` this long once every row has been processed.
     finalizing_seconds: float = 5.0
     # `expires_at = created_at + completion_window_seconds`; unfinished work expires then.
-    completion_window_seconds: int = 86400
+    # 0: the mode's own window (24 h; 48 h in gemini mode).
+    completion_window_seconds: int = 0
     # `cancelling` lasts this long before `cancelled` (openai mode only has cancel).
     cancel_seconds: float = 5.0
     # Share of lines that fail, chosen deterministically by hash(seed, custom_id).
@@ -85,6 +91,9 @@ class EmulatorConfig:
         _check(self.rows_per_second > 0, "rows_per_second must be > 0")
         _check(self.finalizing_seconds >= 0, "finalizing_seconds must be >= 0")
         _check(self.cancel_seconds >= 0, "cancel_seconds must be >= 0")
+        if self.completion_window_seconds == 0:
+            window = DEFAULT_WINDOW_SECONDS.get(self.mode, 86400)
+            object.__setattr__(self, "completion_window_seconds", window)
         _check(self.completion_window_seconds > 0, "completion_window_seconds must be > 0")
         _check(0.0 <= self.line_failure_rate <= 1.0, "line_failure_rate must be in [0, 1]")
         _check(self.completion_chars >= 1, "completion_chars must be >= 1")
@@ -104,6 +113,11 @@ class EmulatorConfig:
     @property
     def is_openai(self) -> bool:
         return self.mode == "openai"
+
+    @property
+    def api_root(self) -> str:
+        """Where the API's paths start: ``path_prefix``, or ``/v1beta`` in gemini mode."""
+        return GEMINI_ROOT if self.mode == "gemini" else self.path_prefix
 
 
 def _is_clean_prefix(prefix: str) -> bool:

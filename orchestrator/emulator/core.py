@@ -6,6 +6,10 @@ Per call: admin routes aside, resolve the route, refuse everything while the key
 response fault intercept, check the bearer token, then run the handler; the call is recorded in the
 ledger with the status it got. Uploads and creates that succeed also collect the marking faults
 (file not ready, batch faults) for the object they create.
+
+A mode with a wire format of its own (gemini, in :mod:`orchestrator.emulator.modes`) plugs in as
+a :class:`Wire`: it names each call with the core's route names (so fault rules and the ledger
+apply unchanged), authenticates and handles it on the core's state; the core keeps the rest.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import itertools
 import threading
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -29,6 +33,7 @@ from orchestrator.emulator.ids import hex_id
 from orchestrator.emulator.ledger import CallEntry, Ledger
 from orchestrator.emulator.marks import BatchFault, FileNotReady
 from orchestrator.emulator.messages import EmuRequest, EmuResponse, json_response
+from orchestrator.emulator.modes.gemini import GeminiWire
 from orchestrator.emulator.state import InputUnusable, NotCancellable, State
 from orchestrator.emulator.uploads import TooLarge, Upload, receive_upload
 
@@ -37,6 +42,27 @@ DEFAULT_PAGE = 20
 MAX_PAGE = 100
 
 Handler = Callable[[EmuRequest, str | None], EmuResponse]
+
+
+class Wire(Protocol):
+    """A provider's own wire format over the core's state, faults and ledger."""
+
+    def match(self, request: EmuRequest) -> routes.Match:
+        """The call's route name (one of ``routes.ROUTE_NAMES``, else ``UNKNOWN``) and target."""
+        ...
+
+    def serve(self, request: EmuRequest, matched: routes.Match) -> EmuResponse:
+        """Authenticate and handle the call; raises ApiProblem to refuse it."""
+        ...
+
+    def finish(self, request: EmuRequest, matched: routes.Match, response: EmuResponse) -> None:
+        """Adjust any answer (a fault's too) before it leaves, e.g. a header the client needs."""
+        ...
+
+
+WireFactory = Callable[[EmulatorConfig, State, FaultInjector], Wire]
+# Modes whose wire format is not OpenAI's.
+WIRES: dict[str, WireFactory] = {"gemini": GeminiWire}
 
 
 class Emulator:
@@ -48,6 +74,8 @@ class Emulator:
         self.ledger = Ledger()
         self.faults = FaultInjector(self.config.seed)
         self._state = State(self.config, self.clock, self.ledger)
+        factory = WIRES.get(self.config.mode)
+        self._wire = factory(self.config, self._state, self.faults) if factory else None
         self._later: list[tuple[float, Callable[[], EmuResponse]]] = []  # (due, call)
         self._later_lock = threading.Lock()
         self._call_numbers = itertools.count(1)
@@ -69,8 +97,13 @@ class Emulator:
         self.run_due()
         if admin.is_admin_path(request.path):
             return admin.handle(self, request)
-        matched = routes.match(request.method, request.path, self.config.path_prefix)
+        if self._wire is not None:
+            matched = self._wire.match(request)
+        else:
+            matched = routes.match(request.method, request.path, self.config.path_prefix)
         response, faulted = self._respond(request, matched)
+        if self._wire is not None:
+            self._wire.finish(request, matched, response)
         response.headers["x-request-id"] = self._request_id()
         self.ledger.record_call(
             CallEntry(
@@ -153,6 +186,8 @@ class Emulator:
 
     def _serve(self, request: EmuRequest, matched: routes.Match) -> EmuResponse:
         try:
+            if self._wire is not None:
+                return self._wire.serve(request, matched)
             self._authenticate(request)
             if matched.route == routes.UNKNOWN or not self._offered(matched.route):
                 raise ApiProblem(404, f"Invalid URL ({request.method} {request.path})")

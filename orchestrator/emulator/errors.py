@@ -4,12 +4,13 @@ FastRouter: ``{"error": {"message", "type", "code": str, "status": int}}``.
 OpenAI:     ``{"error": {"message", "type", "param": str|null, "code": str|null}}``.
 
 Handlers raise :class:`ApiProblem`; the core turns it into a response with :func:`error_response`.
+A mode with an envelope of its own (gemini) registers it with :func:`register_error_renderer`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from orchestrator.emulator.config import Mode
 from orchestrator.emulator.messages import EmuResponse, json_response
@@ -99,6 +100,7 @@ class ApiProblem(Exception):
         code: str | None = None,
         type_: str | None = None,
         headers: Mapping[str, str] | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message or f"HTTP {status}")
         self.status = status
@@ -107,9 +109,23 @@ class ApiProblem(Exception):
         self.code = code
         self.type_ = type_
         self.headers = dict(headers or {})
+        # The wait a rate-limit fault asks for (``headers`` already say it in OpenAI's words).
+        self.retry_after = retry_after
+
+
+ErrorRenderer = Callable[[ApiProblem], EmuResponse]
+_RENDERERS: dict[str, ErrorRenderer] = {}
+
+
+def register_error_renderer(mode: Mode, renderer: ErrorRenderer) -> None:
+    """Let a mode answer every refusal (handlers, faults, a revoked key) in its own envelope."""
+    _RENDERERS[mode] = renderer
 
 
 def error_response(mode: Mode, problem: ApiProblem) -> EmuResponse:
+    renderer = _RENDERERS.get(mode)
+    if renderer is not None:
+        return renderer(problem)
     return json_response(problem.status, error_body(mode, problem), problem.headers)
 
 

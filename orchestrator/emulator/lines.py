@@ -12,6 +12,7 @@ import functools
 import math
 import random
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -108,9 +109,23 @@ def failure_of(config: EmulatorConfig, custom_id: object, body: object) -> LineF
     return None
 
 
+# How a mode's own endpoint is answered (e.g. Gemini's generateContent): the response body and
+# its usage, from the line's context, its custom_id and its body. See register_answer.
+Answer = Callable[[LineContext, object, Json], tuple[Json, LineUsage]]
+_ANSWERS: dict[str, Answer] = {}
+
+
+def register_answer(endpoint: str, answer: Answer) -> None:
+    """Teach the core to answer lines of another endpoint than chat and embeddings."""
+    _ANSWERS[endpoint] = answer
+
+
 def success_line(ctx: LineContext, line: Json) -> tuple[Json, LineUsage]:
     body = line.get("body") or {}
-    if ctx.endpoint == EMBEDDINGS:
+    answer_of = _ANSWERS.get(ctx.endpoint)
+    if answer_of is not None:
+        answer, usage = answer_of(ctx, line.get("custom_id"), body)
+    elif ctx.endpoint == EMBEDDINGS:
         answer, usage = _embedding_body(ctx, line.get("custom_id"), body)
     else:
         answer, usage = _chat_body(ctx, line.get("custom_id"), body)
@@ -261,6 +276,11 @@ def cached_tokens(prompt_tokens: int) -> int:
     if prompt_tokens < _CACHE_MIN_TOKENS:
         return 0
     return (prompt_tokens // 2) // _CACHE_STEP * _CACHE_STEP
+
+
+def text_tokens(text: str) -> int:
+    """About four characters per token, at least one (what the fake completions count)."""
+    return _text_tokens(text)
 
 
 def _text_tokens(text: str) -> int:

@@ -152,7 +152,12 @@ class EmulatorServer(ServerThread):
 
     @property
     def base_url(self) -> str:
-        return self.url + self.emulator.config.path_prefix
+        return self.url + self.emulator.config.api_root
+
+    @property
+    def base_url_root(self) -> str:
+        """The server's root, for clients that add the version themselves (google-genai)."""
+        return self.url
 
     def start(self) -> EmulatorServer:
         super().start()
@@ -193,7 +198,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rows-per-second", type=float, default=50.0)
     parser.add_argument("--finalizing-seconds", type=float, default=5.0)
     parser.add_argument("--cancel-seconds", type=float, default=5.0)
-    parser.add_argument("--completion-window-seconds", type=int, default=86400)
+    parser.add_argument(
+        "--completion-window-seconds",
+        type=int,
+        default=0,
+        help="unfinished batches expire then (default: the mode's, 24 h; 48 h for gemini)",
+    )
     parser.add_argument("--completion-chars", type=int, default=60)
     parser.add_argument("--max-requests", type=int, default=50_000, help="lines per batch")
     parser.add_argument("--max-file-bytes", type=int, default=200 * 1024 * 1024)
@@ -274,7 +284,7 @@ def _serve(emulator: Emulator, sock: socket.socket, args: argparse.Namespace) ->
     rules = len(emulator.faults.rules())
     print(
         f"emulator ({config.mode}, time x{args.time_scale}, {rules} fault rule(s)) serving "
-        f"http://{args.host}:{port}{config.path_prefix}; admin at /_emulator; Ctrl-C stops",
+        f"http://{args.host}:{port}{config.api_root}; admin at /_emulator; Ctrl-C stops",
         file=sys.stderr,
         flush=True,
     )

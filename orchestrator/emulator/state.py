@@ -19,7 +19,14 @@ from orchestrator.emulator.jsonl import FileIndex, Problem, batch_problems
 from orchestrator.emulator.ledger import BatchEntry, FileEntry, Ledger
 from orchestrator.emulator.lifecycle import WITH_RESULTS, Plan, Snapshot, cancellable, snapshot
 from orchestrator.emulator.marks import BatchFault
-from orchestrator.emulator.results import ResultJob, Results, Written, echoing, write_results
+from orchestrator.emulator.results import (
+    LineShape,
+    ResultJob,
+    Results,
+    Written,
+    echoing,
+    write_results,
+)
 from orchestrator.emulator.uploads import Upload
 
 # OpenAI keeps batch input and output files for 30 days by default.
@@ -28,6 +35,10 @@ FILE_RETENTION_SECONDS = 30 * 86400
 _UNSTATED_TOKEN_LIMIT = "Too many tokens are enqueued for this model; try again later."
 # Statuses whose prompt tokens count against the enqueued-token budget (spec §5.4).
 ENQUEUED_STATUSES = frozenset({"validating", "in_progress", "finalizing"})
+# Batch id prefixes by mode (Gemini's are bare: the API names them "batches/<id>"), and the prefix
+# of derived result-file ids (FastRouter names its result files after the batch instead).
+_BATCH_PREFIX = {"openai": "batch_", "fastrouter": "fr_batch-", "gemini": ""}
+_RESULT_FILE_PREFIX = {"gemini": "batch-"}
 
 
 class NotCancellable(Exception):
@@ -125,18 +136,21 @@ class State:
         return source
 
     def create_batch(
-        self, params: CreateParams, fault: BatchFault | None = None, echo: str = ""
+        self,
+        params: CreateParams,
+        fault: BatchFault | None = None,
+        echo: str = "",
+        shape: LineShape | None = None,
     ) -> BatchRecord | None:
         """The new batch, or None when the input file does not exist (or is not visible yet).
         ``echo``: what its error messages quote (an ``echo_auth`` fault: the Authorization
-        header of the create call)."""
+        header of the create call). ``shape``: how its result lines are worded (a mode's own)."""
         now = self.now()
         source = self.input_file(params.input_file_id)
         if source is None or source.index is None:
             return None
         index = source.index
-        prefix = "batch_" if self._config.is_openai else "fr_batch-"
-        batch_id = self._ids.next("batch", prefix)
+        batch_id = self._ids.next("batch", _BATCH_PREFIX.get(self._config.mode, "batch_"))
         problems = batch_problems(index, params.endpoint, self._config)
         line_faults = {}
         if fault is not None and not problems:
@@ -150,7 +164,7 @@ class State:
             plan = Plan.make(self._config, now, index.num_rows, not problems, stuck)
             record = BatchRecord(
                 batch_id, params, int(now), plan, index, source.path, problems, fault,
-                line_faults, echo=echo,
+                line_faults, echo=echo, shape=shape,
             )  # fmt: skip
             self._batches[record.id] = record
             self._order.append(record.id)
@@ -269,7 +283,7 @@ class State:
             self._config, record.id, record.params.endpoint, record.input_path,
             record.index, record.plan, current.status, current.processed,
             record.line_faults, record.fault is not None and record.fault.shuffle,
-            record.echo,
+            record.echo, record.shape,
         )  # fmt: skip
 
     def _write_results(self, record: BatchRecord, current: Snapshot) -> None:
@@ -300,11 +314,12 @@ class State:
     ) -> StoredFile | None:
         if written is None:
             return None
-        if self._config.is_openai:
-            file_id = self._ids.derived("file-", record.id, kind)
-        else:
+        if self._config.mode == "fastrouter":
             # FastRouter's docs show output file ids like "batch-output-fr_batch-abc123.jsonl".
             file_id = f"batch-{kind}-{record.id}.jsonl"
+        else:
+            prefix = _RESULT_FILE_PREFIX.get(self._config.mode, "file-")
+            file_id = self._ids.derived(prefix, record.id, kind)
         # Stamped with the moment the batch finished, not when someone first looked.
         return StoredFile(
             file_id, f"{record.id}_{kind}.jsonl", "batch_output", written.bytes, created,
