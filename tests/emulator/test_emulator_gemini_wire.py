@@ -435,3 +435,46 @@ def test_the_command_line_serves_gemini_mode(tmp_path: Path) -> None:
     assert served["mode"] == "gemini"
     assert (listed.status_code, listed.json()) == (200, {})
     assert process.returncode == 0
+
+
+def test_a_cancel_lands_after_a_while_and_a_finished_batch_refuses_it(gemini: Gemini) -> None:
+    pending = gemini.submit([request("a", "r0")])["name"]
+    running = gemini.submit([request(f"{n}", f"r{n}") for n in range(20)])["name"]
+    gemini.clock.advance(6)
+    answer = gemini.http.post(f"/v1beta/{running}:cancel")
+    while_cancelling = gemini.get(running)["metadata"]["state"]
+    gemini.clock.advance(10)
+    cancelled = gemini.get(running)
+    finished = gemini.get(pending)
+    refused = gemini.http.post(f"/v1beta/{pending}:cancel")
+    early = gemini.submit([request("a", "r0")])["name"]
+    early_answer = gemini.http.post(f"/v1beta/{early}:cancel")
+
+    assert [(a.status_code, a.json()) for a in (answer, early_answer)] == [(200, {}), (200, {})]
+    assert while_cancelling == "BATCH_STATE_RUNNING"
+    assert gemini.get(early)["metadata"]["state"] == "BATCH_STATE_PENDING"
+    assert cancelled["done"] is True
+    assert cancelled["metadata"]["state"] == "BATCH_STATE_CANCELLED"
+    assert "output" not in cancelled["metadata"]
+    assert finished["metadata"]["state"] == "BATCH_STATE_SUCCEEDED"
+    assert (refused.status_code, refused.json()["error"]["status"]) == (400, "FAILED_PRECONDITION")
+
+
+def test_an_upload_step_refused_still_says_its_upload_status(gemini: Gemini) -> None:
+    start = gemini.http.post(
+        "/upload/v1beta/files",
+        json={"file": {}},
+        headers={"X-Goog-Upload-Protocol": "resumable", "X-Goog-Upload-Command": "start"},
+    )
+    gemini.emulator.faults.add("upload_file", status=503)
+    refused = gemini.http.post(
+        start.headers["x-goog-upload-url"],
+        content=b"{}\n",
+        headers={"X-Goog-Upload-Command": "upload, finalize", "X-Goog-Upload-Offset": "0"},
+    )
+
+    # Without the header the SDK sleeps and sends the chunk again (three tries in all).
+    assert (start.headers["x-goog-upload-status"], start.content) == ("active", b"")
+    assert refused.status_code == 503
+    assert refused.headers["x-goog-upload-status"] == "final"
+    assert refused.json()["error"]["status"] == "UNAVAILABLE"
