@@ -17,7 +17,13 @@ import orjson
 import pytest
 
 from orchestrator.clock import ManualClock
-from orchestrator.emulator import Emulator, EmulatorConfig, EmuRequest, mock_transport
+from orchestrator.emulator import (
+    Emulator,
+    EmulatorConfig,
+    EmuRequest,
+    mock_transport,
+    parse_fault_spec,
+)
 from orchestrator.emulator.modes.gemini_faults import GeminiBatchFault
 from orchestrator.emulator.server import add_arguments, config_from_args
 
@@ -478,3 +484,20 @@ def test_an_upload_step_refused_still_says_its_upload_status(gemini: Gemini) -> 
     assert refused.status_code == 503
     assert refused.headers["x-goog-upload-status"] == "final"
     assert refused.json()["error"]["status"] == "UNAVAILABLE"
+
+
+def test_gemini_faults_are_reachable_from_the_cli(gemini: Gemini) -> None:
+    specs = [
+        "create_batch:kind=gemini,expire,times=1",
+        "create_batch:kind=gemini,pending_seconds=forever,hide_responses=30",
+        "create_batch:kind=gemini,null_responses=0.5,invalid_rows=0.25,expire=false",
+    ]
+    rules = [gemini.emulator.faults.add_json(parse_fault_spec(spec)).to_json() for spec in specs]
+
+    assert [rule["kind"] for rule in rules] == ["gemini"] * 3
+    assert rules[0]["expire"] is True
+    assert (rules[1]["pending_seconds"], rules[1]["hide_responses"]) == ("forever", 30)
+    assert (rules[2]["null_responses"], rules[2]["invalid_rows"]) == (0.5, 0.25)
+    assert "expire" not in rules[2]
+    with pytest.raises(ValueError, match="at least one option"):
+        gemini.emulator.faults.add_json(parse_fault_spec("create_batch:kind=gemini"))

@@ -85,7 +85,7 @@ class GeminiBatchFault:
     def from_json(cls, data: Mapping[str, Any]) -> GeminiBatchFault:
         return cls(
             pending_seconds=_seconds(data.get("pending_seconds", 0.0)),
-            expire=bool(data.get("expire", False)),
+            expire=_flag(data.get("expire", False)),
             hide_responses=_seconds(data.get("hide_responses", 0.0)),
             null_responses=float(data.get("null_responses", 0.0)),
             invalid_rows=float(data.get("invalid_rows", 0.0)),
@@ -99,6 +99,14 @@ def merged(marks: list[Any]) -> GeminiBatchFault | None:
         if isinstance(mark, GeminiBatchFault):
             result = mark if result is None else result.merge(mark)
     return result
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, str):
+        if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"not a boolean: {value!r}")
+        return value.lower() in ("true", "1", "yes")
+    return bool(value)
 
 
 def _seconds(value: Any) -> float:
