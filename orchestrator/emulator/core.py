@@ -8,9 +8,10 @@ ledger with the status it got. Uploads and creates that succeed also collect the
 (file not ready, batch faults) for the object they create.
 
 The handlers here speak the OpenAI-style wire (``fastrouter`` and ``openai`` modes). Other modes
-(:mod:`orchestrator.emulator.modes`) bring a wire of their own (route table, authentication,
-handlers, finishing touches on each answer) that runs on this same state, lifecycle, fault
-injection and ledger.
+bring a wire of their own (:class:`orchestrator.emulator.modes.Wire`: route table, authentication,
+handlers, a last touch on each answer), looked up once in :data:`orchestrator.emulator.modes.WIRES`;
+it names each call with the core's route names, so fault rules and the ledger apply unchanged, and
+runs on this same state, lifecycle, fault injection and ledger.
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-import orjson
-
 from orchestrator.clock import Clock, SystemClock
 from orchestrator.emulator import admin, modes, routes
 from orchestrator.emulator.batches import parse_create
@@ -32,8 +31,8 @@ from orchestrator.emulator.faults import FaultContext, FaultInjector
 from orchestrator.emulator.files import FileChunks, file_object_fastrouter, file_object_openai
 from orchestrator.emulator.ids import hex_id
 from orchestrator.emulator.ledger import CallEntry, Ledger
-from orchestrator.emulator.marks import BatchFault, FileNotReady
-from orchestrator.emulator.messages import EmuRequest, EmuResponse, json_response
+from orchestrator.emulator.marks import BatchFault, FileNotReady, merged
+from orchestrator.emulator.messages import EmuRequest, EmuResponse, Handler, json_response
 from orchestrator.emulator.state import InputUnusable, NotCancellable, State
 from orchestrator.emulator.uploads import TooLarge, Upload, receive_upload
 
@@ -41,19 +40,19 @@ OPENAI_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "e
 DEFAULT_PAGE = 20
 MAX_PAGE = 100
 
-Handler = Callable[[EmuRequest, str | None], EmuResponse]
-
 
 class Emulator:
     """A deterministic FastRouter/OpenAI-compatible Batch API, driven by an injected clock."""
 
     def __init__(self, config: EmulatorConfig | None = None, clock: Clock | None = None) -> None:
-        self.config = modes.mode_config(config or EmulatorConfig())
+        self.config = config or EmulatorConfig()
         self.clock: Clock = clock or SystemClock()
         self.ledger = Ledger()
         self.faults = FaultInjector(self.config.seed)
-        self._state = State(self.config, self.clock, self.ledger)
-        self._wire = modes.wire_for(self.config, state=self._state, faults=self.faults)
+        wire = modes.WIRES.get(self.config.mode)  # None: the core's own wire
+        prefixes = wire.id_prefixes if wire is not None else None
+        self._state = State(self.config, self.clock, self.ledger, prefixes)
+        self._wire = wire(self.config, self._state, self.faults) if wire is not None else None
         self._later: list[tuple[float, Callable[[], EmuResponse]]] = []  # (due, call)
         self._later_lock = threading.Lock()
         self._call_numbers = itertools.count(1)
@@ -84,7 +83,7 @@ class Emulator:
         response, faulted = self._respond(request, matched)
         response.headers["x-request-id"] = request_id = self._request_id()
         if self._wire is not None:
-            self._wire.finish(response, request_id)
+            self._wire.finish(request, matched.route, response, request_id)
         self.ledger.record_call(
             CallEntry(
                 self._state.now(), request.method, matched.route, request.path,
@@ -129,16 +128,7 @@ class Emulator:
         In a mode with a wire of its own: the lines of its results as that wire serves them."""
         if self._wire is not None:
             return self._wire.produced(batch_id)
-        record = self._state.batch(batch_id)
-        if record is None or record.results is None:
-            return []
-        lines: list[Any] = []
-        for file_id in (record.results.output_file_id, record.results.error_file_id):
-            stored = self._state.file(file_id) if file_id else None
-            if stored is not None:
-                with stored.path.open("rb") as fh:
-                    lines.extend(orjson.loads(raw) for raw in fh if raw.strip())
-        return lines
+        return self._state.produced(batch_id)
 
     def close(self) -> None:
         """Delete the stored file contents."""
@@ -170,7 +160,7 @@ class Emulator:
     def _serve(self, request: EmuRequest, matched: routes.Match) -> EmuResponse:
         try:
             if self._wire is not None:
-                self._wire.authenticate(request)
+                self._wire.authenticate(request, matched.route)
             else:
                 self._authenticate(request)
             if matched.route == routes.UNKNOWN or not self._offered(matched.route):
@@ -306,7 +296,7 @@ class Emulator:
             message = f"The input file must have purpose 'batch', not {exc}."
             raise ApiProblem(400, message, param="input_file_id") from None
         # Marks are drawn only for a create that goes ahead, so a refused call spends none.
-        fault = self._batch_fault() if found else None
+        fault = merged(self.faults.take_marks(routes.CREATE_BATCH), BatchFault) if found else None
         echo = request.headers.get("authorization", "") if fault and fault.echo_auth else ""
         record = self._state.create_batch(params, fault, echo) if found else None
         if record is not None:
@@ -317,13 +307,6 @@ class Emulator:
             )
             raise ApiProblem(400, message, param="input_file_id")
         raise ApiProblem(404, "File ID not found", code="file_not_found")
-
-    def _batch_fault(self) -> BatchFault | None:
-        merged: BatchFault | None = None
-        for mark in self.faults.take_marks(routes.CREATE_BATCH):
-            if isinstance(mark, BatchFault):
-                merged = mark if merged is None else merged.merge(mark)
-        return merged
 
     def _get_batch(self, _request: EmuRequest, target: str | None) -> EmuResponse:
         record = self._state.batch(target or "")

@@ -2,9 +2,10 @@
 
 FastRouter: ``{"error": {"message", "type", "code": str, "status": int}}``.
 OpenAI:     ``{"error": {"message", "type", "param": str|null, "code": str|null}}``.
-Other modes register their own with :func:`register_envelope`.
 
 Handlers raise :class:`ApiProblem`; the core turns it into a response with :func:`error_response`.
+A mode of :mod:`orchestrator.emulator.modes` renders its own refusals (status, headers and body)
+with :func:`register_error_renderer`.
 """
 
 from __future__ import annotations
@@ -106,6 +107,7 @@ class ApiProblem(Exception):
         code: str | None = None,
         type_: str | None = None,
         headers: Mapping[str, str] | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message or f"HTTP {status}")
         self.status = status
@@ -114,26 +116,29 @@ class ApiProblem(Exception):
         self.code = code
         self.type_ = type_
         self.headers = dict(headers or {})
+        # The wait a rate-limit fault asks for (``headers`` already say it in OpenAI's words).
+        self.retry_after = retry_after
 
 
-Envelope = Callable[[ApiProblem], dict[str, object]]
-# Error bodies of the modes that live in orchestrator.emulator.modes (they register on import).
-_ENVELOPES: dict[str, Envelope] = {}
+ErrorRenderer = Callable[[ApiProblem], EmuResponse]
+# The modes of orchestrator.emulator.modes, which register on import.
+_RENDERERS: dict[str, ErrorRenderer] = {}
 
 
-def register_envelope(mode: Mode, envelope: Envelope) -> None:
-    """Let a mode of :mod:`orchestrator.emulator.modes` shape its own error bodies."""
-    _ENVELOPES[mode] = envelope
+def register_error_renderer(mode: Mode, renderer: ErrorRenderer) -> None:
+    """Let a mode answer every refusal (handlers, faults, a revoked key) its own way: the
+    envelope, and the status and headers too where its provider's differ from the problem's."""
+    _RENDERERS[mode] = renderer
 
 
 def error_response(mode: Mode, problem: ApiProblem) -> EmuResponse:
+    renderer = _RENDERERS.get(mode)
+    if renderer is not None:
+        return renderer(problem)
     return json_response(problem.status, error_body(mode, problem), problem.headers)
 
 
 def error_body(mode: Mode, problem: ApiProblem) -> dict[str, object]:
-    envelope = _ENVELOPES.get(mode)
-    if envelope is not None:
-        return envelope(problem)
     default = _DEFAULTS.get(problem.status, _DEFAULTS[500])
     if mode == "openai":
         return {

@@ -169,7 +169,7 @@ class JsonlScanner:
         models = self._index.models
         if model not in models and len(models) < _MAX_MODELS:
             models.append(model)
-        prompt = body["messages"] if "messages" in body else body.get("input")
+        prompt = body["messages"] if "messages" in body else body.get("input", body.get("contents"))
         tokens = self._index.prompt_tokens
         tokens[model] = tokens.get(model, 0) + estimate_tokens(prompt)
 

@@ -97,23 +97,29 @@ class LineContext:
     processed_at: int
 
 
+# The response body of a line that succeeds and its usage, from the line's context, its
+# custom_id and its body.
 BodyMaker = Callable[[LineContext, object, Json], tuple[Json, LineUsage]]
+# Why the provider would refuse a line's body (None: it would not), once the model is known.
 BodyCheck = Callable[[Json], LineFailure | None]
 
 
 @dataclasses.dataclass(frozen=True)
 class Endpoint:
-    """How the emulator answers an endpoint that a mode of ``orchestrator.emulator.modes`` adds:
-    the response body of a line that succeeds, and the checks a line's body must pass."""
+    """How the emulator answers an endpoint that a mode of ``orchestrator.emulator.modes`` adds
+    (anthropic's ``/v1/messages``, gemini's generateContent): the response body of a line that
+    succeeds, and the checks a line's body must pass."""
 
     make_body: BodyMaker
     check: BodyCheck | None = None
 
 
+# Keyed by the `url` of the lines (and the endpoint of their batch); modes register on import.
 _ENDPOINTS: dict[str, Endpoint] = {}
 
 
 def register_endpoint(url: str, endpoint: Endpoint) -> None:
+    """Teach the core to check and answer lines of another endpoint than chat and embeddings."""
     _ENDPOINTS[url] = endpoint
 
 
@@ -184,7 +190,7 @@ def _chat_body(ctx: LineContext, custom_id: object, body: Json) -> tuple[Json, L
     for number in range(_choice_count(body)):
         text = completion_text(ctx.config, custom_id, body, number)
         text, finish = _truncate(text, limit)
-        completion += _text_tokens(text)
+        completion += text_tokens(text)
         message: Json = {"role": "assistant", "content": text, "refusal": None, "annotations": []}
         choices.append(
             {"index": number, "message": message, "logprobs": None, "finish_reason": finish}
@@ -293,12 +299,13 @@ def cached_tokens(prompt_tokens: int) -> int:
     return (prompt_tokens // 2) // _CACHE_STEP * _CACHE_STEP
 
 
-def _text_tokens(text: str) -> int:
+def text_tokens(text: str) -> int:
+    """About four characters per token, at least one (what the fake completions count)."""
     return max(1, math.ceil(len(text) / 4))
 
 
 def _truncate(text: str, limit: int | None) -> tuple[str, str]:
-    if limit is not None and _text_tokens(text) > limit:
+    if limit is not None and text_tokens(text) > limit:
         return text[: limit * 4], "length"
     return text, "stop"
 

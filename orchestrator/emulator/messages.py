@@ -7,7 +7,7 @@ a response is bytes or an iterator of chunks so a file can be streamed from disk
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import orjson
@@ -137,6 +137,11 @@ class EmuResponse:
         close = getattr(self.body, "close", None)
         if callable(close):
             close()
+
+
+# What answers a route (the core's and every mode's): the request, and the id its path names
+# (None for a collection's routes).
+Handler = Callable[[EmuRequest, str | None], EmuResponse]
 
 
 class _Prefix(Iterator[bytes]):

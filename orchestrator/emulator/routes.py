@@ -15,7 +15,7 @@ CANCEL_BATCH = "cancel_batch"
 FILE_CONTENT = "file_content"
 GET_FILE = "get_file"
 DELETE_FILE = "delete_file"
-# Anthropic mode only (orchestrator.emulator.modes.anthropic).
+# anthropic and gemini modes only (orchestrator.emulator.modes).
 DELETE_BATCH = "delete_batch"
 UNKNOWN = "unknown"
 

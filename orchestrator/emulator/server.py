@@ -136,7 +136,9 @@ def _quiet_deliberate_cuts() -> None:
 class EmulatorServer(ServerThread):
     """Serve an emulator over real HTTP on a background thread (a context manager).
 
-    ``port=0`` picks a free port; ``.url`` and ``.base_url`` say where it listens.
+    ``port=0`` picks a free port; ``.url`` and ``.base_url`` say where it listens: ``.url`` is
+    the root, for SDKs that add the API's version themselves (anthropic, google-genai);
+    ``.base_url`` adds the mode's API root (``/v1``, ``/v1beta`` in gemini mode).
     """
 
     def __init__(
@@ -153,7 +155,7 @@ class EmulatorServer(ServerThread):
 
     @property
     def base_url(self) -> str:
-        return self.url + self.emulator.config.path_prefix
+        return self.url + self.emulator.config.api_root
 
     def start(self) -> EmulatorServer:
         super().start()
@@ -194,10 +196,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rows-per-second", type=float, default=50.0)
     parser.add_argument("--finalizing-seconds", type=float, default=5.0)
     parser.add_argument("--cancel-seconds", type=float, default=5.0)
-    parser.add_argument("--completion-window-seconds", type=int, default=86400)
+    parser.add_argument(
+        "--completion-window-seconds",
+        type=int,
+        default=0,
+        help="unfinished batches expire then (default: the mode's, 24 h; 48 h for gemini)",
+    )
     parser.add_argument("--completion-chars", type=int, default=60)
-    parser.add_argument("--max-requests", type=int, default=50_000, help="lines per batch")
-    parser.add_argument("--max-file-bytes", type=int, default=200 * 1024 * 1024)
+    parser.add_argument(
+        "--max-requests",
+        type=int,
+        default=0,
+        help="lines per batch (default: the mode's, 50,000; 100,000 for anthropic)",
+    )
+    parser.add_argument(
+        "--max-file-bytes",
+        type=int,
+        default=0,
+        help="largest upload or create body (default: the mode's, 200 MB; 256 MB for anthropic)",
+    )
     parser.add_argument("--output-order", choices=("input", "shuffled"), default="input")
     parser.add_argument(
         "--lazy-results",
@@ -281,7 +298,7 @@ def _serve(emulator: Emulator, sock: socket.socket, args: argparse.Namespace) ->
     rules = len(emulator.faults.rules())
     print(
         f"emulator ({config.mode}, time x{args.time_scale}, {rules} fault rule(s)) serving "
-        f"http://{args.host}:{port}{config.path_prefix}; admin at /_emulator; Ctrl-C stops",
+        f"http://{args.host}:{port}{config.api_root}; admin at /_emulator; Ctrl-C stops",
         file=sys.stderr,
         flush=True,
     )

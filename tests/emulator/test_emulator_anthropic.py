@@ -17,9 +17,15 @@ import orjson
 import pytest
 
 from orchestrator.clock import ManualClock
-from orchestrator.emulator import Emulator, EmulatorConfig, EmulatorServer, mock_transport
+from orchestrator.emulator import (
+    Emulator,
+    EmulatorConfig,
+    EmulatorServer,
+    MessageBatchFault,
+    NoContentType,
+    mock_transport,
+)
 from orchestrator.emulator.faults import LateApply
-from orchestrator.emulator.modes.anthropic_faults import MessageBatchFault, NoContentType
 from orchestrator.emulator.server import config_from_args
 
 VERSION = {"anthropic-version": "2023-06-01"}

@@ -37,8 +37,8 @@ call with it sees only the batches created with the same value; a call without i
 Every answer carries ``request-id``; error bodies repeat it, except the Cloudflare-style 413. A 429
 with ``retry-after`` carries ``anthropic-ratelimit-requests-*`` headers instead of OpenAI's.
 
-Limits: when the config keeps the core's defaults, Anthropic's own apply (100,000 requests,
-256 MB per create body); explicit values win, so tests can hit them cheaply.
+Limits: unless the config sets them, Anthropic's own apply (100,000 requests, 256 MB per create
+body: ``config.MODE_DEFAULTS``); explicit values win, so tests can hit them cheaply.
 """
 
 from __future__ import annotations
@@ -49,19 +49,19 @@ import re
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
 
 from orchestrator.emulator import routes
 from orchestrator.emulator.batches import BatchRecord, CreateParams
 from orchestrator.emulator.config import EmulatorConfig
-from orchestrator.emulator.errors import ApiProblem, register_envelope
+from orchestrator.emulator.errors import ApiProblem, register_error_renderer
 from orchestrator.emulator.files import FileChunks
-from orchestrator.emulator.ids import hex_id
+from orchestrator.emulator.ids import IdPrefixes, hex_id
 from orchestrator.emulator.jsonl import JsonlScanner
-from orchestrator.emulator.marks import BatchFault
-from orchestrator.emulator.messages import EmuRequest, EmuResponse, json_response
+from orchestrator.emulator.marks import BatchFault, merged
+from orchestrator.emulator.messages import EmuRequest, EmuResponse, Handler, json_response
 from orchestrator.emulator.modes import anthropic_shapes as shapes
 from orchestrator.emulator.modes.anthropic_faults import MessageBatchFault
 from orchestrator.emulator.modes.anthropic_messages import MESSAGES
@@ -71,16 +71,12 @@ from orchestrator.emulator.uploads import Upload
 if TYPE_CHECKING:
     from orchestrator.emulator.faults import FaultInjector
     from orchestrator.emulator.lifecycle import Snapshot
-    from orchestrator.emulator.modes import Handler
     from orchestrator.emulator.state import State
 
-MAX_REQUESTS = 100_000
-MAX_BODY_BYTES = 256 * 1024 * 1024
 DEFAULT_PAGE = 20
 MAX_PAGE = 1000
 CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 RESULTS_TYPE = "application/x-jsonl"
-ID_PREFIX = "msgbatch_"
 
 # (method, path segments after "<prefix>/messages/batches") -> route name; "{}" is the batch id.
 _TABLE: dict[tuple[str, tuple[str, ...]], str] = {
@@ -93,19 +89,6 @@ _TABLE: dict[tuple[str, tuple[str, ...]], str] = {
 }
 _CREATE_KEYS = frozenset({"requests"})
 _REQUEST_KEYS = frozenset({"custom_id", "params"})
-
-register_envelope("anthropic", shapes.error_envelope)
-
-
-def mode_config(config: EmulatorConfig) -> EmulatorConfig:
-    """Anthropic's limits where the config keeps the core's defaults."""
-    defaults = {field.name: field.default for field in dataclasses.fields(EmulatorConfig)}
-    changes: dict[str, Any] = {}
-    if config.max_requests_per_file == defaults["max_requests_per_file"]:
-        changes["max_requests_per_file"] = MAX_REQUESTS
-    if config.max_file_bytes == defaults["max_file_bytes"]:
-        changes["max_file_bytes"] = MAX_BODY_BYTES
-    return dataclasses.replace(config, **changes) if changes else config
 
 
 @dataclasses.dataclass
@@ -123,9 +106,11 @@ class _MessageBatch:
 
 
 class AnthropicWire:
-    """The Message Batches API on the core's state, faults and ledger."""
+    """The Message Batches API on the core's state, faults and ledger (a ``modes.Wire``)."""
 
-    def __init__(self, config: EmulatorConfig, *, state: State, faults: FaultInjector) -> None:
+    id_prefixes: ClassVar[IdPrefixes] = IdPrefixes("msgbatch_")
+
+    def __init__(self, config: EmulatorConfig, state: State, faults: FaultInjector) -> None:
         self._config = config
         self._state = state
         self._faults = faults
@@ -158,7 +143,7 @@ class AnthropicWire:
         route = _TABLE.get((method.upper(), key), routes.UNKNOWN)
         return routes.Match(route, target if route != routes.UNKNOWN else None)
 
-    def authenticate(self, request: EmuRequest) -> None:
+    def authenticate(self, request: EmuRequest, _route: str) -> None:
         key = request.headers.get("x-api-key", "").strip()
         if not key:
             scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -170,7 +155,9 @@ class AnthropicWire:
         if not request.headers.get("anthropic-version", "").strip():
             raise ApiProblem(400, "anthropic-version: header is required")
 
-    def finish(self, response: EmuResponse, request_id: str) -> None:
+    def finish(
+        self, _request: EmuRequest, _route: str, response: EmuResponse, request_id: str
+    ) -> None:
         response.headers.pop("x-request-id", None)
         if response.status == 413:
             return  # Cloudflare's answer: nothing of the API's
@@ -210,12 +197,13 @@ class AnthropicWire:
                 size += len(data)
         upload = Upload("message_batch_requests.jsonl", path, size, scanner.finish(), {})
         source = self._state.add_upload(upload, "batch", None)
-        fault, marks = self._marks()
+        taken = self._faults.take_marks(routes.CREATE_BATCH)
+        fault, marks = merged(taken, BatchFault), merged(taken, MessageBatchFault)
         echo = ""
         if fault is not None and fault.echo_auth:
             echo = request.headers.get("authorization") or request.headers.get("x-api-key", "")
         params = CreateParams(source.id, MESSAGES, "24h", None)
-        record = self._state.create_batch(params, fault, echo, id_prefix=ID_PREFIX)
+        record = self._state.create_batch(params, fault, echo)
         if record is None:  # only if the input vanished in between, which nothing here does
             raise ApiProblem(500, "the batch input could not be stored")
         batch = _MessageBatch(
@@ -261,17 +249,6 @@ class AnthropicWire:
         for number, item in enumerate(requests):
             _check_request(item, number, seen)
         return requests
-
-    def _marks(self) -> tuple[BatchFault | None, MessageBatchFault | None]:
-        """The marking faults that fire for a batch being created, each kind merged."""
-        fault: BatchFault | None = None
-        marks: MessageBatchFault | None = None
-        for mark in self._faults.take_marks(routes.CREATE_BATCH):
-            if isinstance(mark, BatchFault):
-                fault = mark if fault is None else fault.merge(mark)
-            elif isinstance(mark, MessageBatchFault):
-                marks = mark if marks is None else marks.merge(mark)
-        return fault, marks
 
     def _get(self, request: EmuRequest, target: str | None) -> EmuResponse:
         record, _batch = self._find(request, target)
@@ -482,3 +459,6 @@ def _with_request_id(body: bytes, request_id: str) -> bytes:
         payload["request_id"] = request_id
         return orjson.dumps(payload)
     return body
+
+
+register_error_renderer("anthropic", shapes.error_response)

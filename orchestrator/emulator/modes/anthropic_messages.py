@@ -14,7 +14,6 @@ except one in :data:`CACHE_MISS_SHARE` that misses and writes again; all of it f
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from orchestrator.emulator.ids import hex_id, unit_float
@@ -26,6 +25,7 @@ from orchestrator.emulator.lines import (
     completion_text,
     estimate_tokens,
     register_endpoint,
+    text_tokens,
 )
 
 MESSAGES = "/v1/messages"
@@ -58,9 +58,9 @@ def message_body(ctx: LineContext, custom_id: object, params: Json) -> tuple[Jso
     text = completion_text(ctx.config, custom_id, params)
     limit = params.get("max_tokens")
     stop_reason = "end_turn"
-    if isinstance(limit, int) and _tokens(text) > limit:
+    if isinstance(limit, int) and text_tokens(text) > limit:
         text, stop_reason = text[: limit * 4], "max_tokens"
-    output = _tokens(text)
+    output = text_tokens(text)
     prefix, ttl = cached_prefix(params)
     prefix = min(prefix, prompt) if prefix >= CACHE_MIN_TOKENS else 0
     writes = _writes_cache(ctx, custom_id)
@@ -124,10 +124,6 @@ def _writes_cache(ctx: LineContext, custom_id: object) -> bool:
     if ctx.index == 0:
         return True
     return unit_float(ctx.config.seed, "cache-miss", ctx.batch_id, custom_id) < CACHE_MISS_SHARE
-
-
-def _tokens(text: str) -> int:
-    return max(1, math.ceil(len(text) / 4))
 
 
 register_endpoint(MESSAGES, Endpoint(message_body, check_params))

@@ -24,6 +24,7 @@ from orchestrator.emulator.errors import ApiProblem
 from orchestrator.emulator.files import BlobDir
 from orchestrator.emulator.ids import digest, hex_id
 from orchestrator.emulator.lifecycle import Snapshot
+from orchestrator.emulator.messages import EmuResponse, json_response
 
 Json = dict[str, Any]
 
@@ -61,6 +62,12 @@ _MESSAGES: dict[int, str] = {
 # What a batch that the core failed as a whole (a `fail_with` fault, the enqueued-token budget)
 # becomes: Anthropic has no failed batch, so every request ends `errored` with this type.
 _FAILED_BATCH_TYPES = {"token_limit_exceeded": "rate_limit_error"}
+
+
+def error_response(problem: ApiProblem) -> EmuResponse:
+    """Every refusal of anthropic mode (handlers, faults, a revoked key): the problem's status
+    and headers, Anthropic's envelope (the wire's ``finish`` fixes the headers)."""
+    return json_response(problem.status, error_envelope(problem), problem.headers)
 
 
 def error_envelope(problem: ApiProblem) -> dict[str, object]:
