@@ -9,9 +9,10 @@
     FAIL  metrics port      127.0.0.1:9464 is taken (Address already in use); stop what holds ...
 
 ``ok`` passed, ``FAIL`` failed (the line says what to do), ``skip`` was not checked (a built-in
-target nobody configured, the schema of a database that does not answer). The key is checked with
-one cheap authenticated call (``BatchApiClient.check_key``); neither a key nor the database
-password is ever printed.
+target nobody configured and no open job uses, the schema of a database that does not answer).
+A target with no key fails when it is in use: the file declares it, or jobs in the database,
+pending or running, are for it. The key is checked with one cheap authenticated call
+(``BatchApiClient.check_key``); neither a key nor the database password is ever printed.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import contextlib
 import dataclasses
 import logging
 import socket
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import TextIO
 
 import psycopg
@@ -62,13 +63,14 @@ def run_checks(settings: Settings, out: TextIO) -> bool:
 
 
 def checks(settings: Settings) -> Iterator[Outcome]:
-    yield from _database(settings.database_url)
+    in_use = yield from _database(settings.database_url)
     for name in sorted(settings.targets):
-        yield _target(settings, name)
+        yield _target(settings, name, (in_use or {}).get(name, 0))
     yield _metrics_port(settings.daemon.http_addr)
 
 
-def _database(url: str | None) -> Iterator[Outcome]:
+def _database(url: str | None) -> Generator[Outcome, None, dict[str, int] | None]:
+    """The database and schema lines; returns the open jobs by target (None: not known)."""
     if not url:
         yield Outcome(
             FAIL,
@@ -77,13 +79,13 @@ def _database(url: str | None) -> Iterator[Outcome]:
             "(for example postgresql://user@127.0.0.1:5432/batches)",
         )
         yield Outcome(SKIP, "schema", "not checked: no database")
-        return
+        return None
     try:
         conn = schema.connect(url, timeout=int(CONNECT_TIMEOUT_SECONDS))
     except OrchestratorError as exc:
         yield Outcome(FAIL, "database", str(exc))
         yield Outcome(SKIP, "schema", "not checked: the database does not answer")
-        return
+        return None
     with conn:
         version = conn.info.server_version
         yield Outcome(
@@ -95,17 +97,22 @@ def _database(url: str | None) -> Iterator[Outcome]:
             revision = schema.read_revision(conn)
         except psycopg.Error as exc:
             yield Outcome(FAIL, "schema", f"cannot be read: {schema.reason(exc)}")
-            return
-    trouble = schema.problem(revision)
+            return None
+        trouble = schema.problem(revision)
+        in_use = schema.open_jobs_by_target(conn) if trouble is None else None
     if trouble is not None:
         yield Outcome(FAIL, "schema", str(trouble))
     elif revision == schema.UNREADABLE:
         yield Outcome(SKIP, "schema", "this database user may not read its revision")
     else:
         yield Outcome(OK, "schema", f"at revision {revision}, the one this orchestrator needs")
+    return in_use
 
 
-def _target(settings: Settings, name: str) -> Outcome:
+def _target(settings: Settings, name: str, open_jobs: int) -> Outcome:
+    """The target's key: accepted, refused, or missing. A missing key fails a target in use (the
+    file declares it, or ``open_jobs`` of the database's jobs, pending or running, are for it);
+    a built-in target nobody configured and no job uses is skipped."""
     # imported here: httpx and the client are not needed by the checks above
     from orchestrator.api.client import BatchApiClient, make_http_client
     from orchestrator.api.errors import (
@@ -120,10 +127,13 @@ def _target(settings: Settings, name: str) -> Outcome:
     label = f"target {name}"
     var = settings.key_env.get(name)
     if target.api_key is None or not target.api_key.reveal():
-        if name not in settings.declared_targets:
-            return Outcome(SKIP, label, f"not configured (set {var} to use it)")
         fix = f"set {var}" if var else f"name its variable with api_key_env in [targets.{name}]"
-        return Outcome(FAIL, label, f"configured but has no key; {fix}")
+        if name in settings.declared_targets:
+            return Outcome(FAIL, label, f"configured but has no key; {fix}")
+        if open_jobs:
+            jobs = "1 open job uses" if open_jobs == 1 else f"{open_jobs} open jobs use"
+            return Outcome(FAIL, label, f"{jobs} it but it has no key; {fix}")
+        return Outcome(SKIP, label, f"not configured (set {var} to use it)")
     where = target.base_url
     http = make_http_client(
         dataclasses.replace(

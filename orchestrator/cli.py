@@ -678,11 +678,15 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         stuck = queries.stuck_batches(s, now=now, stuck_after=settings.daemon.stuck_after_seconds)
         # the live ones: a daemon killed without a goodbye stops counting after its lease
         workers = queries.live_workers(s, within_seconds=settings.daemon.lease_seconds)
+        unknown = {
+            t: n for t, n in queries.pending_by_target(s).items() if t not in settings.served
+        }
     if args.json:
         report = {
             "now": now,
             "jobs": [_job_json(j, progress.get(j.id), now, waiting.get(j.id)) for j in jobs],
             "open_batches": dict(sorted(open_batches)),
+            "pending_not_served": dict(sorted(unknown.items())),
             "targets": [_target_json(t, now) for t in targets],
             "capacity": capacity_view.as_json(capacity),
             "stuck_batches": [
@@ -741,6 +745,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         if j.id in waiting:
             print(f"job {j.id}: {capacity_view.job_line(waiting[j.id], now)}")
     print("\nopen batches: " + (", ".join(f"{st} {n}" for st, n in open_batches) or "none"))
+    if unknown:
+        print(_not_served_line(unknown, settings))
     for t in targets:
         if t.paused:
             print(
@@ -770,6 +776,16 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         )
     )
     return 0
+
+
+def _not_served_line(unknown: dict[str, int], settings: Settings) -> str:
+    """Pending jobs of a target this configuration does not serve (``Settings.served``): a daemon
+    configured as this command is leaves them, for a daemon that serves their target."""
+    total = sum(unknown.values())
+    jobs = "1 pending job waits" if total == 1 else f"{total} pending jobs wait"
+    named = ", ".join(f"{shown(t)} {n}" for t, n in sorted(unknown.items()))
+    hints = "; ".join(f"{shown(t)}: {settings.not_served_hint(t)}" for t in sorted(unknown))
+    return f"{jobs} for a target this configuration does not serve ({named}): {hints}"
 
 
 def _job_status(s: Any, job_id: int, *, now: dt.datetime, as_json: bool) -> int:

@@ -140,7 +140,6 @@ class TargetConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     "fastrouter": {
         "flavor": "fastrouter",
-        "base_url": "https://api.fastrouter.ai/v1",
         "can_list": False,
         "can_cancel": False,
         "can_delete_files": False,
@@ -150,7 +149,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "openai": {
         "flavor": "openai",
-        "base_url": "https://api.openai.com/v1",
         "can_list": True,
         "can_cancel": True,
         "can_delete_files": True,
@@ -162,8 +160,19 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# Where a built-in target's API is unless told otherwise. By the target's name, not its preset: a
+# preset is a dialect (what the API can do, the shape of its lines), and a target of your own that
+# speaks OpenAI's must never send its key and data to OpenAI's host for want of a base_url.
+DEFAULT_BASE_URLS = {
+    "fastrouter": "https://api.fastrouter.ai/v1",
+    "openai": "https://api.openai.com/v1",
+}
+NO_BASE_URL = 'a target of your own must say where its API is (base_url = "https://…/v1")'
+
+
 def make_target(name: str, preset: str, **overrides: Any) -> TargetConfig:
-    """A target from a preset (``fastrouter`` or ``openai``) with some fields overridden."""
+    """A target from a preset (``fastrouter`` or ``openai``) with some fields overridden. Only a
+    built-in target may leave out ``base_url`` (it then has its default)."""
     if preset not in PRESETS:
         raise ConfigError(
             f"target {name!r}: unknown preset {preset!r} (use one of {list(PRESETS)})"
@@ -172,7 +181,10 @@ def make_target(name: str, preset: str, **overrides: Any) -> TargetConfig:
     unknown = set(overrides) - fields
     if unknown:
         raise ConfigError(f"target {name!r}: unknown setting(s) {sorted(unknown)}")
-    values = {**PRESETS[preset], **overrides}
+    base_url = overrides.pop("base_url", None) or DEFAULT_BASE_URLS.get(name)
+    if not base_url:
+        raise ConfigError(f"target {name!r} has no base_url: {NO_BASE_URL}")
+    values = {**PRESETS[preset], **overrides, "base_url": base_url}
     for key in ("endpoints", "providers", "completion_windows"):
         if isinstance(values.get(key), list):
             values[key] = tuple(values[key])
@@ -251,6 +263,25 @@ class Settings:
     # each target's key is read from (named in messages, never its value).
     declared_targets: frozenset[str] = frozenset()
     key_env: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def served(self) -> frozenset[str]:
+        """The targets this daemon takes work for: every target the file declares (one with no
+        key is paused "no key set", its jobs waiting where status shows them) and each built-in
+        target whose key is set. A built-in target with neither is not this daemon's: its jobs
+        and batches are left to a daemon that has its key (a fleet where only some machines
+        hold a provider's key), never sent without one."""
+        return frozenset(
+            name
+            for name, t in self.targets.items()
+            if name in self.declared_targets or (t.api_key is not None and t.api_key.reveal())
+        )
+
+    def not_served_hint(self, name: str) -> str:
+        """What makes a daemon take the jobs of a target it does not serve."""
+        if name in self.targets:
+            return f"set {self.key_env.get(name, 'its key variable')} for a daemon to run them"
+        return f"they wait for a daemon whose configuration has [targets.{name}]"
 
     def target(self, name: str) -> TargetConfig:
         try:
@@ -386,9 +417,10 @@ def _targets(
 ) -> tuple[dict[str, TargetConfig], dict[str, str]]:
     """Each field of a target comes from, in order: the environment (a built-in target's
     ``*_BASE_URL`` and ``*_API_KEY``, or the variable named by ``api_key_env``), then the TOML
-    file's table for it, then its preset (a built-in target's own, else ``openai``). Every value
-    from the file is checked against ``TargetConfig``'s annotation. Also returns the variable
-    each target's key comes from."""
+    file's table for it, then its preset (a built-in target's own, else ``openai``); the
+    ``base_url`` of a target of your own comes from its table only, and without one the file is
+    refused. Every value from the file is checked against ``TargetConfig``'s annotation. Also
+    returns the variable each target's key comes from."""
     builtin = BUILTIN_TARGETS
     targets: dict[str, TargetConfig] = {}
     key_env: dict[str, str] = {}
@@ -421,6 +453,8 @@ def _targets(
             _checked_str(key_env_name, where, "api_key_env") if key_env_name else own_key_var
         )
         spec = _checked(TargetConfig, spec, where, skip=("name", "api_key"))
+        if name not in builtin and not spec.get("base_url"):
+            raise ConfigError(f"{where} has no base_url: {NO_BASE_URL}")
         if key_name and env.get(key_name):
             spec["api_key"] = Secret(env[key_name])
         if own_url_var and env.get(own_url_var):

@@ -23,7 +23,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import FrameType
 from typing import Any, TypeVar
 
@@ -90,6 +90,7 @@ class Daemon:
         self._scrub = Scrubber(deps.settings.secrets())
         self._refresh_lock = threading.Lock()
         self._refreshed_at: float | None = None  # time.monotonic() of the last good refresh
+        self._unknown_seen: set[str] = set()  # targets of pending jobs not configured here
         self.metrics_fresh_seconds = FRESH_SECONDS
         self.metrics.for_targets(deps.settings.targets)
         self.metrics.before_scrape(self.refresh_if_stale)
@@ -104,7 +105,7 @@ class Daemon:
         started: list[cf.Future[Any]] = []
         with unit_of_work(self.deps.sessions) as s:
             ledger.wake_cancelled_jobs(s, now)
-            pending = bool(queries.pending_job_ids(s, 1))
+            pending = bool(queries.pending_job_ids(s, 1, targets=self.deps.settings.served))
         if pending and self._begin_planning():
             started.append(self._submit(self._plan_pending, executor=self._planner))
         free = self._free()
@@ -117,6 +118,7 @@ class Daemon:
                     now=now,
                     ttl=self.settings.lease_seconds,
                     limit=free,
+                    targets=self.deps.settings.served,
                 )
                 if len(claimed) < free:
                     # Room to spare: tick again when the next batch falls due (a poll due in
@@ -177,7 +179,9 @@ class Daemon:
         try:
             while not self._stop.is_set():
                 with unit_of_work(self.deps.sessions) as s:
-                    job_ids = queries.pending_job_ids(s, self.settings.max_plan_jobs_per_tick)
+                    job_ids = queries.pending_job_ids(
+                        s, self.settings.max_plan_jobs_per_tick, targets=self.deps.settings.served
+                    )
                 planned = 0
                 for job_id in job_ids:
                     if self._stop.is_set():
@@ -314,11 +318,30 @@ class Daemon:
             self.metrics.database_up.set(0)
             raise
         self.metrics.show(values, open_states=queries.OPEN_STATES)
+        self._not_served(values.pending)
         self.metrics.show_capacity(
             capacity_report.report(self.deps.settings.targets, values.capacity, values.learned)
         )
         self.metrics.database_up.set(1)
         self._refreshed_at = started
+
+    def _not_served(self, pending: Mapping[str, int]) -> None:
+        """Pending jobs for a target this daemon does not serve (``Settings.served``: its
+        configuration does not know it, or it is a built-in target without a key here): they
+        wait for a daemon that serves it (the pick leaves them). Shown by target on a gauge, and
+        said once per target when it appears among them (not at every refresh)."""
+        settings = self.deps.settings
+        unknown = {t: n for t, n in pending.items() if t not in settings.served}
+        self.metrics.show_not_served(unknown)
+        for target in sorted(unknown.keys() - self._unknown_seen):
+            log.warning(
+                "jobs_for_target_not_served",
+                target=target,
+                count=unknown[target],
+                served=sorted(settings.served),
+                hint=settings.not_served_hint(target),
+            )
+        self._unknown_seen = set(unknown)
 
     def _read(self, read: Callable[[Session], T]) -> T:
         """``read`` in a short transaction of the probe engine, on a thread of its own, given

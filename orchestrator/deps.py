@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.api.client import BatchApiClient, make_http_client
-from orchestrator.api.errors import CallCapReached, TargetBlocked
+from orchestrator.api.errors import ApiKeyMissing, CallCapReached, TargetBlocked
 from orchestrator.clock import Clock, SystemClock
 from orchestrator.config import Settings, TargetConfig
 from orchestrator.db import ledger, queries
@@ -42,16 +42,31 @@ class TargetGate:
     :class:`CallCapReached` tells the caller to come back then. Counting before sending is
     conservative: a call that then fails (a timeout, a refused connection) was counted all the
     same, as the provider may have counted it too.
+
+    A target with no key sends nothing: every call is refused here with :class:`ApiKeyMissing`
+    (the runner pauses the target with that reason, which names the variable to set).
     """
 
-    def __init__(self, target: TargetConfig, sessions: sessionmaker[Session], clock: Clock) -> None:
+    def __init__(
+        self,
+        target: TargetConfig,
+        sessions: sessionmaker[Session],
+        clock: Clock,
+        *,
+        key_env: str | None = None,
+    ) -> None:
         self.target = target.name
         self._cap = target.max_calls_per_minute
         self._sessions = sessions
         self._clock = clock
         self._local = threading.local()
+        self._no_key = (
+            None if target.api_key and target.api_key.reveal() else no_key(target, key_env)
+        )
 
     def before_request(self) -> None:
+        if self._no_key is not None:
+            raise ApiKeyMissing(self._no_key)
         now = self._clock.now()
         refusal: TargetBlocked | None = None
         with unit_of_work(self._sessions) as session:
@@ -92,6 +107,13 @@ class TargetGate:
             ledger.clear_pause(session, self.target)
 
 
+def no_key(target: TargetConfig, key_env: str | None) -> str:
+    """Why a target with no key sends nothing, and what to do: its pause reason."""
+    if key_env:
+        return f"no key set (set {key_env})"
+    return f"no key set (name its variable with api_key_env in [targets.{target.name}])"
+
+
 class ApiClients:
     """One client (and one connection pool) per target, made on first use; every call they make
     is counted on ``metrics``."""
@@ -125,7 +147,9 @@ class ApiClients:
     def _make(self, target: TargetConfig) -> BatchApiClient:
         http = make_http_client(target, transport=self._transport)
         self._http.append(http)
-        gate = TargetGate(target, self._sessions, self._clock)
+        gate = TargetGate(
+            target, self._sessions, self._clock, key_env=self._settings.key_env.get(target.name)
+        )
         return BatchApiClient(
             http,
             target=target.name,

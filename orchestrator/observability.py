@@ -272,6 +272,8 @@ class GaugeValues(Protocol):
     @property
     def jobs(self) -> Mapping[str, int]: ...
     @property
+    def pending(self) -> Mapping[str, int]: ...
+    @property
     def open_batches(self) -> Mapping[str, int]: ...
     @property
     def oldest_pending_job_age(self) -> float: ...
@@ -329,6 +331,13 @@ class Metrics:
             "orchestrator_jobs_finished_total",
             "Jobs this daemon moved to completed, failed or cancelled",
             ["target", "status"],
+            registry=r,
+        )
+        self.jobs_for_target_not_served = Gauge(
+            "orchestrator_pending_jobs_not_served",
+            "Pending jobs of a target this daemon does not serve (not in its configuration, or "
+            "a built-in target without its key): it leaves them to a daemon that serves it",
+            ["target"],
             registry=r,
         )
         self.open_batches = Gauge(
@@ -496,6 +505,11 @@ class Metrics:
         )
         self.oldest_pending_job_age.set(values.oldest_pending_job_age)
         self.oldest_open_batch_age.set(values.oldest_open_batch_age)
+
+    def show_not_served(self, pending: Mapping[str, int]) -> None:
+        """The pending jobs of each target this daemon does not serve; a target shown before
+        that it now serves, or whose jobs have left pending, reads 0."""
+        self._set(self.jobs_for_target_not_served, pending)
 
     def show_capacity(self, targets: Iterable[TargetCapacity]) -> None:
         """Set the capacity gauges from the capacity report (``domain.capacity_report``), by

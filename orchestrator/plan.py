@@ -187,15 +187,17 @@ def plan_job(
     now: dt.datetime,
     *,
     planned: Callable[[list[Chunk]], None] | None = None,
-) -> str:
-    """Validate and plan a locked pending job. Returns the job's new status. ``planned`` hears
-    the chunks of a job sure to run, each a whole run of seq, before they are written (the
-    transaction is still open: the batches are not there yet)."""
+) -> str | None:
+    """Validate and plan a locked pending job. Returns the job's new status, or None for a job
+    left pending: its ``target`` is not one this daemon knows (None), and it waits for a daemon
+    that knows it (``queries.pending_job_ids`` does not take such a job but to cancel it).
+    ``planned`` hears the chunks of a job sure to run, each a whole run of seq, before they are
+    written (the transaction is still open: the batches are not there yet)."""
     if job.cancel_requested_at is not None:
         ledger.end_pending_job(session, job.id, JobStatus.CANCELLED, now, stage="pending")
         return JobStatus.CANCELLED
     if target is None:
-        return fail_job(session, job, now, f"unknown target {job.target!r}: it is not configured")
+        return None
     validation = validate_and_pack(session, job, target)
     if validation.invalid:
         return fail_job(session, job, now, validation.message())

@@ -20,7 +20,7 @@ from orchestrator.deps import Deps
 from orchestrator.domain import decide as dc
 from orchestrator.domain.decide import Step
 from orchestrator.domain.packing import Chunk
-from orchestrator.errors import ConfigError, LeaseLost
+from orchestrator.errors import LeaseLost
 
 log = structlog.get_logger(__name__)
 
@@ -164,7 +164,8 @@ def _read_items(deps: Deps, job_id: int, first: int, last: int) -> list[queries.
 
 
 def plan_one(deps: Deps, job_id: int) -> str | None:
-    """Plan the job if it is still pending and nobody else is at it. Returns its new status.
+    """Plan the job if it is still pending, for a target this daemon knows, and nobody else is
+    at it. Returns its new status (None: left as it was).
 
     A database that is away or a transaction that lost a conflict leaves the job pending for the
     next tick; any other exception is a bug in planning this job, which then fails with the
@@ -173,15 +174,15 @@ def plan_one(deps: Deps, job_id: int) -> str | None:
     with structlog.contextvars.bound_contextvars(job_id=job_id):
         try:
             with unit_of_work(deps.sessions) as s:
-                job = queries.lock_pending_job(s, job_id)
+                job = queries.lock_pending_job(s, job_id, targets=deps.settings.served)
                 if job is None:
                     return None
-                try:
-                    target = deps.settings.target(job.target)
-                except ConfigError:
-                    target = None
                 return plan.plan_job(
-                    s, job, target, deps.clock.now(), planned=_read_ahead(deps, job_id)
+                    s,
+                    job,
+                    deps.settings.targets.get(job.target),
+                    deps.clock.now(),
+                    planned=_read_ahead(deps, job_id),
                 )
         except TRANSIENT_DB_ERRORS as exc:
             log.warning("job_plan_deferred", error=f"{type(exc).__name__}: {exc}"[:300])
@@ -189,7 +190,7 @@ def plan_one(deps: Deps, job_id: int) -> str | None:
         except Exception as exc:  # a poisoned job must not be retried forever
             log.exception("job_plan_crashed")
             with unit_of_work(deps.sessions) as s:
-                job = queries.lock_pending_job(s, job_id)
+                job = queries.lock_pending_job(s, job_id, targets=deps.settings.served)
                 if job is not None:
                     plan.fail_job(
                         s,

@@ -864,8 +864,8 @@ MUTATIONS: list[Mutation] = [
         promise="the gauges cost O(open work): they read the open jobs through ix_jobs_open, "
                 "not every job ever",
         path="orchestrator/db/queries.py",
-        old="\"WHERE status IN ('pending', 'running') GROUP BY status\"",
-        new="\"WHERE status || '' IN ('pending', 'running') GROUP BY status\"",
+        old="\"WHERE status IN ('pending', 'running') GROUP BY status, target\"",
+        new="\"WHERE status || '' IN ('pending', 'running') GROUP BY status, target\"",
         tests=["tests/e2e/test_metrics.py::"
                "test_the_gauges_read_the_open_work_through_the_partial_indexes"],
     ),

@@ -11,6 +11,7 @@
     │   │                                                       broken gzip)
     │   └── ApiIncompleteOutput       TRANSIENT           yes   result files short of the counts
     ├── ApiRedirectLoop               ACCOUNT             no    redirected too often: pause the target
+    ├── ApiKeyMissing                 ACCOUNT             no    not sent: the target has no key: pause it
     └── ApiStatusError                (by status)               every non-2xx answer
         ├── ApiBadRequest             INVALID             no    400
         ├── ApiAuthError              ACCOUNT             no    401, 403: pause the target
@@ -90,6 +91,15 @@ class ApiRedirectLoop(ApiError):
     ``pause`` interval), instead of failing batches, or retrying each one on its own as if it were
     a passing fault. A redirect answers instead of handling the call, so a create redirected in a
     loop created nothing."""
+
+    kind = ErrorKind.ACCOUNT
+
+
+class ApiKeyMissing(ApiError):
+    """The call was not sent: the target has no key (its variable is not set). Sent without one,
+    it would come back 401, and the target be paused as if its key were wrong; this pauses it
+    with the reason that is true, naming the variable to set, and nothing reaches the provider.
+    A daemon restarted with the key resumes the target's work as after a restored key."""
 
     kind = ErrorKind.ACCOUNT
 

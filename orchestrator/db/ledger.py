@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, NamedTuple, Protocol
 
@@ -211,6 +211,7 @@ _CLAIM = sa.text(
         WHERE b.state IN ({", ".join(repr(s) for s in OPEN_STATES)})
           AND b.next_run_at <= :now
           AND (b.lease_expires_at IS NULL OR b.lease_expires_at < now())
+          AND (CAST(:targets AS text[]) IS NULL OR b.target = ANY(:targets))
           AND NOT EXISTS (
               SELECT 1 FROM orchestrator.target_state t
               WHERE t.target = b.target AND t.blocked_until > :now)
@@ -229,14 +230,29 @@ _CLAIM = sa.text(
 
 
 def claim_batches(
-    session: Session, *, owner: uuid.UUID, now: dt.datetime, ttl: float, limit: int
+    session: Session,
+    *,
+    owner: uuid.UUID,
+    now: dt.datetime,
+    ttl: float,
+    limit: int,
+    targets: Collection[str] | None = None,
 ) -> list[Claimed]:
     """Lease up to ``limit`` batches that are due by ``now`` (the daemon's schedule) and whose
-    lease, if any, has expired by the database's clock. A batch whose expired lease another owner
-    held (a daemon that died or stalled mid-step) is ``taken_over``, with an event saying whose."""
+    lease, if any, has expired by the database's clock; only batches of ``targets`` (the ones this
+    daemon knows: another daemon's configuration may have more) unless None. A batch whose expired
+    lease another owner held (a daemon that died or stalled mid-step) is ``taken_over``, with an
+    event saying whose."""
     if limit <= 0:
         return []
-    rows = session.execute(_CLAIM, {"me": owner, "now": now, "ttl": ttl, "n": limit}).mappings()
+    params = {
+        "me": owner,
+        "now": now,
+        "ttl": ttl,
+        "n": limit,
+        "targets": None if targets is None else list(targets),
+    }
+    rows = session.execute(_CLAIM, params).mappings()
     claimed = []
     for row in rows:
         fields = dict(row)

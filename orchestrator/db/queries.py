@@ -7,7 +7,7 @@ import bisect
 import dataclasses
 import datetime as dt
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from decimal import Decimal
 from typing import Any, ClassVar, NamedTuple
 
@@ -111,24 +111,44 @@ def refresh(session: Session, batch_id: int, token: int) -> Claimed:
 # -- jobs ----------------------------------------------------------------------------------
 
 
-def pending_job_ids(session: Session, limit: int) -> list[int]:
+def _ours(targets: Collection[str]) -> sa.ColumnElement[bool]:
+    """A pending job this daemon may take: one for a target it knows, or one whose cancel was
+    requested (ending it calls no provider). A job for a target it does not know stays pending,
+    for a daemon whose configuration has that target (a fleet in the middle of a configuration
+    change), instead of failing."""
+    return sa.or_(Job.target.in_(list(targets)), Job.cancel_requested_at.is_not(None))
+
+
+def pending_job_ids(session: Session, limit: int, *, targets: Collection[str]) -> list[int]:
+    """The next pending jobs to plan, of the ``targets`` this daemon knows (see :func:`_ours`)."""
     rows = session.execute(
         sa.select(Job.id)
-        .where(Job.status == JobStatus.PENDING)
+        .where(Job.status == JobStatus.PENDING, _ours(targets))
         .order_by(Job.priority.desc(), Job.id)
         .limit(limit)
     )
     return list(rows.scalars())
 
 
-def lock_pending_job(session: Session, job_id: int) -> Job | None:
-    """The job, locked (FOR NO KEY UPDATE: the lock order), if it is still pending and nobody
-    else is planning it."""
+def lock_pending_job(session: Session, job_id: int, *, targets: Collection[str]) -> Job | None:
+    """The job, locked (FOR NO KEY UPDATE: the lock order), if it is still pending, for one of the
+    ``targets`` this daemon knows (see :func:`_ours`), and nobody else is planning it."""
     return session.scalars(
         sa.select(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.PENDING)
+        .where(Job.id == job_id, Job.status == JobStatus.PENDING, _ours(targets))
         .with_for_update(skip_locked=True, key_share=True)
     ).first()
+
+
+def pending_by_target(session: Session) -> dict[str, int]:
+    """How many jobs are pending, by target (``orchestrator status`` names those of a target its
+    configuration does not know)."""
+    rows = session.execute(
+        sa.select(Job.target, sa.func.count())
+        .where(Job.status == JobStatus.PENDING)
+        .group_by(Job.target)
+    ).all()
+    return {target: int(n) for target, n in rows}
 
 
 def job(session: Session, job_id: int) -> Job | None:
@@ -768,8 +788,8 @@ def jobs_waiting(session: Session, job_ids: Iterable[int]) -> dict[int, JobWaiti
 # and model.
 
 _OPEN_JOBS = sa.text(
-    "SELECT status, count(*) FROM orchestrator.jobs "
-    "WHERE status IN ('pending', 'running') GROUP BY status"
+    "SELECT status, target, count(*) FROM orchestrator.jobs "
+    "WHERE status IN ('pending', 'running') GROUP BY status, target"
 )
 _OLDEST_PENDING_JOB = sa.text(
     "SELECT GREATEST(extract(epoch FROM now() - created_at), 0) FROM orchestrator.jobs "
@@ -791,6 +811,7 @@ class Gauges(NamedTuple):
     """The open work and the targets' state, as the daemon's gauges show them."""
 
     jobs: dict[str, int]  # open jobs by status
+    pending: dict[str, int]  # pending jobs by target
     open_batches: dict[str, int]  # by state
     oldest_pending_job_age: float  # seconds, 0 when none
     oldest_open_batch_age: float
@@ -805,7 +826,12 @@ def gauges(session: Session, *, now: dt.datetime, stuck_after: float) -> Gauges:
     """What the gauges show, at a cost that follows the open work (``now`` is the daemon's, for
     a target's blocked_until and for what is stuck; ages are on the database's clock, like the
     rows' created_at)."""
-    jobs = {status: int(n) for status, n in session.execute(_OPEN_JOBS).all()}
+    jobs: dict[str, int] = {}
+    pending: dict[str, int] = {}
+    for status, target, n in session.execute(_OPEN_JOBS).all():
+        jobs[status] = jobs.get(status, 0) + int(n)
+        if status == JobStatus.PENDING:
+            pending[target] = int(n)
     pending_age = session.execute(_OLDEST_PENDING_JOB).scalar_one_or_none()
     since = now - dt.timedelta(seconds=stuck_after)
     batches: dict[str, int] = {}
@@ -823,6 +849,7 @@ def gauges(session: Session, *, now: dt.datetime, stuck_after: float) -> Gauges:
         limited[t.target] = blocked and not t.paused and not held_by_call_cap(t)
     return Gauges(
         jobs=jobs,
+        pending=pending,
         open_batches=batches,
         oldest_pending_job_age=float(pending_age or 0.0),
         oldest_open_batch_age=oldest,

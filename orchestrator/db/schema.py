@@ -94,6 +94,19 @@ def read_revision(conn: psycopg.Connection[Any]) -> str | None:
     return ",".join(sorted(str(r[0]) for r in rows)) or None
 
 
+def open_jobs_by_target(conn: psycopg.Connection[Any]) -> dict[str, int] | None:
+    """How many jobs are pending or running, by target (``orchestrator check``: a target in use
+    must have a key); None if this role may not read them."""
+    try:
+        rows = conn.execute(
+            "SELECT target, count(*) FROM orchestrator.jobs "
+            "WHERE status IN ('pending', 'running') GROUP BY target"
+        ).fetchall()
+    except psycopg.Error:
+        return None
+    return {str(target): int(n) for target, n in rows}
+
+
 def problem(revision: str | None, where: str = "") -> SchemaNotReady | None:
     """What is wrong with a schema at ``revision`` for this code, as the error to raise."""
     at = f"the database at {where}" if where else "the database"

@@ -2,7 +2,10 @@
 
 A framework-free core (:class:`Emulator`: state, lazy lifecycle on an injected clock, fault
 injection, a ledger of what happened) with two adapters: :func:`mock_transport` for in-process
-httpx clients and :class:`EmulatorServer` / :func:`create_app` for real HTTP.
+httpx clients and :class:`EmulatorServer` / :func:`create_app` for real HTTP. Modes whose wire is
+not OpenAI's (``anthropic``: the Message Batches API; ``gemini``: the Gemini API's batch mode) are
+adapters over the same core, in :mod:`orchestrator.emulator.modes`, with fault kinds of their own
+(:class:`MessageBatchFault`, :class:`NoContentType`, :class:`GeminiBatchFault`).
 
 Quick start::
 
@@ -36,6 +39,8 @@ from orchestrator.emulator.ledger import BatchEntry, CallEntry, FileEntry, Ledge
 from orchestrator.emulator.marks import BatchFault, FileNotReady
 from orchestrator.emulator.messages import EmuRequest, EmuResponse, Headers
 from orchestrator.emulator.mock import mock_transport
+from orchestrator.emulator.modes.anthropic_faults import MessageBatchFault, NoContentType
+from orchestrator.emulator.modes.gemini_faults import GeminiBatchFault
 from orchestrator.emulator.server import EmulatorServer, add_arguments, create_app, run_from_args
 
 __all__ = [
@@ -54,10 +59,13 @@ __all__ = [
     "FaultRule",
     "FileEntry",
     "FileNotReady",
+    "GeminiBatchFault",
     "Headers",
     "HttpError",
     "Ledger",
+    "MessageBatchFault",
     "Mode",
+    "NoContentType",
     "TruncatedBody",
     "add_arguments",
     "create_app",

@@ -59,7 +59,7 @@ def _health(emulator: Emulator, _request: EmuRequest) -> EmuResponse:
         {
             "status": "ok",
             "mode": config.mode,
-            "path_prefix": config.path_prefix,
+            "path_prefix": config.api_root,
             "seed": config.seed,
             "now": emulator.clock.now().timestamp(),
             "key_revoked": emulator.faults.key_revoked,

@@ -20,6 +20,7 @@ from orchestrator.emulator.jsonl import FileIndex, Problem
 from orchestrator.emulator.lifecycle import Plan, Snapshot
 from orchestrator.emulator.lines import OPENAI_BATCH_ENDPOINTS, SUPPORTED_ENDPOINTS
 from orchestrator.emulator.marks import LINE_429, LINE_500, BatchFault
+from orchestrator.emulator.results import LineShape
 
 COMPLETION_WINDOWS = ("24h",)
 # OpenAI accepts these endpoints (the same list the orchestrator knows); the emulator can answer
@@ -60,6 +61,8 @@ class BatchRecord:
     results: ResultFiles | None = None
     # What the batch's error messages quote (an echo_auth fault), "" for nothing.
     echo: str = ""
+    # How its result lines are worded (a mode's own shape; None: OpenAI's envelope).
+    shape: LineShape | None = None
     # Held while the result files are written, so two readers do not both write them.
     results_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     # The result files of its uninterrupted course, written ahead (``prepare_results``), and the

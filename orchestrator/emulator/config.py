@@ -12,10 +12,26 @@ import dataclasses
 from pathlib import Path
 from typing import Literal
 
-Mode = Literal["fastrouter", "openai"]
+Mode = Literal["fastrouter", "openai", "anthropic", "gemini"]
 OutputOrder = Literal["input", "shuffled"]
 
-MODES: tuple[Mode, ...] = ("fastrouter", "openai")
+# fastrouter and openai are the core's own wire; the others are adapters in emulator.modes.
+MODES: tuple[Mode, ...] = ("fastrouter", "openai", "anthropic", "gemini")
+# Fields that a value of 0 leaves to the mode: the mode's own value below, else the core's. An
+# explicit value always wins, so a test can hit a limit cheaply in any mode.
+_CORE_DEFAULTS: dict[str, int] = {
+    "completion_window_seconds": 86_400,  # OpenAI's 24 h
+    "max_requests_per_file": 50_000,
+    "max_file_bytes": 200 * 1024 * 1024,
+}
+MODE_DEFAULTS: dict[str, dict[str, int]] = {
+    # 100,000 requests and 256 MB per create body.
+    "anthropic": {"max_requests_per_file": 100_000, "max_file_bytes": 256 * 1024 * 1024},
+    # A Gemini batch expires 48 h after its creation.
+    "gemini": {"completion_window_seconds": 172_800},
+}
+# Gemini's paths are Google's, fixed: `/v1beta/...`, `/upload/v1beta/...`, `/download/v1beta/...`.
+GEMINI_ROOT = "/v1beta"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +43,8 @@ class EmulatorConfig:
 
     # Which provider to imitate: ids, response shapes, error envelopes and the set of routes.
     mode: Mode = "fastrouter"
-    # Prefix of every API path ("/v1", or "" for none). Admin routes live outside it.
+    # Prefix of every API path ("/v1", or "" for none). Admin routes live outside it. Gemini mode
+    # ignores it: its paths are Google's (see ``api_root``).
     path_prefix: str = "/v1"
     # Seeds ids, fake completions, the failing-line choice and probabilistic faults.
     seed: int = 0
@@ -44,7 +61,8 @@ class EmulatorConfig:
     # A batch stays `finalizing` this long once every row has been processed.
     finalizing_seconds: float = 5.0
     # `expires_at = created_at + completion_window_seconds`; unfinished work expires then.
-    completion_window_seconds: int = 86400
+    # 0: the mode's own window (24 h; 48 h in gemini mode).
+    completion_window_seconds: int = 0
     # `cancelling` lasts this long before `cancelled` (openai mode only has cancel).
     cancel_seconds: float = 5.0
     # Share of lines that fail, chosen deterministically by hash(seed, custom_id).
@@ -55,10 +73,12 @@ class EmulatorConfig:
     completion_chars: int = 60
     # Length of the fake embedding vectors (a request's `dimensions` overrides it).
     embedding_dimensions: int = 8
-    # A batch whose file holds more lines fails validation.
-    max_requests_per_file: int = 50_000
-    # Larger uploads are refused (413 in fastrouter mode, 400 in openai mode).
-    max_file_bytes: int = 200 * 1024 * 1024
+    # A batch whose file holds more lines fails validation. 0: the mode's own (50,000; 100,000
+    # in anthropic mode).
+    max_requests_per_file: int = 0
+    # Larger uploads are refused (413 in fastrouter mode, 400 in openai mode). 0: the mode's own
+    # (200 MB; 256 MB in anthropic mode, for a create's body).
+    max_file_bytes: int = 0
     # Order of lines in result files. Real providers promise no order; "shuffled" proves it.
     output_order: OutputOrder = "input"
     # Enqueued-token budget per model (spec §5.4): a batch whose estimated prompt tokens for a
@@ -74,6 +94,9 @@ class EmulatorConfig:
     prepare_results: bool = False
     # Where file contents live; None means a private temporary directory removed on close().
     storage_dir: Path | None = None
+    # anthropic mode: a batch's `results_url` as a path on the API's own host instead of
+    # Anthropic's absolute URL (clients must accept either).
+    relative_results_url: bool = False
 
     def __post_init__(self) -> None:
         _check(self.mode in MODES, f"mode must be one of {MODES}")
@@ -85,6 +108,10 @@ class EmulatorConfig:
         _check(self.rows_per_second > 0, "rows_per_second must be > 0")
         _check(self.finalizing_seconds >= 0, "finalizing_seconds must be >= 0")
         _check(self.cancel_seconds >= 0, "cancel_seconds must be >= 0")
+        own = MODE_DEFAULTS.get(self.mode, {})
+        for name, default in _CORE_DEFAULTS.items():
+            if getattr(self, name) == 0:
+                object.__setattr__(self, name, own.get(name, default))
         _check(self.completion_window_seconds > 0, "completion_window_seconds must be > 0")
         _check(0.0 <= self.line_failure_rate <= 1.0, "line_failure_rate must be in [0, 1]")
         _check(self.completion_chars >= 1, "completion_chars must be >= 1")
@@ -104,6 +131,11 @@ class EmulatorConfig:
     @property
     def is_openai(self) -> bool:
         return self.mode == "openai"
+
+    @property
+    def api_root(self) -> str:
+        """Where the API's paths start: ``path_prefix``, or ``/v1beta`` in gemini mode."""
+        return GEMINI_ROOT if self.mode == "gemini" else self.path_prefix
 
 
 def _is_clean_prefix(prefix: str) -> bool:

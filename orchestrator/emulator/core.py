@@ -6,6 +6,12 @@ Per call: admin routes aside, resolve the route, refuse everything while the key
 response fault intercept, check the bearer token, then run the handler; the call is recorded in the
 ledger with the status it got. Uploads and creates that succeed also collect the marking faults
 (file not ready, batch faults) for the object they create.
+
+The handlers here speak the OpenAI-style wire (``fastrouter`` and ``openai`` modes). Other modes
+bring a wire of their own (:class:`orchestrator.emulator.modes.Wire`: route table, authentication,
+handlers, a last touch on each answer), looked up once in :data:`orchestrator.emulator.modes.WIRES`;
+it names each call with the core's route names, so fault rules and the ledger apply unchanged, and
+runs on this same state, lifecycle, fault injection and ledger.
 """
 
 from __future__ import annotations
@@ -16,10 +22,8 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-import orjson
-
 from orchestrator.clock import Clock, SystemClock
-from orchestrator.emulator import admin, routes
+from orchestrator.emulator import admin, modes, routes
 from orchestrator.emulator.batches import parse_create
 from orchestrator.emulator.config import EmulatorConfig
 from orchestrator.emulator.errors import ApiProblem, error_response
@@ -27,16 +31,14 @@ from orchestrator.emulator.faults import FaultContext, FaultInjector
 from orchestrator.emulator.files import FileChunks, file_object_fastrouter, file_object_openai
 from orchestrator.emulator.ids import hex_id
 from orchestrator.emulator.ledger import CallEntry, Ledger
-from orchestrator.emulator.marks import BatchFault, FileNotReady
-from orchestrator.emulator.messages import EmuRequest, EmuResponse, json_response
+from orchestrator.emulator.marks import BatchFault, FileNotReady, merged
+from orchestrator.emulator.messages import EmuRequest, EmuResponse, Handler, json_response
 from orchestrator.emulator.state import InputUnusable, NotCancellable, State
 from orchestrator.emulator.uploads import TooLarge, Upload, receive_upload
 
 OPENAI_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
 DEFAULT_PAGE = 20
 MAX_PAGE = 100
-
-Handler = Callable[[EmuRequest, str | None], EmuResponse]
 
 
 class Emulator:
@@ -47,7 +49,10 @@ class Emulator:
         self.clock: Clock = clock or SystemClock()
         self.ledger = Ledger()
         self.faults = FaultInjector(self.config.seed)
-        self._state = State(self.config, self.clock, self.ledger)
+        wire = modes.WIRES.get(self.config.mode)  # None: the core's own wire
+        prefixes = wire.id_prefixes if wire is not None else None
+        self._state = State(self.config, self.clock, self.ledger, prefixes)
+        self._wire = wire(self.config, self._state, self.faults) if wire is not None else None
         self._later: list[tuple[float, Callable[[], EmuResponse]]] = []  # (due, call)
         self._later_lock = threading.Lock()
         self._call_numbers = itertools.count(1)
@@ -62,6 +67,8 @@ class Emulator:
             routes.GET_FILE: self._get_file,
             routes.DELETE_FILE: self._delete_file,
         }
+        if self._wire is not None:
+            self._handlers = dict(self._wire.handlers)
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -69,9 +76,14 @@ class Emulator:
         self.run_due()
         if admin.is_admin_path(request.path):
             return admin.handle(self, request)
-        matched = routes.match(request.method, request.path, self.config.path_prefix)
+        if self._wire is not None:
+            matched = self._wire.match(request.method, request.path)
+        else:
+            matched = routes.match(request.method, request.path, self.config.path_prefix)
         response, faulted = self._respond(request, matched)
-        response.headers["x-request-id"] = self._request_id()
+        response.headers["x-request-id"] = request_id = self._request_id()
+        if self._wire is not None:
+            self._wire.finish(request, matched.route, response, request_id)
         self.ledger.record_call(
             CallEntry(
                 self._state.now(), request.method, matched.route, request.path,
@@ -112,17 +124,11 @@ class Emulator:
     def produced(self, batch_id: str) -> list[Any]:
         """Every line of the batch's output and error files, parsed, in file order (empty until
         they are written): what the provider produced, for a test to hold the ingested results
-        against. Faults that cut a download short do not change what is stored."""
-        record = self._state.batch(batch_id)
-        if record is None or record.results is None:
-            return []
-        lines: list[Any] = []
-        for file_id in (record.results.output_file_id, record.results.error_file_id):
-            stored = self._state.file(file_id) if file_id else None
-            if stored is not None:
-                with stored.path.open("rb") as fh:
-                    lines.extend(orjson.loads(raw) for raw in fh if raw.strip())
-        return lines
+        against. Faults that cut a download short do not change what is stored.
+        In a mode with a wire of its own: the lines of its results as that wire serves them."""
+        if self._wire is not None:
+            return self._wire.produced(batch_id)
+        return self._state.produced(batch_id)
 
     def close(self) -> None:
         """Delete the stored file contents."""
@@ -153,7 +159,10 @@ class Emulator:
 
     def _serve(self, request: EmuRequest, matched: routes.Match) -> EmuResponse:
         try:
-            self._authenticate(request)
+            if self._wire is not None:
+                self._wire.authenticate(request, matched.route)
+            else:
+                self._authenticate(request)
             if matched.route == routes.UNKNOWN or not self._offered(matched.route):
                 raise ApiProblem(404, f"Invalid URL ({request.method} {request.path})")
             return self._handlers[matched.route](request, matched.target)
@@ -165,6 +174,8 @@ class Emulator:
         return error_response(self.config.mode, problem)
 
     def _offered(self, route: str) -> bool:
+        if self._wire is not None:
+            return route in self._handlers
         return self.config.is_openai or route in routes.FASTROUTER_ROUTES
 
     def _authenticate(self, request: EmuRequest) -> None:
@@ -285,7 +296,7 @@ class Emulator:
             message = f"The input file must have purpose 'batch', not {exc}."
             raise ApiProblem(400, message, param="input_file_id") from None
         # Marks are drawn only for a create that goes ahead, so a refused call spends none.
-        fault = self._batch_fault() if found else None
+        fault = merged(self.faults.take_marks(routes.CREATE_BATCH), BatchFault) if found else None
         echo = request.headers.get("authorization", "") if fault and fault.echo_auth else ""
         record = self._state.create_batch(params, fault, echo) if found else None
         if record is not None:
@@ -296,13 +307,6 @@ class Emulator:
             )
             raise ApiProblem(400, message, param="input_file_id")
         raise ApiProblem(404, "File ID not found", code="file_not_found")
-
-    def _batch_fault(self) -> BatchFault | None:
-        merged: BatchFault | None = None
-        for mark in self.faults.take_marks(routes.CREATE_BATCH):
-            if isinstance(mark, BatchFault):
-                merged = mark if merged is None else merged.merge(mark)
-        return merged
 
     def _get_batch(self, _request: EmuRequest, target: str | None) -> EmuResponse:
         record = self._state.batch(target or "")

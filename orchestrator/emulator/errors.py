@@ -4,12 +4,14 @@ FastRouter: ``{"error": {"message", "type", "code": str, "status": int}}``.
 OpenAI:     ``{"error": {"message", "type", "param": str|null, "code": str|null}}``.
 
 Handlers raise :class:`ApiProblem`; the core turns it into a response with :func:`error_response`.
+A mode of :mod:`orchestrator.emulator.modes` renders its own refusals (status, headers and body)
+with :func:`register_error_renderer`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from orchestrator.emulator.config import Mode
 from orchestrator.emulator.messages import EmuResponse, json_response
@@ -82,6 +84,12 @@ _DEFAULTS: dict[int, _Default] = {
         "server_error", "gateway_timeout", "Gateway Timeout",
         "server_error", None, "Gateway timeout.",
     ),
+    # Anthropic's "overloaded" status; other providers never send it, but a client may meet it
+    # behind any gateway, so a fault may ask for it in every mode.
+    529: _Default(
+        "server_error", "overloaded", "Overloaded",
+        "server_error", None, "The engine is currently overloaded, please try again later.",
+    ),
 }  # fmt: skip
 
 SUPPORTED_ERROR_STATUSES: frozenset[int] = frozenset(_DEFAULTS)
@@ -99,6 +107,7 @@ class ApiProblem(Exception):
         code: str | None = None,
         type_: str | None = None,
         headers: Mapping[str, str] | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message or f"HTTP {status}")
         self.status = status
@@ -107,9 +116,25 @@ class ApiProblem(Exception):
         self.code = code
         self.type_ = type_
         self.headers = dict(headers or {})
+        # The wait a rate-limit fault asks for (``headers`` already say it in OpenAI's words).
+        self.retry_after = retry_after
+
+
+ErrorRenderer = Callable[[ApiProblem], EmuResponse]
+# The modes of orchestrator.emulator.modes, which register on import.
+_RENDERERS: dict[str, ErrorRenderer] = {}
+
+
+def register_error_renderer(mode: Mode, renderer: ErrorRenderer) -> None:
+    """Let a mode answer every refusal (handlers, faults, a revoked key) its own way: the
+    envelope, and the status and headers too where its provider's differ from the problem's."""
+    _RENDERERS[mode] = renderer
 
 
 def error_response(mode: Mode, problem: ApiProblem) -> EmuResponse:
+    renderer = _RENDERERS.get(mode)
+    if renderer is not None:
+        return renderer(problem)
     return json_response(problem.status, error_body(mode, problem), problem.headers)
 
 

@@ -2,11 +2,12 @@
 
 ``ROUTE:key=value,key=value,flag`` where ROUTE is a route name (``upload_file``,
 ``create_batch``, ``get_batch``, ``list_batches``, ``cancel_batch``, ``file_content``,
-``get_file``, ``delete_file``), ``*`` for any route, or ``batch`` for a batch fault (it marks the
-batches ``create_batch`` creates). Keys are the JSON keys of ``POST /_emulator/faults``, with
-``delay`` short for ``delay_seconds``; a bare key means ``true``. Unlike in Python and JSON, where a
-rule fires once unless told otherwise, ``times`` defaults to unlimited here: a flag describes the
-server for the whole run (``times=3`` limits it)::
+``get_file``, ``delete_file``, and ``delete_batch`` in anthropic and gemini modes), ``*`` for any
+route, or ``batch`` for a batch fault (it marks the batches ``create_batch`` creates). Keys are the
+JSON keys of ``POST /_emulator/faults``, with ``delay`` short for ``delay_seconds``; a bare key
+means ``true``. Unlike in Python and JSON, where a rule fires once unless told otherwise,
+``times`` defaults to unlimited here: a flag describes the server for the whole run (``times=3``
+limits it)::
 
     create_batch:status=429,retry_after=30,times=3
     get_batch:delay=5,probability=0.1
@@ -14,6 +15,8 @@ server for the whole run (``times=3`` limits it)::
     upload_file:not_ready=10
     batch:stuck_finalizing=300
     batch:line_429=0.05,line_500=0.02,missing_lines=0.01,shuffle,times=1
+    create_batch:kind=message_batch,not_found_seconds=60   (anthropic: a fresh id answers 404)
+    create_batch:kind=gemini,expire                        (gemini: every batch expires)
 """
 
 from __future__ import annotations

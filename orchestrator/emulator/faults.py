@@ -97,7 +97,9 @@ class HttpError:
         if self.echo_auth:
             auth = ctx.request.headers.get("authorization", "")
             message = f"{message or 'request rejected'} (received Authorization: {auth})"
-        problem = ApiProblem(self.status, message, code=self.code, headers=headers)
+        problem = ApiProblem(
+            self.status, message, code=self.code, headers=headers, retry_after=self.retry_after
+        )
         response = error_response(ctx.mode, problem)
         response.delay_seconds = self.delay_seconds
         return response

@@ -6,6 +6,7 @@ and either a counter or the thing it names, so equal calls give equal ids.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import threading
 from collections import Counter
@@ -40,6 +41,14 @@ def mix64(value: int) -> int:
 def unit_float(*parts: object) -> float:
     """A stable number in [0, 1) derived from the parts."""
     return int.from_bytes(digest(*parts)[:8], "big") / 2.0**64
+
+
+@dataclasses.dataclass(frozen=True)
+class IdPrefixes:
+    """How a mode's ids start: its batches' and its batches' result files' (derived ids)."""
+
+    batch: str
+    result_file: str = "file-"
 
 
 class IdGenerator:

@@ -110,7 +110,8 @@ class JsonlScanner:
         index.offsets.append(offset)
         index.id_keys.append(id_key(line.get("custom_id")))
         self._validate(line, number)
-        if failure_of(self._config, line.get("custom_id"), line.get("body")) is not None:
+        failure = failure_of(self._config, line.get("custom_id"), line.get("body"), line.get("url"))
+        if failure is not None:
             index.fail_lines.append(number - 1)
 
     def _validate(self, line: dict[str, Any], number: int) -> None:
@@ -168,7 +169,7 @@ class JsonlScanner:
         models = self._index.models
         if model not in models and len(models) < _MAX_MODELS:
             models.append(model)
-        prompt = body["messages"] if "messages" in body else body.get("input")
+        prompt = body["messages"] if "messages" in body else body.get("input", body.get("contents"))
         tokens = self._index.prompt_tokens
         tokens[model] = tokens.get(model, 0) + estimate_tokens(prompt)
 

@@ -12,6 +12,7 @@ import functools
 import math
 import random
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -96,8 +97,37 @@ class LineContext:
     processed_at: int
 
 
-def failure_of(config: EmulatorConfig, custom_id: object, body: object) -> LineFailure | None:
-    """Whether this line fails, decided from the config and the line alone."""
+# The response body of a line that succeeds and its usage, from the line's context, its
+# custom_id and its body.
+BodyMaker = Callable[[LineContext, object, Json], tuple[Json, LineUsage]]
+# Why the provider would refuse a line's body (None: it would not), once the model is known.
+BodyCheck = Callable[[Json], LineFailure | None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Endpoint:
+    """How the emulator answers an endpoint that a mode of ``orchestrator.emulator.modes`` adds
+    (anthropic's ``/v1/messages``, gemini's generateContent): the response body of a line that
+    succeeds, and the checks a line's body must pass."""
+
+    make_body: BodyMaker
+    check: BodyCheck | None = None
+
+
+# Keyed by the `url` of the lines (and the endpoint of their batch); modes register on import.
+_ENDPOINTS: dict[str, Endpoint] = {}
+
+
+def register_endpoint(url: str, endpoint: Endpoint) -> None:
+    """Teach the core to check and answer lines of another endpoint than chat and embeddings."""
+    _ENDPOINTS[url] = endpoint
+
+
+def failure_of(
+    config: EmulatorConfig, custom_id: object, body: object, url: object = None
+) -> LineFailure | None:
+    """Whether this line fails, decided from the config and the line alone (``url``: the
+    endpoint it is for, whose registered checks apply too)."""
     if isinstance(custom_id, str) and custom_id in config.fail_custom_ids:
         return LineFailure(f"Emulated failure: custom_id {custom_id!r} is in fail_custom_ids.")
     rate = config.line_failure_rate
@@ -105,12 +135,18 @@ def failure_of(config: EmulatorConfig, custom_id: object, body: object) -> LineF
         return LineFailure(f"Emulated failure: line_failure_rate={rate} selected {custom_id!r}.")
     if not isinstance(body, dict) or not isinstance(body.get("model"), str):
         return LineFailure("you must provide a model parameter", "model")
+    endpoint = _ENDPOINTS.get(url) if isinstance(url, str) else None
+    if endpoint is not None and endpoint.check is not None:
+        return endpoint.check(body)
     return None
 
 
 def success_line(ctx: LineContext, line: Json) -> tuple[Json, LineUsage]:
     body = line.get("body") or {}
-    if ctx.endpoint == EMBEDDINGS:
+    endpoint = _ENDPOINTS.get(ctx.endpoint)
+    if endpoint is not None:
+        answer, usage = endpoint.make_body(ctx, line.get("custom_id"), body)
+    elif ctx.endpoint == EMBEDDINGS:
         answer, usage = _embedding_body(ctx, line.get("custom_id"), body)
     else:
         answer, usage = _chat_body(ctx, line.get("custom_id"), body)
@@ -154,7 +190,7 @@ def _chat_body(ctx: LineContext, custom_id: object, body: Json) -> tuple[Json, L
     for number in range(_choice_count(body)):
         text = completion_text(ctx.config, custom_id, body, number)
         text, finish = _truncate(text, limit)
-        completion += _text_tokens(text)
+        completion += text_tokens(text)
         message: Json = {"role": "assistant", "content": text, "refusal": None, "annotations": []}
         choices.append(
             {"index": number, "message": message, "logprobs": None, "finish_reason": finish}
@@ -263,12 +299,13 @@ def cached_tokens(prompt_tokens: int) -> int:
     return (prompt_tokens // 2) // _CACHE_STEP * _CACHE_STEP
 
 
-def _text_tokens(text: str) -> int:
+def text_tokens(text: str) -> int:
+    """About four characters per token, at least one (what the fake completions count)."""
     return max(1, math.ceil(len(text) / 4))
 
 
 def _truncate(text: str, limit: int | None) -> tuple[str, str]:
-    if limit is not None and _text_tokens(text) > limit:
+    if limit is not None and text_tokens(text) > limit:
         return text[: limit * 4], "length"
     return text, "stop"
 

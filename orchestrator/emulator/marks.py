@@ -19,8 +19,8 @@ from __future__ import annotations
 import dataclasses
 import math
 from array import array
-from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, ClassVar, Protocol, Self, TypeVar
 
 from orchestrator.emulator.ids import digest, mix64
 from orchestrator.emulator.messages import EmuResponse
@@ -182,6 +182,23 @@ class FileNotReady:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> FileNotReady:
         return cls(float(data.get("not_ready", data.get("seconds", 0.0))))
+
+
+class _Mergeable(Protocol):
+    def merge(self, other: Self) -> Self: ...
+
+
+_M = TypeVar("_M", bound=_Mergeable)
+
+
+def merged(marks: Iterable[object], kind: type[_M]) -> _M | None:
+    """The marks of one kind among those a call collected, merged into one (None when there are
+    none): what every mode does with ``FaultInjector.take_marks``, for each kind it knows."""
+    result: _M | None = None
+    for mark in marks:
+        if isinstance(mark, kind):
+            result = mark if result is None else result.merge(mark)
+    return result
 
 
 def _seconds(value: Any) -> float:

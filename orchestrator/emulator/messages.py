@@ -7,7 +7,7 @@ a response is bytes or an iterator of chunks so a file can be streamed from disk
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import orjson
@@ -51,6 +51,9 @@ class EmuRequest:
     query: Mapping[str, str] = dataclasses.field(default_factory=dict)
     headers: Headers = dataclasses.field(default_factory=Headers)
     body: Iterable[bytes] = ()
+    # Scheme and authority the client called ("http://127.0.0.1:8800"), "" when unknown: for
+    # answers that hold an absolute URL of the emulator itself.
+    base_url: str = ""
 
     @classmethod
     def build(
@@ -61,9 +64,10 @@ class EmuRequest:
         query: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | Iterable[tuple[str, str]] = (),
         body: bytes | Iterable[bytes] = b"",
+        base_url: str = "",
     ) -> EmuRequest:
         chunks: Iterable[bytes] = (body,) if isinstance(body, bytes) else body
-        return cls(method.upper(), path, dict(query or {}), Headers(headers), chunks)
+        return cls(method.upper(), path, dict(query or {}), Headers(headers), chunks, base_url)
 
     def read_json(self) -> Any:
         """The body parsed as JSON; raises ValueError if it is too large or not JSON."""
@@ -133,6 +137,11 @@ class EmuResponse:
         close = getattr(self.body, "close", None)
         if callable(close):
             close()
+
+
+# What answers a route (the core's and every mode's): the request, and the id its path names
+# (None for a collection's routes).
+Handler = Callable[[EmuRequest, str | None], EmuResponse]
 
 
 class _Prefix(Iterator[bytes]):

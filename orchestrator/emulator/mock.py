@@ -59,6 +59,7 @@ def to_emu_request(request: httpx.Request) -> EmuRequest:
         query=dict(request.url.params),
         headers=request.headers.items(),
         body=request.content,
+        base_url=f"{request.url.scheme}://{request.url.netloc.decode('ascii')}",
     )
 
 

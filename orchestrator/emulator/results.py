@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,12 @@ class Usage:
         return usage
 
 
+# How a mode words a result line: given the input line and the line in OpenAI's envelope (and
+# whether it succeeded), the line to write and whether it goes to the output file (True) or the
+# error file. Gemini writes every row, in its own shape, to one responses file.
+LineShape = Callable[[dict[str, Any], dict[str, Any], bool], tuple[dict[str, Any], bool]]
+
+
 @dataclasses.dataclass(frozen=True)
 class ResultJob:
     """What to write: which batch, which input, and how far it got."""
@@ -93,6 +99,8 @@ class ResultJob:
     shuffled: bool = False
     # Quoted by every error message (an echo_auth batch fault), "" for nothing.
     echo: str = ""
+    # The mode's wording of each line (None: OpenAI's envelope).
+    shape: LineShape | None = None
 
 
 @dataclasses.dataclass
@@ -124,6 +132,8 @@ def write_results(job: ResultJob, blobs: BlobDir) -> Results:
             source.seek(job.index.offsets[row])
             line = orjson.loads(source.readline())
             result, ok = _result_line(job, row, line, usage)
+            if job.shape is not None:
+                result, ok = job.shape(line, result, ok)
             fault = job.line_faults.get(row)
             if fault == LINE_MISSING:
                 continue
@@ -142,7 +152,7 @@ def _result_line(
     if row >= job.processed:
         code, message = NOT_RUN[job.outcome]
         return not_run_line(ctx, line, code, echoing(message, job.echo)), False
-    failure = failure_of(job.config, line.get("custom_id"), line.get("body"))
+    failure = failure_of(job.config, line.get("custom_id"), line.get("body"), job.endpoint)
     if failure is None:
         failure = _LINE_FAILURES.get(job.line_faults.get(row, 0))
     if failure is not None:

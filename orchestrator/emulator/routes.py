@@ -15,6 +15,8 @@ CANCEL_BATCH = "cancel_batch"
 FILE_CONTENT = "file_content"
 GET_FILE = "get_file"
 DELETE_FILE = "delete_file"
+# anthropic and gemini modes only (orchestrator.emulator.modes).
+DELETE_BATCH = "delete_batch"
 UNKNOWN = "unknown"
 
 ROUTE_NAMES: frozenset[str] = frozenset(
@@ -27,6 +29,7 @@ ROUTE_NAMES: frozenset[str] = frozenset(
         FILE_CONTENT,
         GET_FILE,
         DELETE_FILE,
+        DELETE_BATCH,
     }
 )
 # FastRouter documents only these four; the rest exist in openai mode.

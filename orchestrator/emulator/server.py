@@ -75,6 +75,7 @@ def create_app(emulator: Emulator) -> Starlette:
             query=dict(request.query_params),
             headers=request.headers.items(),
             body=_BodyBridge(request.stream()),
+            base_url=str(request.base_url).rstrip("/"),
         )
         emu_response = await run_in_threadpool(emulator.handle, emu_request)
         if emu_response.delay_seconds > 0:
@@ -135,7 +136,9 @@ def _quiet_deliberate_cuts() -> None:
 class EmulatorServer(ServerThread):
     """Serve an emulator over real HTTP on a background thread (a context manager).
 
-    ``port=0`` picks a free port; ``.url`` and ``.base_url`` say where it listens.
+    ``port=0`` picks a free port; ``.url`` and ``.base_url`` say where it listens: ``.url`` is
+    the root, for SDKs that add the API's version themselves (anthropic, google-genai);
+    ``.base_url`` adds the mode's API root (``/v1``, ``/v1beta`` in gemini mode).
     """
 
     def __init__(
@@ -152,7 +155,7 @@ class EmulatorServer(ServerThread):
 
     @property
     def base_url(self) -> str:
-        return self.url + self.emulator.config.path_prefix
+        return self.url + self.emulator.config.api_root
 
     def start(self) -> EmulatorServer:
         super().start()
@@ -193,10 +196,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rows-per-second", type=float, default=50.0)
     parser.add_argument("--finalizing-seconds", type=float, default=5.0)
     parser.add_argument("--cancel-seconds", type=float, default=5.0)
-    parser.add_argument("--completion-window-seconds", type=int, default=86400)
+    parser.add_argument(
+        "--completion-window-seconds",
+        type=int,
+        default=0,
+        help="unfinished batches expire then (default: the mode's, 24 h; 48 h for gemini)",
+    )
     parser.add_argument("--completion-chars", type=int, default=60)
-    parser.add_argument("--max-requests", type=int, default=50_000, help="lines per batch")
-    parser.add_argument("--max-file-bytes", type=int, default=200 * 1024 * 1024)
+    parser.add_argument(
+        "--max-requests",
+        type=int,
+        default=0,
+        help="lines per batch (default: the mode's, 50,000; 100,000 for anthropic)",
+    )
+    parser.add_argument(
+        "--max-file-bytes",
+        type=int,
+        default=0,
+        help="largest upload or create body (default: the mode's, 200 MB; 256 MB for anthropic)",
+    )
     parser.add_argument("--output-order", choices=("input", "shuffled"), default="input")
     parser.add_argument(
         "--lazy-results",
@@ -218,6 +236,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "get_batch:delay=5,probability=0.1 | file_content:truncate=0.5 | "
         "upload_file:not_ready=10 | batch:stuck_finalizing=300 | batch:line_429=0.1,shuffle "
         "(times defaults to unlimited)",
+    )
+    parser.add_argument(
+        "--relative-results-url",
+        action="store_true",
+        help="anthropic mode: results_url as a path on this host, not an absolute URL",
     )
     parser.add_argument("--storage-dir", type=Path, default=None, help="where files are kept")
     parser.add_argument("--log-level", default="info", help="uvicorn's log level")
@@ -243,6 +266,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         enqueued_token_limit=args.enqueued_token_limit,
         prepare_results=not args.lazy_results,
         storage_dir=args.storage_dir,
+        relative_results_url=args.relative_results_url,
     )
 
 
@@ -274,7 +298,7 @@ def _serve(emulator: Emulator, sock: socket.socket, args: argparse.Namespace) ->
     rules = len(emulator.faults.rules())
     print(
         f"emulator ({config.mode}, time x{args.time_scale}, {rules} fault rule(s)) serving "
-        f"http://{args.host}:{port}{config.path_prefix}; admin at /_emulator; Ctrl-C stops",
+        f"http://{args.host}:{port}{config.api_root}; admin at /_emulator; Ctrl-C stops",
         file=sys.stderr,
         flush=True,
     )

@@ -9,17 +9,27 @@ from __future__ import annotations
 import dataclasses
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import orjson
 
 from orchestrator.clock import Clock
 from orchestrator.emulator.batches import BatchRecord, CreateParams, ResultFiles, render
 from orchestrator.emulator.config import EmulatorConfig
 from orchestrator.emulator.files import BlobDir, StoredFile
-from orchestrator.emulator.ids import IdGenerator, hex_id
+from orchestrator.emulator.ids import IdGenerator, IdPrefixes, hex_id
 from orchestrator.emulator.jsonl import FileIndex, Problem, batch_problems
 from orchestrator.emulator.ledger import BatchEntry, FileEntry, Ledger
 from orchestrator.emulator.lifecycle import WITH_RESULTS, Plan, Snapshot, cancellable, snapshot
 from orchestrator.emulator.marks import BatchFault
-from orchestrator.emulator.results import ResultJob, Results, Written, echoing, write_results
+from orchestrator.emulator.results import (
+    LineShape,
+    ResultJob,
+    Results,
+    Written,
+    echoing,
+    write_results,
+)
 from orchestrator.emulator.uploads import Upload
 
 # OpenAI keeps batch input and output files for 30 days by default.
@@ -28,6 +38,10 @@ FILE_RETENTION_SECONDS = 30 * 86400
 _UNSTATED_TOKEN_LIMIT = "Too many tokens are enqueued for this model; try again later."
 # Statuses whose prompt tokens count against the enqueued-token budget (spec §5.4).
 ENQUEUED_STATUSES = frozenset({"validating", "in_progress", "finalizing"})
+# The ids of the core's own modes (FastRouter names its result files after the batch instead:
+# see _result_file); a mode of emulator.modes brings its own (``Wire.id_prefixes``).
+_OPENAI_IDS = IdPrefixes("batch_")
+_FASTROUTER_IDS = IdPrefixes("fr_batch-")
 
 
 class NotCancellable(Exception):
@@ -49,8 +63,16 @@ class Page:
 
 
 class State:
-    def __init__(self, config: EmulatorConfig, clock: Clock, ledger: Ledger) -> None:
+    def __init__(
+        self,
+        config: EmulatorConfig,
+        clock: Clock,
+        ledger: Ledger,
+        prefixes: IdPrefixes | None = None,
+    ) -> None:
+        """``prefixes``: how batch and result-file ids start (None: the core mode's own)."""
         self._config = config
+        self._prefixes = prefixes or (_OPENAI_IDS if config.is_openai else _FASTROUTER_IDS)
         self._clock = clock
         self._ledger = ledger
         self._lock = threading.Lock()
@@ -125,18 +147,21 @@ class State:
         return source
 
     def create_batch(
-        self, params: CreateParams, fault: BatchFault | None = None, echo: str = ""
+        self,
+        params: CreateParams,
+        fault: BatchFault | None = None,
+        echo: str = "",
+        shape: LineShape | None = None,
     ) -> BatchRecord | None:
         """The new batch, or None when the input file does not exist (or is not visible yet).
         ``echo``: what its error messages quote (an ``echo_auth`` fault: the Authorization
-        header of the create call)."""
+        header of the create call). ``shape``: how its result lines are worded (a mode's own)."""
         now = self.now()
         source = self.input_file(params.input_file_id)
         if source is None or source.index is None:
             return None
         index = source.index
-        prefix = "batch_" if self._config.is_openai else "fr_batch-"
-        batch_id = self._ids.next("batch", prefix)
+        batch_id = self._ids.next("batch", self._prefixes.batch)
         problems = batch_problems(index, params.endpoint, self._config)
         line_faults = {}
         if fault is not None and not problems:
@@ -150,7 +175,7 @@ class State:
             plan = Plan.make(self._config, now, index.num_rows, not problems, stuck)
             record = BatchRecord(
                 batch_id, params, int(now), plan, index, source.path, problems, fault,
-                line_faults, echo=echo,
+                line_faults, echo=echo, shape=shape,
             )  # fmt: skip
             self._batches[record.id] = record
             self._order.append(record.id)
@@ -248,11 +273,15 @@ class State:
 
     def view(self, record: BatchRecord) -> dict[str, object]:
         """The batch object now; writes its result files first if it has just finished."""
+        return render(record, self.settle(record), self._config, self.now())
+
+    def settle(self, record: BatchRecord) -> Snapshot:
+        """Where the batch is now; writes its result files first if it has just finished."""
         with self._lock:
             current = snapshot(record.plan, self.now(), record.cancel_requested)
         if current.status in WITH_RESULTS and record.needs_input():
             self._write_results(record, current)
-        return render(record, current, self._config, self.now())
+        return current
 
     def _prepare_results(self, record: BatchRecord) -> None:
         """Write the result files of the batch's uninterrupted course ahead (``prepare_results``),
@@ -269,7 +298,7 @@ class State:
             self._config, record.id, record.params.endpoint, record.input_path,
             record.index, record.plan, current.status, current.processed,
             record.line_faults, record.fault is not None and record.fault.shuffle,
-            record.echo,
+            record.echo, record.shape,
         )  # fmt: skip
 
     def _write_results(self, record: BatchRecord, current: Snapshot) -> None:
@@ -300,16 +329,30 @@ class State:
     ) -> StoredFile | None:
         if written is None:
             return None
-        if self._config.is_openai:
-            file_id = self._ids.derived("file-", record.id, kind)
-        else:
+        if self._config.mode == "fastrouter":
             # FastRouter's docs show output file ids like "batch-output-fr_batch-abc123.jsonl".
             file_id = f"batch-{kind}-{record.id}.jsonl"
+        else:
+            file_id = self._ids.derived(self._prefixes.result_file, record.id, kind)
         # Stamped with the moment the batch finished, not when someone first looked.
         return StoredFile(
             file_id, f"{record.id}_{kind}.jsonl", "batch_output", written.bytes, created,
             created + FILE_RETENTION_SECONDS, written.path,
         )  # fmt: skip
+
+    def produced(self, batch_id: str) -> list[Any]:
+        """Every line of the batch's output and error files, parsed, in file order (empty until
+        they are written)."""
+        record = self.batch(batch_id)
+        if record is None or record.results is None:
+            return []
+        lines: list[Any] = []
+        for file_id in (record.results.output_file_id, record.results.error_file_id):
+            stored = self.file(file_id) if file_id else None
+            if stored is not None:
+                with stored.path.open("rb") as fh:
+                    lines.extend(orjson.loads(raw) for raw in fh if raw.strip())
+        return lines
 
     def close(self) -> None:
         if self._prepare is not None:

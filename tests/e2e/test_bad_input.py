@@ -115,11 +115,6 @@ def test_a_completion_window_the_target_does_not_accept_fails(db_url: str) -> No
     assert "completion_window '48h' is not accepted by this target (accepted: 24h)" in error
 
 
-def test_an_unknown_target_fails(db_url: str) -> None:
-    status, error = _run_bad(db_url, GOOD, target="nowhere")
-    assert status == "failed" and "unknown target 'nowhere'" in error
-
-
 def test_a_duplicate_custom_id_is_refused_at_insert_and_nothing_is_stored(db_url: str) -> None:
     with pytest.raises(psycopg.errors.UniqueViolation) as caught:
         enqueue(db_url, [*GOOD, {"custom_id": "ok-1", "body": chat_body(9)}])

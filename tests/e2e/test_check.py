@@ -16,7 +16,7 @@ import structlog
 from orchestrator.cli import main
 from orchestrator.clock import ManualClock, SystemClock
 from orchestrator.emulator import Emulator, EmulatorConfig, EmulatorServer
-from tests.support import API_KEY, free_port, stamp_revision
+from tests.support import API_KEY, enqueue, free_port, simple_requests, stamp_revision
 
 WRONG_KEY = "sk-wrong-0a1b2c3d4e5f60718293"
 PASSWORD = "pw-7d6c5b4a39"
@@ -139,3 +139,48 @@ def test_check_fails_on_a_schema_not_at_the_codes_revision(empty_db_url: str, ch
         assert lines[0].startswith(f"ok    database          127.0.0.1:5432/{database} answers")
         assert lines[1] == f"FAIL  schema            the database {said}", revision
         assert code == 1
+
+
+def test_check_fails_a_target_in_use_with_no_key_naming_the_variable_to_set(
+    db_url: str, emulators: tuple[str, str], check: Check, tmp_path: Path
+) -> None:
+    fastrouter, _ = emulators
+    # Given a file that declares groq (its key in GROQ_API_KEY, not set), and two open jobs for
+    # the built-in openai target, which has no key either
+    config = tmp_path / "orchestrator.toml"
+    config.write_text(
+        '[targets.groq]\nbase_url = "https://api.groq.com/openai/v1"\napi_key_env = "GROQ_API_KEY"\n'
+    )
+    jobs = [enqueue(db_url, simple_requests(1), target="openai") for _ in range(2)]
+    env = {
+        "ORCHESTRATOR_DATABASE_URL": db_url,
+        "ORCHESTRATOR_CONFIG": str(config),
+        "FASTROUTER_BASE_URL": fastrouter,
+        "FASTROUTER_API_KEY": API_KEY,
+        "ORCHESTRATOR_HTTP_ADDR": "off",
+    }
+    code, lines, _ = check(**env)
+    # Then each fails, in one line saying which variable to set
+    assert lines[2:] == [
+        f"ok    target fastrouter key accepted by {fastrouter} (GET /batches/{{id}}: 404, as "
+        "expected for an unknown id)",
+        "FAIL  target groq       configured but has no key; set GROQ_API_KEY",
+        "FAIL  target openai     2 open jobs use it but it has no key; set OPENAI_API_KEY",
+        "ok    metrics port      off (ORCHESTRATOR_HTTP_ADDR)",
+    ]
+    assert code == 1
+    # When one job runs and the other is finished, the target is still in use
+    with psycopg.connect(db_url) as conn:
+        conn.execute("UPDATE orchestrator.jobs SET status = 'running' WHERE id = %s", (jobs[0],))
+        conn.execute("UPDATE orchestrator.jobs SET status = 'completed' WHERE id = %s", (jobs[1],))
+    _, lines, _ = check(**env)
+    assert (
+        lines[4]
+        == "FAIL  target openai     1 open job uses it but it has no key; set OPENAI_API_KEY"
+    )
+    # and once no open job uses it, a built-in target with no key is only "not configured"
+    with psycopg.connect(db_url) as conn:
+        conn.execute("UPDATE orchestrator.jobs SET status = 'completed' WHERE id = %s", (jobs[0],))
+    code, lines, _ = check(**env)
+    assert lines[4] == "skip  target openai     not configured (set OPENAI_API_KEY to use it)"
+    assert code == 1  # groq still fails

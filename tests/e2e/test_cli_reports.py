@@ -299,7 +299,8 @@ def test_status_shows_progress_age_duration_tokens_and_cost_and_says_it_as_json(
     assert (code, err) == (0, "")
     report = json.loads(out)
     assert set(report) == {
-        "now", "jobs", "open_batches", "targets", "capacity", "stuck_batches", "daemons",
+        "now", "jobs", "open_batches", "pending_not_served", "targets", "capacity",
+        "stuck_batches", "daemons",
     }  # fmt: skip
     assert [j["id"] for j in report["jobs"]] == [pending, finished_job]
     waiting, job = report["jobs"]
@@ -323,6 +324,7 @@ def test_status_shows_progress_age_duration_tokens_and_cost_and_says_it_as_json(
     assert (waiting["status"], waiting["cost"], waiting["started_at"]) == ("pending", None, None)
     assert waiting["duration_seconds"] is None
     assert (report["open_batches"], report["stuck_batches"], report["daemons"]) == ({}, [], [])
+    assert report["pending_not_served"] == {}  # the pending job's target is known
     assert isinstance(report["targets"], list)
 
     # One job: the same, and its batches

@@ -16,10 +16,12 @@ import structlog
 from orchestrator.cli import main
 from orchestrator.config import (
     DaemonSettings,
+    Secret,
     Settings,
     TargetConfig,
     check_type,
     field_types,
+    make_target,
 )
 from orchestrator.errors import ConfigError
 
@@ -56,6 +58,56 @@ def test_the_file_wins_over_the_preset_and_the_environment_over_the_file(tmp_pat
     assert from_file.max_custom_id_length == 40
     from_env = _settings(tmp_path, toml, FASTROUTER_BASE_URL="http://env.example/v1")
     assert from_env.target("fastrouter").base_url == "http://env.example/v1"  # env over file
+
+
+NO_BASE_URL = (
+    'has no base_url: a target of your own must say where its API is (base_url = "https://…/v1")'
+)
+
+
+@pytest.mark.parametrize(
+    "table",
+    [
+        '[targets.groq]\npreset = "openai"\napi_key_env = "GROQ_API_KEY"\n',
+        '[targets.groq]\napi_key_env = "GROQ_API_KEY"\n',  # no preset: openai's, and no host
+        '[targets.groq]\npreset = "fastrouter"\nbase_url = ""\n',
+    ],
+    ids=["openai-preset", "no-preset", "empty-base-url"],
+)
+def test_a_target_of_your_own_without_base_url_is_refused_naming_it(
+    tmp_path: Path, table: str
+) -> None:
+    # Given a table for a target of your own that does not say where its API is
+    with pytest.raises(ConfigError) as caught:
+        _settings(tmp_path, table, GROQ_API_KEY="gsk-0123456789")
+    # Then start-up is refused, in one line naming the file, the target and what to write
+    assert str(caught.value) == f"{tmp_path / 'orchestrator.toml'}: [targets.groq] {NO_BASE_URL}"
+    # and nothing is built without it in code either: a preset gives no host
+    with pytest.raises(ConfigError) as made:
+        make_target("groq", "openai", api_key=Secret("gsk-0123456789"))
+    assert str(made.value) == f"target 'groq' {NO_BASE_URL}"
+
+
+def test_built_in_targets_keep_their_host_and_a_target_of_your_own_its_base_url(
+    tmp_path: Path,
+) -> None:
+    settings = _settings(
+        tmp_path,
+        '[targets.openai]\ntimeout_seconds = 5\n[targets.fastrouter]\npreset = "fastrouter"\n'
+        '[targets.groq]\npreset = "openai"\nbase_url = "https://api.groq.com/openai/v1"\n',
+    )
+    assert settings.target("openai").base_url == "https://api.openai.com/v1"
+    assert settings.target("fastrouter").base_url == "https://api.fastrouter.ai/v1"
+    groq = settings.target("groq")
+    assert (groq.base_url, groq.flavor, groq.can_list) == (
+        "https://api.groq.com/openai/v1",
+        "openai",
+        True,
+    )
+    # a built-in target's host is its own, whatever preset its table names
+    switched = _settings(tmp_path, '[targets.openai]\npreset = "fastrouter"\n')
+    assert switched.target("openai").base_url == "https://api.openai.com/v1"
+    assert Settings.from_env({}).target("fastrouter").base_url == "https://api.fastrouter.ai/v1"
 
 
 def test_the_database_password_is_a_secret_for_the_redactor(tmp_path: Path) -> None:

@@ -253,6 +253,7 @@ def test_make_target_takes_lists_as_tuples_and_refuses_unknown_presets_and_setti
     target = make_target(
         "extra",
         "openai",
+        base_url="https://extra.example/v1",
         endpoints=["/v1/embeddings"],
         providers=["openai"],
         completion_windows=["24h"],
