@@ -679,7 +679,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         # the live ones: a daemon killed without a goodbye stops counting after its lease
         workers = queries.live_workers(s, within_seconds=settings.daemon.lease_seconds)
         unknown = {
-            t: n for t, n in queries.pending_by_target(s).items() if t not in settings.served
+            t: n for t, n in queries.pending_by_target(s).items() if t not in settings.targets
         }
     if args.json:
         report = {
@@ -779,13 +779,15 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _not_served_line(unknown: dict[str, int], settings: Settings) -> str:
-    """Pending jobs of a target this configuration does not serve (``Settings.served``): a daemon
-    configured as this command is leaves them, for a daemon that serves their target."""
+    """Pending jobs of a target this configuration does not know: a daemon configured as this
+    command is leaves them, for a daemon that has their target. (Not a built-in target without a
+    key here: the keys live in the daemons' environment, not in the one status runs in; each
+    daemon's gauge and log say what it leaves for want of a key.)"""
     total = sum(unknown.values())
     jobs = "1 pending job waits" if total == 1 else f"{total} pending jobs wait"
     named = ", ".join(f"{shown(t)} {n}" for t, n in sorted(unknown.items()))
     hints = "; ".join(f"{shown(t)}: {settings.not_served_hint(t)}" for t in sorted(unknown))
-    return f"{jobs} for a target this configuration does not serve ({named}): {hints}"
+    return f"{jobs} for a target this configuration does not know ({named}): {hints}"
 
 
 def _job_status(s: Any, job_id: int, *, now: dt.datetime, as_json: bool) -> int:

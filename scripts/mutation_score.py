@@ -258,7 +258,7 @@ def read_outcome(
     for meta in (workspace / "mutants").rglob("*.py.meta"):
         codes = json.loads(meta.read_text()).get("exit_code_by_key", {})
         for name, code in codes.items():
-            if name in wanted:
+            if name in wanted and status_by_exit_code[code] != "not checked":
                 outcome.status[name] = status_by_exit_code[code]
     for name in wanted - outcome.status.keys():
         outcome.status[name] = (fallback or {}).get(name, "not checked")

@@ -4,6 +4,7 @@ never replaced by a failure, and lines that need escaping."""
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -398,7 +399,7 @@ def test_a_success_keeps_the_model_its_line_names_even_one_never_seen_before(
     db_url: str, batch: tuple[int, int], tmp_path: Path
 ) -> None:
     job, batch_id = batch
-    fresh = f"model-{tmp_path.name}"  # a name this process has not written before
+    fresh = f"model-{uuid.uuid4()}"  # a name this process has not written before
     line = ok("a")
     line["response"]["body"]["model"] = fresh
     ingest(db_url, job, batch_id, [write(tmp_path / "o.jsonl", [line, ok("b")])])
