@@ -300,3 +300,18 @@ def test_a_cap_of_zero_is_refused_since_it_would_stop_the_target(tmp_path: Path,
     assert f"[targets.openai] {key} must be at least 1, not 0; fix it in that file" in str(
         caught.value
     )
+
+
+def test_a_daemon_serves_the_targets_its_file_declares_and_the_built_in_ones_with_a_key(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "orchestrator.toml"
+    config.write_text(
+        '[targets.groq]\nbase_url = "https://groq.example/v1"\napi_key_env = "GROQ_API_KEY"\n'
+    )
+    settings = Settings.from_env({"ORCHESTRATOR_CONFIG": str(config), "FASTROUTER_API_KEY": "k"})
+    assert settings.served == {"fastrouter", "groq"}  # openai: built in, but no key here
+    assert settings.not_served_hint("openai") == "set OPENAI_API_KEY for a daemon to run them"
+    assert settings.not_served_hint("nope") == (
+        "they wait for a daemon whose configuration has [targets.nope]"
+    )
